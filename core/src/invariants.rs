@@ -1,0 +1,304 @@
+//! The invariant checker: fed every committed write, in commit order, it keeps a shadow of
+//! the state it needs and reports the first write that breaks an invariant. Checks that only
+//! make sense once the system is quiet (allocations match instances, every request terminal)
+//! run from [`Checker::check_quiet`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::model::{Allocation, Millis, ProjectUsage, Provider, QuotaLimits, Record, Resources, Table};
+use crate::placement;
+use crate::states::{self, VmState};
+use crate::store::Commit;
+
+/// The invariants, by the names scenario files and reports use.
+pub const NAMES: [&str; 6] = [
+    "no_instance_lost",
+    "no_overcommit",
+    "allocations_match_instances",
+    "quota_respected",
+    "legal_transitions",
+    "requests_terminal",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub at_ms: Millis,
+    /// Commit sequence number of the violating event (0 for checks at quiet).
+    pub commit_seq: u64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InvariantResult {
+    pub name: &'static str,
+    pub checked_events: u64,
+    pub violations: u64,
+    pub first: Option<Violation>,
+}
+
+#[derive(Debug, Default)]
+pub struct Checker {
+    quota_recheck: bool,
+    liveness_bound_ms: Millis,
+    instances: BTreeMap<String, crate::model::Instance>,
+    /// Accepted requests (a BuildRequest was written) that are not yet terminal.
+    pending: BTreeMap<String, Millis>,
+    /// The same requests ordered by acceptance time, so deadline checks are cheap.
+    pending_by_time: BTreeSet<(Millis, String)>,
+    accepted: BTreeSet<String>,
+    providers: BTreeMap<String, Provider>,
+    allocations: BTreeMap<String, Allocation>,
+    quotas: BTreeMap<String, QuotaLimits>,
+    /// Resources of live, placed instances per host (what the hosts really carry).
+    placed: BTreeMap<String, Resources>,
+    /// Quota-counted usage per project, kept incrementally.
+    usage: BTreeMap<String, ProjectUsage>,
+    events: u64,
+    violations: BTreeMap<&'static str, (u64, Option<Violation>)>,
+}
+
+fn is_placed(i: &crate::model::Instance) -> bool {
+    !i.deleted && i.vm_state != VmState::Error && i.vm_state != VmState::Deleted && i.host.is_some()
+}
+
+fn counts_for_quota(i: &crate::model::Instance) -> bool {
+    !i.deleted && i.vm_state != VmState::Error && i.vm_state != VmState::Deleted
+}
+
+fn is_terminal(i: &crate::model::Instance) -> bool {
+    i.deleted || matches!(i.vm_state, VmState::Active | VmState::Error | VmState::Deleted) && i.task_state.is_none()
+}
+
+impl Checker {
+    pub fn new(quota_recheck: bool, liveness_bound_ms: Millis) -> Checker {
+        Checker { quota_recheck, liveness_bound_ms, ..Checker::default() }
+    }
+
+    fn violate(&mut self, invariant: &'static str, at_ms: Millis, seq: u64, detail: String) {
+        let entry = self.violations.entry(invariant).or_insert((0, None));
+        entry.0 += 1;
+        if entry.1.is_none() {
+            entry.1 = Some(Violation { invariant, at_ms, commit_seq: seq, detail });
+        }
+    }
+
+    /// The first violation of any invariant, in commit order.
+    pub fn first_violation(&self) -> Option<&Violation> {
+        self.violations
+            .values()
+            .filter_map(|(_, v)| v.as_ref())
+            .min_by_key(|v| (v.commit_seq == 0, v.commit_seq, v.at_ms))
+    }
+
+    pub fn results(&self) -> Vec<InvariantResult> {
+        NAMES
+            .iter()
+            .map(|&name| {
+                let (n, first) = self.violations.get(name).cloned().unwrap_or((0, None));
+                InvariantResult { name, checked_events: self.events, violations: n, first }
+            })
+            .collect()
+    }
+
+    fn account(&mut self, inst: &crate::model::Instance, sign: i8) {
+        if is_placed(inst) {
+            let host = inst.host.clone().unwrap_or_default();
+            let r = inst.flavor.resources();
+            let entry = self.placed.entry(host).or_default();
+            *entry = if sign > 0 { entry.add(&r) } else { entry.checked_sub(&r).unwrap_or_default() };
+        }
+        if counts_for_quota(inst) {
+            let u = self.usage.entry(inst.project.clone()).or_default();
+            if sign > 0 {
+                u.instances += 1;
+                u.cores += inst.flavor.vcpus;
+                u.ram_mb += inst.flavor.ram_mb;
+            } else {
+                u.instances = u.instances.saturating_sub(1);
+                u.cores = u.cores.saturating_sub(inst.flavor.vcpus);
+                u.ram_mb = u.ram_mb.saturating_sub(inst.flavor.ram_mb);
+            }
+        }
+    }
+
+    /// Feeds one commit. Violations are recorded; the run decides whether to stop.
+    pub fn on_commit(&mut self, at_ms: Millis, commit: &Commit) {
+        self.events += 1;
+        let seq = commit.seq;
+        let mut touched_hosts = BTreeSet::new();
+        let mut touched_projects = BTreeSet::new();
+        for w in &commit.writes {
+            match (w.table, &w.new) {
+                (Table::Projects, Some(Record::Project(p))) => {
+                    self.quotas.insert(p.id.clone(), p.quota);
+                }
+                (Table::BuildRequests, Some(Record::BuildRequest(b))) => {
+                    let uuid = b.spec.instance_uuid.clone();
+                    if self.accepted.insert(uuid.clone()) {
+                        self.pending.insert(uuid.clone(), b.created_at_ms);
+                        self.pending_by_time.insert((b.created_at_ms, uuid));
+                    }
+                }
+                (Table::BuildRequests, None) => {
+                    // The conductor deletes the BuildRequest in the transaction that creates
+                    // the instance; without an instance row the request would be lost.
+                    let has_row = commit.writes.iter().any(|x| x.table == Table::Instances && x.key == w.key)
+                        || self.instances.contains_key(&w.key);
+                    if !has_row {
+                        self.violate("no_instance_lost", at_ms, seq, format!("build request {} deleted and no instance row exists", w.key));
+                    }
+                }
+                (Table::Instances, new) => {
+                    let old = self.instances.get(&w.key).cloned();
+                    let Some(Record::Instance(new)) = new else {
+                        self.violate("no_instance_lost", at_ms, seq, format!("instance row {} removed", w.key));
+                        if let Some(o) = &old {
+                            self.account(o, -1);
+                        }
+                        self.instances.remove(&w.key);
+                        continue;
+                    };
+                    let to = (new.vm_state, new.task_state);
+                    match &old {
+                        Some(o) => {
+                            let from = (o.vm_state, o.task_state);
+                            if o.deleted && !new.deleted {
+                                self.violate("legal_transitions", at_ms, seq, format!("instance {} undeleted", new.uuid));
+                            } else if !states::legal_transition(from, to) {
+                                self.violate(
+                                    "legal_transitions",
+                                    at_ms,
+                                    seq,
+                                    format!("instance {}: {} -> {}", new.uuid, states::show(from), states::show(to)),
+                                );
+                            }
+                            self.account(o, -1);
+                            if let Some(h) = &o.host {
+                                touched_hosts.insert(h.clone());
+                            }
+                        }
+                        None => {
+                            if !states::legal_initial(to) {
+                                self.violate("legal_transitions", at_ms, seq, format!("instance {} created in {}", new.uuid, states::show(to)));
+                            }
+                        }
+                    }
+                    self.account(new, 1);
+                    if let Some(h) = &new.host {
+                        touched_hosts.insert(h.clone());
+                    }
+                    touched_projects.insert(new.project.clone());
+                    if is_terminal(new) {
+                        if let Some(t) = self.pending.remove(&new.uuid) {
+                            self.pending_by_time.remove(&(t, new.uuid.clone()));
+                        }
+                    }
+                    self.instances.insert(w.key.clone(), new.clone());
+                }
+                (Table::Providers, Some(Record::Provider(p))) => {
+                    if let Some(why) = placement::over_capacity(p, &p.used) {
+                        self.violate("no_overcommit", at_ms, seq, format!("placement usage on {}: {why}", p.host));
+                    }
+                    self.providers.insert(w.key.clone(), p.clone());
+                    touched_hosts.insert(w.key.clone());
+                }
+                (Table::Allocations, Some(Record::Allocation(a))) => {
+                    self.allocations.insert(w.key.clone(), a.clone());
+                }
+                (Table::Allocations, None) => {
+                    self.allocations.remove(&w.key);
+                }
+                _ => {}
+            }
+        }
+        for host in touched_hosts {
+            if let (Some(p), Some(used)) = (self.providers.get(&host), self.placed.get(&host)) {
+                if let Some(why) = placement::over_capacity(p, used) {
+                    self.violate("no_overcommit", at_ms, seq, format!("instances placed on {host}: {why}"));
+                }
+            }
+        }
+        for project in touched_projects {
+            let Some(limits) = self.quotas.get(&project).copied() else { continue };
+            let usage = self.usage.get(&project).copied().unwrap_or_default();
+            if crate::quota::check(&usage, &ProjectUsage::default(), &limits).is_err() {
+                let detail = format!(
+                    "project {project}: {} instances, {} cores, {} MB over limits {:?}{}",
+                    usage.instances,
+                    usage.cores,
+                    usage.ram_mb,
+                    limits,
+                    if self.quota_recheck { "" } else { " (quota recheck is off)" }
+                );
+                self.violate("quota_respected", at_ms, seq, detail);
+            }
+        }
+        self.check_deadlines(at_ms, seq);
+    }
+
+    /// Requests accepted more than the liveness bound ago that are still not terminal.
+    pub fn check_deadlines(&mut self, now_ms: Millis, seq: u64) {
+        while let Some((created, uuid)) = self.pending_by_time.first().cloned() {
+            if now_ms <= created + self.liveness_bound_ms {
+                break;
+            }
+            self.pending_by_time.remove(&(created, uuid.clone()));
+            self.pending.remove(&uuid);
+            let state = self
+                .instances
+                .get(&uuid)
+                .map(|i| states::show((i.vm_state, i.task_state)))
+                .unwrap_or_else(|| "only a build request".into());
+            self.violate(
+                "requests_terminal",
+                now_ms,
+                seq,
+                format!("request {uuid} accepted at {created} ms is {state} after the {} ms bound", self.liveness_bound_ms),
+            );
+        }
+    }
+
+    /// Checks for a quiet system: every accepted request terminal, allocations equal to the
+    /// flavors of live placed instances, provider usage equal to its allocations.
+    pub fn check_quiet(&mut self, now_ms: Millis) {
+        let pending: Vec<String> = self.pending.keys().cloned().collect();
+        for uuid in pending {
+            self.violate("requests_terminal", now_ms, 0, format!("request {uuid} not terminal when the run went quiet"));
+        }
+        for uuid in &self.accepted.clone() {
+            if !self.instances.contains_key(uuid) {
+                self.violate("no_instance_lost", now_ms, 0, format!("accepted request {uuid} has no instance row"));
+            }
+        }
+        let mut by_host: BTreeMap<String, Resources> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (uuid, a) in &self.allocations {
+            *by_host.entry(a.host.clone()).or_default() = by_host.get(&a.host).copied().unwrap_or_default().add(&a.resources);
+            match self.instances.get(uuid) {
+                Some(i) if is_placed(i) && i.host.as_deref() == Some(a.host.as_str()) => {
+                    if i.flavor.resources() != a.resources {
+                        problems.push(format!("allocation {uuid} is {:?}, flavor is {:?}", a.resources, i.flavor.resources()));
+                    }
+                }
+                _ => problems.push(format!("allocation {uuid} on {} has no live instance there (leaked)", a.host)),
+            }
+        }
+        for (uuid, i) in &self.instances {
+            if is_placed(i) && !self.allocations.contains_key(uuid) {
+                problems.push(format!("instance {uuid} on {} has no allocation", i.host.as_deref().unwrap_or("?")));
+            }
+        }
+        for (host, p) in &self.providers {
+            let alloc = by_host.get(host).copied().unwrap_or_default();
+            if alloc != p.used {
+                problems.push(format!("provider {host} usage {:?} != sum of allocations {:?}", p.used, alloc));
+            }
+        }
+        for detail in problems {
+            self.violate("allocations_match_instances", now_ms, 0, detail);
+        }
+    }
+}

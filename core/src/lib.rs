@@ -1,0 +1,17 @@
+//! stackbed-core: the control plane's pure logic. Nothing here performs I/O, reads a clock
+//! or imports an async runtime: time and randomness come in as arguments, decisions go out
+//! as values (the sans-IO style). `tests/tests/architecture.rs` enforces that.
+
+pub mod dist;
+pub mod extra_specs;
+pub mod invariants;
+pub mod model;
+pub mod placement;
+pub mod policy;
+pub mod quota;
+pub mod scenario;
+pub mod scheduler;
+pub mod states;
+pub mod stats;
+pub mod store;
+pub mod token;

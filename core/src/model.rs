@@ -1,0 +1,340 @@
+//! Domain records shared by every service and stored through the database seam.
+//!
+//! Field names follow nova's where nova has one (`vm_state`, `task_state`, `power_state`,
+//! `launched_at`), so that a reader who knows nova recognises them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::states::{PowerState, TaskState, VmState};
+
+/// Milliseconds since the start of the run, on the run's clock (simulated or real).
+pub type Millis = u64;
+
+/// A resource class tracked by placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ResourceClass {
+    #[serde(rename = "VCPU")]
+    Vcpu,
+    #[serde(rename = "MEMORY_MB")]
+    MemoryMb,
+    #[serde(rename = "DISK_GB")]
+    DiskGb,
+}
+
+impl ResourceClass {
+    pub const ALL: [ResourceClass; 3] = [Self::Vcpu, Self::MemoryMb, Self::DiskGb];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vcpu => "VCPU",
+            Self::MemoryMb => "MEMORY_MB",
+            Self::DiskGb => "DISK_GB",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Self::Vcpu => 0,
+            Self::MemoryMb => 1,
+            Self::DiskGb => 2,
+        }
+    }
+}
+
+/// Amounts of the three classes, indexed by [`ResourceClass::index`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources(pub [u64; 3]);
+
+impl Resources {
+    pub fn new(vcpus: u64, memory_mb: u64, disk_gb: u64) -> Self {
+        Resources([vcpus, memory_mb, disk_gb])
+    }
+    pub fn get(&self, class: ResourceClass) -> u64 {
+        self.0[class.index()]
+    }
+    pub fn add(&self, other: &Resources) -> Resources {
+        Resources([self.0[0] + other.0[0], self.0[1] + other.0[1], self.0[2] + other.0[2]])
+    }
+    /// Subtraction that reports underflow instead of wrapping: an underflow is a bookkeeping bug.
+    pub fn checked_sub(&self, other: &Resources) -> Option<Resources> {
+        Some(Resources([
+            self.0[0].checked_sub(other.0[0])?,
+            self.0[1].checked_sub(other.0[1])?,
+            self.0[2].checked_sub(other.0[2])?,
+        ]))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flavor {
+    pub name: String,
+    pub vcpus: u64,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+    #[serde(default)]
+    pub extra_specs: BTreeMap<String, String>,
+}
+
+impl Flavor {
+    pub fn resources(&self) -> Resources {
+        Resources::new(self.vcpus, self.ram_mb, self.disk_gb)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    pub size_mb: u64,
+    pub disk_format: String,
+    /// Glance image properties, e.g. `hypervisor_type`, `hw_architecture`, `vm_mode`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// What a compute host reports about itself (nova's compute_nodes row, minus usage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputeNode {
+    pub host: String,
+    pub vcpus: u64,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+    pub hypervisor_type: String,
+    pub hypervisor_version: u64,
+    pub cpu_arch: String,
+    /// vm modes the hypervisor supports (`hvm`, `xen`, `exe`).
+    pub vm_modes: Vec<String>,
+}
+
+/// nova's services row: heartbeat and operator/auto disable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub host: String,
+    pub binary: String,
+    pub last_seen_ms: Millis,
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
+    /// Consecutive build failures (reset on a success), as nova's compute tracks them.
+    pub failed_builds: u32,
+}
+
+/// One inventory of a resource provider.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub total: u64,
+    pub reserved: u64,
+    pub min_unit: u64,
+    pub max_unit: u64,
+    pub step_size: u64,
+    pub allocation_ratio: f64,
+}
+
+impl Inventory {
+    /// Placement's capacity: (total - reserved) * allocation_ratio, rounded down.
+    pub fn capacity(&self) -> u64 {
+        ((self.total.saturating_sub(self.reserved)) as f64 * self.allocation_ratio).floor() as u64
+    }
+}
+
+/// A placement resource provider (one per compute node here). Its generation is the row
+/// version held by the database seam, so every write is a compare-and-swap on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provider {
+    pub host: String,
+    /// Indexed by [`ResourceClass::index`].
+    pub inventories: [Inventory; 3],
+    pub used: Resources,
+}
+
+/// A consumer's allocation against one provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub consumer: String,
+    pub host: String,
+    pub resources: Resources,
+    pub project: String,
+}
+
+/// The request spec carried from the API through conductor and scheduler to the compute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestSpec {
+    pub instance_uuid: String,
+    pub project: String,
+    pub user: String,
+    pub flavor: Flavor,
+    pub image: Image,
+    pub server_group: Option<String>,
+    /// Hosts already tried (Icehouse RetryFilter reads these; current nova keeps the list too).
+    #[serde(default)]
+    pub tried_hosts: Vec<String>,
+}
+
+/// The API's BuildRequest: exists until the conductor has created the instance in its cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub spec: RequestSpec,
+    pub created_at_ms: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub uuid: String,
+    pub name: String,
+    pub project: String,
+    pub user: String,
+    pub flavor: Flavor,
+    pub image: String,
+    pub vm_state: VmState,
+    pub task_state: Option<TaskState>,
+    pub power_state: PowerState,
+    pub host: Option<String>,
+    pub created_at_ms: Millis,
+    pub launched_at_ms: Option<Millis>,
+    pub deleted: bool,
+    /// The last fault, as nova's instance_faults (message only).
+    pub fault: Option<String>,
+    /// Scheduling attempts made so far (1 for the first host).
+    pub attempts: u32,
+}
+
+impl Instance {
+    /// The status the API shows (nova's vm_state to status mapping, boot-relevant part).
+    pub fn status(&self) -> &'static str {
+        if self.deleted {
+            return "DELETED";
+        }
+        match self.vm_state {
+            VmState::Building => "BUILD",
+            VmState::Active => "ACTIVE",
+            VmState::Error => "ERROR",
+            VmState::Deleted => "DELETED",
+            VmState::Stopped => "SHUTOFF",
+            VmState::Paused => "PAUSED",
+            VmState::Suspended => "SUSPENDED",
+            VmState::Rescued => "RESCUE",
+            VmState::Resized => "VERIFY_RESIZE",
+            VmState::SoftDeleted => "SOFT_DELETED",
+            VmState::Shelved | VmState::ShelvedOffloaded => "SHELVED",
+        }
+    }
+}
+
+/// Per-project usage row maintained in the same transaction as the instance it counts
+/// (an index, so that counting-mode quota is a read of one row, not a scan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectUsage {
+    pub instances: u64,
+    pub cores: u64,
+    pub ram_mb: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaLimits {
+    pub instances: i64,
+    pub cores: i64,
+    pub ram_mb: i64,
+}
+
+impl Default for QuotaLimits {
+    /// nova's defaults: 10 instances, 20 cores, 51200 MB of RAM.
+    fn default() -> Self {
+        QuotaLimits { instances: 10, cores: 20, ram_mb: 51200 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupPolicy {
+    Affinity,
+    AntiAffinity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerGroup {
+    pub name: String,
+    pub policy: GroupPolicy,
+    /// Hard anti-affinity's `max_server_per_host` rule (default 1).
+    pub max_server_per_host: u32,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub quota: QuotaLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub password_sha256: String,
+    /// Role assignments on projects: project id to role names.
+    pub roles: BTreeMap<String, Vec<String>>,
+}
+
+/// Every value the database seam stores. One enum keeps the seam typed without generics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    ComputeNode(ComputeNode),
+    Service(ServiceRecord),
+    Provider(Provider),
+    Allocation(Allocation),
+    BuildRequest(BuildRequest),
+    Instance(Instance),
+    ProjectUsage(ProjectUsage),
+    ServerGroup(ServerGroup),
+    Project(Project),
+    User(User),
+}
+
+/// The tables. Keys are strings; ordered collections keep every scan deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Table {
+    ComputeNodes,
+    Services,
+    Providers,
+    Allocations,
+    BuildRequests,
+    Instances,
+    ProjectUsages,
+    ServerGroups,
+    Projects,
+    Users,
+}
+
+impl Table {
+    pub const ALL: [Table; 10] = [
+        Table::ComputeNodes,
+        Table::Services,
+        Table::Providers,
+        Table::Allocations,
+        Table::BuildRequests,
+        Table::Instances,
+        Table::ProjectUsages,
+        Table::ServerGroups,
+        Table::Projects,
+        Table::Users,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::ComputeNodes => "compute_nodes",
+            Table::Services => "services",
+            Table::Providers => "resource_providers",
+            Table::Allocations => "allocations",
+            Table::BuildRequests => "build_requests",
+            Table::Instances => "instances",
+            Table::ProjectUsages => "project_usages",
+            Table::ServerGroups => "server_groups",
+            Table::Projects => "projects",
+            Table::Users => "users",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+}

@@ -1,0 +1,115 @@
+//! Placement's maths: capacity, whether a request fits a provider, allocation candidates.
+//! The storage side (generation compare-and-swap, conflict retries) lives in the services.
+
+use crate::model::{Provider, ResourceClass, Resources};
+
+/// nova/placement's `allocation_candidates` limit.
+pub const CANDIDATE_LIMIT: usize = 1000;
+
+/// Placement's `allocation_conflict_retry_count`.
+pub const CONFLICT_RETRIES_MAX: u32 = 10;
+
+/// Why `resources` cannot be allocated against `provider`, or Ok.
+pub fn fits(provider: &Provider, resources: &Resources) -> Result<(), String> {
+    for class in ResourceClass::ALL {
+        let amount = resources.get(class);
+        if amount == 0 {
+            continue;
+        }
+        let inv = &provider.inventories[class.index()];
+        if amount < inv.min_unit || amount > inv.max_unit {
+            return Err(format!(
+                "{}: {amount} outside [{}, {}]",
+                class.name(),
+                inv.min_unit,
+                inv.max_unit
+            ));
+        }
+        if inv.step_size > 1 && amount % inv.step_size != 0 {
+            return Err(format!("{}: {amount} not a multiple of {}", class.name(), inv.step_size));
+        }
+        let used = provider.used.get(class);
+        if used + amount > inv.capacity() {
+            return Err(format!(
+                "{}: {used} used + {amount} requested > capacity {}",
+                class.name(),
+                inv.capacity()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Indices of the providers that can take `resources`, in input order, at most `limit`.
+pub fn allocation_candidates(providers: &[Provider], resources: &Resources, limit: usize) -> Vec<usize> {
+    providers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| fits(p, resources).is_ok())
+        .map(|(i, _)| i)
+        .take(limit)
+        .collect()
+}
+
+/// Whether any class of `provider` is over its capacity (the no-overcommit invariant).
+pub fn over_capacity(provider: &Provider, used: &Resources) -> Option<String> {
+    ResourceClass::ALL.into_iter().find_map(|class| {
+        let cap = provider.inventories[class.index()].capacity();
+        let u = used.get(class);
+        (u > cap).then(|| format!("{} {u} > capacity {cap}", class.name()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Inventory;
+
+    fn provider(vcpus: u64, ratio: f64, reserved_ram: u64) -> Provider {
+        let inv = |total, reserved, ratio| Inventory {
+            total,
+            reserved,
+            min_unit: 1,
+            max_unit: total,
+            step_size: 1,
+            allocation_ratio: ratio,
+        };
+        Provider {
+            host: "h".into(),
+            inventories: [inv(vcpus, 0, ratio), inv(4096, reserved_ram, 1.0), inv(100, 0, 1.0)],
+            used: Resources::default(),
+        }
+    }
+
+    #[test]
+    fn capacity_is_total_minus_reserved_times_ratio() {
+        let p = provider(4, 4.0, 512);
+        assert_eq!(p.inventories[0].capacity(), 16);
+        assert_eq!(p.inventories[1].capacity(), 3584);
+        assert!(fits(&p, &Resources::new(4, 3584, 10)).is_ok());
+        assert!(fits(&p, &Resources::new(4, 3585, 10)).is_err());
+        let mut full = p.clone();
+        full.used = Resources::new(15, 0, 0);
+        assert!(fits(&full, &Resources::new(1, 1, 1)).is_ok());
+        assert!(fits(&full, &Resources::new(2, 1, 1)).unwrap_err().contains("VCPU"));
+    }
+
+    #[test]
+    fn max_unit_and_step_size_are_enforced() {
+        let mut p = provider(8, 1.0, 0);
+        p.inventories[0].max_unit = 4;
+        p.inventories[1].step_size = 256;
+        assert!(fits(&p, &Resources::new(5, 256, 1)).is_err());
+        assert!(fits(&p, &Resources::new(4, 300, 1)).is_err());
+        assert!(fits(&p, &Resources::new(4, 512, 1)).is_ok());
+    }
+
+    #[test]
+    fn candidates_keep_order_and_limit() {
+        let mut small = provider(1, 1.0, 0);
+        small.host = "small".into();
+        let ps = vec![provider(8, 1.0, 0), small, provider(8, 1.0, 0)];
+        assert_eq!(allocation_candidates(&ps, &Resources::new(2, 1, 1), 10), vec![0, 2]);
+        assert_eq!(allocation_candidates(&ps, &Resources::new(1, 1, 1), 2), vec![0, 1]);
+    }
+}

@@ -1,0 +1,843 @@
+//! Scenario files: one TOML file describes a run (topology, flavors, images, tenants,
+//! control knobs, workload, host model, seeds). Parsing never panics: a malformed file gives
+//! a [`ScenarioError`] naming the file, the line and the field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+use crate::dist::Dist;
+use crate::model::{Flavor, Image, QuotaLimits};
+use crate::scheduler::{FilterKind, SchedulerConfig, WeigherKind};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{file}:{line}:{column}: field `{field}`: {message}")]
+pub struct ScenarioError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// A duration written as `"250ms"`, `"10s"`, `"1.5s"`, `"10m"` or `"2h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn ms(self) -> u64 {
+        self.0.as_millis() as u64
+    }
+    pub fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration like \"10s\", \"250ms\", \"5m\", \"2h\""))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("`{text}` needs a unit (ms, s, m, h)")),
+        u => return Err(format!("unknown unit `{u}` in `{text}` (use ms, s, m, h)")),
+    };
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("`{text}` must be a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub scenario: Meta,
+    pub topology: Topology,
+    #[serde(default)]
+    pub control: Control,
+    pub flavors: Vec<Flavor>,
+    pub images: Vec<Image>,
+    pub tenants: Vec<TenantGroup>,
+    pub workload: Workload,
+    #[serde(default)]
+    pub model: HostModel,
+    #[serde(default)]
+    pub debug: Debug,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seeds a multi-seed run uses when the command line gives none.
+    #[serde(default = "default_seeds")]
+    pub seeds: SeedRange,
+    /// Simulated time after which the run is stopped and reported as not finished.
+    #[serde(default = "default_time_limit")]
+    pub time_limit: Dur,
+}
+
+fn default_seeds() -> SeedRange {
+    SeedRange { start: 1, count: 1 }
+}
+fn default_time_limit() -> Dur {
+    Dur::secs(6 * 3600)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedRange {
+    pub start: u64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub hosts: Vec<HostGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostGroup {
+    pub count: u32,
+    #[serde(default = "default_prefix")]
+    pub name_prefix: String,
+    pub vcpus: u64,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+    #[serde(default = "default_hv_type")]
+    pub hypervisor_type: String,
+    #[serde(default = "default_hv_version")]
+    pub hypervisor_version: u64,
+    #[serde(default = "default_arch")]
+    pub cpu_arch: String,
+    #[serde(default)]
+    pub reserved: Reserved,
+    /// Free-form host stats (ComputeCapabilities reads `capabilities:stats:x`).
+    #[serde(default)]
+    pub stats: BTreeMap<String, String>,
+}
+
+fn default_prefix() -> String {
+    "compute".into()
+}
+fn default_hv_type() -> String {
+    "kvm".into()
+}
+fn default_hv_version() -> u64 {
+    // libvirt 9.0.0 as nova encodes it: major * 1_000_000 + minor * 1_000 + micro.
+    9_000_000
+}
+fn default_arch() -> String {
+    "x86_64".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserved {
+    #[serde(default)]
+    pub vcpus: u64,
+    /// nova's reserved_host_memory_mb default.
+    #[serde(default = "default_reserved_ram")]
+    pub ram_mb: u64,
+    #[serde(default)]
+    pub disk_gb: u64,
+}
+
+fn default_reserved_ram() -> u64 {
+    512
+}
+
+impl Default for Reserved {
+    fn default() -> Self {
+        Reserved { vcpus: 0, ram_mb: default_reserved_ram(), disk_gb: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Era {
+    /// Placement, alternates, counting quota with recheck, ratios 4/1/1.
+    Current,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationRatio {
+    pub cpu: f64,
+    pub ram: f64,
+    pub disk: f64,
+}
+
+impl Default for AllocationRatio {
+    /// Initial defaults since 2023.1.
+    fn default() -> Self {
+        AllocationRatio { cpu: 4.0, ram: 1.0, disk: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerKnobs {
+    #[serde(default = "default_filters")]
+    pub filters: Vec<String>,
+    /// Weigher multipliers by name; weighers not named keep nova's default multiplier.
+    #[serde(default)]
+    pub weighers: BTreeMap<String, f64>,
+    #[serde(default = "one")]
+    pub host_subset_size: usize,
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+}
+
+fn default_filters() -> Vec<String> {
+    FilterKind::defaults().iter().map(|f| format!("{f:?}")).collect()
+}
+fn one() -> usize {
+    1
+}
+fn three() -> u32 {
+    3
+}
+
+impl Default for SchedulerKnobs {
+    fn default() -> Self {
+        SchedulerKnobs { filters: default_filters(), weighers: BTreeMap::new(), host_subset_size: 1, max_attempts: 3 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    #[serde(default = "default_era")]
+    pub era: Era,
+    #[serde(default)]
+    pub scheduler: SchedulerKnobs,
+    #[serde(default)]
+    pub allocation_ratio: AllocationRatio,
+    #[serde(default = "default_max_builds")]
+    pub max_concurrent_builds: usize,
+    #[serde(default = "default_report_interval")]
+    pub report_interval: Dur,
+    #[serde(default = "default_service_down_time")]
+    pub service_down_time: Dur,
+    #[serde(default = "yes")]
+    pub quota_recheck: bool,
+    #[serde(default = "default_rpc_timeout")]
+    pub rpc_response_timeout: Dur,
+    #[serde(default = "default_long_rpc_timeout")]
+    pub long_rpc_timeout: Dur,
+    /// nova's consecutive_build_service_disable_threshold (0 disables the feature).
+    #[serde(default = "default_disable_threshold")]
+    pub consecutive_build_service_disable_threshold: u32,
+}
+
+fn default_era() -> Era {
+    Era::Current
+}
+fn default_max_builds() -> usize {
+    10
+}
+fn default_report_interval() -> Dur {
+    Dur::secs(10)
+}
+fn default_service_down_time() -> Dur {
+    Dur::secs(60)
+}
+fn yes() -> bool {
+    true
+}
+fn default_rpc_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn default_long_rpc_timeout() -> Dur {
+    Dur::secs(1800)
+}
+fn default_disable_threshold() -> u32 {
+    10
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            era: Era::Current,
+            scheduler: SchedulerKnobs::default(),
+            allocation_ratio: AllocationRatio::default(),
+            max_concurrent_builds: 10,
+            report_interval: default_report_interval(),
+            service_down_time: default_service_down_time(),
+            quota_recheck: true,
+            rpc_response_timeout: default_rpc_timeout(),
+            long_rpc_timeout: default_long_rpc_timeout(),
+            consecutive_build_service_disable_threshold: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantGroup {
+    pub name: String,
+    /// How many projects of this shape (named `<name>-<i>` when more than one).
+    #[serde(default = "one_u32")]
+    pub count: u32,
+    #[serde(default)]
+    pub quota: QuotaLimits,
+    /// The role the workload's user has on the project.
+    #[serde(default = "default_role")]
+    pub role: String,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+fn default_role() -> String {
+    "member".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Runner {
+    /// `concurrency` users, each booting and waiting, until `times` boots were started.
+    Constant { concurrency: u32, times: u32 },
+    /// Start a boot every 1/`rate` seconds until `times` boots were started.
+    Rps { rate: f64, times: u32 },
+}
+
+impl Runner {
+    pub fn times(&self) -> u32 {
+        match *self {
+            Runner::Constant { times, .. } | Runner::Rps { times, .. } => times,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Boot,
+    BootAndDelete,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub runner: Runner,
+    #[serde(default = "default_action")]
+    pub action: Action,
+    /// Flavor names with relative weights.
+    pub flavors: BTreeMap<String, f64>,
+    /// Image names with relative weights.
+    pub images: BTreeMap<String, f64>,
+    /// Rally's nova_server_boot_prepoll_delay and poll interval.
+    #[serde(default = "default_prepoll")]
+    pub prepoll_delay: Dur,
+    #[serde(default = "default_poll")]
+    pub poll_interval: Dur,
+    /// Every accepted request must be ACTIVE or ERROR within this much simulated time.
+    #[serde(default = "default_liveness")]
+    pub liveness_bound: Dur,
+    /// Put every boot into one server group with this policy.
+    #[serde(default)]
+    pub server_group: Option<crate::model::GroupPolicy>,
+}
+
+fn default_action() -> Action {
+    Action::Boot
+}
+fn default_prepoll() -> Dur {
+    Dur::secs(1)
+}
+fn default_poll() -> Dur {
+    Dur::secs(1)
+}
+fn default_liveness() -> Dur {
+    Dur::secs(600)
+}
+
+/// Per-phase latency distributions and failure probabilities of the simulated hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostModel {
+    #[serde(default = "d_fetch")]
+    pub image_fetch: Dist,
+    #[serde(default = "d_net")]
+    pub network_allocate: Dist,
+    #[serde(default = "d_bdm")]
+    pub block_device_mapping: Dist,
+    #[serde(default = "d_spawn")]
+    pub spawn: Dist,
+    #[serde(default = "d_vif")]
+    pub vif_plugged: Dist,
+    #[serde(default = "d_boot")]
+    pub guest_boot: Dist,
+    #[serde(default = "d_destroy")]
+    pub destroy: Dist,
+    /// Probability that one spawn fails with an unexpected error (nova reschedules it).
+    #[serde(default)]
+    pub spawn_failure_probability: f64,
+    /// Image fetches are cached per host (nova's `_base`): only the first boot pays.
+    #[serde(default = "yes")]
+    pub image_cache: bool,
+}
+
+// Defaults shaped after the published warm-image build of about 7 s: IP allocation
+// 0.12 s, overlay create 0.14 s, libvirt start about 1.5 s, vif-plugged 3.6 s.
+fn d_fetch() -> Dist {
+    Dist::LogNormal { median_s: 4.0, sigma: 0.4 }
+}
+fn d_net() -> Dist {
+    Dist::LogNormal { median_s: 0.12, sigma: 0.3 }
+}
+fn d_bdm() -> Dist {
+    Dist::LogNormal { median_s: 0.14, sigma: 0.3 }
+}
+fn d_spawn() -> Dist {
+    Dist::LogNormal { median_s: 1.5, sigma: 0.25 }
+}
+fn d_vif() -> Dist {
+    Dist::LogNormal { median_s: 3.6, sigma: 0.3 }
+}
+fn d_boot() -> Dist {
+    Dist::LogNormal { median_s: 0.5, sigma: 0.3 }
+}
+fn d_destroy() -> Dist {
+    Dist::LogNormal { median_s: 1.5, sigma: 0.2 }
+}
+
+impl Default for HostModel {
+    fn default() -> Self {
+        HostModel {
+            image_fetch: d_fetch(),
+            network_allocate: d_net(),
+            block_device_mapping: d_bdm(),
+            spawn: d_spawn(),
+            vif_plugged: d_vif(),
+            guest_boot: d_boot(),
+            destroy: d_destroy(),
+            spawn_failure_probability: 0.0,
+            image_cache: true,
+        }
+    }
+}
+
+/// Bugs a test can plant on purpose, to show that the invariant checker catches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlantedBug {
+    /// The scheduler returns a host without claiming it in placement.
+    SchedulerSkipsClaim,
+    /// The conductor skips the quota re-check and the API skips its check.
+    QuotaNotChecked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debug {
+    #[serde(default)]
+    pub plant_bug: Option<PlantedBug>,
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            field: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Scenario::parse(&file, &text)
+    }
+
+    /// Parses and validates scenario text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let (line, column) = line_col(text, offset);
+            let field = field_at(text, offset).unwrap_or_else(|| "-".into());
+            ScenarioError { file: file.to_string(), line, column, field, message: e.message().to_string() }
+        })?;
+        scenario.validate().map_err(|(field, message)| {
+            let offset = span_of(text, &field).unwrap_or(0);
+            let (line, column) = line_col(text, offset);
+            ScenarioError { file: file.to_string(), line, column, field, message }
+        })?;
+        Ok(scenario)
+    }
+
+    /// Checks what serde cannot: names that refer to each other, ranges, sizes.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, message: String| Err((field.to_string(), message));
+        if self.topology.hosts.is_empty() || self.topology.hosts.iter().all(|h| h.count == 0) {
+            return err("topology.hosts", "the topology needs at least one host".into());
+        }
+        for (i, h) in self.topology.hosts.iter().enumerate() {
+            if h.vcpus == 0 || h.ram_mb == 0 {
+                return err(&format!("topology.hosts.{i}.vcpus"), "hosts need vcpus and ram_mb above 0".into());
+            }
+            if h.reserved.ram_mb >= h.ram_mb {
+                return err(&format!("topology.hosts.{i}.reserved.ram_mb"), "reserved RAM must be below the host's RAM".into());
+            }
+        }
+        for (i, f) in self.flavors.iter().enumerate() {
+            if f.vcpus == 0 || f.ram_mb == 0 {
+                return err(&format!("flavors.{i}.vcpus"), format!("flavor `{}` needs vcpus and ram_mb above 0", f.name));
+            }
+        }
+        let r = &self.control.allocation_ratio;
+        for (name, v) in [("cpu", r.cpu), ("ram", r.ram), ("disk", r.disk)] {
+            if !(v.is_finite() && v > 0.0) {
+                return err(&format!("control.allocation_ratio.{name}"), format!("must be a positive number, got {v}"));
+            }
+        }
+        for (i, f) in self.control.scheduler.filters.iter().enumerate() {
+            if FilterKind::from_name(f).is_none() {
+                return err(
+                    &format!("control.scheduler.filters.{i}"),
+                    format!("unknown filter `{f}`; known: {}", FilterKind::NAMES.join(", ")),
+                );
+            }
+        }
+        for name in self.control.scheduler.weighers.keys() {
+            if WeigherKind::from_name(name).is_none() {
+                return err(
+                    &format!("control.scheduler.weighers.{name}"),
+                    format!("unknown weigher `{name}`; known: {}", WeigherKind::NAMES.join(", ")),
+                );
+            }
+        }
+        if self.control.scheduler.max_attempts == 0 {
+            return err("control.scheduler.max_attempts", "must be at least 1".into());
+        }
+        if self.control.max_concurrent_builds == 0 {
+            return err("control.max_concurrent_builds", "must be at least 1".into());
+        }
+        if self.tenants.is_empty() {
+            return err("tenants", "at least one tenant is needed to run a workload".into());
+        }
+        let flavor_names: Vec<&str> = self.flavors.iter().map(|f| f.name.as_str()).collect();
+        for (name, w) in &self.workload.flavors {
+            if !flavor_names.contains(&name.as_str()) {
+                return err(&format!("workload.flavors.{name}"), format!("no flavor named `{name}` (have: {})", flavor_names.join(", ")));
+            }
+            if !(w.is_finite() && *w > 0.0) {
+                return err(&format!("workload.flavors.{name}"), format!("weight must be positive, got {w}"));
+            }
+        }
+        if self.workload.flavors.is_empty() {
+            return err("workload.flavors", "name at least one flavor".into());
+        }
+        let image_names: Vec<&str> = self.images.iter().map(|f| f.name.as_str()).collect();
+        for (name, w) in &self.workload.images {
+            if !image_names.contains(&name.as_str()) {
+                return err(&format!("workload.images.{name}"), format!("no image named `{name}` (have: {})", image_names.join(", ")));
+            }
+            if !(w.is_finite() && *w > 0.0) {
+                return err(&format!("workload.images.{name}"), format!("weight must be positive, got {w}"));
+            }
+        }
+        if self.workload.images.is_empty() {
+            return err("workload.images", "name at least one image".into());
+        }
+        match self.workload.runner {
+            Runner::Constant { concurrency: 0, .. } => return err("workload.runner.concurrency", "must be at least 1".into()),
+            Runner::Rps { rate, .. } if !(rate.is_finite() && rate > 0.0) => {
+                return err("workload.runner.rate", format!("must be a positive number, got {rate}"))
+            }
+            _ => {}
+        }
+        let p = self.model.spawn_failure_probability;
+        if !(0.0..=1.0).contains(&p) {
+            return err("model.spawn_failure_probability", format!("must be within [0, 1], got {p}"));
+        }
+        for (name, d) in [
+            ("image_fetch", &self.model.image_fetch),
+            ("network_allocate", &self.model.network_allocate),
+            ("block_device_mapping", &self.model.block_device_mapping),
+            ("spawn", &self.model.spawn),
+            ("vif_plugged", &self.model.vif_plugged),
+            ("guest_boot", &self.model.guest_boot),
+            ("destroy", &self.model.destroy),
+        ] {
+            d.validate().map_err(|m| (format!("model.{name}"), m))?;
+        }
+        Ok(())
+    }
+
+    pub fn host_count(&self) -> u32 {
+        self.topology.hosts.iter().map(|h| h.count).sum()
+    }
+
+    /// The scheduler configuration the scenario resolves to (validated names only).
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        let knobs = &self.control.scheduler;
+        let mut config = SchedulerConfig {
+            filters: knobs.filters.iter().filter_map(|f| FilterKind::from_name(f)).collect(),
+            host_subset_size: knobs.host_subset_size.max(1),
+            max_attempts: knobs.max_attempts.max(1),
+            ..SchedulerConfig::default()
+        };
+        for (name, m) in &knobs.weighers {
+            if let Some(w) = WeigherKind::from_name(name) {
+                config.weighers.insert(w, *m);
+            }
+        }
+        config
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// The dotted path of the innermost key whose span holds `offset`.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut path = Vec::new();
+    walk_item(doc.as_item(), offset, &mut path);
+    (!path.is_empty()).then(|| path.join("."))
+}
+
+fn contains(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+}
+
+fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut Vec<String>) {
+    match item {
+        toml_edit::Item::Table(t) => {
+            for (k, v) in t.iter() {
+                let key_span = t.key(k).and_then(|key| key.span());
+                if contains(key_span, offset) || contains(v.span(), offset) || table_contains(v, offset) {
+                    path.push(k.to_string());
+                    walk_item(v, offset, path);
+                    return;
+                }
+            }
+        }
+        toml_edit::Item::ArrayOfTables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                if contains(t.span(), offset) || t.iter().any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset)) {
+                    path.push(i.to_string());
+                    walk_item(&toml_edit::Item::Table(t.clone()), offset, path);
+                    return;
+                }
+            }
+        }
+        toml_edit::Item::Value(v) => walk_value(v, offset, path),
+        toml_edit::Item::None => {}
+    }
+}
+
+fn table_contains(item: &toml_edit::Item, offset: usize) -> bool {
+    match item {
+        toml_edit::Item::Table(t) => t.iter().any(|(k, v)| {
+            contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset) || table_contains(v, offset)
+        }),
+        toml_edit::Item::ArrayOfTables(a) => a.iter().any(|t| {
+            contains(t.span(), offset) || t.iter().any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset))
+        }),
+        _ => false,
+    }
+}
+
+fn walk_value(v: &toml_edit::Value, offset: usize, path: &mut Vec<String>) {
+    match v {
+        toml_edit::Value::InlineTable(t) => {
+            for (k, v) in t.iter() {
+                let key_span = t.key(k).and_then(|key| key.span());
+                if contains(key_span, offset) || contains(v.span(), offset) {
+                    path.push(k.to_string());
+                    walk_value(v, offset, path);
+                    return;
+                }
+            }
+        }
+        toml_edit::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                if contains(v.span(), offset) {
+                    path.push(i.to_string());
+                    walk_value(v, offset, path);
+                    return;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The byte offset where the dotted `field` is written, or its nearest written parent.
+fn span_of(text: &str, field: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut best = None;
+    for part in field.split('.') {
+        let next = match (item, part.parse::<usize>()) {
+            (toml_edit::Item::ArrayOfTables(a), Ok(i)) => a.get(i).map(|t| (t.span(), None)),
+            (toml_edit::Item::Value(toml_edit::Value::Array(a)), Ok(i)) => a.get(i).map(|v| (v.span(), None)),
+            _ => item.get(part).map(|v| {
+                let key_span = item.as_table_like().and_then(|t| t.get_key_value(part)).and_then(|(k, _)| k.span());
+                (v.span(), key_span)
+            }),
+        };
+        let Some((span, key_span)) = next else { break };
+        if let Some(s) = key_span.or(span) {
+            best = Some(s.start);
+        }
+        item = match (item, part.parse::<usize>()) {
+            (toml_edit::Item::ArrayOfTables(a), Ok(i)) => match a.get(i) {
+                Some(_) => return best.or(Some(0)).map(|b| find_array_table(text, field, i).unwrap_or(b)),
+                None => break,
+            },
+            _ => match item.get(part) {
+                Some(v) => v,
+                None => break,
+            },
+        };
+    }
+    best
+}
+
+/// `[[name]]` headers carry no span in toml_edit's tables; find the i-th header textually,
+/// then the sub-key after it if the field names one.
+fn find_array_table(text: &str, field: &str, index: usize) -> Option<usize> {
+    let parts: Vec<&str> = field.split('.').collect();
+    let pos = parts.iter().position(|p| p.parse::<usize>().is_ok())?;
+    let header = format!("[[{}]]", parts[..pos].join("."));
+    let start = text.match_indices(&header).nth(index)?.0;
+    if let Some(key) = parts.get(pos + 1) {
+        let rest = &text[start..];
+        let end = rest[header.len()..].find("\n[").map_or(rest.len(), |e| e + header.len());
+        if let Some(k) = rest[..end].find(&format!("\n{key}")) {
+            return Some(start + k + 1);
+        }
+    }
+    Some(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[scenario]
+name = "t"
+
+[topology]
+[[topology.hosts]]
+count = 2
+vcpus = 8
+ram_mb = 16384
+disk_gb = 100
+
+[[flavors]]
+name = "m1.small"
+vcpus = 1
+ram_mb = 2048
+disk_gb = 20
+
+[[images]]
+name = "cirros"
+size_mb = 16
+disk_format = "qcow2"
+
+[[tenants]]
+name = "demo"
+
+[workload]
+runner = { kind = "constant", concurrency = 2, times = 4 }
+flavors = { "m1.small" = 1.0 }
+images = { "cirros" = 1.0 }
+"#;
+
+    #[test]
+    fn good_file_parses_with_nova_defaults() {
+        let s = Scenario::parse("t.toml", GOOD).unwrap();
+        assert_eq!(s.host_count(), 2);
+        assert_eq!(s.control.max_concurrent_builds, 10);
+        assert_eq!(s.control.service_down_time.ms(), 60_000);
+        assert_eq!(s.topology.hosts[0].reserved.ram_mb, 512);
+        assert_eq!(s.scheduler_config(), SchedulerConfig::default());
+    }
+
+    fn error_of(text: &str) -> ScenarioError {
+        Scenario::parse("bad.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn type_error_names_line_and_field() {
+        let e = error_of(&GOOD.replace("ram_mb = 16384", "ram_mb = \"lots\""));
+        assert_eq!(e.file, "bad.toml");
+        assert_eq!(e.line, 9, "{e}");
+        assert_eq!(e.field, "topology.hosts.0.ram_mb", "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let e = error_of(&GOOD.replace("disk_gb = 100", "disk_gb = 100\ncolour = 3"));
+        assert!(e.message.contains("colour"), "{e}");
+        assert_eq!(e.line, 11, "{e}");
+    }
+
+    #[test]
+    fn dangling_flavor_reference_names_the_field() {
+        let e = error_of(&GOOD.replace("flavors = { \"m1.small\" = 1.0 }", "flavors = { \"m1.huge\" = 1.0 }"));
+        assert_eq!(e.field, "workload.flavors.m1.huge");
+        assert!(e.message.contains("no flavor named"), "{e}");
+        assert_eq!(e.line, 28, "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_syntax() {
+        let e = error_of(&format!("{GOOD}\n[control]\nreport_interval = \"10 parsecs\"\n"));
+        assert!(e.message.contains("unit"), "{e}");
+        assert_eq!(e.field, "control.report_interval", "{e}");
+        let e = error_of("[scenario\nname = 1");
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn unknown_filter() {
+        let e = error_of(&format!("{GOOD}\n[control.scheduler]\nfilters = [\"Compute\", \"Bogus\"]\n"));
+        assert_eq!(e.field, "control.scheduler.filters.1");
+        assert!(e.message.contains("Bogus"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+        assert_eq!(parse_duration("1.5s").unwrap().as_millis(), 1500);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! The database seam's data model and an in-memory engine for it.
+//!
+//! A transaction is a list of operations executed atomically: reads see the state before
+//! the transaction, writes apply only if every `Expect` holds (optimistic concurrency, the
+//! way Galera certifies a write set). Row versions come from one commit counter, so a
+//! version never repeats for a key even across delete and re-insert (no ABA).
+//!
+//! The simulator's database node runs [`MemStore`]; the real build's SQLite backend gives
+//! the same semantics, and both pass the same conformance test.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::{Record, Table};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    Any,
+    Absent,
+    Version(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    Get { table: Table, key: String },
+    /// Every row of `table` whose key starts with `prefix`, in key order.
+    Scan { table: Table, prefix: String },
+    Put { table: Table, key: String, value: Record, expect: Expect },
+    Delete { table: Table, key: String, expect: Expect },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub version: u64,
+    pub value: Record,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OpResult {
+    Row(Option<Row>),
+    Rows(Vec<(String, Row)>),
+    /// A put's new version.
+    Written(u64),
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum DbError {
+    /// An `Expect` did not hold: somebody else wrote first. Retry after re-reading.
+    #[error("conflict on {table}/{key}: expected {expected:?}, found version {found:?}")]
+    Conflict { table: String, key: String, expected: Expect, found: Option<u64> },
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid transaction: {0}")]
+    Invalid(String),
+    #[error("database backend error: {0}")]
+    Backend(String),
+}
+
+/// One committed write, as observers (invariant checker, event log) see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Write {
+    pub table: Table,
+    pub key: String,
+    /// The row before the commit, if any.
+    pub old: Option<Record>,
+    /// The row after the commit; `None` for a delete.
+    pub new: Option<Record>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub seq: u64,
+    pub writes: Vec<Write>,
+}
+
+/// Checks the shape of a transaction that does not depend on data: at most one write per key.
+pub fn validate_ops(ops: &[Op]) -> Result<(), DbError> {
+    let mut written = std::collections::BTreeSet::new();
+    for op in ops {
+        if let Op::Put { table, key, .. } | Op::Delete { table, key, .. } = op {
+            if !written.insert((*table, key.as_str())) {
+                return Err(DbError::Invalid(format!("two writes to {}/{key} in one transaction", table.name())));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expect_holds(expect: Expect, found: Option<u64>) -> bool {
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => found.is_none(),
+        Expect::Version(v) => found == Some(v),
+    }
+}
+
+pub fn conflict(table: Table, key: &str, expected: Expect, found: Option<u64>) -> DbError {
+    DbError::Conflict { table: table.name().to_string(), key: key.to_string(), expected, found }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    tables: BTreeMap<Table, BTreeMap<String, Row>>,
+    seq: u64,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    /// Executes `ops` atomically. Returns the results and, if anything was written, the commit.
+    pub fn execute(&mut self, ops: Vec<Op>) -> Result<(Vec<OpResult>, Option<Commit>), DbError> {
+        validate_ops(&ops)?;
+        for op in &ops {
+            if let Op::Put { table, key, expect, .. } | Op::Delete { table, key, expect, .. } = op {
+                let found = self.tables.get(table).and_then(|t| t.get(key)).map(|r| r.version);
+                if !expect_holds(*expect, found) {
+                    return Err(conflict(*table, key, *expect, found));
+                }
+            }
+        }
+        let has_writes = ops.iter().any(|op| matches!(op, Op::Put { .. } | Op::Delete { .. }));
+        let seq = if has_writes { self.seq + 1 } else { self.seq };
+        let mut results = Vec::with_capacity(ops.len());
+        let mut writes = Vec::new();
+        // Reads see the state before this transaction's writes, so do them first.
+        for op in &ops {
+            results.push(match op {
+                Op::Get { table, key } => OpResult::Row(self.tables.get(table).and_then(|t| t.get(key)).cloned()),
+                Op::Scan { table, prefix } => OpResult::Rows(
+                    self.tables
+                        .get(table)
+                        .map(|t| {
+                            t.range(prefix.clone()..)
+                                .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                                .map(|(k, r)| (k.clone(), r.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                Op::Put { .. } => OpResult::Written(seq),
+                Op::Delete { .. } => OpResult::Deleted,
+            });
+        }
+        for op in ops {
+            match op {
+                Op::Put { table, key, value, .. } => {
+                    let t = self.tables.entry(table).or_default();
+                    let old = t.insert(key.clone(), Row { version: seq, value: value.clone() });
+                    writes.push(Write { table, key, old: old.map(|r| r.value), new: Some(value) });
+                }
+                Op::Delete { table, key, .. } => {
+                    let old = self.tables.get_mut(&table).and_then(|t| t.remove(&key));
+                    writes.push(Write { table, key, old: old.map(|r| r.value), new: None });
+                }
+                _ => {}
+            }
+        }
+        if has_writes {
+            self.seq = seq;
+            Ok((results, Some(Commit { seq, writes })))
+        } else {
+            Ok((results, None))
+        }
+    }
+
+    pub fn len(&self, table: Table) -> usize {
+        self.tables.get(&table).map_or(0, |t| t.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(|t| t.is_empty())
+    }
+}
