@@ -302,3 +302,10 @@ impl Checker {
         }
     }
 }
+
+impl Checker {
+    /// Accepted requests not yet terminal.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}

@@ -105,6 +105,14 @@ pub struct ComputeNode {
     pub cpu_arch: String,
     /// vm modes the hypervisor supports (`hvm`, `xen`, `exe`).
     pub vm_modes: Vec<String>,
+    /// Resource tracker stats, refreshed by the compute's periodic task.
+    #[serde(default)]
+    pub num_instances: u64,
+    #[serde(default)]
+    pub num_io_ops: u64,
+    /// Free-form stats from the scenario (ComputeCapabilities reads `capabilities:stats:x`).
+    #[serde(default)]
+    pub stats: BTreeMap<String, String>,
 }
 
 /// nova's services row: heartbeat and operator/auto disable.

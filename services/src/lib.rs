@@ -1,1 +1,20 @@
+//! stackbed-services: the control plane's services as async code over the seams.
+//!
+//! The only runtime this crate imports is `tokio`, which is `madsim-tokio`: real tokio in a
+//! normal build, the madsim simulator under `--cfg madsim`. It never names a concrete
+//! seam implementation: those live in `stackbed-sim` and `stackbed-real`.
 
+pub mod api;
+pub mod clock;
+pub mod compute;
+pub mod conductor;
+pub mod ctx;
+pub mod dbx;
+pub mod identity;
+pub mod metrics;
+pub mod monitor;
+pub mod placement;
+pub mod report;
+pub mod runner;
+pub mod scheduler;
+pub mod seams;

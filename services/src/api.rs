@@ -1,0 +1,347 @@
+//! nova-api: create, show, list and delete servers. Each request passes the pipeline nova's
+//! paste config gives it: token validation (keystonemiddleware, cached 300 s), policy,
+//! quota (counting mode), then the BuildRequest write and the cast to the conductor.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use stackbed_core::model::{BuildRequest, Flavor, Image, Instance, Millis, Record, RequestSpec, ServerGroup, Table};
+use stackbed_core::policy::{Credentials, Policy};
+use stackbed_core::quota;
+use stackbed_core::scenario::PlantedBug;
+use stackbed_core::states::{TaskState, VmState};
+use stackbed_core::store::{Expect, Op, Row};
+use stackbed_core::token::TokenPayload;
+
+use crate::ctx::Ctx;
+use crate::dbx::{self, get, ServiceError};
+use crate::seams::Rpc;
+
+/// keystonemiddleware's token_cache_time default.
+pub const TOKEN_CACHE_MS: Millis = 300_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(code: u16, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError::new(500, e.to_string())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.message)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateServer {
+    pub name: String,
+    pub flavor: String,
+    pub image: String,
+    pub server_group: Option<String>,
+}
+
+/// GET /servers/{id}, the fields a client polls.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerView {
+    pub id: String,
+    pub status: &'static str,
+    pub host: Option<String>,
+    pub fault: Option<String>,
+}
+
+pub struct Api {
+    ctx: Ctx,
+    policy: Policy,
+    flavors: BTreeMap<String, Flavor>,
+    images: BTreeMap<String, Image>,
+    token_cache: Mutex<BTreeMap<String, (Millis, TokenPayload)>>,
+    next_id: Mutex<u64>,
+}
+
+impl Api {
+    pub fn new(ctx: Ctx) -> Api {
+        let flavors = ctx.scenario.flavors.iter().map(|f| (f.name.clone(), f.clone())).collect();
+        let images = ctx.scenario.images.iter().map(|i| (i.name.clone(), i.clone())).collect();
+        Api {
+            ctx,
+            policy: Policy::nova_defaults(),
+            flavors,
+            images,
+            token_cache: Mutex::new(BTreeMap::new()),
+            next_id: Mutex::new(0),
+        }
+    }
+
+    /// POST /v3/auth/tokens, through the bus to keystone.
+    pub async fn authenticate(&self, user: &str, password: &str, project: &str) -> Result<String, ApiError> {
+        let msg = Rpc::Authenticate { user: user.into(), password: password.into(), project: project.into() };
+        match self.ctx.bus.call(crate::identity::TOPIC, msg, self.ctx.scenario.control.rpc_response_timeout.0).await {
+            Ok(Rpc::Token(t)) => Ok(t),
+            Ok(Rpc::Error(e)) => Err(ApiError::new(401, e)),
+            Ok(other) => Err(ApiError::new(500, format!("keystone answered {}", other.method()))),
+            Err(e) => Err(ApiError::new(503, e.to_string())),
+        }
+    }
+
+    /// keystonemiddleware: validate with keystone, cache the answer for 300 s.
+    async fn credentials(&self, token: &str) -> Result<Credentials, ApiError> {
+        let now = self.ctx.clock.now_ms();
+        let cached = {
+            let cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(token).filter(|(at, p)| now < at + TOKEN_CACHE_MS && now < p.expires_at_ms).map(|(_, p)| p.clone())
+        };
+        let payload = match cached {
+            Some(p) => p,
+            None => {
+                let msg = Rpc::ValidateToken { token: token.to_string() };
+                let p = match self.ctx.bus.call(crate::identity::TOPIC, msg, self.ctx.scenario.control.rpc_response_timeout.0).await {
+                    Ok(Rpc::TokenInfo(p)) => p,
+                    Ok(Rpc::Error(e)) => return Err(ApiError::new(401, format!("token rejected: {e}"))),
+                    Ok(other) => return Err(ApiError::new(500, format!("keystone answered {}", other.method()))),
+                    Err(e) => return Err(ApiError::new(503, e.to_string())),
+                };
+                let mut cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.retain(|_, (at, _)| now < *at + TOKEN_CACHE_MS);
+                cache.insert(token.to_string(), (now, p.clone()));
+                p
+            }
+        };
+        Ok(Credentials {
+            is_admin: payload.roles.iter().any(|r| r == "admin"),
+            user_id: payload.user_id,
+            project_id: payload.project_id,
+            roles: payload.roles,
+        })
+    }
+
+    fn authorize(&self, action: &str, creds: &Credentials, project: &str) -> Result<(), ApiError> {
+        let target = BTreeMap::from([("project_id", project.to_string())]);
+        match self.policy.enforce(action, creds, &target) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApiError::new(403, format!("Policy doesn't allow {action} to be performed."))),
+            Err(e) => Err(ApiError::new(500, e.to_string())),
+        }
+    }
+
+    fn new_uuid(&self, project: &str) -> String {
+        let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        // Deterministic ids: the project and a counter are as unique as a UUID here.
+        format!("{project}-{:06}", *n)
+    }
+
+    /// POST /servers. Returns the new server's id (202 Accepted).
+    pub async fn create_server(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
+        let t0 = self.ctx.clock.now();
+        let res = self.create_inner(token, req).await;
+        self.ctx.metrics.record("api.create", self.ctx.clock.secs_since(t0), res.is_ok());
+        if let Err(e) = &res {
+            self.ctx.metrics.count(&format!("api.create.{}", e.code), 1);
+        }
+        res
+    }
+
+    async fn create_inner(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
+        let creds = self.credentials(token).await?;
+        self.authorize("os_compute_api:servers:create", &creds, &creds.project_id)?;
+        let flavor = self.flavors.get(&req.flavor).ok_or_else(|| ApiError::new(400, format!("Flavor {} could not be found.", req.flavor)))?;
+        let image = self.images.get(&req.image).ok_or_else(|| ApiError::new(400, format!("Image {} could not be found.", req.image)))?;
+        let db = &*self.ctx.db;
+        let project = creds.project_id.clone();
+        let rows = db
+            .execute(vec![
+                Op::Get { table: Table::Projects, key: project.clone() },
+                Op::Get { table: Table::ProjectUsages, key: project.clone() },
+            ])
+            .await
+            .map_err(ServiceError::from)?;
+        let mut rows = rows.into_iter().map(dbx::row_of);
+        let limits = match rows.next().flatten() {
+            Some(Row { value: Record::Project(p), .. }) => p.quota,
+            _ => return Err(ApiError::new(404, format!("project {project} not found"))),
+        };
+        let usage = match rows.next().flatten() {
+            Some(Row { value: Record::ProjectUsage(u), .. }) => u,
+            _ => Default::default(),
+        };
+        let delta = stackbed_core::model::ProjectUsage { instances: 1, cores: flavor.vcpus, ram_mb: flavor.ram_mb };
+        if self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked) {
+            if let Err(e) = quota::check(&usage, &delta, &limits) {
+                return Err(ApiError::new(403, format!("Quota exceeded: {e}")));
+            }
+        }
+        let uuid = self.new_uuid(&project);
+        let spec = RequestSpec {
+            instance_uuid: uuid.clone(),
+            project: project.clone(),
+            user: creds.user_id.clone(),
+            flavor: flavor.clone(),
+            image: image.clone(),
+            server_group: req.server_group.clone(),
+            tried_hosts: Vec::new(),
+        };
+        let mut ops = vec![Op::Put {
+            table: Table::BuildRequests,
+            key: uuid.clone(),
+            value: Record::BuildRequest(BuildRequest { spec: spec.clone(), created_at_ms: self.ctx.clock.now_ms() }),
+            expect: Expect::Absent,
+        }];
+        if let Some(group) = &req.server_group {
+            ops.push(self.add_group_member(group, &uuid).await?);
+        }
+        // A group membership race (two creates into one group) re-reads and retries.
+        let mut attempts = 0;
+        loop {
+            match db.execute(ops.clone()).await {
+                Ok(_) => break,
+                Err(stackbed_core::store::DbError::Conflict { table, .. }) if table == Table::ServerGroups.name() && attempts < dbx::CAS_RETRIES_MAX => {
+                    attempts += 1;
+                    ops.pop();
+                    ops.push(self.add_group_member(req.server_group.as_deref().unwrap_or_default(), &uuid).await?);
+                }
+                Err(e) => return Err(ServiceError::from(e).into()),
+            }
+        }
+        self.ctx
+            .bus
+            .cast(crate::conductor::TOPIC, Rpc::ScheduleAndBuildInstances { spec })
+            .await
+            .map_err(|e| ApiError::new(503, e.to_string()))?;
+        Ok(uuid)
+    }
+
+    async fn add_group_member(&self, group: &str, uuid: &str) -> Result<Op, ApiError> {
+        let (expect, mut g) = match get(&*self.ctx.db, Table::ServerGroups, group).await.map_err(ServiceError::from)? {
+            Some(Row { version, value: Record::ServerGroup(g) }) => (Expect::Version(version), g),
+            _ => return Err(ApiError::new(400, format!("server group {group} not found"))),
+        };
+        g.members.push(uuid.to_string());
+        Ok(Op::Put { table: Table::ServerGroups, key: group.to_string(), value: Record::ServerGroup(g), expect })
+    }
+
+    /// POST /os-server-groups.
+    pub async fn create_server_group(&self, token: &str, name: &str, policy: stackbed_core::model::GroupPolicy) -> Result<String, ApiError> {
+        let creds = self.credentials(token).await?;
+        self.authorize("os_compute_api:servers:create", &creds, &creds.project_id)?;
+        let id = format!("{}-group-{name}", creds.project_id);
+        let group = ServerGroup { name: name.to_string(), policy, max_server_per_host: 1, members: Vec::new() };
+        self.ctx
+            .db
+            .execute(vec![Op::Put { table: Table::ServerGroups, key: id.clone(), value: Record::ServerGroup(group), expect: Expect::Any }])
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(id)
+    }
+
+    /// GET /servers/{id}.
+    pub async fn show_server(&self, token: &str, uuid: &str) -> Result<ServerView, ApiError> {
+        let creds = self.credentials(token).await?;
+        let rows = self
+            .ctx
+            .db
+            .execute(vec![
+                Op::Get { table: Table::Instances, key: uuid.to_string() },
+                Op::Get { table: Table::BuildRequests, key: uuid.to_string() },
+            ])
+            .await
+            .map_err(ServiceError::from)?;
+        let mut rows = rows.into_iter().map(dbx::row_of);
+        match (rows.next().flatten(), rows.next().flatten()) {
+            (Some(Row { value: Record::Instance(i), .. }), _) => {
+                self.authorize("os_compute_api:servers:show", &creds, &i.project)?;
+                Ok(view(&i))
+            }
+            (None, Some(Row { value: Record::BuildRequest(b), .. })) => {
+                self.authorize("os_compute_api:servers:show", &creds, &b.spec.project)?;
+                Ok(ServerView { id: uuid.to_string(), status: "BUILD", host: None, fault: None })
+            }
+            _ => Err(ApiError::new(404, format!("Instance {uuid} could not be found."))),
+        }
+    }
+
+    /// GET /servers: the caller's project's servers (all projects for admin).
+    pub async fn list_servers(&self, token: &str) -> Result<Vec<ServerView>, ApiError> {
+        let creds = self.credentials(token).await?;
+        self.authorize("os_compute_api:servers:index", &creds, &creds.project_id)?;
+        let rows = self
+            .ctx
+            .db
+            .execute(vec![
+                Op::Scan { table: Table::Instances, prefix: String::new() },
+                Op::Scan { table: Table::BuildRequests, prefix: String::new() },
+            ])
+            .await
+            .map_err(ServiceError::from)?;
+        let mut out = Vec::new();
+        for res in rows {
+            for (key, row) in dbx::rows_of(res) {
+                match row.value {
+                    Record::Instance(i) if (creds.is_admin || i.project == creds.project_id) && !i.deleted => out.push(view(&i)),
+                    Record::BuildRequest(b) if creds.is_admin || b.spec.project == creds.project_id => {
+                        out.push(ServerView { id: key, status: "BUILD", host: None, fault: None })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// DELETE /servers/{id} (204). A server that exists only as a BuildRequest (still being
+    /// scheduled) answers 409: nova would delete the BuildRequest; stackbed does not model it yet.
+    pub async fn delete_server(&self, token: &str, uuid: &str) -> Result<(), ApiError> {
+        let creds = self.credentials(token).await?;
+        let Some((_, inst)) = dbx::get_instance(&*self.ctx.db, uuid).await? else {
+            if get(&*self.ctx.db, Table::BuildRequests, uuid).await.map_err(ServiceError::from)?.is_some() {
+                return Err(ApiError::new(409, format!("Instance {uuid} is still being scheduled; retry the delete.")));
+            }
+            return Err(ApiError::new(404, format!("Instance {uuid} could not be found.")));
+        };
+        self.authorize("os_compute_api:servers:delete", &creds, &inst.project)?;
+        if inst.deleted || inst.task_state == Some(TaskState::Deleting) {
+            return Ok(());
+        }
+        if inst.host.is_none() && inst.vm_state != VmState::Error {
+            return Err(ApiError::new(409, format!("Instance {uuid} is being rescheduled; retry the delete.")));
+        }
+        let not_deleting = [None, Some(TaskState::Scheduling), Some(TaskState::Networking), Some(TaskState::BlockDeviceMapping), Some(TaskState::Spawning)];
+        let inst = dbx::update_instance(&*self.ctx.db, uuid, &not_deleting, |i| i.task_state = Some(TaskState::Deleting)).await?;
+        match &inst.host {
+            Some(host) => self
+                .ctx
+                .bus
+                .cast(&crate::compute::topic(host), Rpc::TerminateInstance { uuid: uuid.to_string() })
+                .await
+                .map_err(|e| ApiError::new(503, e.to_string()))?,
+            None => {
+                // Never placed (ERROR after scheduling): a local delete, as nova's API does.
+                dbx::update_instance(&*self.ctx.db, uuid, &[Some(TaskState::Deleting)], |i| {
+                    i.vm_state = VmState::Deleted;
+                    i.task_state = None;
+                    i.deleted = true;
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn view(i: &Instance) -> ServerView {
+    ServerView { id: i.uuid.clone(), status: i.status(), host: i.host.clone(), fault: i.fault.clone() }
+}

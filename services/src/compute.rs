@@ -1,0 +1,338 @@
+//! nova-compute: registers its node, resource provider and service; heartbeats every
+//! report_interval; builds instances under the `max_concurrent_builds` semaphore with
+//! nova's task_state steps, each a compare-and-swap on the expected task_state;
+//! reschedules on unexpected spawn failures and aborts on build-abort failures.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use stackbed_core::model::{ComputeNode, Instance, Inventory, Provider, Record, RequestSpec, ServiceRecord, Table};
+use stackbed_core::scenario::HostGroup;
+use stackbed_core::states::{PowerState, TaskState, VmState};
+use stackbed_core::store::{DbError, Expect, Op, Row};
+
+use crate::ctx::Ctx;
+use crate::dbx::{self, ServiceError};
+use crate::placement;
+use crate::seams::{HvError, HvRef, Incoming, Rpc};
+
+pub fn topic(host: &str) -> String {
+    format!("compute.{host}")
+}
+
+/// The placement inventories a compute reports for its node.
+pub fn inventories(node: &ComputeNode, group: &HostGroup, ratio: &stackbed_core::scenario::AllocationRatio) -> [Inventory; 3] {
+    let inv = |total: u64, reserved: u64, ratio: f64| Inventory {
+        total,
+        reserved,
+        min_unit: 1,
+        max_unit: total,
+        step_size: 1,
+        allocation_ratio: ratio,
+    };
+    [
+        inv(node.vcpus, group.reserved.vcpus, ratio.cpu),
+        inv(node.ram_mb, group.reserved.ram_mb, ratio.ram),
+        inv(node.disk_gb, group.reserved.disk_gb, ratio.disk),
+    ]
+}
+
+#[derive(Default)]
+struct Local {
+    /// Instances this host runs or builds.
+    instances: u64,
+    /// Builds in flight (nova's io_workload counts build/resize/snapshot tasks).
+    io_ops: u64,
+    /// Per-instance locks: nova serialises build and terminate of one instance.
+    locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+pub struct Compute {
+    ctx: Ctx,
+    hv: HvRef,
+    host: String,
+    group: HostGroup,
+    builds: Arc<tokio::sync::Semaphore>,
+    local: Mutex<Local>,
+}
+
+impl Compute {
+    pub fn new(ctx: Ctx, hv: HvRef, group: HostGroup) -> Compute {
+        let host = hv.node_info().host;
+        let builds = Arc::new(tokio::sync::Semaphore::new(ctx.scenario.control.max_concurrent_builds));
+        Compute { ctx, hv, host, group, builds, local: Mutex::new(Local::default()) }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn node_row(&self) -> ComputeNode {
+        let mut node = self.hv.node_info();
+        let l = self.local();
+        node.num_instances = l.instances;
+        node.num_io_ops = l.io_ops;
+        node
+    }
+
+    /// Writes the compute node, the resource provider (keeping existing usage) and the service.
+    async fn register(&self) -> Result<(), ServiceError> {
+        let node = self.node_row();
+        let inventories = inventories(&node, &self.group, &self.ctx.scenario.control.allocation_ratio);
+        for _ in 0..dbx::CAS_RETRIES_MAX {
+            let existing = dbx::get(&*self.ctx.db, Table::Providers, &self.host).await?;
+            let (expect, used) = match existing {
+                Some(Row { version, value: Record::Provider(p) }) => (Expect::Version(version), p.used),
+                _ => (Expect::Absent, Default::default()),
+            };
+            let provider = Provider { host: self.host.clone(), inventories, used };
+            let service = ServiceRecord {
+                host: self.host.clone(),
+                binary: "nova-compute".into(),
+                last_seen_ms: self.ctx.clock.now_ms(),
+                disabled: false,
+                disabled_reason: None,
+                failed_builds: 0,
+            };
+            let ops = vec![
+                Op::Put { table: Table::ComputeNodes, key: self.host.clone(), value: Record::ComputeNode(node.clone()), expect: Expect::Any },
+                Op::Put { table: Table::Providers, key: self.host.clone(), value: Record::Provider(provider), expect },
+                Op::Put { table: Table::Services, key: self.host.clone(), value: Record::Service(service), expect: Expect::Any },
+            ];
+            match self.ctx.db.execute(ops).await {
+                Ok(_) => return Ok(()),
+                Err(DbError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DbError::Backend(format!("{}: could not register", self.host)).into())
+    }
+
+    /// servicegroup's DB driver: bump last_seen every report_interval; the resource
+    /// tracker's stats ride along when they changed.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let interval = self.ctx.scenario.control.report_interval.0;
+        let mut last_stats = (u64::MAX, u64::MAX);
+        loop {
+            self.ctx.clock.sleep(interval).await;
+            let _ = self.update_service(|s, now| s.last_seen_ms = now).await;
+            let node = self.node_row();
+            if (node.num_instances, node.num_io_ops) != last_stats {
+                last_stats = (node.num_instances, node.num_io_ops);
+                let op = Op::Put { table: Table::ComputeNodes, key: self.host.clone(), value: Record::ComputeNode(node), expect: Expect::Any };
+                let _ = self.ctx.db.execute(vec![op]).await;
+            }
+        }
+    }
+
+    async fn update_service(&self, change: impl Fn(&mut ServiceRecord, u64)) -> Result<ServiceRecord, ServiceError> {
+        for _ in 0..dbx::CAS_RETRIES_MAX {
+            let Some(Row { version, value: Record::Service(mut s) }) = dbx::get(&*self.ctx.db, Table::Services, &self.host).await? else {
+                return Err(ServiceError::NotFound(format!("service {}", self.host)));
+            };
+            change(&mut s, self.ctx.clock.now_ms());
+            let op = Op::Put { table: Table::Services, key: self.host.clone(), value: Record::Service(s.clone()), expect: Expect::Version(version) };
+            match self.ctx.db.execute(vec![op]).await {
+                Ok(_) => return Ok(s),
+                Err(DbError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DbError::Backend(format!("service {}: too many conflicts", self.host)).into())
+    }
+
+    pub async fn run(self) -> Result<(), ServiceError> {
+        self.register().await?;
+        let this = Arc::new(self);
+        tokio::spawn(this.clone().heartbeat_loop());
+        let mut rx = this.ctx.bus.consume(&topic(&this.host)).await?;
+        while let Some(Incoming { msg, .. }) = rx.recv().await {
+            let this = this.clone();
+            tokio::spawn(async move {
+                let res = match msg {
+                    Rpc::BuildAndRunInstance { spec, alternates } => this.build_and_run(spec, alternates).await,
+                    Rpc::TerminateInstance { uuid } => this.terminate(&uuid).await,
+                    _ => Ok(()),
+                };
+                if res.is_err() {
+                    this.ctx.metrics.count("compute.errors", 1);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn instance_lock(&self, uuid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.local().locks.entry(uuid.to_string()).or_default().clone()
+    }
+
+    async fn build_and_run(&self, spec: RequestSpec, alternates: Vec<String>) -> Result<(), ServiceError> {
+        let t0 = self.ctx.clock.now();
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _permit = self.builds.clone().acquire_owned().await.map_err(|e| ServiceError::NotFound(e.to_string()))?;
+        let lock = self.instance_lock(&spec.instance_uuid);
+        let _guard = lock.lock().await;
+        self.local().io_ops += 1;
+        let res = self.build(&spec, &alternates).await;
+        {
+            let mut l = self.local();
+            l.io_ops -= 1;
+            if matches!(res, Ok(true)) {
+                l.instances += 1;
+            }
+        }
+        self.ctx.metrics.record("compute.build", self.ctx.clock.secs_since(t0), matches!(res, Ok(true)));
+        res.map(|_| ())
+    }
+
+    /// Returns Ok(true) when the instance went ACTIVE here.
+    async fn build(&self, spec: &RequestSpec, alternates: &[String]) -> Result<bool, ServiceError> {
+        let db = &*self.ctx.db;
+        let uuid = &spec.instance_uuid;
+        let host = self.host.clone();
+        // _do_build_and_run_instance: (building, None) expecting (scheduling, None).
+        let inst = match dbx::update_instance(db, uuid, &[Some(TaskState::Scheduling), None], |i| {
+            i.vm_state = VmState::Building;
+            i.task_state = None;
+            i.host = Some(host.clone());
+        })
+        .await
+        {
+            Ok(i) => i,
+            Err(e @ ServiceError::UnexpectedTaskState { .. }) => {
+                // Deleted meanwhile: give the claim back, terminate finishes the delete.
+                placement::release(db, &self.ctx.metrics, uuid).await?;
+                self.ctx.metrics.count("compute.build_aborted_by_delete", 1);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let step = |from: TaskState, to: Option<TaskState>| async move {
+            dbx::update_instance(db, uuid, &[Some(from)], move |i| i.task_state = to).await
+        };
+        let result: Result<(), ServiceError> = async {
+            let t = self.ctx.clock.now();
+            dbx::update_instance(db, uuid, &[None], |i| i.task_state = Some(TaskState::Networking)).await?;
+            let r = self.hv.allocate_network(&inst).await;
+            self.ctx.metrics.record("compute.networking", self.ctx.clock.secs_since(t), r.is_ok());
+            r?;
+            let t = self.ctx.clock.now();
+            step(TaskState::Networking, Some(TaskState::BlockDeviceMapping)).await?;
+            let r = self.hv.block_device_mapping(&inst).await;
+            self.ctx.metrics.record("compute.block_device_mapping", self.ctx.clock.secs_since(t), r.is_ok());
+            r?;
+            let t = self.ctx.clock.now();
+            step(TaskState::BlockDeviceMapping, Some(TaskState::Spawning)).await?;
+            let r = self.hv.spawn(&inst, &spec.image).await;
+            self.ctx.metrics.record("compute.spawn", self.ctx.clock.secs_since(t), r.is_ok());
+            for (phase, secs) in r.as_ref().map(|p| p.as_slice()).unwrap_or(&[]) {
+                self.ctx.metrics.record(&format!("compute.spawn.{phase}"), *secs, true);
+            }
+            r?;
+            let now = self.ctx.clock.now_ms();
+            dbx::update_instance(db, uuid, &[Some(TaskState::Spawning)], |i| {
+                i.vm_state = VmState::Active;
+                i.task_state = None;
+                i.power_state = PowerState::Running;
+                i.launched_at_ms = Some(now);
+            })
+            .await?;
+            Ok(())
+        }
+        .await;
+
+        match result {
+            Ok(()) => {
+                self.update_service(|s, _| s.failed_builds = 0).await?;
+                Ok(true)
+            }
+            Err(ServiceError::Hypervisor(HvError::Reschedule(why))) => {
+                self.record_failure().await?;
+                self.cleanup(&inst).await?;
+                dbx::update_instance(db, uuid, &[Some(TaskState::Spawning), Some(TaskState::Networking), Some(TaskState::BlockDeviceMapping)], |i| {
+                    i.task_state = Some(TaskState::Scheduling);
+                    i.host = None;
+                })
+                .await?;
+                let mut spec = spec.clone();
+                spec.tried_hosts.push(self.host.clone());
+                let failure = format!("{}: {why}", self.host);
+                let msg = Rpc::BuildInstances { spec, alternates: alternates.to_vec(), failure };
+                self.ctx.bus.cast(crate::conductor::TOPIC, msg).await?;
+                Ok(false)
+            }
+            Err(ServiceError::Hypervisor(HvError::Abort(why))) => {
+                self.record_failure().await?;
+                self.cleanup(&inst).await?;
+                self.ctx.metrics.count("build_aborted", 1);
+                dbx::update_instance(db, uuid, &[], |i| {
+                    i.vm_state = VmState::Error;
+                    i.task_state = None;
+                    i.host = None;
+                    i.fault = Some(format!("BuildAbortException: {why}"));
+                })
+                .await?;
+                Ok(false)
+            }
+            Err(e @ ServiceError::UnexpectedTaskState { .. }) => {
+                // Deleted during the build: undo what the build did; terminate finishes.
+                self.cleanup(&inst).await?;
+                self.ctx.metrics.count("compute.build_aborted_by_delete", 1);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// nova counts consecutive build failures and disables the service at the threshold.
+    async fn record_failure(&self) -> Result<(), ServiceError> {
+        let threshold = self.ctx.scenario.control.consecutive_build_service_disable_threshold;
+        let s = self
+            .update_service(|s, _| {
+                s.failed_builds += 1;
+                if threshold > 0 && s.failed_builds >= threshold && !s.disabled {
+                    s.disabled = true;
+                    s.disabled_reason = Some(format!("Auto-disabled due to {} build failures", s.failed_builds));
+                }
+            })
+            .await?;
+        if s.disabled {
+            self.ctx.metrics.count("compute.auto_disabled", 1);
+        }
+        Ok(())
+    }
+
+    async fn cleanup(&self, inst: &Instance) -> Result<(), ServiceError> {
+        let _ = self.hv.destroy(inst).await;
+        let _ = self.hv.deallocate_network(inst).await;
+        placement::release(&*self.ctx.db, &self.ctx.metrics, &inst.uuid).await?;
+        Ok(())
+    }
+
+    async fn terminate(&self, uuid: &str) -> Result<(), ServiceError> {
+        let lock = self.instance_lock(uuid);
+        let _guard = lock.lock().await;
+        let Some((_, inst)) = dbx::get_instance(&*self.ctx.db, uuid).await? else {
+            return Err(ServiceError::NotFound(format!("instance {uuid}")));
+        };
+        let was_active = inst.vm_state == VmState::Active;
+        let t = self.ctx.clock.now();
+        let r = self.hv.destroy(&inst).await;
+        let _ = self.hv.deallocate_network(&inst).await;
+        placement::release(&*self.ctx.db, &self.ctx.metrics, uuid).await?;
+        dbx::update_instance(&*self.ctx.db, uuid, &[Some(TaskState::Deleting)], |i| {
+            i.vm_state = VmState::Deleted;
+            i.task_state = None;
+            i.power_state = PowerState::NoState;
+            i.deleted = true;
+        })
+        .await?;
+        self.ctx.metrics.record("compute.terminate", self.ctx.clock.secs_since(t), r.is_ok());
+        let mut l = self.local();
+        if was_active {
+            l.instances = l.instances.saturating_sub(1);
+        }
+        l.locks.remove(uuid);
+        Ok(())
+    }
+}

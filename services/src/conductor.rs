@@ -1,0 +1,206 @@
+//! nova-conductor: `schedule_and_build_instances` (call the scheduler, create the instance
+//! in its cell, re-check quota, cast to the compute) and `build_instances` (reschedule to
+//! an alternate after a compute failure, or MaxRetriesExceeded).
+
+use stackbed_core::model::{Instance, Record, RequestSpec, Table};
+use stackbed_core::quota;
+use stackbed_core::scenario::PlantedBug;
+use stackbed_core::states::{PowerState, TaskState, VmState};
+use stackbed_core::store::{Op, Row};
+
+use crate::ctx::Ctx;
+use crate::dbx::{self, ServiceError};
+use crate::placement::{self, ClaimOutcome};
+use crate::seams::{Incoming, Rpc};
+
+pub const TOPIC: &str = "conductor";
+
+pub struct Conductor {
+    ctx: Ctx,
+}
+
+fn new_instance(spec: &RequestSpec, now_ms: u64, vm_state: VmState, task_state: Option<TaskState>, fault: Option<String>) -> Instance {
+    Instance {
+        uuid: spec.instance_uuid.clone(),
+        name: format!("server-{}", spec.instance_uuid),
+        project: spec.project.clone(),
+        user: spec.user.clone(),
+        flavor: spec.flavor.clone(),
+        image: spec.image.name.clone(),
+        vm_state,
+        task_state,
+        power_state: PowerState::NoState,
+        host: None,
+        created_at_ms: now_ms,
+        launched_at_ms: None,
+        deleted: false,
+        fault,
+        attempts: 1,
+    }
+}
+
+impl Conductor {
+    pub fn new(ctx: Ctx) -> Conductor {
+        Conductor { ctx }
+    }
+
+    pub async fn run(self) -> Result<(), ServiceError> {
+        let mut rx = self.ctx.bus.consume(TOPIC).await?;
+        let this = std::sync::Arc::new(self);
+        while let Some(Incoming { msg, .. }) = rx.recv().await {
+            // Each request runs on its own greenthread, as in nova's executor.
+            let this = this.clone();
+            tokio::spawn(async move {
+                let uuid = match &msg {
+                    Rpc::ScheduleAndBuildInstances { spec } | Rpc::BuildInstances { spec, .. } => spec.instance_uuid.clone(),
+                    _ => String::new(),
+                };
+                let res = match msg {
+                    Rpc::ScheduleAndBuildInstances { spec } => this.schedule_and_build(spec).await,
+                    Rpc::BuildInstances { spec, alternates, failure } => this.reschedule(spec, alternates, failure).await,
+                    _ => Ok(()),
+                };
+                if let Err(e) = res {
+                    this.ctx.metrics.count("conductor.errors", 1);
+                    // The instance is left for the liveness invariant to flag; say what happened.
+                    this.ctx.metrics.count(&format!("conductor.error.{}", error_kind(&e)), 1);
+                    let _ = uuid;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn schedule_and_build(&self, spec: RequestSpec) -> Result<(), ServiceError> {
+        let t0 = self.ctx.clock.now();
+        let ts = self.ctx.clock.now();
+        let answer = self
+            .ctx
+            .bus
+            .call(crate::scheduler::TOPIC, Rpc::SelectDestinations { spec: spec.clone() }, self.ctx.scenario.control.long_rpc_timeout.0)
+            .await;
+        let hosts = match answer {
+            Ok(Rpc::Destinations { hosts }) if !hosts.is_empty() => {
+                self.ctx.metrics.record("scheduler.select_destinations", self.ctx.clock.secs_since(ts), true);
+                hosts
+            }
+            other => {
+                self.ctx.metrics.record("scheduler.select_destinations", self.ctx.clock.secs_since(ts), false);
+                let reason = match other {
+                    Ok(Rpc::NoValidHost { reason }) => {
+                        self.ctx.metrics.count("no_valid_host", 1);
+                        format!("No valid host was found. {reason}")
+                    }
+                    Ok(m) => format!("scheduler answered {}", m.method()),
+                    Err(e) => {
+                        self.ctx.metrics.count("scheduler.rpc_errors", 1);
+                        e.to_string()
+                    }
+                };
+                // Bury in cell0: the instance exists, in ERROR, with the fault.
+                let inst = new_instance(&spec, self.ctx.clock.now_ms(), VmState::Error, None, Some(reason));
+                dbx::create_instance(&*self.ctx.db, &inst).await?;
+                self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
+                return Ok(());
+            }
+        };
+        let (host, alternates) = (hosts[0].clone(), hosts[1..].to_vec());
+        // The user may have deleted the server while it was being scheduled.
+        if dbx::get(&*self.ctx.db, Table::BuildRequests, &spec.instance_uuid).await?.is_none() {
+            placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
+            return Ok(());
+        }
+        let mut inst = new_instance(&spec, self.ctx.clock.now_ms(), VmState::Building, Some(TaskState::Scheduling), None);
+        dbx::create_instance(&*self.ctx.db, &inst).await?;
+        if self.ctx.scenario.control.quota_recheck && self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked) {
+            if let Some(e) = self.recheck_quota(&spec).await? {
+                placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
+                inst = dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
+                    i.vm_state = VmState::Error;
+                    i.task_state = None;
+                    i.fault = Some(format!("Quota exceeded on recheck: {e}"));
+                })
+                .await?;
+                self.ctx.metrics.count("quota_recheck_failures", 1);
+                self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
+                let _ = inst;
+                return Ok(());
+            }
+        }
+        self.ctx.bus.cast(&crate::compute::topic(&host), Rpc::BuildAndRunInstance { spec, alternates }).await?;
+        self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), true);
+        Ok(())
+    }
+
+    /// Counting-mode recheck: usage now includes the new instance, so check with no delta.
+    async fn recheck_quota(&self, spec: &RequestSpec) -> Result<Option<quota::OverQuota>, ServiceError> {
+        let rows = self
+            .ctx
+            .db
+            .execute(vec![
+                Op::Get { table: Table::Projects, key: spec.project.clone() },
+                Op::Get { table: Table::ProjectUsages, key: spec.project.clone() },
+            ])
+            .await?;
+        let mut rows = rows.into_iter().map(dbx::row_of);
+        let limits = match rows.next().flatten() {
+            Some(Row { value: Record::Project(p), .. }) => p.quota,
+            _ => return Err(ServiceError::NotFound(format!("project {}", spec.project))),
+        };
+        let usage = match rows.next().flatten() {
+            Some(Row { value: Record::ProjectUsage(u), .. }) => u,
+            _ => Default::default(),
+        };
+        Ok(quota::check(&usage, &Default::default(), &limits).err())
+    }
+
+    /// A compute failed the build: claim the next alternate and cast to it, or give up with
+    /// MaxRetriesExceeded. Alternates were not claimed by the scheduler; the conductor
+    /// claims them here, as nova does.
+    async fn reschedule(&self, spec: RequestSpec, mut alternates: Vec<String>, failure: String) -> Result<(), ServiceError> {
+        let t0 = self.ctx.clock.now();
+        self.ctx.metrics.count("reschedules", 1);
+        while !alternates.is_empty() {
+            let host = alternates.remove(0);
+            let outcome = placement::claim(
+                &*self.ctx.db,
+                &self.ctx.metrics,
+                &spec.instance_uuid,
+                &spec.project,
+                &host,
+                spec.flavor.resources(),
+            )
+            .await?;
+            if outcome != ClaimOutcome::Claimed {
+                continue;
+            }
+            dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| i.attempts += 1).await?;
+            self.ctx.bus.cast(&crate::compute::topic(&host), Rpc::BuildAndRunInstance { spec, alternates }).await?;
+            self.ctx.metrics.record("conductor.reschedule", self.ctx.clock.secs_since(t0), true);
+            return Ok(());
+        }
+        self.ctx.metrics.count("max_retries_exceeded", 1);
+        let uuid = spec.instance_uuid.clone();
+        dbx::update_instance(&*self.ctx.db, &uuid, &[Some(TaskState::Scheduling)], |i| {
+            i.vm_state = VmState::Error;
+            i.task_state = None;
+            i.fault = Some(format!(
+                "MaxRetriesExceeded: Exceeded maximum number of retries. Exhausted all hosts available for retrying build failures for instance {uuid}. Last failure: {failure}"
+            ));
+        })
+        .await?;
+        self.ctx.metrics.record("conductor.reschedule", self.ctx.clock.secs_since(t0), false);
+        Ok(())
+    }
+}
+
+fn error_kind(e: &ServiceError) -> &'static str {
+    match e {
+        ServiceError::Db(_) => "db",
+        ServiceError::Bus(_) => "bus",
+        ServiceError::Hypervisor(_) => "hypervisor",
+        ServiceError::UnexpectedTaskState { .. } => "unexpected_task_state",
+        ServiceError::NotFound(_) => "not_found",
+        ServiceError::Corrupt(_) => "corrupt",
+    }
+}

@@ -1,0 +1,153 @@
+//! Typed helpers over the database seam: reads of one table's records, and the
+//! compare-and-swap instance update every nova state write goes through.
+
+use thiserror::Error;
+
+use stackbed_core::model::{Instance, ProjectUsage, Record, Table};
+use stackbed_core::states::TaskState;
+use stackbed_core::store::{DbError, Expect, Op, OpResult, Row};
+
+use crate::seams::{BusError, Database, HvError};
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+    /// nova's UnexpectedTaskStateError (UnexpectedDeletingTaskStateError when deleting).
+    #[error("instance {uuid}: unexpected task state: expecting {expected:?} but the actual state is {found:?}")]
+    UnexpectedTaskState { uuid: String, expected: Vec<Option<TaskState>>, found: Option<TaskState> },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("unexpected record in {0}")]
+    Corrupt(String),
+}
+
+/// Retries of a read-modify-write that lost a compare-and-swap race.
+pub const CAS_RETRIES_MAX: u32 = 50;
+
+pub async fn get(db: &dyn Database, table: Table, key: &str) -> Result<Option<Row>, DbError> {
+    let mut res = db.execute(vec![Op::Get { table, key: key.to_string() }]).await?;
+    match res.pop() {
+        Some(OpResult::Row(r)) => Ok(r),
+        _ => Err(DbError::Backend("get returned no row result".into())),
+    }
+}
+
+pub async fn scan(db: &dyn Database, table: Table, prefix: &str) -> Result<Vec<(String, Row)>, DbError> {
+    let mut res = db.execute(vec![Op::Scan { table, prefix: prefix.to_string() }]).await?;
+    match res.pop() {
+        Some(OpResult::Rows(r)) => Ok(r),
+        _ => Err(DbError::Backend("scan returned no rows result".into())),
+    }
+}
+
+pub fn rows_of(res: OpResult) -> Vec<(String, Row)> {
+    match res {
+        OpResult::Rows(r) => r,
+        _ => Vec::new(),
+    }
+}
+
+pub fn row_of(res: OpResult) -> Option<Row> {
+    match res {
+        OpResult::Row(r) => r,
+        _ => None,
+    }
+}
+
+pub async fn get_instance(db: &dyn Database, uuid: &str) -> Result<Option<(u64, Instance)>, ServiceError> {
+    match get(db, Table::Instances, uuid).await? {
+        Some(Row { version, value: Record::Instance(i) }) => Ok(Some((version, i))),
+        Some(_) => Err(ServiceError::Corrupt(format!("instances/{uuid}"))),
+        None => Ok(None),
+    }
+}
+
+fn usage_delta(usage: &mut ProjectUsage, inst: &Instance, sign: i64) {
+    let apply = |v: &mut u64, d: u64| {
+        *v = if sign > 0 { *v + d } else { v.saturating_sub(d) };
+    };
+    apply(&mut usage.instances, 1);
+    apply(&mut usage.cores, inst.flavor.vcpus);
+    apply(&mut usage.ram_mb, inst.flavor.ram_mb);
+}
+
+/// `instance.save(expected_task_state=...)`: read, check the task state, apply `change`,
+/// write back with a compare-and-swap on the row version; a lost race re-reads and re-checks.
+/// An empty `expected` means "any". When the change soft-deletes the instance, the
+/// project's usage row is decremented in the same transaction.
+pub async fn update_instance(
+    db: &dyn Database,
+    uuid: &str,
+    expected: &[Option<TaskState>],
+    change: impl Fn(&mut Instance),
+) -> Result<Instance, ServiceError> {
+    for _ in 0..CAS_RETRIES_MAX {
+        let Some((version, mut inst)) = get_instance(db, uuid).await? else {
+            return Err(ServiceError::NotFound(format!("instance {uuid}")));
+        };
+        if !expected.is_empty() && !expected.contains(&inst.task_state) {
+            return Err(ServiceError::UnexpectedTaskState {
+                uuid: uuid.to_string(),
+                expected: expected.to_vec(),
+                found: inst.task_state,
+            });
+        }
+        let was_deleted = inst.deleted;
+        change(&mut inst);
+        let mut ops = vec![Op::Put {
+            table: Table::Instances,
+            key: uuid.to_string(),
+            value: Record::Instance(inst.clone()),
+            expect: Expect::Version(version),
+        }];
+        if inst.deleted && !was_deleted {
+            let key = inst.project.clone();
+            let (uv, mut usage) = match get(db, Table::ProjectUsages, &key).await? {
+                Some(Row { version, value: Record::ProjectUsage(u) }) => (Expect::Version(version), u),
+                _ => (Expect::Absent, ProjectUsage::default()),
+            };
+            usage_delta(&mut usage, &inst, -1);
+            ops.push(Op::Put { table: Table::ProjectUsages, key, value: Record::ProjectUsage(usage), expect: uv });
+        }
+        match db.execute(ops).await {
+            Ok(_) => return Ok(inst),
+            Err(DbError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(DbError::Backend(format!("instance {uuid}: gave up after {CAS_RETRIES_MAX} conflicting updates")).into())
+}
+
+/// Creates an instance row and counts it in the project's usage, deleting the build
+/// request in the same transaction (the conductor's step from API cell to cell).
+pub async fn create_instance(db: &dyn Database, inst: &Instance) -> Result<(), ServiceError> {
+    for _ in 0..CAS_RETRIES_MAX {
+        let key = inst.project.clone();
+        let (uv, mut usage) = match get(db, Table::ProjectUsages, &key).await? {
+            Some(Row { version, value: Record::ProjectUsage(u) }) => (Expect::Version(version), u),
+            _ => (Expect::Absent, ProjectUsage::default()),
+        };
+        usage_delta(&mut usage, inst, 1);
+        let ops = vec![
+            Op::Put {
+                table: Table::Instances,
+                key: inst.uuid.clone(),
+                value: Record::Instance(inst.clone()),
+                expect: Expect::Absent,
+            },
+            Op::Delete { table: Table::BuildRequests, key: inst.uuid.clone(), expect: Expect::Any },
+            Op::Put { table: Table::ProjectUsages, key, value: Record::ProjectUsage(usage), expect: uv },
+        ];
+        match db.execute(ops).await {
+            Ok(_) => return Ok(()),
+            Err(DbError::Conflict { table, .. }) if table == Table::ProjectUsages.name() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(DbError::Backend(format!("instance {}: usage row kept conflicting", inst.uuid)).into())
+}

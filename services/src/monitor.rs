@@ -1,0 +1,98 @@
+//! The run monitor: sees every committed database write, in commit order, feeds the
+//! invariant checker and the event-log digest. The database (simulated node or embedded
+//! real one) calls it right after each commit, inside its serialisation point.
+
+use std::sync::{Arc, Mutex};
+
+use stackbed_core::invariants::{Checker, InvariantResult, Violation};
+use stackbed_core::model::{Millis, Record};
+use stackbed_core::stats::EventDigest;
+use stackbed_core::store::Commit;
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FirstViolation {
+    pub violation: Option<Violation>,
+    /// The event-log lines of the violating commit.
+    pub event: Vec<String>,
+}
+
+pub struct Monitor {
+    checker: Checker,
+    digest: EventDigest,
+    first: FirstViolation,
+}
+
+pub type MonitorRef = Arc<Mutex<Monitor>>;
+
+/// One event-log line per write: time, commit, table/key and the new row (or DELETE).
+pub fn event_line(at_ms: Millis, seq: u64, table: &str, key: &str, new: Option<&Record>) -> String {
+    match new {
+        Some(r) => format!("{at_ms} #{seq} {table}/{key} {}", serde_json::to_string(r).unwrap_or_default()),
+        None => format!("{at_ms} #{seq} {table}/{key} DELETE"),
+    }
+}
+
+impl Monitor {
+    pub fn new(quota_recheck: bool, liveness_bound_ms: Millis) -> MonitorRef {
+        Arc::new(Mutex::new(Monitor {
+            checker: Checker::new(quota_recheck, liveness_bound_ms),
+            digest: EventDigest::default(),
+            first: FirstViolation::default(),
+        }))
+    }
+
+    pub fn on_commit(&mut self, at_ms: Millis, commit: &Commit) {
+        let lines: Vec<String> = commit
+            .writes
+            .iter()
+            .map(|w| event_line(at_ms, commit.seq, w.table.name(), &w.key, w.new.as_ref()))
+            .collect();
+        for line in &lines {
+            self.digest.add(line.as_bytes());
+        }
+        self.checker.on_commit(at_ms, commit);
+        if self.first.violation.is_none() {
+            if let Some(v) = self.checker.first_violation() {
+                self.first = FirstViolation { violation: Some(v.clone()), event: lines };
+            }
+        }
+    }
+
+    /// Deadline checks that must run even when nothing commits.
+    pub fn tick(&mut self, now_ms: Millis) {
+        self.checker.check_deadlines(now_ms, 0);
+        self.note_first(now_ms);
+    }
+
+    pub fn check_quiet(&mut self, now_ms: Millis) {
+        self.checker.check_quiet(now_ms);
+        self.note_first(now_ms);
+    }
+
+    fn note_first(&mut self, now_ms: Millis) {
+        if self.first.violation.is_none() {
+            if let Some(v) = self.checker.first_violation() {
+                self.first = FirstViolation {
+                    violation: Some(v.clone()),
+                    event: vec![format!("{now_ms} (check on a quiet system, after the last commit)")],
+                };
+            }
+        }
+    }
+
+    pub fn first_violation(&self) -> &FirstViolation {
+        &self.first
+    }
+
+    pub fn results(&self) -> Vec<InvariantResult> {
+        self.checker.results()
+    }
+
+    pub fn digest(&self) -> (String, u64) {
+        (self.digest.hex(), self.digest.events)
+    }
+
+    pub fn pending_requests(&self) -> usize {
+        self.checker.pending_count()
+    }
+}

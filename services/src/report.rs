@@ -1,0 +1,220 @@
+//! The run driver shared by both worlds, and the report: `report.json` and the Rally-style
+//! table printed in the terminal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use stackbed_core::invariants::InvariantResult;
+use stackbed_core::stats::ActionSummary;
+
+use crate::api::Api;
+use crate::ctx::Ctx;
+use crate::monitor::{FirstViolation, MonitorRef};
+use crate::runner::{final_instances, FinalInstance, Iteration, Workload};
+
+/// What one run produced, before it is dressed as a report.
+pub struct RunData {
+    pub iterations: Vec<Iteration>,
+    pub instances: Vec<FinalInstance>,
+    pub simulated_ms: u64,
+    /// Set when the run could not start or finish (computes never registered, time limit).
+    pub aborted: Option<String>,
+}
+
+/// How long the runner waits for the compute services to register.
+pub const COMPUTE_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
+
+fn lock(m: &MonitorRef) -> std::sync::MutexGuard<'_, crate::monitor::Monitor> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the workload against `api`, waits for quiet, runs the quiet checks.
+pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
+    let workload = Workload::new(ctx.clone(), api);
+    let mut aborted = None;
+    let mut iterations = Vec::new();
+    if let Err(e) = workload.wait_for_computes(COMPUTE_REGISTRATION_WAIT).await {
+        aborted = Some(e);
+    } else {
+        match tokio::time::timeout(ctx.scenario.scenario.time_limit.0, workload.run()).await {
+            Ok(its) => iterations = its,
+            Err(_) => aborted = Some(format!("time limit {:?} reached before the workload finished", ctx.scenario.scenario.time_limit.0)),
+        }
+    }
+    // Quiet: every accepted request terminal, bounded by the liveness bound.
+    let t0 = ctx.clock.now();
+    while lock(&monitor).pending_requests() > 0 && t0.elapsed() < ctx.scenario.workload.liveness_bound.0 {
+        ctx.clock.sleep(Duration::from_secs(1)).await;
+    }
+    let now = ctx.clock.now_ms();
+    {
+        let mut m = lock(&monitor);
+        m.tick(now);
+        m.check_quiet(now);
+    }
+    let instances = final_instances(&ctx).await;
+    RunData { iterations, instances, simulated_ms: now, aborted }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IterationSummary {
+    pub total: usize,
+    pub ok: usize,
+    pub failed: usize,
+    /// Failure messages with how often each occurred.
+    pub errors: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub scenario_file: String,
+    pub seed: u64,
+    /// `sim` (madsim) or `real` (tokio).
+    pub world: &'static str,
+    /// Which hypervisor ran the guests: `sim`, `test` (libvirt test driver), `qemu` (TCG), `kvm`.
+    pub hypervisor: String,
+    pub revision: String,
+    pub parameters: serde_json::Value,
+    pub actions: Vec<ActionSummary>,
+    pub counters: BTreeMap<String, u64>,
+    pub iterations: IterationSummary,
+    pub final_states: BTreeMap<String, usize>,
+    pub instances: Vec<FinalInstance>,
+    pub invariants: Vec<InvariantResult>,
+    pub first_violation: FirstViolation,
+    pub aborted: Option<String>,
+    pub digest: String,
+    pub events: u64,
+    pub simulated_s: f64,
+    pub wall_s: f64,
+    pub passed: bool,
+    pub replay: String,
+}
+
+pub struct ReportContext<'a> {
+    pub scenario_file: &'a str,
+    pub seed: u64,
+    pub world: &'static str,
+    pub hypervisor: String,
+    pub revision: String,
+    pub wall_s: f64,
+    pub replay: String,
+}
+
+impl Report {
+    pub fn build(ctx: &Ctx, monitor: &MonitorRef, data: RunData, rc: ReportContext<'_>) -> Report {
+        let m = lock(monitor);
+        let (digest, events) = m.digest();
+        let mut errors = BTreeMap::new();
+        for it in data.iterations.iter().filter(|i| !i.ok) {
+            let e = it.error.clone().unwrap_or_default();
+            // Group by the message's first sentence so that ids do not split the counts.
+            let key: String = e.split(['.', ':']).next().unwrap_or("").chars().take(80).collect();
+            *errors.entry(key).or_insert(0) += 1;
+        }
+        let ok = data.iterations.iter().filter(|i| i.ok).count();
+        let mut final_states = BTreeMap::new();
+        for i in &data.instances {
+            *final_states.entry(i.status.to_string()).or_insert(0) += 1;
+        }
+        let invariants = m.results();
+        let first_violation = m.first_violation().clone();
+        let passed = data.aborted.is_none() && first_violation.violation.is_none();
+        Report {
+            scenario: ctx.scenario.scenario.name.clone(),
+            scenario_file: rc.scenario_file.to_string(),
+            seed: rc.seed,
+            world: rc.world,
+            hypervisor: rc.hypervisor,
+            revision: rc.revision,
+            parameters: serde_json::to_value(&*ctx.scenario).unwrap_or_default(),
+            actions: ctx.metrics.summaries(),
+            counters: ctx.metrics.counters(),
+            iterations: IterationSummary { total: data.iterations.len(), ok, failed: data.iterations.len() - ok, errors },
+            final_states,
+            instances: data.instances,
+            invariants,
+            first_violation,
+            aborted: data.aborted,
+            digest,
+            events,
+            simulated_s: data.simulated_ms as f64 / 1000.0,
+            wall_s: rc.wall_s,
+            passed,
+            replay: rc.replay,
+        }
+    }
+
+    /// The Rally-style table, counters, final states, invariants and digest.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let line = format!("+{}+", ["-".repeat(32), "-".repeat(7), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9)].join("+"));
+        out += &format!(
+            "scenario {} | seed {} | world {} | hypervisor {} | {:.1} s simulated in {:.2} s wall\n",
+            self.scenario, self.seed, self.world, self.hypervisor, self.simulated_s, self.wall_s
+        );
+        out += &line;
+        out += "\n";
+        out += &format!(
+            "| {:<30} | {:>5} | {:>7} | {:>7} | {:>7} | {:>7} | {:>7} | {:>7} | {:>7} |\n",
+            "Action", "Count", "Min (s)", "Median", "90%ile", "95%ile", "Max", "Avg", "Success"
+        );
+        out += &line;
+        out += "\n";
+        for a in &self.actions {
+            out += &format!(
+                "| {:<30} | {:>5} | {:>7.3} | {:>7.3} | {:>7.3} | {:>7.3} | {:>7.3} | {:>7.3} | {:>6.1}% |\n",
+                a.action, a.count, a.min_s, a.median_s, a.p90_s, a.p95_s, a.max_s, a.mean_s, a.success_pct
+            );
+        }
+        out += &line;
+        out += "\n";
+        let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out += &format!("counters: {}\n", if counters.is_empty() { "-".to_string() } else { counters.join(" ") });
+        let states: Vec<String> = self.final_states.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out += &format!(
+            "iterations: {} ok, {} failed | final states: {}\n",
+            self.iterations.ok,
+            self.iterations.failed,
+            if states.is_empty() { "-".to_string() } else { states.join(" ") }
+        );
+        for (err, n) in &self.iterations.errors {
+            out += &format!("  {n} x {err}\n");
+        }
+        let bad: Vec<String> = self.invariants.iter().filter(|i| i.violations > 0).map(|i| format!("{} ({})", i.name, i.violations)).collect();
+        out += &format!(
+            "invariants: {} checked after each of {} commits: {}\n",
+            self.invariants.len(),
+            self.invariants.first().map_or(0, |i| i.checked_events),
+            if bad.is_empty() { "all hold".to_string() } else { format!("VIOLATED {}", bad.join(", ")) }
+        );
+        if let Some(a) = &self.aborted {
+            out += &format!("ABORTED: {a}\n");
+        }
+        out += &format!("digest: {} ({} events)\n", self.digest, self.events);
+        out
+    }
+
+    /// What to print when the run failed: seed, first violating event, replay command.
+    pub fn failure_text(&self) -> Option<String> {
+        if self.passed {
+            return None;
+        }
+        let mut out = format!("FAILED: scenario {} seed {}\n", self.scenario, self.seed);
+        if let Some(v) = &self.first_violation.violation {
+            out += &format!("first violation: {} at {} ms (commit #{}): {}\n", v.invariant, v.at_ms, v.commit_seq, v.detail);
+            for e in &self.first_violation.event {
+                out += &format!("  event: {e}\n");
+            }
+        }
+        if let Some(a) = &self.aborted {
+            out += &format!("aborted: {a}\n");
+        }
+        out += &format!("replay: {}\n", self.replay);
+        Some(out)
+    }
+}

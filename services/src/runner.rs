@@ -1,0 +1,260 @@
+//! The workload runner, Rally-style: contexts (users, server groups), then iterations of
+//! `boot_server` (create, poll until ACTIVE or ERROR) and optionally `delete_server`, run by
+//! a `constant` (fixed concurrency) or `rps` (fixed start rate) runner.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::Rng;
+use serde::Serialize;
+
+use stackbed_core::model::{Record, Table};
+use stackbed_core::scenario::{Action, Runner};
+
+use crate::api::{Api, ApiError, CreateServer};
+use crate::ctx::Ctx;
+use crate::dbx;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Iteration {
+    pub index: u32,
+    pub server: Option<String>,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+struct Tenant {
+    project: String,
+    user: String,
+    password: String,
+    token: Mutex<Option<String>>,
+    group: Mutex<Option<String>>,
+}
+
+pub struct Workload {
+    ctx: Ctx,
+    api: Arc<Api>,
+    tenants: Vec<Tenant>,
+    rng: Mutex<SmallRng>,
+    results: Mutex<Vec<Iteration>>,
+}
+
+fn pick(rng: &mut SmallRng, weights: &BTreeMap<String, f64>) -> String {
+    let total: f64 = weights.values().sum();
+    let mut x = rng.gen_range(0.0..total);
+    for (name, w) in weights {
+        if x < *w {
+            return name.clone();
+        }
+        x -= w;
+    }
+    weights.keys().next_back().cloned().unwrap_or_default()
+}
+
+impl Workload {
+    pub fn new(ctx: Ctx, api: Arc<Api>) -> Arc<Workload> {
+        let tenants = crate::identity::tenants(&ctx)
+            .into_iter()
+            .map(|(p, u, password)| Tenant { project: p.id, user: u.name, password, token: Mutex::new(None), group: Mutex::new(None) })
+            .collect();
+        let rng = Mutex::new(ctx.rng("runner"));
+        Arc::new(Workload { ctx, api, tenants, rng, results: Mutex::new(Vec::new()) })
+    }
+
+    async fn token(&self, t: &Tenant, refresh: bool) -> Result<String, ApiError> {
+        if !refresh {
+            if let Some(tok) = t.token.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return Ok(tok);
+            }
+        }
+        let tok = self.api.authenticate(&t.user, &t.password, &t.project).await?;
+        *t.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(tok.clone());
+        Ok(tok)
+    }
+
+    /// Waits until every compute service of the topology has registered (Rally checks the
+    /// hypervisors before it starts), at most `wait`.
+    pub async fn wait_for_computes(&self, wait: Duration) -> Result<(), String> {
+        let want = self.ctx.scenario.host_count() as usize;
+        let t0 = self.ctx.clock.now();
+        loop {
+            let have = dbx::scan(&*self.ctx.db, Table::Services, "").await.map(|r| r.len()).unwrap_or(0);
+            if have >= want {
+                return Ok(());
+            }
+            if t0.elapsed() > wait {
+                return Err(format!("only {have} of {want} compute services registered within {wait:?}"));
+            }
+            self.ctx.clock.sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Runs the contexts and every iteration; returns when the last iteration finished.
+    pub async fn run(self: Arc<Self>) -> Vec<Iteration> {
+        if let Some(policy) = self.ctx.scenario.workload.server_group {
+            for t in &self.tenants {
+                if let Ok(tok) = self.token(t, false).await {
+                    if let Ok(id) = self.api.create_server_group(&tok, "workload", policy).await {
+                        *t.group.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+                    }
+                }
+            }
+        }
+        let runner = self.ctx.scenario.workload.runner;
+        let times = runner.times();
+        let mut handles = Vec::new();
+        match runner {
+            Runner::Constant { concurrency, .. } => {
+                let next = Arc::new(Mutex::new(0u32));
+                for _ in 0..concurrency.min(times) {
+                    let this = self.clone();
+                    let next = next.clone();
+                    handles.push(tokio::spawn(async move {
+                        loop {
+                            let i = {
+                                let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                                if *n >= times {
+                                    break;
+                                }
+                                *n += 1;
+                                *n - 1
+                            };
+                            this.iteration(i).await;
+                        }
+                    }));
+                }
+            }
+            Runner::Rps { rate, .. } => {
+                let gap = Duration::from_secs_f64(1.0 / rate);
+                for i in 0..times {
+                    let this = self.clone();
+                    handles.push(tokio::spawn(async move { this.iteration(i).await }));
+                    self.ctx.clock.sleep(gap).await;
+                }
+            }
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+        let mut out = std::mem::take(&mut *self.results.lock().unwrap_or_else(|e| e.into_inner()));
+        out.sort_by_key(|it| it.index);
+        out
+    }
+
+    async fn iteration(&self, index: u32) {
+        let tenant = &self.tenants[index as usize % self.tenants.len()];
+        let (flavor, image) = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            (pick(&mut rng, &self.ctx.scenario.workload.flavors), pick(&mut rng, &self.ctx.scenario.workload.images))
+        };
+        let group = tenant.group.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let req = CreateServer { name: format!("rally-{index}"), flavor, image, server_group: group };
+        let t0 = self.ctx.clock.now();
+        let result = self.boot(tenant, &req).await;
+        let (server, ok, error) = match result {
+            Ok((uuid, status, fault)) => {
+                let ok = status == "ACTIVE";
+                (Some(uuid), ok, if ok { None } else { Some(fault.unwrap_or_else(|| format!("server went {status}"))) })
+            }
+            Err(e) => (None, false, Some(e)),
+        };
+        self.ctx.metrics.record("boot_server", self.ctx.clock.secs_since(t0), ok);
+        if self.ctx.scenario.workload.action == Action::BootAndDelete {
+            if let Some(uuid) = &server {
+                let t1 = self.ctx.clock.now();
+                let r = self.delete(tenant, uuid).await;
+                self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
+            }
+        }
+        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, server, ok, error });
+    }
+
+    /// Calls `f` with a token, re-authenticating once on a 401 (token expired).
+    async fn with_token<T, F, Fut>(&self, tenant: &Tenant, f: F) -> Result<T, ApiError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let tok = self.token(tenant, false).await?;
+        match f(tok).await {
+            Err(e) if e.code == 401 => f(self.token(tenant, true).await?).await,
+            other => other,
+        }
+    }
+
+    async fn boot(&self, tenant: &Tenant, req: &CreateServer) -> Result<(String, &'static str, Option<String>), String> {
+        let uuid = self.with_token(tenant, |t| async move { self.api.create_server(&t, req).await }).await.map_err(|e| e.to_string())?;
+        let w = &self.ctx.scenario.workload;
+        self.ctx.clock.sleep(w.prepoll_delay.0).await;
+        let t0 = self.ctx.clock.now();
+        loop {
+            let u = uuid.clone();
+            let view = self.with_token(tenant, |t| {
+                let u = u.clone();
+                async move { self.api.show_server(&t, &u).await }
+            })
+            .await;
+            match view {
+                Ok(v) if v.status == "ACTIVE" || v.status == "ERROR" => return Ok((uuid, v.status, v.fault)),
+                Ok(_) => {}
+                Err(e) if e.code >= 500 => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if t0.elapsed() > w.liveness_bound.0 {
+                return Err(format!("server {uuid} not ACTIVE within {:?}", w.liveness_bound.0));
+            }
+            self.ctx.clock.sleep(w.poll_interval.0).await;
+        }
+    }
+
+    async fn delete(&self, tenant: &Tenant, uuid: &str) -> Result<(), String> {
+        let w = &self.ctx.scenario.workload;
+        let t0 = self.ctx.clock.now();
+        loop {
+            match self.with_token(tenant, |t| async move { self.api.delete_server(&t, uuid).await }).await {
+                Ok(()) => break,
+                Err(e) if e.code == 409 && t0.elapsed() < w.liveness_bound.0 => self.ctx.clock.sleep(w.poll_interval.0).await,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        loop {
+            match dbx::get_instance(&*self.ctx.db, uuid).await {
+                Ok(Some((_, i))) if i.deleted => return Ok(()),
+                Ok(None) => return Ok(()),
+                _ => {}
+            }
+            if t0.elapsed() > w.liveness_bound.0 {
+                return Err(format!("server {uuid} not deleted within {:?}", w.liveness_bound.0));
+            }
+            self.ctx.clock.sleep(w.poll_interval.0).await;
+        }
+    }
+}
+
+/// The final state of every instance, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinalInstance {
+    pub id: String,
+    pub status: &'static str,
+    pub host: Option<String>,
+    pub attempts: u32,
+    pub fault: Option<String>,
+}
+
+pub async fn final_instances(ctx: &Ctx) -> Vec<FinalInstance> {
+    let rows = dbx::scan(&*ctx.db, Table::Instances, "").await.unwrap_or_default();
+    rows.into_iter()
+        .filter_map(|(_, r)| match r.value {
+            Record::Instance(i) => Some(FinalInstance {
+                id: i.uuid.clone(),
+                status: i.status(),
+                host: i.host.clone(),
+                attempts: i.attempts,
+                fault: i.fault.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! nova-scheduler: `select_destinations`. Asks placement for allocation candidates, builds
+//! host states from the compute nodes and services rows, runs the pure filter/weigher
+//! pipeline, claims the first host that takes the claim and returns it with unclaimed
+//! alternates.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::SmallRng;
+
+use stackbed_core::model::{ComputeNode, Provider, Record, RequestSpec, ServiceRecord, Table};
+use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
+use stackbed_core::scenario::PlantedBug;
+use stackbed_core::scheduler::{sorted_hosts, HostState, RequestView, SchedulerConfig};
+use stackbed_core::store::Op;
+
+use crate::ctx::Ctx;
+use crate::dbx::{self, ServiceError};
+use crate::placement::{self, ClaimOutcome};
+use crate::seams::{Incoming, Rpc};
+
+pub const TOPIC: &str = "scheduler";
+
+pub struct Scheduler {
+    ctx: Ctx,
+    config: SchedulerConfig,
+    rng: SmallRng,
+}
+
+impl Scheduler {
+    pub fn new(ctx: Ctx) -> Scheduler {
+        let config = ctx.scenario.scheduler_config();
+        let rng = ctx.rng("scheduler");
+        Scheduler { ctx, config, rng }
+    }
+
+    /// Serves select_destinations one request at a time, like a single scheduler worker.
+    pub async fn run(mut self) -> Result<(), ServiceError> {
+        let mut rx = self.ctx.bus.consume(TOPIC).await?;
+        while let Some(Incoming { msg, reply_to }) = rx.recv().await {
+            let out = match msg {
+                Rpc::SelectDestinations { spec } => match self.select_destinations(&spec).await {
+                    Ok(out) => out,
+                    Err(e) => Rpc::Error(e.to_string()),
+                },
+                other => Rpc::Error(format!("scheduler has no method {}", other.method())),
+            };
+            if let Some(to) = reply_to {
+                let _ = self.ctx.bus.reply(to, out).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn select_destinations(&mut self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
+        let db = &*self.ctx.db;
+        // One snapshot of placement and the cell's compute nodes and services.
+        let mut rows = db
+            .execute(vec![
+                Op::Scan { table: Table::Providers, prefix: String::new() },
+                Op::Scan { table: Table::ComputeNodes, prefix: String::new() },
+                Op::Scan { table: Table::Services, prefix: String::new() },
+            ])
+            .await?
+            .into_iter()
+            .map(dbx::rows_of);
+        let providers: Vec<Provider> = rows
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, r)| match r.value {
+                Record::Provider(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        let nodes: BTreeMap<String, ComputeNode> = rows
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, r)| match r.value {
+                Record::ComputeNode(n) => Some((k, n)),
+                _ => None,
+            })
+            .collect();
+        let services: BTreeMap<String, ServiceRecord> = rows
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, r)| match r.value {
+                Record::Service(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect();
+
+        let resources = spec.flavor.resources();
+        let candidates = allocation_candidates(&providers, &resources, CANDIDATE_LIMIT);
+        if candidates.is_empty() {
+            return Ok(Rpc::NoValidHost { reason: "placement returned no allocation candidates".into() });
+        }
+
+        let (group_policy, group_max, group_hosts, members_per_host) = self.group_state(spec).await?;
+        let now = self.ctx.clock.now_ms();
+        let down_after = self.ctx.scenario.control.service_down_time.ms();
+        let hosts: Vec<HostState> = candidates
+            .iter()
+            .filter_map(|&i| {
+                let p = &providers[i];
+                let node = nodes.get(&p.host)?;
+                let svc = services.get(&p.host);
+                Some(HostState {
+                    node: node.clone(),
+                    service_up: svc.is_some_and(|s| now.saturating_sub(s.last_seen_ms) <= down_after),
+                    service_disabled: svc.is_none_or(|s| s.disabled),
+                    inventories: p.inventories,
+                    used: p.used,
+                    num_instances: node.num_instances,
+                    num_io_ops: node.num_io_ops,
+                    failed_builds: svc.map_or(0, |s| s.failed_builds),
+                    group_members_here: members_per_host.get(&p.host).copied().unwrap_or(0),
+                    stats: node.stats.clone(),
+                })
+            })
+            .collect();
+        let req = RequestView {
+            flavor: &spec.flavor,
+            image: &spec.image,
+            group_policy,
+            group_max_per_host: group_max,
+            group_hosts: &group_hosts,
+        };
+        let order = match sorted_hosts(&hosts, &req, &self.config, &mut self.rng) {
+            Ok(o) => o,
+            Err(e) => return Ok(Rpc::NoValidHost { reason: e.reason }),
+        };
+        let alternates_max = self.config.max_attempts.saturating_sub(1) as usize;
+        let skip_claim = self.ctx.scenario.debug.plant_bug == Some(PlantedBug::SchedulerSkipsClaim);
+        for (pos, &i) in order.iter().enumerate() {
+            let host = &hosts[i].node.host;
+            let claimed = skip_claim
+                || placement::claim(db, &self.ctx.metrics, &spec.instance_uuid, &spec.project, host, resources).await?
+                    == ClaimOutcome::Claimed;
+            if claimed {
+                let mut out = vec![host.clone()];
+                out.extend(order[pos + 1..].iter().take(alternates_max).map(|&j| hosts[j].node.host.clone()));
+                return Ok(Rpc::Destinations { hosts: out });
+            }
+            self.ctx.metrics.count("scheduler.claim_failures", 1);
+        }
+        Ok(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() })
+    }
+
+    /// The request's server group: policy, max per host, hosts with members, members per host.
+    #[allow(clippy::type_complexity)]
+    async fn group_state(
+        &self,
+        spec: &RequestSpec,
+    ) -> Result<(Option<stackbed_core::model::GroupPolicy>, u32, Vec<String>, BTreeMap<String, u32>), ServiceError> {
+        let Some(group) = &spec.server_group else {
+            return Ok((None, 1, Vec::new(), BTreeMap::new()));
+        };
+        let Some(row) = dbx::get(&*self.ctx.db, Table::ServerGroups, group).await? else {
+            return Ok((None, 1, Vec::new(), BTreeMap::new()));
+        };
+        let Record::ServerGroup(g) = row.value else {
+            return Err(ServiceError::Corrupt(format!("server_groups/{group}")));
+        };
+        let ops = g
+            .members
+            .iter()
+            .filter(|m| **m != spec.instance_uuid)
+            .map(|m| Op::Get { table: Table::Instances, key: m.clone() })
+            .collect();
+        let mut per_host = BTreeMap::new();
+        for res in self.ctx.db.execute(ops).await? {
+            if let Some(stackbed_core::store::Row { value: Record::Instance(i), .. }) = dbx::row_of(res) {
+                if let (Some(h), false) = (&i.host, i.deleted) {
+                    *per_host.entry(h.clone()).or_insert(0u32) += 1;
+                }
+            }
+        }
+        let hosts = per_host.keys().cloned().collect();
+        Ok((Some(g.policy), g.max_server_per_host, hosts, per_host))
+    }
+}
