@@ -1,1 +1,325 @@
-fn main(){}
+//! `stackbed`: run scenarios in the simulator (`cargo sim ...`, built with --cfg madsim) or
+//! against real services (`cargo real ...`). Both builds share this file; only `world::run`
+//! differs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use stackbed_core::scenario::Scenario;
+use stackbed_core::stats::percentile;
+use stackbed_services::report::{Report, RunOptions};
+
+#[cfg(madsim)]
+mod world {
+    pub const NAME: &str = "sim";
+    pub use stackbed_sim::run;
+}
+
+#[cfg(not(madsim))]
+mod world {
+    pub const NAME: &str = "real";
+    pub use stackbed_real::run::run;
+}
+
+#[derive(Parser)]
+#[command(name = "stackbed", about = "A test bed for the OpenStack VM-provisioning control plane", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario and print the per-action table, counters, invariants and digest.
+    Run {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Run one seed.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Run seeds A..B, both included (e.g. 1..20).
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Where report.json goes (default: reports/<scenario name>).
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+    },
+    /// Parse and validate a scenario without running it.
+    Check { scenario: PathBuf },
+    /// Measure the simulator's speed: simulated seconds and boots per wall second.
+    Bench {
+        /// Scenarios to measure (default: scenarios/quickstart.toml and scenarios/large.toml).
+        scenarios: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn revision() -> String {
+    let out = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "unknown".into(),
+    }
+}
+
+fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {
+    let (a, b) = text.split_once("..").ok_or_else(|| format!("--seeds wants A..B, got `{text}`"))?;
+    let a: u64 = a.trim().parse().map_err(|_| format!("--seeds: `{a}` is not a number"))?;
+    let b: u64 = b.trim().trim_start_matches('=').parse().map_err(|_| format!("--seeds: `{b}` is not a number"))?;
+    if b < a {
+        return Err(format!("--seeds {text}: the end is below the start"));
+    }
+    Ok((a..=b).collect())
+}
+
+fn load(path: &Path) -> Result<Arc<Scenario>, String> {
+    Scenario::load(path).map(Arc::new).map_err(|e| e.to_string())
+}
+
+fn options(scenario: &Arc<Scenario>, path: &Path, seed: u64, revision: &str) -> RunOptions {
+    RunOptions {
+        scenario: scenario.clone(),
+        scenario_file: path.display().to_string(),
+        seed,
+        revision: revision.to_string(),
+        replay: format!("cargo {} run {} --seed {seed}", world::NAME, path.display()),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[derive(Serialize)]
+struct SeedRow {
+    seed: u64,
+    passed: bool,
+    boots_ok: usize,
+    boots_failed: usize,
+    boot_p50_s: f64,
+    boot_p95_s: f64,
+    reschedules: u64,
+    no_valid_host: u64,
+    max_retries_exceeded: u64,
+    first_violation: Option<String>,
+    digest: String,
+    report: String,
+}
+
+#[derive(Serialize)]
+struct MultiSeedSummary {
+    scenario: String,
+    world: &'static str,
+    revision: String,
+    seeds: Vec<SeedRow>,
+    passed: usize,
+    failed: usize,
+    boot_p50_s_across_seeds: [f64; 3],
+}
+
+fn progress(done: usize, total: usize, failed: usize) {
+    let width = 30;
+    let filled = done * width / total.max(1);
+    eprint!("\r[{}{}] {done}/{total} seeds, {failed} failed", "#".repeat(filled), ".".repeat(width - filled));
+    if done == total {
+        eprintln!();
+    }
+}
+
+fn cmd_run(path: &Path, seed: Option<u64>, seeds: Option<String>, report_dir: Option<PathBuf>) -> Result<bool, String> {
+    let scenario = load(path)?;
+    let rev = revision();
+    let dir = report_dir.unwrap_or_else(|| PathBuf::from("reports").join(&scenario.scenario.name));
+    let seed_list = match (seed, seeds) {
+        (Some(s), _) => vec![s],
+        (None, Some(r)) => parse_seeds(&r)?,
+        (None, None) => {
+            let s = scenario.scenario.seeds;
+            (s.start..s.start + s.count.max(1)).collect()
+        }
+    };
+    if seed_list.len() == 1 {
+        let report = world::run(&options(&scenario, path, seed_list[0], &rev))?;
+        print!("{}", report.render());
+        let file = dir.join("report.json");
+        write_json(&file, &report)?;
+        println!("report: {}", file.display());
+        if let Some(text) = report.failure_text() {
+            eprint!("{text}");
+        }
+        return Ok(report.passed);
+    }
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    progress(0, seed_list.len(), 0);
+    for (i, &s) in seed_list.iter().enumerate() {
+        let report = world::run(&options(&scenario, path, s, &rev))?;
+        let file = dir.join(format!("seed-{s}")).join("report.json");
+        write_json(&file, &report)?;
+        if !report.passed {
+            failed += 1;
+            if let Some(text) = report.failure_text() {
+                eprint!("\n{text}");
+            }
+        }
+        rows.push(seed_row(&report, &file));
+        progress(i + 1, seed_list.len(), failed);
+    }
+    let summary = summarize(&scenario, &rev, rows);
+    print!("{}", render_summary(&summary));
+    let file = dir.join("report.json");
+    write_json(&file, &summary)?;
+    println!("report: {}", file.display());
+    Ok(summary.failed == 0)
+}
+
+fn seed_row(r: &Report, file: &Path) -> SeedRow {
+    let boot = r.actions.iter().find(|a| a.action == "boot_server");
+    SeedRow {
+        seed: r.seed,
+        passed: r.passed,
+        boots_ok: r.iterations.ok,
+        boots_failed: r.iterations.failed,
+        boot_p50_s: boot.map_or(0.0, |a| a.median_s),
+        boot_p95_s: boot.map_or(0.0, |a| a.p95_s),
+        reschedules: r.counters.get("reschedules").copied().unwrap_or(0),
+        no_valid_host: r.counters.get("no_valid_host").copied().unwrap_or(0),
+        max_retries_exceeded: r.counters.get("max_retries_exceeded").copied().unwrap_or(0),
+        first_violation: r.first_violation.violation.as_ref().map(|v| format!("{}: {}", v.invariant, v.detail)),
+        digest: r.digest.clone(),
+        report: file.display().to_string(),
+    }
+}
+
+fn summarize(scenario: &Scenario, rev: &str, seeds: Vec<SeedRow>) -> MultiSeedSummary {
+    let mut p50: Vec<f64> = seeds.iter().map(|s| s.boot_p50_s).collect();
+    p50.sort_by(f64::total_cmp);
+    let passed = seeds.iter().filter(|s| s.passed).count();
+    MultiSeedSummary {
+        scenario: scenario.scenario.name.clone(),
+        world: world::NAME,
+        revision: rev.to_string(),
+        failed: seeds.len() - passed,
+        passed,
+        boot_p50_s_across_seeds: [p50.first().copied().unwrap_or(0.0), percentile(&p50, 50.0), p50.last().copied().unwrap_or(0.0)],
+        seeds,
+    }
+}
+
+fn render_summary(s: &MultiSeedSummary) -> String {
+    let mut out = format!("scenario {} | {} seeds | world {}\n", s.scenario, s.seeds.len(), s.world);
+    out += &format!(
+        "{:>6} {:>6} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>6}  {}\n",
+        "seed", "pass", "boots", "failed", "boot p50", "boot p95", "resch", "novh", "maxret", "digest"
+    );
+    for r in &s.seeds {
+        out += &format!(
+            "{:>6} {:>6} {:>8} {:>8} {:>9.2} {:>9.2} {:>6} {:>6} {:>6}  {}\n",
+            r.seed,
+            if r.passed { "ok" } else { "FAIL" },
+            r.boots_ok,
+            r.boots_failed,
+            r.boot_p50_s,
+            r.boot_p95_s,
+            r.reschedules,
+            r.no_valid_host,
+            r.max_retries_exceeded,
+            &r.digest[..16.min(r.digest.len())]
+        );
+    }
+    out += &format!(
+        "{} passed, {} failed | boot_server median across seeds: min {:.2} s, median {:.2} s, max {:.2} s\n",
+        s.passed, s.failed, s.boot_p50_s_across_seeds[0], s.boot_p50_s_across_seeds[1], s.boot_p50_s_across_seeds[2]
+    );
+    out
+}
+
+#[derive(Serialize)]
+struct BenchRow {
+    scenario: String,
+    world: &'static str,
+    hosts: u32,
+    boots: usize,
+    seed: u64,
+    simulated_s: f64,
+    wall_s: f64,
+    simulated_s_per_wall_s: f64,
+    boots_per_wall_s: f64,
+    events: u64,
+    passed: bool,
+    revision: String,
+}
+
+fn cmd_bench(scenarios: Vec<PathBuf>, seed: u64, json: Option<PathBuf>) -> Result<bool, String> {
+    let scenarios = if scenarios.is_empty() {
+        vec![PathBuf::from("scenarios/quickstart.toml"), PathBuf::from("scenarios/large.toml")]
+    } else {
+        scenarios
+    };
+    let rev = revision();
+    let mut rows = Vec::new();
+    println!(
+        "{:<28} {:>6} {:>7} {:>10} {:>9} {:>12} {:>12}",
+        "scenario", "hosts", "boots", "sim s", "wall s", "sim s/wall s", "boots/wall s"
+    );
+    for path in &scenarios {
+        let scenario = load(path)?;
+        let r = world::run(&options(&scenario, path, seed, &rev))?;
+        let row = BenchRow {
+            scenario: r.scenario.clone(),
+            world: world::NAME,
+            hosts: scenario.host_count(),
+            boots: r.iterations.total,
+            seed,
+            simulated_s: r.simulated_s,
+            wall_s: r.wall_s,
+            simulated_s_per_wall_s: r.simulated_s / r.wall_s.max(1e-9),
+            boots_per_wall_s: r.iterations.total as f64 / r.wall_s.max(1e-9),
+            events: r.events,
+            passed: r.passed,
+            revision: rev.clone(),
+        };
+        println!(
+            "{:<28} {:>6} {:>7} {:>10.1} {:>9.2} {:>12.1} {:>12.1}",
+            row.scenario, row.hosts, row.boots, row.simulated_s, row.wall_s, row.simulated_s_per_wall_s, row.boots_per_wall_s
+        );
+        rows.push(row);
+    }
+    if let Some(path) = json {
+        write_json(&path, &rows)?;
+        println!("json: {}", path.display());
+    }
+    Ok(rows.iter().all(|r| r.passed))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { scenario, seed, seeds, report_dir } => cmd_run(&scenario, seed, seeds, report_dir),
+        Command::Check { scenario } => load(&scenario).map(|s| {
+            println!("{}: ok ({} hosts, {} boots)", scenario.display(), s.host_count(), s.workload.runner.times());
+            true
+        }),
+        Command::Bench { scenarios, seed, json } => cmd_bench(scenarios, seed, json),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -141,6 +141,25 @@ pub struct HostGroup {
     pub stats: BTreeMap<String, String>,
 }
 
+impl HostGroup {
+    /// The compute node a host of this group reports.
+    pub fn node(&self, host: &str) -> crate::model::ComputeNode {
+        crate::model::ComputeNode {
+            host: host.to_string(),
+            vcpus: self.vcpus,
+            ram_mb: self.ram_mb,
+            disk_gb: self.disk_gb,
+            hypervisor_type: self.hypervisor_type.clone(),
+            hypervisor_version: self.hypervisor_version,
+            cpu_arch: self.cpu_arch.clone(),
+            vm_modes: vec!["hvm".into()],
+            num_instances: 0,
+            num_io_ops: 0,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
 fn default_prefix() -> String {
     "compute".into()
 }
@@ -588,6 +607,20 @@ impl Scenario {
             d.validate().map_err(|m| (format!("model.{name}"), m))?;
         }
         Ok(())
+    }
+
+    /// Every compute host: `{name_prefix}-{n}`, numbered from 1 per prefix, in file order.
+    pub fn hosts(&self) -> Vec<(String, &HostGroup)> {
+        let mut next: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut out = Vec::new();
+        for g in &self.topology.hosts {
+            for _ in 0..g.count {
+                let n = next.entry(g.name_prefix.as_str()).or_insert(0);
+                *n += 1;
+                out.push((format!("{}-{n}", g.name_prefix), g));
+            }
+        }
+        out
     }
 
     pub fn host_count(&self) -> u32 {

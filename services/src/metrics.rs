@@ -41,7 +41,7 @@ impl Metrics {
 
     /// Rally-style rows, in the order the boot flow runs them, then any others by name.
     pub fn summaries(&self) -> Vec<ActionSummary> {
-        const ORDER: [&str; 12] = [
+        const ORDER: [&str; 17] = [
             "keystone.authenticate",
             "api.create",
             "conductor.schedule_and_build",
@@ -50,10 +50,15 @@ impl Metrics {
             "compute.networking",
             "compute.block_device_mapping",
             "compute.spawn.image_fetch",
+            "compute.spawn.define_start",
+            "compute.spawn.vif_plugged",
+            "compute.spawn.guest_boot",
             "compute.spawn",
             "compute.build",
+            "compute.terminate",
             "boot_server",
             "delete_server",
+            "nova.boot_and_delete",
         ];
         let inner = self.lock();
         let mut names: Vec<&String> = inner.actions.keys().collect();

@@ -218,3 +218,14 @@ impl Report {
         Some(out)
     }
 }
+
+/// What the CLI hands either world's `run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: Arc<stackbed_core::scenario::Scenario>,
+    pub scenario_file: String,
+    pub seed: u64,
+    pub revision: String,
+    /// The exact command that replays this run.
+    pub replay: String,
+}

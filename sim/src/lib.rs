@@ -1,1 +1,15 @@
+//! stackbed-sim: the simulated seams and the deterministic runner (madsim).
+//!
+//! Every service of the control plane runs, unchanged, on its own simulated node: a broker
+//! node (RabbitMQ's role), a database node (MySQL's role), keystone, conductor, scheduler,
+//! api and one node per compute host whose hypervisor is a latency and failure model.
+//! Time, network and randomness come from the seed: same seed, same run, byte for byte.
+//! Only built with `--cfg madsim` (`cargo sim ...`).
+#![cfg(madsim)]
 
+pub mod broker;
+pub mod dbnode;
+pub mod host;
+pub mod run;
+
+pub use run::run;

@@ -1,0 +1,109 @@
+//! The simulated database: a node that runs the in-memory transactional engine
+//! (`stackbed_core::store::MemStore`) and feeds every commit to the run monitor, and the
+//! client side implementing the `Database` seam over madsim's network.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use madsim::net::Endpoint;
+use tokio::sync::oneshot;
+
+use stackbed_core::store::{DbError, MemStore, Op, OpResult};
+use stackbed_services::clock::Clock;
+use stackbed_services::monitor::MonitorRef;
+use stackbed_services::seams::Database;
+
+const TAG: u64 = 0xdb;
+
+/// How long a client waits for the database before reporting it unavailable.
+pub const DB_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Request {
+    id: u64,
+    ops: Vec<Op>,
+}
+
+struct Response {
+    id: u64,
+    result: Result<Vec<OpResult>, DbError>,
+}
+
+/// The database node's main loop: one transaction at a time, in arrival order.
+pub async fn serve(addr: SocketAddr, monitor: MonitorRef, clock: Clock) -> io::Result<()> {
+    let ep = Endpoint::bind(addr).await?;
+    let mut store = MemStore::new();
+    loop {
+        let (payload, from) = ep.recv_from_raw(TAG).await?;
+        let Ok(req) = payload.downcast::<Request>() else { continue };
+        let result = match store.execute(req.ops) {
+            Ok((results, commit)) => {
+                if let Some(c) = commit {
+                    monitor.lock().unwrap_or_else(|e| e.into_inner()).on_commit(clock.now_ms(), &c);
+                }
+                Ok(results)
+            }
+            Err(e) => Err(e),
+        };
+        ep.send_to_raw(from, TAG, Box::new(Response { id: req.id, result })).await?;
+    }
+}
+
+#[derive(Default)]
+struct ClientState {
+    next_id: u64,
+    pending: BTreeMap<u64, oneshot::Sender<Result<Vec<OpResult>, DbError>>>,
+}
+
+pub struct SimDb {
+    ep: Arc<Endpoint>,
+    server: SocketAddr,
+    state: Arc<Mutex<ClientState>>,
+}
+
+impl SimDb {
+    pub async fn connect(server: SocketAddr) -> io::Result<Arc<SimDb>> {
+        let ep = Arc::new(Endpoint::bind("0.0.0.0:0").await?);
+        let state: Arc<Mutex<ClientState>> = Arc::default();
+        let (rx_ep, rx_state) = (ep.clone(), state.clone());
+        tokio::spawn(async move {
+            while let Ok((payload, _)) = rx_ep.recv_from_raw(TAG).await {
+                let Ok(resp) = payload.downcast::<Response>() else { continue };
+                let tx = rx_state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&resp.id);
+                if let Some(tx) = tx {
+                    let _ = tx.send(resp.result);
+                }
+            }
+        });
+        Ok(Arc::new(SimDb { ep, server, state }))
+    }
+}
+
+#[async_trait]
+impl Database for SimDb {
+    async fn execute(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, DbError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.next_id += 1;
+            let id = st.next_id;
+            st.pending.insert(id, tx);
+            id
+        };
+        self.ep
+            .send_to_raw(self.server, TAG, Box::new(Request { id, ops }))
+            .await
+            .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        match tokio::time::timeout(DB_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(DbError::Unavailable("connection closed".into())),
+            Err(_) => {
+                self.state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&id);
+                Err(DbError::Unavailable(format!("no answer within {DB_TIMEOUT:?}")))
+            }
+        }
+    }
+}
