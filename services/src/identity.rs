@@ -106,12 +106,16 @@ impl Identity {
     pub async fn run(self) -> Result<(), ServiceError> {
         bootstrap(&self.ctx).await?;
         let mut rx = self.ctx.bus.consume(TOPIC).await?;
+        let this = std::sync::Arc::new(self);
         while let Some(Incoming { msg, reply_to }) = rx.recv().await {
-            let out = self.handle(msg).await;
-            if let Some(to) = reply_to {
-                // A reply that cannot be sent is the caller's timeout to handle.
-                let _ = self.ctx.bus.reply(to, out).await;
-            }
+            let this = this.clone();
+            tokio::spawn(async move {
+                let out = this.handle(msg).await;
+                if let Some(to) = reply_to {
+                    // A reply that cannot be sent is the caller's timeout to handle.
+                    let _ = this.ctx.bus.reply(to, out).await;
+                }
+            });
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! alternates.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::SmallRng;
 
@@ -20,38 +21,49 @@ use crate::seams::{Incoming, Rpc};
 
 pub const TOPIC: &str = "scheduler";
 
+/// oslo.messaging's executor_thread_pool_size: requests one scheduler serves at once.
+pub const EXECUTOR_POOL_SIZE: usize = 64;
+
 pub struct Scheduler {
     ctx: Ctx,
     config: SchedulerConfig,
-    rng: SmallRng,
+    rng: Mutex<SmallRng>,
 }
 
 impl Scheduler {
     pub fn new(ctx: Ctx) -> Scheduler {
         let config = ctx.scenario.scheduler_config();
-        let rng = ctx.rng("scheduler");
+        let rng = Mutex::new(ctx.rng("scheduler"));
         Scheduler { ctx, config, rng }
     }
 
-    /// Serves select_destinations one request at a time, like a single scheduler worker.
-    pub async fn run(mut self) -> Result<(), ServiceError> {
+    /// Serves select_destinations, up to [`EXECUTOR_POOL_SIZE`] requests at once as nova's
+    /// greenthread pool does; concurrent claims meet in placement's generation checks.
+    pub async fn run(self) -> Result<(), ServiceError> {
         let mut rx = self.ctx.bus.consume(TOPIC).await?;
+        let pool = Arc::new(tokio::sync::Semaphore::new(EXECUTOR_POOL_SIZE));
+        let this = Arc::new(self);
         while let Some(Incoming { msg, reply_to }) = rx.recv().await {
-            let out = match msg {
-                Rpc::SelectDestinations { spec } => match self.select_destinations(&spec).await {
-                    Ok(out) => out,
-                    Err(e) => Rpc::Error(e.to_string()),
-                },
-                other => Rpc::Error(format!("scheduler has no method {}", other.method())),
-            };
-            if let Some(to) = reply_to {
-                let _ = self.ctx.bus.reply(to, out).await;
-            }
+            let Ok(permit) = pool.clone().acquire_owned().await else { break };
+            let this = this.clone();
+            tokio::spawn(async move {
+                let out = match msg {
+                    Rpc::SelectDestinations { spec } => match this.select_destinations(&spec).await {
+                        Ok(out) => out,
+                        Err(e) => Rpc::Error(e.to_string()),
+                    },
+                    other => Rpc::Error(format!("scheduler has no method {}", other.method())),
+                };
+                if let Some(to) = reply_to {
+                    let _ = this.ctx.bus.reply(to, out).await;
+                }
+                drop(permit);
+            });
         }
         Ok(())
     }
 
-    pub async fn select_destinations(&mut self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
+    pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
         let db = &*self.ctx.db;
         // One snapshot of placement and the cell's compute nodes and services.
         let mut rows = db
@@ -127,7 +139,11 @@ impl Scheduler {
             group_max_per_host: group_max,
             group_hosts: &group_hosts,
         };
-        let order = match sorted_hosts(&hosts, &req, &self.config, &mut self.rng) {
+        let sorted = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            sorted_hosts(&hosts, &req, &self.config, &mut *rng)
+        };
+        let order = match sorted {
             Ok(o) => o,
             Err(e) => return Ok(Rpc::NoValidHost { reason: e.reason }),
         };

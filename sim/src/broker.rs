@@ -42,37 +42,76 @@ struct Queue {
     backlog: VecDeque<Delivery>,
 }
 
+/// madsim charges every socket receive and send at least 1 ms of the calling task's time,
+/// so one receive loop tops out near 1,000 messages per simulated second. Endpoints that
+/// carry many messages therefore receive on several tasks, the way a server has several
+/// threads; each message still pays the simulated network latency.
+pub const SERVER_RECEIVERS: usize = 256;
+pub const CLIENT_RECEIVERS: usize = 16;
+
+/// Runs `handler` on every message arriving at `ep` for `tag`, from `receivers` tasks.
+/// Returns when every receiver stopped (the socket failed).
+pub async fn receive_on<F, Fut>(ep: Arc<Endpoint>, tag: u64, receivers: usize, handler: F)
+where
+    F: Fn(madsim::net::Payload, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = Vec::with_capacity(receivers);
+    for _ in 0..receivers {
+        let (ep, handler) = (ep.clone(), handler.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Ok((payload, from)) = ep.recv_from_raw(tag).await {
+                handler(payload, from).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// The broker node's main loop. Returns only if its socket fails.
 pub async fn serve(addr: SocketAddr) -> io::Result<()> {
-    let ep = Endpoint::bind(addr).await?;
-    let mut queues: BTreeMap<String, Queue> = BTreeMap::new();
-    loop {
-        let (payload, from) = ep.recv_from_raw(TAG).await?;
-        let Ok(msg) = payload.downcast::<ToBroker>() else { continue };
-        match *msg {
-            ToBroker::Subscribe { queue } => {
-                let q = queues.entry(queue).or_default();
-                if !q.consumers.contains(&from) {
-                    q.consumers.push(from);
-                }
-                while let Some(d) = q.backlog.pop_front() {
-                    let dst = q.consumers[q.next % q.consumers.len()];
-                    q.next += 1;
-                    ep.send_to_raw(dst, TAG, Box::new(d)).await?;
+    let ep = Arc::new(Endpoint::bind(addr).await?);
+    let queues: Arc<Mutex<BTreeMap<String, Queue>>> = Arc::default();
+    let sender = ep.clone();
+    receive_on(ep, TAG, SERVER_RECEIVERS, move |payload, from| {
+        let (queues, ep) = (queues.clone(), sender.clone());
+        async move {
+            let Ok(msg) = payload.downcast::<ToBroker>() else { return };
+            // Decide under the lock, send after it: sends take simulated time.
+            let mut out = Vec::new();
+            {
+                let mut queues = queues.lock().unwrap_or_else(|e| e.into_inner());
+                match *msg {
+                    ToBroker::Subscribe { queue } => {
+                        let q = queues.entry(queue).or_default();
+                        if !q.consumers.contains(&from) {
+                            q.consumers.push(from);
+                        }
+                        while let Some(d) = q.backlog.pop_front() {
+                            out.push((q.consumers[q.next % q.consumers.len()], d));
+                            q.next += 1;
+                        }
+                    }
+                    ToBroker::Publish(d) => {
+                        let q = queues.entry(d.queue.clone()).or_default();
+                        if q.consumers.is_empty() {
+                            q.backlog.push_back(d);
+                        } else {
+                            out.push((q.consumers[q.next % q.consumers.len()], d));
+                            q.next += 1;
+                        }
+                    }
                 }
             }
-            ToBroker::Publish(d) => {
-                let q = queues.entry(d.queue.clone()).or_default();
-                if q.consumers.is_empty() {
-                    q.backlog.push_back(d);
-                } else {
-                    let dst = q.consumers[q.next % q.consumers.len()];
-                    q.next += 1;
-                    ep.send_to_raw(dst, TAG, Box::new(d)).await?;
-                }
+            for (dst, d) in out {
+                let _ = ep.send_to_raw(dst, TAG, Box::new(d)).await;
             }
         }
-    }
+    })
+    .await;
+    Err(io::Error::new(io::ErrorKind::BrokenPipe, "broker socket closed"))
 }
 
 #[derive(Default)]
@@ -96,10 +135,11 @@ impl SimBus {
         let ep = Arc::new(Endpoint::bind("0.0.0.0:0").await?);
         let reply_queue = format!("reply_{client}_{}", ep.local_addr()?.port());
         let state: Arc<Mutex<ClientState>> = Arc::default();
-        let (rx_ep, rx_state, rq) = (ep.clone(), state.clone(), reply_queue.clone());
-        tokio::spawn(async move {
-            while let Ok((payload, _)) = rx_ep.recv_from_raw(TAG).await {
-                let Ok(d) = payload.downcast::<Delivery>() else { continue };
+        let (rx_state, rq) = (state.clone(), reply_queue.clone());
+        tokio::spawn(receive_on(ep.clone(), TAG, CLIENT_RECEIVERS, move |payload, _| {
+            let (rx_state, rq, metrics) = (rx_state.clone(), rq.clone(), metrics.clone());
+            async move {
+                let Ok(d) = payload.downcast::<Delivery>() else { return };
                 let mut st = rx_state.lock().unwrap_or_else(|e| e.into_inner());
                 if d.queue == rq {
                     match d.correlation.and_then(|id| st.pending.remove(&id)) {
@@ -113,7 +153,7 @@ impl SimBus {
                     let _ = tx.send(Incoming { msg: d.msg, reply_to: d.reply_to });
                 }
             }
-        });
+        }));
         let bus = Arc::new(SimBus { ep, broker, reply_queue: reply_queue.clone(), state });
         bus.send(ToBroker::Subscribe { queue: reply_queue }).await?;
         Ok(bus)

@@ -17,6 +17,8 @@ use stackbed_services::clock::Clock;
 use stackbed_services::monitor::MonitorRef;
 use stackbed_services::seams::Database;
 
+use crate::broker::{receive_on, CLIENT_RECEIVERS, SERVER_RECEIVERS};
+
 const TAG: u64 = 0xdb;
 
 /// How long a client waits for the database before reporting it unavailable.
@@ -34,22 +36,31 @@ struct Response {
 
 /// The database node's main loop: one transaction at a time, in arrival order.
 pub async fn serve(addr: SocketAddr, monitor: MonitorRef, clock: Clock) -> io::Result<()> {
-    let ep = Endpoint::bind(addr).await?;
-    let mut store = MemStore::new();
-    loop {
-        let (payload, from) = ep.recv_from_raw(TAG).await?;
-        let Ok(req) = payload.downcast::<Request>() else { continue };
-        let result = match store.execute(req.ops) {
-            Ok((results, commit)) => {
-                if let Some(c) = commit {
-                    monitor.lock().unwrap_or_else(|e| e.into_inner()).on_commit(clock.now_ms(), &c);
+    let ep = Arc::new(Endpoint::bind(addr).await?);
+    let store = Arc::new(Mutex::new(MemStore::new()));
+    let sender = ep.clone();
+    receive_on(ep, TAG, SERVER_RECEIVERS, move |payload, from| {
+        let (store, monitor, ep) = (store.clone(), monitor.clone(), sender.clone());
+        async move {
+            let Ok(req) = payload.downcast::<Request>() else { return };
+            // Execute and observe under the store lock: commit order is observation order.
+            let result = {
+                let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.execute(req.ops) {
+                    Ok((results, commit)) => {
+                        if let Some(c) = commit {
+                            monitor.lock().unwrap_or_else(|e| e.into_inner()).on_commit(clock.now_ms(), &c);
+                        }
+                        Ok(results)
+                    }
+                    Err(e) => Err(e),
                 }
-                Ok(results)
-            }
-            Err(e) => Err(e),
-        };
-        ep.send_to_raw(from, TAG, Box::new(Response { id: req.id, result })).await?;
-    }
+            };
+            let _ = ep.send_to_raw(from, TAG, Box::new(Response { id: req.id, result })).await;
+        }
+    })
+    .await;
+    Err(io::Error::new(io::ErrorKind::BrokenPipe, "database socket closed"))
 }
 
 #[derive(Default)]
@@ -68,16 +79,17 @@ impl SimDb {
     pub async fn connect(server: SocketAddr) -> io::Result<Arc<SimDb>> {
         let ep = Arc::new(Endpoint::bind("0.0.0.0:0").await?);
         let state: Arc<Mutex<ClientState>> = Arc::default();
-        let (rx_ep, rx_state) = (ep.clone(), state.clone());
-        tokio::spawn(async move {
-            while let Ok((payload, _)) = rx_ep.recv_from_raw(TAG).await {
-                let Ok(resp) = payload.downcast::<Response>() else { continue };
+        let rx_state = state.clone();
+        tokio::spawn(receive_on(ep.clone(), TAG, CLIENT_RECEIVERS, move |payload, _| {
+            let rx_state = rx_state.clone();
+            async move {
+                let Ok(resp) = payload.downcast::<Response>() else { return };
                 let tx = rx_state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&resp.id);
                 if let Some(tx) = tx {
                     let _ = tx.send(resp.result);
                 }
             }
-        });
+        }));
         Ok(Arc::new(SimDb { ep, server, state }))
     }
 }
