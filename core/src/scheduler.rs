@@ -7,6 +7,7 @@
 //! this order and returns the first claimed one plus alternates.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,8 @@ use crate::model::{ComputeNode, Flavor, GroupPolicy, Image, Inventory, Resources
 /// Everything the filters and weighers read about one host.
 #[derive(Debug, Clone)]
 pub struct HostState {
-    pub node: ComputeNode,
+    /// Shared: host states are rebuilt per request, the node record is not copied.
+    pub node: Arc<ComputeNode>,
     pub service_up: bool,
     pub service_disabled: bool,
     /// Placement inventories, indexed by resource class.
@@ -29,8 +31,6 @@ pub struct HostState {
     pub failed_builds: u32,
     /// Members of the request's server group already on this host.
     pub group_members_here: u32,
-    /// Free-form stats a scenario may give a host (read by ComputeCapabilities).
-    pub stats: BTreeMap<String, String>,
 }
 
 impl HostState {
@@ -62,7 +62,7 @@ impl HostState {
             "free_disk_mb" => ((self.free_disk_gb() * 1024.0) as i64).to_string(),
             "num_instances" => self.num_instances.to_string(),
             "num_io_ops" => self.num_io_ops.to_string(),
-            _ => return self.stats.get(name).cloned(),
+            _ => return self.node.stats.get(name).cloned(),
         })
     }
 }
@@ -172,7 +172,7 @@ fn compute_capabilities(host: &HostState, flavor: &Flavor) -> Result<(), String>
         // Nested capabilities (`capabilities:stats:x`) walk into the stats map.
         let value = match path {
             [name] => host.attribute(name),
-            ["stats", name] => host.stats.get(*name).cloned(),
+            ["stats", name] => host.node.stats.get(*name).cloned(),
             _ => None,
         };
         let Some(value) = value else {
@@ -187,26 +187,20 @@ fn compute_capabilities(host: &HostState, flavor: &Flavor) -> Result<(), String>
     Ok(())
 }
 
-/// The (arch, hypervisor type, vm mode) triples a host supports. A libvirt KVM host also
-/// offers plain QEMU guests.
-fn supported_instances(node: &ComputeNode) -> Vec<(String, String, String)> {
-    let mut hv_types = vec![node.hypervisor_type.to_lowercase()];
-    if hv_types[0] == "kvm" {
-        hv_types.push("qemu".into());
-    }
-    let mut out = Vec::new();
-    for hv in &hv_types {
-        for mode in &node.vm_modes {
-            out.push((node.cpu_arch.to_lowercase(), hv.clone(), mode.to_lowercase()));
-        }
-    }
-    out
+/// Whether the host supports (arch, hypervisor type, vm mode); `None` matches anything.
+/// A libvirt KVM host also offers plain QEMU guests.
+fn supports(node: &ComputeNode, arch: Option<&str>, hv_type: Option<&str>, vm_mode: Option<&str>) -> bool {
+    let arch_ok = arch.is_none_or(|a| a.eq_ignore_ascii_case(&node.cpu_arch));
+    let hv_ok = hv_type.is_none_or(|h| {
+        h.eq_ignore_ascii_case(&node.hypervisor_type)
+            || (h.eq_ignore_ascii_case("qemu") && node.hypervisor_type.eq_ignore_ascii_case("kvm"))
+    });
+    let mode_ok = vm_mode.is_none_or(|m| node.vm_modes.iter().any(|v| v.eq_ignore_ascii_case(m)));
+    arch_ok && hv_ok && mode_ok && !node.vm_modes.is_empty()
 }
 
 fn image_properties(host: &HostState, image: &Image) -> Result<(), String> {
-    let prop = |names: &[&str]| {
-        names.iter().find_map(|n| image.properties.get(*n)).map(|v| v.to_lowercase())
-    };
+    let prop = |names: &[&str]| names.iter().find_map(|n| image.properties.get(*n)).map(String::as_str);
     let arch = prop(&["hw_architecture", "architecture"]);
     let hv_type = prop(&["img_hv_type", "hypervisor_type"]);
     let vm_mode = prop(&["hw_vm_mode", "vm_mode"]);
@@ -214,19 +208,15 @@ fn image_properties(host: &HostState, image: &Image) -> Result<(), String> {
     if arch.is_none() && hv_type.is_none() && vm_mode.is_none() && version.is_none() {
         return Ok(());
     }
-    let supported = supported_instances(&host.node);
-    let fits = supported.iter().any(|(a, h, m)| {
-        arch.as_ref().is_none_or(|x| x == a)
-            && hv_type.as_ref().is_none_or(|x| x == h)
-            && vm_mode.as_ref().is_none_or(|x| x == m)
-    });
-    if !fits {
+    if !supports(&host.node, arch, hv_type, vm_mode) {
         return Err(format!(
-            "image wants arch={} hypervisor_type={} vm_mode={}, host offers {:?}",
-            arch.as_deref().unwrap_or("*"),
-            hv_type.as_deref().unwrap_or("*"),
-            vm_mode.as_deref().unwrap_or("*"),
-            supported
+            "image wants arch={} hypervisor_type={} vm_mode={}, host is {} {} {:?}",
+            arch.unwrap_or("*"),
+            hv_type.unwrap_or("*"),
+            vm_mode.unwrap_or("*"),
+            host.node.cpu_arch,
+            host.node.hypervisor_type,
+            host.node.vm_modes
         ));
     }
     if let Some(req) = version {
@@ -380,7 +370,7 @@ mod tests {
 
     fn host(name: &str, free_ram: u64) -> HostState {
         HostState {
-            node: ComputeNode {
+            node: Arc::new(ComputeNode {
                 host: name.into(),
                 vcpus: 8,
                 ram_mb: 16384,
@@ -392,7 +382,7 @@ mod tests {
                 num_instances: 0,
                 num_io_ops: 0,
                 stats: BTreeMap::new(),
-            },
+            }),
             service_up: true,
             service_disabled: false,
             inventories: [inv(8, 4.0), inv(16384, 1.0), inv(100, 1.0)],
@@ -401,7 +391,6 @@ mod tests {
             num_io_ops: 0,
             failed_builds: 0,
             group_members_here: 0,
-            stats: BTreeMap::new(),
         }
     }
 

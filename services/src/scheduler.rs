@@ -3,7 +3,8 @@
 //! pipeline, claims the first host that takes the claim and returns it with unclaimed
 //! alternates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::SmallRng;
@@ -24,17 +25,33 @@ pub const TOPIC: &str = "scheduler";
 /// oslo.messaging's executor_thread_pool_size: requests one scheduler serves at once.
 pub const EXECUTOR_POOL_SIZE: usize = 64;
 
+/// How stale the scheduler's cached compute nodes and services rows may get. nova reads
+/// them per request; a one-second cache keeps large simulations fast and is well inside
+/// report_interval (10 s), so ComputeFilter sees the same up/down picture.
+pub const HOST_STATE_REFRESH: Duration = Duration::from_secs(1);
+
+type NodeMap = HashMap<String, Arc<ComputeNode>>;
+type ServiceMap = HashMap<String, ServiceRecord>;
+
+#[derive(Default)]
+struct HostCache {
+    refreshed: Option<tokio::time::Instant>,
+    nodes: Arc<NodeMap>,
+    services: Arc<ServiceMap>,
+}
+
 pub struct Scheduler {
     ctx: Ctx,
     config: SchedulerConfig,
     rng: Mutex<SmallRng>,
+    cache: Mutex<HostCache>,
 }
 
 impl Scheduler {
     pub fn new(ctx: Ctx) -> Scheduler {
         let config = ctx.scenario.scheduler_config();
         let rng = Mutex::new(ctx.rng("scheduler"));
-        Scheduler { ctx, config, rng }
+        Scheduler { ctx, config, rng, cache: Mutex::default() }
     }
 
     /// Serves select_destinations, up to [`EXECUTOR_POOL_SIZE`] requests at once as nova's
@@ -65,43 +82,16 @@ impl Scheduler {
 
     pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
         let db = &*self.ctx.db;
-        // One snapshot of placement and the cell's compute nodes and services.
-        let mut rows = db
-            .execute(vec![
-                Op::Scan { table: Table::Providers, prefix: String::new() },
-                Op::Scan { table: Table::ComputeNodes, prefix: String::new() },
-                Op::Scan { table: Table::Services, prefix: String::new() },
-            ])
+        // Placement's view is read fresh for every request: claims depend on it.
+        let providers: Vec<Provider> = dbx::scan(db, Table::Providers, "")
             .await?
-            .into_iter()
-            .map(dbx::rows_of);
-        let providers: Vec<Provider> = rows
-            .next()
-            .unwrap_or_default()
             .into_iter()
             .filter_map(|(_, r)| match r.value {
                 Record::Provider(p) => Some(p),
                 _ => None,
             })
             .collect();
-        let nodes: BTreeMap<String, ComputeNode> = rows
-            .next()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, r)| match r.value {
-                Record::ComputeNode(n) => Some((k, n)),
-                _ => None,
-            })
-            .collect();
-        let services: BTreeMap<String, ServiceRecord> = rows
-            .next()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, r)| match r.value {
-                Record::Service(s) => Some((k, s)),
-                _ => None,
-            })
-            .collect();
+        let (nodes, services) = self.host_cache().await?;
 
         let resources = spec.flavor.resources();
         let candidates = allocation_candidates(&providers, &resources, CANDIDATE_LIMIT);
@@ -116,19 +106,18 @@ impl Scheduler {
             .iter()
             .filter_map(|&i| {
                 let p = &providers[i];
-                let node = nodes.get(&p.host)?;
+                let node = nodes.get(&p.host)?.clone();
                 let svc = services.get(&p.host);
                 Some(HostState {
-                    node: node.clone(),
+                    num_instances: node.num_instances,
+                    num_io_ops: node.num_io_ops,
+                    node,
                     service_up: svc.is_some_and(|s| now.saturating_sub(s.last_seen_ms) <= down_after),
                     service_disabled: svc.is_none_or(|s| s.disabled),
                     inventories: p.inventories,
                     used: p.used,
-                    num_instances: node.num_instances,
-                    num_io_ops: node.num_io_ops,
                     failed_builds: svc.map_or(0, |s| s.failed_builds),
                     group_members_here: members_per_host.get(&p.host).copied().unwrap_or(0),
-                    stats: node.stats.clone(),
                 })
             })
             .collect();
@@ -162,6 +151,48 @@ impl Scheduler {
             self.ctx.metrics.count("scheduler.claim_failures", 1);
         }
         Ok(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() })
+    }
+
+    /// The compute nodes and services rows, re-read when older than [`HOST_STATE_REFRESH`].
+    async fn host_cache(&self) -> Result<(Arc<NodeMap>, Arc<ServiceMap>), ServiceError> {
+        {
+            let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if c.refreshed.is_some_and(|t| t.elapsed() < HOST_STATE_REFRESH) {
+                return Ok((c.nodes.clone(), c.services.clone()));
+            }
+        }
+        let mut rows = self
+            .ctx
+            .db
+            .execute(vec![
+                Op::Scan { table: Table::ComputeNodes, prefix: String::new() },
+                Op::Scan { table: Table::Services, prefix: String::new() },
+            ])
+            .await?
+            .into_iter()
+            .map(dbx::rows_of);
+        let nodes: NodeMap = rows
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, r)| match r.value {
+                Record::ComputeNode(n) => Some((k, Arc::new(n))),
+                _ => None,
+            })
+            .collect();
+        let services: ServiceMap = rows
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, r)| match r.value {
+                Record::Service(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect();
+        let (nodes, services) = (Arc::new(nodes), Arc::new(services));
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        *c = HostCache { refreshed: Some(self.ctx.clock.now()), nodes: nodes.clone(), services: services.clone() };
+        Ok((nodes, services))
     }
 
     /// The request's server group: policy, max per host, hosts with members, members per host.
