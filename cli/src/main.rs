@@ -213,7 +213,11 @@ fn summarize(scenario: &Scenario, rev: &str, seeds: Vec<SeedRow>) -> MultiSeedSu
         revision: rev.to_string(),
         failed: seeds.len() - passed,
         passed,
-        boot_p50_s_across_seeds: [p50.first().copied().unwrap_or(0.0), percentile(&p50, 50.0), p50.last().copied().unwrap_or(0.0)],
+        boot_p50_s_across_seeds: [
+            p50.first().copied().unwrap_or(0.0),
+            percentile(&p50, 50.0),
+            p50.last().copied().unwrap_or(0.0),
+        ],
         seeds,
     }
 }
@@ -293,7 +297,13 @@ fn cmd_bench(scenarios: Vec<PathBuf>, seed: u64, json: Option<PathBuf>) -> Resul
         };
         println!(
             "{:<28} {:>6} {:>7} {:>10.1} {:>9.2} {:>12.1} {:>12.1}",
-            row.scenario, row.hosts, row.boots, row.simulated_s, row.wall_s, row.simulated_s_per_wall_s, row.boots_per_wall_s
+            row.scenario,
+            row.hosts,
+            row.boots,
+            row.simulated_s,
+            row.wall_s,
+            row.simulated_s_per_wall_s,
+            row.boots_per_wall_s
         );
         rows.push(row);
     }

@@ -6,13 +6,26 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "dist", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Dist {
-    Fixed { value_s: f64 },
-    Uniform { min_s: f64, max_s: f64 },
+    Fixed {
+        value_s: f64,
+    },
+    Uniform {
+        min_s: f64,
+        max_s: f64,
+    },
     /// Normal, truncated at zero.
-    Normal { mean_s: f64, stddev_s: f64 },
+    Normal {
+        mean_s: f64,
+        stddev_s: f64,
+    },
     /// Log-normal given its median (e^mu) and sigma: the usual shape of service latencies.
-    LogNormal { median_s: f64, sigma: f64 },
-    Exponential { mean_s: f64 },
+    LogNormal {
+        median_s: f64,
+        sigma: f64,
+    },
+    Exponential {
+        mean_s: f64,
+    },
 }
 
 impl Dist {

@@ -148,7 +148,12 @@ impl Checker {
                     let has_row = commit.writes.iter().any(|x| x.table == Table::Instances && x.key == w.key)
                         || self.instances.contains_key(&w.key);
                     if !has_row {
-                        self.violate("no_instance_lost", at_ms, seq, format!("build request {} deleted and no instance row exists", w.key));
+                        self.violate(
+                            "no_instance_lost",
+                            at_ms,
+                            seq,
+                            format!("build request {} deleted and no instance row exists", w.key),
+                        );
                     }
                 }
                 (Table::Instances, new) => {
@@ -166,7 +171,12 @@ impl Checker {
                         Some(o) => {
                             let from = (o.vm_state, o.task_state);
                             if o.deleted && !new.deleted {
-                                self.violate("legal_transitions", at_ms, seq, format!("instance {} undeleted", new.uuid));
+                                self.violate(
+                                    "legal_transitions",
+                                    at_ms,
+                                    seq,
+                                    format!("instance {} undeleted", new.uuid),
+                                );
                             } else if !states::legal_transition(from, to) {
                                 self.violate(
                                     "legal_transitions",
@@ -182,7 +192,12 @@ impl Checker {
                         }
                         None => {
                             if !states::legal_initial(to) {
-                                self.violate("legal_transitions", at_ms, seq, format!("instance {} created in {}", new.uuid, states::show(to)));
+                                self.violate(
+                                    "legal_transitions",
+                                    at_ms,
+                                    seq,
+                                    format!("instance {} created in {}", new.uuid, states::show(to)),
+                                );
                             }
                         }
                     }
@@ -256,7 +271,10 @@ impl Checker {
                 "requests_terminal",
                 now_ms,
                 seq,
-                format!("request {uuid} accepted at {created} ms is {state} after the {} ms bound", self.liveness_bound_ms),
+                format!(
+                    "request {uuid} accepted at {created} ms is {state} after the {} ms bound",
+                    self.liveness_bound_ms
+                ),
             );
         }
     }
@@ -266,7 +284,12 @@ impl Checker {
     pub fn check_quiet(&mut self, now_ms: Millis) {
         let pending: Vec<String> = self.pending.keys().cloned().collect();
         for uuid in pending {
-            self.violate("requests_terminal", now_ms, 0, format!("request {uuid} not terminal when the run went quiet"));
+            self.violate(
+                "requests_terminal",
+                now_ms,
+                0,
+                format!("request {uuid} not terminal when the run went quiet"),
+            );
         }
         for uuid in &self.accepted.clone() {
             if !self.instances.contains_key(uuid) {
@@ -276,11 +299,16 @@ impl Checker {
         let mut by_host: BTreeMap<String, Resources> = BTreeMap::new();
         let mut problems = Vec::new();
         for (uuid, a) in &self.allocations {
-            *by_host.entry(a.host.clone()).or_default() = by_host.get(&a.host).copied().unwrap_or_default().add(&a.resources);
+            *by_host.entry(a.host.clone()).or_default() =
+                by_host.get(&a.host).copied().unwrap_or_default().add(&a.resources);
             match self.instances.get(uuid) {
                 Some(i) if is_placed(i) && i.host.as_deref() == Some(a.host.as_str()) => {
                     if i.flavor.resources() != a.resources {
-                        problems.push(format!("allocation {uuid} is {:?}, flavor is {:?}", a.resources, i.flavor.resources()));
+                        problems.push(format!(
+                            "allocation {uuid} is {:?}, flavor is {:?}",
+                            a.resources,
+                            i.flavor.resources()
+                        ));
                     }
                 }
                 _ => problems.push(format!("allocation {uuid} on {} has no live instance there (leaked)", a.host)),

@@ -18,23 +18,14 @@ pub fn fits(provider: &Provider, resources: &Resources) -> Result<(), String> {
         }
         let inv = &provider.inventories[class.index()];
         if amount < inv.min_unit || amount > inv.max_unit {
-            return Err(format!(
-                "{}: {amount} outside [{}, {}]",
-                class.name(),
-                inv.min_unit,
-                inv.max_unit
-            ));
+            return Err(format!("{}: {amount} outside [{}, {}]", class.name(), inv.min_unit, inv.max_unit));
         }
-        if inv.step_size > 1 && amount % inv.step_size != 0 {
+        if inv.step_size > 1 && !amount.is_multiple_of(inv.step_size) {
             return Err(format!("{}: {amount} not a multiple of {}", class.name(), inv.step_size));
         }
         let used = provider.used.get(class);
         if used + amount > inv.capacity() {
-            return Err(format!(
-                "{}: {used} used + {amount} requested > capacity {}",
-                class.name(),
-                inv.capacity()
-            ));
+            return Err(format!("{}: {used} used + {amount} requested > capacity {}", class.name(), inv.capacity()));
         }
     }
     Ok(())
@@ -42,13 +33,7 @@ pub fn fits(provider: &Provider, resources: &Resources) -> Result<(), String> {
 
 /// Indices of the providers that can take `resources`, in input order, at most `limit`.
 pub fn allocation_candidates(providers: &[Provider], resources: &Resources, limit: usize) -> Vec<usize> {
-    providers
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| fits(p, resources).is_ok())
-        .map(|(i, _)| i)
-        .take(limit)
-        .collect()
+    providers.iter().enumerate().filter(|(_, p)| fits(p, resources).is_ok()).map(|(i, _)| i).take(limit).collect()
 }
 
 /// Whether any class of `provider` is over its capacity (the no-overcommit invariant).

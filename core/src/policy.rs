@@ -23,7 +23,10 @@ pub enum Rule {
     Role(String),
     RuleRef(String),
     /// `left:right`: credential field `left` against `right` (a `%(x)s` target lookup or a literal).
-    Generic { field: String, value: String },
+    Generic {
+        field: String,
+        value: String,
+    },
     Not(Box<Rule>),
     And(Vec<Rule>),
     Or(Vec<Rule>),
@@ -217,7 +220,10 @@ impl Policy {
     ) -> Result<bool, PolicyError> {
         // Rule references could loop; oslo.policy would recurse forever, we refuse.
         if depth > 32 {
-            return Err(PolicyError::Parse { rule: format!("{rule:?}"), message: "rule references nest too deep".into() });
+            return Err(PolicyError::Parse {
+                rule: format!("{rule:?}"),
+                message: "rule references nest too deep".into(),
+            });
         }
         Ok(match rule {
             Rule::Allow => true,

@@ -40,7 +40,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration like \"10s\", \"250ms\", \"5m\", \"2h\""))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("`{text}` is not a duration like \"10s\", \"250ms\", \"5m\", \"2h\""))?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,
@@ -521,12 +522,18 @@ impl Scenario {
                 return err(&format!("topology.hosts.{i}.vcpus"), "hosts need vcpus and ram_mb above 0".into());
             }
             if h.reserved.ram_mb >= h.ram_mb {
-                return err(&format!("topology.hosts.{i}.reserved.ram_mb"), "reserved RAM must be below the host's RAM".into());
+                return err(
+                    &format!("topology.hosts.{i}.reserved.ram_mb"),
+                    "reserved RAM must be below the host's RAM".into(),
+                );
             }
         }
         for (i, f) in self.flavors.iter().enumerate() {
             if f.vcpus == 0 || f.ram_mb == 0 {
-                return err(&format!("flavors.{i}.vcpus"), format!("flavor `{}` needs vcpus and ram_mb above 0", f.name));
+                return err(
+                    &format!("flavors.{i}.vcpus"),
+                    format!("flavor `{}` needs vcpus and ram_mb above 0", f.name),
+                );
             }
         }
         let r = &self.control.allocation_ratio;
@@ -563,7 +570,10 @@ impl Scenario {
         let flavor_names: Vec<&str> = self.flavors.iter().map(|f| f.name.as_str()).collect();
         for (name, w) in &self.workload.flavors {
             if !flavor_names.contains(&name.as_str()) {
-                return err(&format!("workload.flavors.{name}"), format!("no flavor named `{name}` (have: {})", flavor_names.join(", ")));
+                return err(
+                    &format!("workload.flavors.{name}"),
+                    format!("no flavor named `{name}` (have: {})", flavor_names.join(", ")),
+                );
             }
             if !(w.is_finite() && *w > 0.0) {
                 return err(&format!("workload.flavors.{name}"), format!("weight must be positive, got {w}"));
@@ -575,7 +585,10 @@ impl Scenario {
         let image_names: Vec<&str> = self.images.iter().map(|f| f.name.as_str()).collect();
         for (name, w) in &self.workload.images {
             if !image_names.contains(&name.as_str()) {
-                return err(&format!("workload.images.{name}"), format!("no image named `{name}` (have: {})", image_names.join(", ")));
+                return err(
+                    &format!("workload.images.{name}"),
+                    format!("no image named `{name}` (have: {})", image_names.join(", ")),
+                );
             }
             if !(w.is_finite() && *w > 0.0) {
                 return err(&format!("workload.images.{name}"), format!("weight must be positive, got {w}"));
@@ -585,7 +598,9 @@ impl Scenario {
             return err("workload.images", "name at least one image".into());
         }
         match self.workload.runner {
-            Runner::Constant { concurrency: 0, .. } => return err("workload.runner.concurrency", "must be at least 1".into()),
+            Runner::Constant { concurrency: 0, .. } => {
+                return err("workload.runner.concurrency", "must be at least 1".into())
+            }
             Runner::Rps { rate, .. } if !(rate.is_finite() && rate > 0.0) => {
                 return err("workload.runner.rate", format!("must be a positive number, got {rate}"))
             }
@@ -679,7 +694,10 @@ fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut Vec<String>) {
         }
         toml_edit::Item::ArrayOfTables(a) => {
             for (i, t) in a.iter().enumerate() {
-                if contains(t.span(), offset) || t.iter().any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset)) {
+                if contains(t.span(), offset)
+                    || t.iter()
+                        .any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset))
+                {
                     path.push(i.to_string());
                     walk_item(&toml_edit::Item::Table(t.clone()), offset, path);
                     return;
@@ -697,7 +715,9 @@ fn table_contains(item: &toml_edit::Item, offset: usize) -> bool {
             contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset) || table_contains(v, offset)
         }),
         toml_edit::Item::ArrayOfTables(a) => a.iter().any(|t| {
-            contains(t.span(), offset) || t.iter().any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset))
+            contains(t.span(), offset)
+                || t.iter()
+                    .any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset))
         }),
         _ => false,
     }

@@ -286,25 +286,18 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        let weighers = [
-            WeigherKind::Ram,
-            WeigherKind::Cpu,
-            WeigherKind::Disk,
-            WeigherKind::IoOps,
-            WeigherKind::BuildFailure,
-        ]
-        .into_iter()
-        .map(|w| (w, w.default_multiplier()))
-        .collect();
+        let weighers =
+            [WeigherKind::Ram, WeigherKind::Cpu, WeigherKind::Disk, WeigherKind::IoOps, WeigherKind::BuildFailure]
+                .into_iter()
+                .map(|w| (w, w.default_multiplier()))
+                .collect();
         SchedulerConfig { filters: FilterKind::defaults(), weighers, host_subset_size: 1, max_attempts: 3 }
     }
 }
 
 /// nova's `normalize`: map values to [0, 1] by min-max; all equal gives all 0.
 pub fn normalize(values: &[f64]) -> Vec<f64> {
-    let (min, max) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (min, max) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     if values.is_empty() || max <= min {
         return vec![0.0; values.len()];
     }
@@ -471,8 +464,8 @@ mod tests {
         let i = image(&[]);
         let req = RequestView { flavor: &f, image: &i, group_policy: None, group_max_per_host: 1, group_hosts: &[] };
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut config = SchedulerConfig::default();
-        config.weighers = [(WeigherKind::Ram, 1.0)].into_iter().collect();
+        let mut config =
+            SchedulerConfig { weighers: [(WeigherKind::Ram, 1.0)].into_iter().collect(), ..Default::default() };
         assert_eq!(sorted_hosts(&hosts, &req, &config, &mut rng).unwrap(), vec![1, 2, 0]);
         config.weighers = [(WeigherKind::Ram, -1.0)].into_iter().collect();
         assert_eq!(sorted_hosts(&hosts, &req, &config, &mut rng).unwrap(), vec![0, 2, 1]);
@@ -484,8 +477,7 @@ mod tests {
         let f = flavor(&[]);
         let i = image(&[]);
         let req = RequestView { flavor: &f, image: &i, group_policy: None, group_max_per_host: 1, group_hosts: &[] };
-        let mut config = SchedulerConfig::default();
-        config.host_subset_size = 3;
+        let config = SchedulerConfig { host_subset_size: 3, ..Default::default() };
         let mut seen = std::collections::BTreeSet::new();
         let mut rng = SmallRng::seed_from_u64(7);
         for _ in 0..200 {

@@ -73,10 +73,7 @@ pub fn show(state: StatePair) -> String {
 /// The states an instance row may be created in: (building, scheduling) by the conductor,
 /// or (error, None) when it is buried after a scheduling failure.
 pub fn legal_initial(state: StatePair) -> bool {
-    matches!(
-        state,
-        (VmState::Building, Some(TaskState::Scheduling)) | (VmState::Error, None)
-    )
+    matches!(state, (VmState::Building, Some(TaskState::Scheduling)) | (VmState::Error, None))
 }
 
 /// Whether nova's boot and delete flows can move an instance from `from` to `to`.
@@ -96,9 +93,7 @@ pub fn legal_transition(from: StatePair, to: StatePair) -> bool {
         ((Building, Some(BlockDeviceMapping)), (Building, Some(Spawning))) => true,
         ((Building, Some(Spawning)), (Active, None)) => true,
         // RescheduledException: back to scheduling from any build step.
-        ((Building, Some(Networking | BlockDeviceMapping | Spawning) | None), (Building, Some(Scheduling))) => {
-            true
-        }
+        ((Building, Some(Networking | BlockDeviceMapping | Spawning) | None), (Building, Some(Scheduling))) => true,
         // Any failure while building ends in ERROR with no task.
         ((Building, _), (Error, None)) => true,
         // Delete: any state except an ongoing delete may start one; it ends in deleted.

@@ -22,13 +22,30 @@ pub enum Expect {
     Version(u64),
 }
 
+// Records are moved, not copied, from op to store; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    Get { table: Table, key: String },
+    Get {
+        table: Table,
+        key: String,
+    },
     /// Every row of `table` whose key starts with `prefix`, in key order.
-    Scan { table: Table, prefix: String },
-    Put { table: Table, key: String, value: Record, expect: Expect },
-    Delete { table: Table, key: String, expect: Expect },
+    Scan {
+        table: Table,
+        prefix: String,
+    },
+    Put {
+        table: Table,
+        key: String,
+        value: Record,
+        expect: Expect,
+    },
+    Delete {
+        table: Table,
+        key: String,
+        expect: Expect,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +54,7 @@ pub struct Row {
     pub value: Record,
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OpResult {
     Row(Option<Row>),

@@ -102,13 +102,21 @@ impl Api {
         let now = self.ctx.clock.now_ms();
         let cached = {
             let cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(token).filter(|(at, p)| now < at + TOKEN_CACHE_MS && now < p.expires_at_ms).map(|(_, p)| p.clone())
+            cache
+                .get(token)
+                .filter(|(at, p)| now < at + TOKEN_CACHE_MS && now < p.expires_at_ms)
+                .map(|(_, p)| p.clone())
         };
         let payload = match cached {
             Some(p) => p,
             None => {
                 let msg = Rpc::ValidateToken { token: token.to_string() };
-                let p = match self.ctx.bus.call(crate::identity::TOPIC, msg, self.ctx.scenario.control.rpc_response_timeout.0).await {
+                let p = match self
+                    .ctx
+                    .bus
+                    .call(crate::identity::TOPIC, msg, self.ctx.scenario.control.rpc_response_timeout.0)
+                    .await
+                {
                     Ok(Rpc::TokenInfo(p)) => p,
                     Ok(Rpc::Error(e)) => return Err(ApiError::new(401, format!("token rejected: {e}"))),
                     Ok(other) => return Err(ApiError::new(500, format!("keystone answered {}", other.method()))),
@@ -158,8 +166,14 @@ impl Api {
     async fn create_inner(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
         let creds = self.credentials(token).await?;
         self.authorize("os_compute_api:servers:create", &creds, &creds.project_id)?;
-        let flavor = self.flavors.get(&req.flavor).ok_or_else(|| ApiError::new(400, format!("Flavor {} could not be found.", req.flavor)))?;
-        let image = self.images.get(&req.image).ok_or_else(|| ApiError::new(400, format!("Image {} could not be found.", req.image)))?;
+        let flavor = self
+            .flavors
+            .get(&req.flavor)
+            .ok_or_else(|| ApiError::new(400, format!("Flavor {} could not be found.", req.flavor)))?;
+        let image = self
+            .images
+            .get(&req.image)
+            .ok_or_else(|| ApiError::new(400, format!("Image {} could not be found.", req.image)))?;
         let db = &*self.ctx.db;
         let project = creds.project_id.clone();
         let rows = db
@@ -208,7 +222,9 @@ impl Api {
         loop {
             match db.execute(ops.clone()).await {
                 Ok(_) => break,
-                Err(stackbed_core::store::DbError::Conflict { table, .. }) if table == Table::ServerGroups.name() && attempts < dbx::CAS_RETRIES_MAX => {
+                Err(stackbed_core::store::DbError::Conflict { table, .. })
+                    if table == Table::ServerGroups.name() && attempts < dbx::CAS_RETRIES_MAX =>
+                {
                     attempts += 1;
                     ops.pop();
                     ops.push(self.add_group_member(req.server_group.as_deref().unwrap_or_default(), &uuid).await?);
@@ -234,14 +250,24 @@ impl Api {
     }
 
     /// POST /os-server-groups.
-    pub async fn create_server_group(&self, token: &str, name: &str, policy: stackbed_core::model::GroupPolicy) -> Result<String, ApiError> {
+    pub async fn create_server_group(
+        &self,
+        token: &str,
+        name: &str,
+        policy: stackbed_core::model::GroupPolicy,
+    ) -> Result<String, ApiError> {
         let creds = self.credentials(token).await?;
         self.authorize("os_compute_api:servers:create", &creds, &creds.project_id)?;
         let id = format!("{}-group-{name}", creds.project_id);
         let group = ServerGroup { name: name.to_string(), policy, max_server_per_host: 1, members: Vec::new() };
         self.ctx
             .db
-            .execute(vec![Op::Put { table: Table::ServerGroups, key: id.clone(), value: Record::ServerGroup(group), expect: Expect::Any }])
+            .execute(vec![Op::Put {
+                table: Table::ServerGroups,
+                key: id.clone(),
+                value: Record::ServerGroup(group),
+                expect: Expect::Any,
+            }])
             .await
             .map_err(ServiceError::from)?;
         Ok(id)
@@ -290,7 +316,9 @@ impl Api {
         for res in rows {
             for (key, row) in dbx::rows_of(res) {
                 match row.value {
-                    Record::Instance(i) if (creds.is_admin || i.project == creds.project_id) && !i.deleted => out.push(view(&i)),
+                    Record::Instance(i) if (creds.is_admin || i.project == creds.project_id) && !i.deleted => {
+                        out.push(view(&i))
+                    }
                     Record::BuildRequest(b) if creds.is_admin || b.spec.project == creds.project_id => {
                         out.push(ServerView { id: key, status: "BUILD", host: None, fault: None })
                     }
@@ -319,8 +347,16 @@ impl Api {
         if inst.host.is_none() && inst.vm_state != VmState::Error {
             return Err(ApiError::new(409, format!("Instance {uuid} is being rescheduled; retry the delete.")));
         }
-        let not_deleting = [None, Some(TaskState::Scheduling), Some(TaskState::Networking), Some(TaskState::BlockDeviceMapping), Some(TaskState::Spawning)];
-        let inst = dbx::update_instance(&*self.ctx.db, uuid, &not_deleting, |i| i.task_state = Some(TaskState::Deleting)).await?;
+        let not_deleting = [
+            None,
+            Some(TaskState::Scheduling),
+            Some(TaskState::Networking),
+            Some(TaskState::BlockDeviceMapping),
+            Some(TaskState::Spawning),
+        ];
+        let inst =
+            dbx::update_instance(&*self.ctx.db, uuid, &not_deleting, |i| i.task_state = Some(TaskState::Deleting))
+                .await?;
         match &inst.host {
             Some(host) => self
                 .ctx

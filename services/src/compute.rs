@@ -21,7 +21,11 @@ pub fn topic(host: &str) -> String {
 }
 
 /// The placement inventories a compute reports for its node.
-pub fn inventories(node: &ComputeNode, group: &HostGroup, ratio: &stackbed_core::scenario::AllocationRatio) -> [Inventory; 3] {
+pub fn inventories(
+    node: &ComputeNode,
+    group: &HostGroup,
+    ratio: &stackbed_core::scenario::AllocationRatio,
+) -> [Inventory; 3] {
     let inv = |total: u64, reserved: u64, ratio: f64| Inventory {
         total,
         reserved,
@@ -95,9 +99,19 @@ impl Compute {
                 failed_builds: 0,
             };
             let ops = vec![
-                Op::Put { table: Table::ComputeNodes, key: self.host.clone(), value: Record::ComputeNode(node.clone()), expect: Expect::Any },
+                Op::Put {
+                    table: Table::ComputeNodes,
+                    key: self.host.clone(),
+                    value: Record::ComputeNode(node.clone()),
+                    expect: Expect::Any,
+                },
                 Op::Put { table: Table::Providers, key: self.host.clone(), value: Record::Provider(provider), expect },
-                Op::Put { table: Table::Services, key: self.host.clone(), value: Record::Service(service), expect: Expect::Any },
+                Op::Put {
+                    table: Table::Services,
+                    key: self.host.clone(),
+                    value: Record::Service(service),
+                    expect: Expect::Any,
+                },
             ];
             match self.ctx.db.execute(ops).await {
                 Ok(_) => return Ok(()),
@@ -119,7 +133,12 @@ impl Compute {
             let node = self.node_row();
             if (node.num_instances, node.num_io_ops) != last_stats {
                 last_stats = (node.num_instances, node.num_io_ops);
-                let op = Op::Put { table: Table::ComputeNodes, key: self.host.clone(), value: Record::ComputeNode(node), expect: Expect::Any };
+                let op = Op::Put {
+                    table: Table::ComputeNodes,
+                    key: self.host.clone(),
+                    value: Record::ComputeNode(node),
+                    expect: Expect::Any,
+                };
                 let _ = self.ctx.db.execute(vec![op]).await;
             }
         }
@@ -127,11 +146,18 @@ impl Compute {
 
     async fn update_service(&self, change: impl Fn(&mut ServiceRecord, u64)) -> Result<ServiceRecord, ServiceError> {
         for _ in 0..dbx::CAS_RETRIES_MAX {
-            let Some(Row { version, value: Record::Service(mut s) }) = dbx::get(&*self.ctx.db, Table::Services, &self.host).await? else {
+            let Some(Row { version, value: Record::Service(mut s) }) =
+                dbx::get(&*self.ctx.db, Table::Services, &self.host).await?
+            else {
                 return Err(ServiceError::NotFound(format!("service {}", self.host)));
             };
             change(&mut s, self.ctx.clock.now_ms());
-            let op = Op::Put { table: Table::Services, key: self.host.clone(), value: Record::Service(s.clone()), expect: Expect::Version(version) };
+            let op = Op::Put {
+                table: Table::Services,
+                key: self.host.clone(),
+                value: Record::Service(s.clone()),
+                expect: Expect::Version(version),
+            };
             match self.ctx.db.execute(vec![op]).await {
                 Ok(_) => return Ok(s),
                 Err(DbError::Conflict { .. }) => continue,
@@ -249,10 +275,15 @@ impl Compute {
             Err(ServiceError::Hypervisor(HvError::Reschedule(why))) => {
                 self.record_failure().await?;
                 self.cleanup(&inst).await?;
-                dbx::update_instance(db, uuid, &[Some(TaskState::Spawning), Some(TaskState::Networking), Some(TaskState::BlockDeviceMapping)], |i| {
-                    i.task_state = Some(TaskState::Scheduling);
-                    i.host = None;
-                })
+                dbx::update_instance(
+                    db,
+                    uuid,
+                    &[Some(TaskState::Spawning), Some(TaskState::Networking), Some(TaskState::BlockDeviceMapping)],
+                    |i| {
+                        i.task_state = Some(TaskState::Scheduling);
+                        i.host = None;
+                    },
+                )
                 .await?;
                 let mut spec = spec.clone();
                 spec.tried_hosts.push(self.host.clone());

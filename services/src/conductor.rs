@@ -19,7 +19,13 @@ pub struct Conductor {
     ctx: Ctx,
 }
 
-fn new_instance(spec: &RequestSpec, now_ms: u64, vm_state: VmState, task_state: Option<TaskState>, fault: Option<String>) -> Instance {
+fn new_instance(
+    spec: &RequestSpec,
+    now_ms: u64,
+    vm_state: VmState,
+    task_state: Option<TaskState>,
+    fault: Option<String>,
+) -> Instance {
     Instance {
         uuid: spec.instance_uuid.clone(),
         name: format!("server-{}", spec.instance_uuid),
@@ -51,20 +57,17 @@ impl Conductor {
             // Each request runs on its own greenthread, as in nova's executor.
             let this = this.clone();
             tokio::spawn(async move {
-                let uuid = match &msg {
-                    Rpc::ScheduleAndBuildInstances { spec } | Rpc::BuildInstances { spec, .. } => spec.instance_uuid.clone(),
-                    _ => String::new(),
-                };
                 let res = match msg {
                     Rpc::ScheduleAndBuildInstances { spec } => this.schedule_and_build(spec).await,
-                    Rpc::BuildInstances { spec, alternates, failure } => this.reschedule(spec, alternates, failure).await,
+                    Rpc::BuildInstances { spec, alternates, failure } => {
+                        this.reschedule(spec, alternates, failure).await
+                    }
                     _ => Ok(()),
                 };
                 if let Err(e) = res {
                     this.ctx.metrics.count("conductor.errors", 1);
                     // The instance is left for the liveness invariant to flag; say what happened.
                     this.ctx.metrics.count(&format!("conductor.error.{}", error_kind(&e)), 1);
-                    let _ = uuid;
                 }
             });
         }
@@ -77,7 +80,11 @@ impl Conductor {
         let answer = self
             .ctx
             .bus
-            .call(crate::scheduler::TOPIC, Rpc::SelectDestinations { spec: spec.clone() }, self.ctx.scenario.control.long_rpc_timeout.0)
+            .call(
+                crate::scheduler::TOPIC,
+                Rpc::SelectDestinations { spec: spec.clone() },
+                self.ctx.scenario.control.long_rpc_timeout.0,
+            )
             .await;
         let hosts = match answer {
             Ok(Rpc::Destinations { hosts }) if !hosts.is_empty() => {
@@ -110,12 +117,14 @@ impl Conductor {
             placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
             return Ok(());
         }
-        let mut inst = new_instance(&spec, self.ctx.clock.now_ms(), VmState::Building, Some(TaskState::Scheduling), None);
+        let inst = new_instance(&spec, self.ctx.clock.now_ms(), VmState::Building, Some(TaskState::Scheduling), None);
         dbx::create_instance(&*self.ctx.db, &inst).await?;
-        if self.ctx.scenario.control.quota_recheck && self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked) {
+        if self.ctx.scenario.control.quota_recheck
+            && self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked)
+        {
             if let Some(e) = self.recheck_quota(&spec).await? {
                 placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
-                inst = dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
+                dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
                     i.vm_state = VmState::Error;
                     i.task_state = None;
                     i.fault = Some(format!("Quota exceeded on recheck: {e}"));
@@ -123,7 +132,6 @@ impl Conductor {
                 .await?;
                 self.ctx.metrics.count("quota_recheck_failures", 1);
                 self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
-                let _ = inst;
                 return Ok(());
             }
         }
@@ -157,7 +165,12 @@ impl Conductor {
     /// A compute failed the build: claim the next alternate and cast to it, or give up with
     /// MaxRetriesExceeded. Alternates were not claimed by the scheduler; the conductor
     /// claims them here, as nova does.
-    async fn reschedule(&self, spec: RequestSpec, mut alternates: Vec<String>, failure: String) -> Result<(), ServiceError> {
+    async fn reschedule(
+        &self,
+        spec: RequestSpec,
+        mut alternates: Vec<String>,
+        failure: String,
+    ) -> Result<(), ServiceError> {
         let t0 = self.ctx.clock.now();
         self.ctx.metrics.count("reschedules", 1);
         while !alternates.is_empty() {
@@ -174,7 +187,10 @@ impl Conductor {
             if outcome != ClaimOutcome::Claimed {
                 continue;
             }
-            dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| i.attempts += 1).await?;
+            dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
+                i.attempts += 1
+            })
+            .await?;
             self.ctx.bus.cast(&crate::compute::topic(&host), Rpc::BuildAndRunInstance { spec, alternates }).await?;
             self.ctx.metrics.record("conductor.reschedule", self.ctx.clock.secs_since(t0), true);
             return Ok(());

@@ -43,8 +43,18 @@ pub fn tenants(ctx: &Ctx) -> Vec<(Project, User, String)> {
 pub async fn bootstrap(ctx: &Ctx) -> Result<(), ServiceError> {
     let mut ops = Vec::new();
     for (project, user, _) in tenants(ctx) {
-        ops.push(Op::Put { table: Table::Projects, key: project.id.clone(), value: Record::Project(project), expect: Expect::Any });
-        ops.push(Op::Put { table: Table::Users, key: user.name.clone(), value: Record::User(user), expect: Expect::Any });
+        ops.push(Op::Put {
+            table: Table::Projects,
+            key: project.id.clone(),
+            value: Record::Project(project),
+            expect: Expect::Any,
+        });
+        ops.push(Op::Put {
+            table: Table::Users,
+            key: user.name.clone(),
+            value: Record::User(user),
+            expect: Expect::Any,
+        });
     }
     ctx.db.execute(ops).await?;
     Ok(())

@@ -43,7 +43,12 @@ pub async fn claim(
         }
         p.used = p.used.add(&resources);
         let ops = vec![
-            Op::Put { table: Table::Providers, key: host.to_string(), value: Record::Provider(p), expect: Expect::Version(generation) },
+            Op::Put {
+                table: Table::Providers,
+                key: host.to_string(),
+                value: Record::Provider(p),
+                expect: Expect::Version(generation),
+            },
             Op::Put {
                 table: Table::Allocations,
                 key: consumer.to_string(),
@@ -88,7 +93,12 @@ pub async fn release(db: &dyn Database, metrics: &Metrics, consumer: &str) -> Re
             .checked_sub(&alloc.1.resources)
             .ok_or_else(|| ServiceError::Corrupt(format!("provider {} usage below allocation {consumer}", p.host)))?;
         let ops = vec![
-            Op::Put { table: Table::Providers, key: p.host.clone(), value: Record::Provider(p), expect: Expect::Version(generation) },
+            Op::Put {
+                table: Table::Providers,
+                key: p.host.clone(),
+                value: Record::Provider(p),
+                expect: Expect::Version(generation),
+            },
             Op::Delete { table: Table::Allocations, key: consumer.to_string(), expect: Expect::Version(alloc.0) },
         ];
         match db.execute(ops).await {

@@ -41,7 +41,12 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
     } else {
         match tokio::time::timeout(ctx.scenario.scenario.time_limit.0, workload.run()).await {
             Ok(its) => iterations = its,
-            Err(_) => aborted = Some(format!("time limit {:?} reached before the workload finished", ctx.scenario.scenario.time_limit.0)),
+            Err(_) => {
+                aborted = Some(format!(
+                    "time limit {:?} reached before the workload finished",
+                    ctx.scenario.scenario.time_limit.0
+                ))
+            }
         }
     }
     // Quiet: every accepted request terminal, bounded by the liveness bound.
@@ -134,7 +139,12 @@ impl Report {
             parameters: serde_json::to_value(&*ctx.scenario).unwrap_or_default(),
             actions: ctx.metrics.summaries(),
             counters: ctx.metrics.counters(),
-            iterations: IterationSummary { total: data.iterations.len(), ok, failed: data.iterations.len() - ok, errors },
+            iterations: IterationSummary {
+                total: data.iterations.len(),
+                ok,
+                failed: data.iterations.len() - ok,
+                errors,
+            },
             final_states,
             instances: data.instances,
             invariants,
@@ -152,7 +162,21 @@ impl Report {
     /// The Rally-style table, counters, final states, invariants and digest.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let line = format!("+{}+", ["-".repeat(32), "-".repeat(7), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(9)].join("+"));
+        let line = format!(
+            "+{}+",
+            [
+                "-".repeat(32),
+                "-".repeat(7),
+                "-".repeat(9),
+                "-".repeat(9),
+                "-".repeat(9),
+                "-".repeat(9),
+                "-".repeat(9),
+                "-".repeat(9),
+                "-".repeat(9)
+            ]
+            .join("+")
+        );
         out += &format!(
             "scenario {} | seed {} | world {} | hypervisor {} | {:.1} s simulated in {:.2} s wall\n",
             self.scenario, self.seed, self.world, self.hypervisor, self.simulated_s, self.wall_s
@@ -185,7 +209,12 @@ impl Report {
         for (err, n) in &self.iterations.errors {
             out += &format!("  {n} x {err}\n");
         }
-        let bad: Vec<String> = self.invariants.iter().filter(|i| i.violations > 0).map(|i| format!("{} ({})", i.name, i.violations)).collect();
+        let bad: Vec<String> = self
+            .invariants
+            .iter()
+            .filter(|i| i.violations > 0)
+            .map(|i| format!("{} ({})", i.name, i.violations))
+            .collect();
         out += &format!(
             "invariants: {} checked after each of {} commits: {}\n",
             self.invariants.len(),
@@ -206,7 +235,10 @@ impl Report {
         }
         let mut out = format!("FAILED: scenario {} seed {}\n", self.scenario, self.seed);
         if let Some(v) = &self.first_violation.violation {
-            out += &format!("first violation: {} at {} ms (commit #{}): {}\n", v.invariant, v.at_ms, v.commit_seq, v.detail);
+            out += &format!(
+                "first violation: {} at {} ms (commit #{}): {}\n",
+                v.invariant, v.at_ms, v.commit_seq, v.detail
+            );
             for e in &self.first_violation.event {
                 out += &format!("  event: {e}\n");
             }

@@ -57,7 +57,13 @@ impl Workload {
     pub fn new(ctx: Ctx, api: Arc<Api>) -> Arc<Workload> {
         let tenants = crate::identity::tenants(&ctx)
             .into_iter()
-            .map(|(p, u, password)| Tenant { project: p.id, user: u.name, password, token: Mutex::new(None), group: Mutex::new(None) })
+            .map(|(p, u, password)| Tenant {
+                project: p.id,
+                user: u.name,
+                password,
+                token: Mutex::new(None),
+                group: Mutex::new(None),
+            })
             .collect();
         let rng = Mutex::new(ctx.rng("runner"));
         Arc::new(Workload { ctx, api, tenants, rng, results: Mutex::new(Vec::new()) })
@@ -184,18 +190,26 @@ impl Workload {
         }
     }
 
-    async fn boot(&self, tenant: &Tenant, req: &CreateServer) -> Result<(String, &'static str, Option<String>), String> {
-        let uuid = self.with_token(tenant, |t| async move { self.api.create_server(&t, req).await }).await.map_err(|e| e.to_string())?;
+    async fn boot(
+        &self,
+        tenant: &Tenant,
+        req: &CreateServer,
+    ) -> Result<(String, &'static str, Option<String>), String> {
+        let uuid = self
+            .with_token(tenant, |t| async move { self.api.create_server(&t, req).await })
+            .await
+            .map_err(|e| e.to_string())?;
         let w = &self.ctx.scenario.workload;
         self.ctx.clock.sleep(w.prepoll_delay.0).await;
         let t0 = self.ctx.clock.now();
         loop {
             let u = uuid.clone();
-            let view = self.with_token(tenant, |t| {
-                let u = u.clone();
-                async move { self.api.show_server(&t, &u).await }
-            })
-            .await;
+            let view = self
+                .with_token(tenant, |t| {
+                    let u = u.clone();
+                    async move { self.api.show_server(&t, &u).await }
+                })
+                .await;
             match view {
                 Ok(v) if v.status == "ACTIVE" || v.status == "ERROR" => return Ok((uuid, v.status, v.fault)),
                 Ok(_) => {}
@@ -215,7 +229,9 @@ impl Workload {
         loop {
             match self.with_token(tenant, |t| async move { self.api.delete_server(&t, uuid).await }).await {
                 Ok(()) => break,
-                Err(e) if e.code == 409 && t0.elapsed() < w.liveness_bound.0 => self.ctx.clock.sleep(w.poll_interval.0).await,
+                Err(e) if e.code == 409 && t0.elapsed() < w.liveness_bound.0 => {
+                    self.ctx.clock.sleep(w.poll_interval.0).await
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }

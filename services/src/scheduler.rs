@@ -4,8 +4,8 @@
 //! alternates.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 
@@ -200,7 +200,8 @@ impl Scheduler {
     async fn group_state(
         &self,
         spec: &RequestSpec,
-    ) -> Result<(Option<stackbed_core::model::GroupPolicy>, u32, Vec<String>, BTreeMap<String, u32>), ServiceError> {
+    ) -> Result<(Option<stackbed_core::model::GroupPolicy>, u32, Vec<String>, BTreeMap<String, u32>), ServiceError>
+    {
         let Some(group) = &spec.server_group else {
             return Ok((None, 1, Vec::new(), BTreeMap::new()));
         };

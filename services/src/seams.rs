@@ -33,22 +33,45 @@ pub type Db = Arc<dyn Database>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Rpc {
     // identity (keystone)
-    Authenticate { user: String, password: String, project: String },
+    Authenticate {
+        user: String,
+        password: String,
+        project: String,
+    },
     Token(String),
-    ValidateToken { token: String },
+    ValidateToken {
+        token: String,
+    },
     TokenInfo(TokenPayload),
     // conductor
-    ScheduleAndBuildInstances { spec: RequestSpec },
+    ScheduleAndBuildInstances {
+        spec: RequestSpec,
+    },
     /// A compute asks for a reschedule: the remaining alternates and why the host failed.
-    BuildInstances { spec: RequestSpec, alternates: Vec<String>, failure: String },
+    BuildInstances {
+        spec: RequestSpec,
+        alternates: Vec<String>,
+        failure: String,
+    },
     // scheduler
-    SelectDestinations { spec: RequestSpec },
+    SelectDestinations {
+        spec: RequestSpec,
+    },
     /// The claimed host first, then unclaimed alternates.
-    Destinations { hosts: Vec<String> },
-    NoValidHost { reason: String },
+    Destinations {
+        hosts: Vec<String>,
+    },
+    NoValidHost {
+        reason: String,
+    },
     // compute
-    BuildAndRunInstance { spec: RequestSpec, alternates: Vec<String> },
-    TerminateInstance { uuid: String },
+    BuildAndRunInstance {
+        spec: RequestSpec,
+        alternates: Vec<String>,
+    },
+    TerminateInstance {
+        uuid: String,
+    },
     /// A remote error, as oslo.messaging re-raises it on the caller's side.
     Error(String),
 }

@@ -30,6 +30,7 @@ struct Delivery {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // each message is boxed once as the network payload
 enum ToBroker {
     Subscribe { queue: String },
     Publish(Delivery),

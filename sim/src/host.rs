@@ -68,7 +68,13 @@ impl Hypervisor for SimHost {
     async fn spawn(&self, _instance: &Instance, image: &Image) -> Result<PhaseTimings, HvError> {
         let t0 = tokio::time::Instant::now();
         if self.model.image_cache {
-            let cell = self.image_cache.lock().unwrap_or_else(|e| e.into_inner()).entry(image.name.clone()).or_default().clone();
+            let cell = self
+                .image_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(image.name.clone())
+                .or_default()
+                .clone();
             cell.get_or_init(|| async {
                 self.phase(&self.model.image_fetch).await;
             })

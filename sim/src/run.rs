@@ -83,68 +83,76 @@ where
 
 /// Runs the scenario once under the simulator with `opts.seed`.
 pub fn run(opts: &RunOptions) -> Result<Report, String> {
-    let wall = std::time::Instant::now();
+    let wall = std::time::Instant::now(); // wall clock, outside the simulation
     let rt = Runtime::with_seed_and_config(opts.seed, madsim::Config::default());
     let report = rt.block_on({
         let opts = opts.clone();
         async move {
-        let handle = Handle::current();
-        let clock = Clock::start();
-        let metrics = Metrics::default();
-        let scenario = opts.scenario.clone();
-        let monitor: MonitorRef = Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
-        let world = World { opts: opts.clone(), clock, metrics: metrics.clone() };
+            let handle = Handle::current();
+            let clock = Clock::start();
+            let metrics = Metrics::default();
+            let scenario = opts.scenario.clone();
+            let monitor: MonitorRef =
+                Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
+            let world = World { opts: opts.clone(), clock, metrics: metrics.clone() };
 
-        let m = monitor.clone();
-        handle.create_node().name("rabbitmq").ip(BROKER.ip()).init(|| async { broker::serve(BROKER).await }).build();
-        handle
-            .create_node()
-            .name("mysql")
-            .ip(DATABASE.ip())
-            .init(move || {
-                let m = m.clone();
-                async move { dbnode::serve(DATABASE, m, clock).await }
-            })
-            .build();
-        // Let the broker and database bind before anyone sends to them.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            let m = monitor.clone();
+            handle
+                .create_node()
+                .name("rabbitmq")
+                .ip(BROKER.ip())
+                .init(|| async { broker::serve(BROKER).await })
+                .build();
+            handle
+                .create_node()
+                .name("mysql")
+                .ip(DATABASE.ip())
+                .init(move || {
+                    let m = m.clone();
+                    async move { dbnode::serve(DATABASE, m, clock).await }
+                })
+                .build();
+            // Let the broker and database bind before anyone sends to them.
+            tokio::time::sleep(Duration::from_millis(100)).await;
 
-        service_node(&handle, "keystone", ip(0, 257), &world, |ctx| async move {
-            let _ = Identity::new(ctx).run().await;
-        });
-        service_node(&handle, "nova-conductor", ip(0, 258), &world, |ctx| async move {
-            let _ = Conductor::new(ctx).run().await;
-        });
-        service_node(&handle, "nova-scheduler", ip(0, 259), &world, |ctx| async move {
-            let _ = Scheduler::new(ctx).run().await;
-        });
-        for (i, (name, group)) in scenario.hosts().into_iter().enumerate() {
-            let node = group.node(&name);
-            let group = group.clone();
-            let model = scenario.model.clone();
-            service_node(&handle, &name, ip(1, i as u32 + 1), &world, move |ctx| {
-                let hv = Arc::new(SimHost::new(node.clone(), model.clone(), ctx.rng(&format!("host-{}", node.host))));
-                let compute = Compute::new(ctx, hv, group.clone());
-                async move {
-                    let _ = compute.run().await;
-                }
+            service_node(&handle, "keystone", ip(0, 257), &world, |ctx| async move {
+                let _ = Identity::new(ctx).run().await;
             });
-        }
+            service_node(&handle, "nova-conductor", ip(0, 258), &world, |ctx| async move {
+                let _ = Conductor::new(ctx).run().await;
+            });
+            service_node(&handle, "nova-scheduler", ip(0, 259), &world, |ctx| async move {
+                let _ = Scheduler::new(ctx).run().await;
+            });
+            for (i, (name, group)) in scenario.hosts().into_iter().enumerate() {
+                let node = group.node(&name);
+                let group = group.clone();
+                let model = scenario.model.clone();
+                service_node(&handle, &name, ip(1, i as u32 + 1), &world, move |ctx| {
+                    let hv =
+                        Arc::new(SimHost::new(node.clone(), model.clone(), ctx.rng(&format!("host-{}", node.host))));
+                    let compute = Compute::new(ctx, hv, group.clone());
+                    async move {
+                        let _ = compute.run().await;
+                    }
+                });
+            }
 
-        let api_node = handle.create_node().name("nova-api").ip(ip(0, 260)).build();
-        let (w, m) = (world.clone(), monitor.clone());
-        let outcome = api_node
-            .spawn(async move {
-                let ctx = w.ctx("nova-api").await.map_err(|e| format!("nova-api cannot connect: {e}"))?;
-                let api = Arc::new(Api::new(ctx.clone()));
-                let data = drive(ctx.clone(), api, m.clone()).await;
-                Ok::<_, String>((ctx, data))
-            })
-            .await
-            .map_err(|e| format!("nova-api task failed: {e}"))?;
-        let (ctx, data) = outcome?;
-        Ok::<_, String>((ctx, data, monitor))
-    }});
+            let api_node = handle.create_node().name("nova-api").ip(ip(0, 260)).build();
+            let (w, m) = (world.clone(), monitor.clone());
+            let outcome = api_node
+                .spawn(async move {
+                    let ctx = w.ctx("nova-api").await.map_err(|e| format!("nova-api cannot connect: {e}"))?;
+                    let api = Arc::new(Api::new(ctx.clone()));
+                    let data = drive(ctx.clone(), api, m.clone()).await;
+                    Ok::<_, String>((ctx, data))
+                })
+                .await
+                .map_err(|e| format!("nova-api task failed: {e}"))?;
+            let (ctx, data) = outcome?;
+            Ok::<_, String>((ctx, data, monitor))
+        }
+    });
     let (ctx, data, monitor) = report?;
     Ok(Report::build(
         &ctx,
@@ -156,7 +164,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             world: "sim",
             hypervisor: "sim".into(),
             revision: opts.revision.clone(),
-            wall_s: wall.elapsed().as_secs_f64(),
+            wall_s: wall.elapsed().as_secs_f64(), // wall clock
             replay: opts.replay.clone(),
         },
     ))

@@ -1,0 +1,193 @@
+//! One real run: every control-plane service as a task on a tokio runtime, talking through
+//! the in-process broker, the SQLite database and one libvirt connection per compute host;
+//! then the shared driver (`stackbed_services::report::drive`) and the report.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stackbed_services::api::Api;
+use stackbed_services::clock::Clock;
+use stackbed_services::compute::Compute;
+use stackbed_services::conductor::Conductor;
+use stackbed_services::ctx::Ctx;
+use stackbed_services::dbx::ServiceError;
+use stackbed_services::identity::Identity;
+use stackbed_services::metrics::Metrics;
+use stackbed_services::monitor::{Monitor, MonitorRef};
+use stackbed_services::report::{drive, Report, ReportContext, RunData, RunOptions};
+use stackbed_services::scheduler::Scheduler;
+use stackbed_services::seams::{Db, HvRef, Hypervisor};
+
+use crate::bus::InProcBroker;
+use crate::libvirt::{LibvirtHypervisor, DEFAULT_URI};
+use crate::sqlite::SqliteDb;
+
+/// Environment variable: where the SQLite database goes (a path or `:memory:`).
+pub const DB_ENV: &str = "STACKBED_DB";
+/// Environment variable: the libvirt URI of every compute host.
+pub const LIBVIRT_URI_ENV: &str = "STACKBED_LIBVIRT_URI";
+
+/// How long the runtime waits for blocking work (libvirt, SQLite) when the run ends.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Where the real seams point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealConfig {
+    /// The SQLite file (or `:memory:`); `None`: a temporary file removed after the run.
+    pub db_path: Option<String>,
+    /// The libvirt URI every compute host connects to.
+    pub libvirt_uri: String,
+}
+
+impl Default for RealConfig {
+    fn default() -> Self {
+        RealConfig { db_path: None, libvirt_uri: DEFAULT_URI.to_string() }
+    }
+}
+
+impl RealConfig {
+    /// The defaults, overridden by `STACKBED_DB` and `STACKBED_LIBVIRT_URI` when set.
+    pub fn from_env() -> RealConfig {
+        let mut c = RealConfig::default();
+        if let Some(p) = std::env::var(DB_ENV).ok().filter(|p| !p.is_empty()) {
+            c.db_path = Some(p);
+        }
+        if let Some(u) = std::env::var(LIBVIRT_URI_ENV).ok().filter(|u| !u.is_empty()) {
+            c.libvirt_uri = u;
+        }
+        c
+    }
+}
+
+/// A database path unique to this process, seed and run.
+fn temp_db_path(seed: u64) -> PathBuf {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("stackbed-real-{}-seed{seed}-{n}.sqlite", std::process::id()))
+}
+
+/// Runs the scenario once with real seams (configured from the environment, see
+/// [`RealConfig::from_env`]).
+pub fn run(opts: &RunOptions) -> Result<Report, String> {
+    run_with(opts, &RealConfig::from_env())
+}
+
+/// Runs the scenario once with real seams configured by `cfg`.
+pub fn run_with(opts: &RunOptions, cfg: &RealConfig) -> Result<Report, String> {
+    let wall = Instant::now();
+    let (db_path, temporary) = match &cfg.db_path {
+        Some(p) => (p.clone(), false),
+        None => (temp_db_path(opts.seed).to_string_lossy().into_owned(), true),
+    };
+    if temporary {
+        SqliteDb::remove_files(&db_path).map_err(|e| format!("cannot clear {db_path}: {e}"))?;
+    }
+    // One libvirt connection per compute host (blocking; before the runtime starts).
+    let mut hosts = Vec::new();
+    for (name, group) in opts.scenario.hosts() {
+        let hv = LibvirtHypervisor::connect(&cfg.libvirt_uri, group, &name)?;
+        hosts.push((Arc::new(hv), group.clone()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+    let outcome = rt.block_on(run_services(opts, &db_path, &hosts));
+    let wall_s = wall.elapsed().as_secs_f64();
+    // Service tasks loop forever; dropping the runtime cancels them.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    if temporary {
+        // Best effort: a leftover temporary file is not worth failing the run for.
+        let _ = SqliteDb::remove_files(&db_path);
+    }
+    let (ctx, data, monitor) = outcome?;
+    let mut kinds: Vec<&str> = hosts.iter().map(|(hv, _)| hv.kind()).collect();
+    kinds.dedup();
+    let hypervisor = if kinds.is_empty() { "none".to_string() } else { kinds.join("+") };
+    Ok(Report::build(
+        &ctx,
+        &monitor,
+        data,
+        ReportContext {
+            scenario_file: &opts.scenario_file,
+            seed: opts.seed,
+            world: "real",
+            hypervisor,
+            revision: opts.revision.clone(),
+            wall_s,
+            replay: opts.replay.clone(),
+        },
+    ))
+}
+
+type Failures = Arc<Mutex<Vec<String>>>;
+
+/// Spawns a service; if its `run` returns an error, counts it and keeps the message.
+fn spawn_service<F>(name: &str, metrics: &Metrics, failures: &Failures, service: F) -> tokio::task::JoinHandle<()>
+where
+    F: Future<Output = Result<(), ServiceError>> + Send + 'static,
+{
+    let (name, metrics, failures) = (name.to_string(), metrics.clone(), failures.clone());
+    tokio::spawn(async move {
+        if let Err(e) = service.await {
+            metrics.count(&format!("service_failed.{name}"), 1);
+            failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{name}: {e}"));
+        }
+    })
+}
+
+async fn run_services(
+    opts: &RunOptions,
+    db_path: &str,
+    hosts: &[(Arc<LibvirtHypervisor>, stackbed_core::scenario::HostGroup)],
+) -> Result<(Ctx, RunData, MonitorRef), String> {
+    let clock = Clock::start();
+    let metrics = Metrics::default();
+    let scenario = opts.scenario.clone();
+    let monitor: MonitorRef = Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
+    let sqlite = SqliteDb::open(db_path, clock).map_err(|e| format!("cannot open the database {db_path}: {e}"))?;
+    sqlite.observe(monitor.clone());
+    let db: Db = Arc::new(sqlite);
+    let broker = InProcBroker::with_metrics(metrics.clone());
+    let ctx = |node: &str| Ctx {
+        bus: broker.client(node),
+        db: db.clone(),
+        clock,
+        metrics: metrics.clone(),
+        scenario: scenario.clone(),
+        seed: opts.seed,
+    };
+    let failures: Failures = Arc::default();
+    let mut tasks = vec![
+        spawn_service("keystone", &metrics, &failures, Identity::new(ctx("keystone")).run()),
+        spawn_service("nova-conductor", &metrics, &failures, Conductor::new(ctx("nova-conductor")).run()),
+        spawn_service("nova-scheduler", &metrics, &failures, Scheduler::new(ctx("nova-scheduler")).run()),
+    ];
+    for (hv, group) in hosts {
+        let host = hv.node_info().host;
+        let compute = Compute::new(ctx(&host), hv.clone() as HvRef, group.clone());
+        tasks.push(spawn_service(&host, &metrics, &failures, compute.run()));
+    }
+
+    let api_ctx = ctx("nova-api");
+    let api = Arc::new(Api::new(api_ctx.clone()));
+    let mut data = drive(api_ctx.clone(), api, monitor.clone()).await;
+
+    for t in &tasks {
+        t.abort();
+    }
+    // Tear down the guests the run left (boot-only workloads keep them ACTIVE).
+    for (hv, _) in hosts {
+        if hv.destroy_all().await.is_err() {
+            metrics.count("libvirt.cleanup_errors", 1);
+        }
+    }
+    let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let (Some(a), false) = (&mut data.aborted, failures.is_empty()) {
+        *a = format!("{a}; service failures: {}", failures.join("; "));
+    }
+    Ok((api_ctx, data, monitor))
+}

@@ -1,0 +1,276 @@
+//! The database seam on an embedded SQLite file (or `:memory:`).
+//!
+//! Semantics are exactly those of [`stackbed_core::store::MemStore::execute`], the reference
+//! engine: the transaction's shape is validated first (at most one write per key), every
+//! `Expect` is checked before anything is written, reads see the state before the
+//! transaction, a transaction that writes takes the next value of one global commit
+//! counter as the version of every row it writes (so versions never repeat for a key, even
+//! across delete and re-insert), and scans return the rows whose key starts with the
+//! prefix in key order. Everything runs inside one SQLite transaction (`BEGIN IMMEDIATE`).
+//!
+//! Storage: `rows(tbl, key, version, value)` with `value` the JSON of the
+//! [`Record`](stackbed_core::model::Record), and a one-row `meta(seq)` holding the commit
+//! counter. The journal is WAL with `synchronous=NORMAL`: a commit survives a process crash;
+//! the last commits may be lost on power failure (the usual trade-off of that setting).
+//!
+//! Observers (the run's [`Monitor`](stackbed_services::monitor::Monitor)) see each commit
+//! right after it, while the connection's lock is still held, so observation order is
+//! commit order.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use stackbed_core::model::{Millis, Record, Table};
+use stackbed_core::store::{conflict, validate_ops, Commit, DbError, Expect, Op, OpResult, Row, Write};
+use stackbed_services::clock::Clock;
+use stackbed_services::monitor::MonitorRef;
+use stackbed_services::seams::Database;
+
+/// Called after each commit with the run's time and the commit.
+pub type CommitHook = Box<dyn Fn(Millis, &Commit) + Send + Sync>;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rows (
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (id, seq) VALUES (0, 0);
+";
+
+struct Conn {
+    conn: Connection,
+    observers: Vec<CommitHook>,
+}
+
+struct Inner {
+    conn: Mutex<Conn>,
+    clock: Clock,
+}
+
+/// SQLite-backed [`Database`]. Cloning shares the connection.
+#[derive(Clone)]
+pub struct SqliteDb {
+    inner: Arc<Inner>,
+    path: String,
+}
+
+fn backend(e: impl std::fmt::Display) -> DbError {
+    DbError::Backend(format!("sqlite: {e}"))
+}
+
+fn expect_holds(expect: Expect, found: Option<u64>) -> bool {
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => found.is_none(),
+        Expect::Version(v) => found == Some(v),
+    }
+}
+
+fn to_version(v: i64, table: Table, key: &str) -> Result<u64, DbError> {
+    u64::try_from(v).map_err(|_| DbError::Backend(format!("sqlite: row {}/{key} has invalid version {v}", table.name())))
+}
+
+fn from_version(v: u64) -> Result<i64, DbError> {
+    i64::try_from(v).map_err(|_| DbError::Backend(format!("sqlite: commit counter {v} out of range")))
+}
+
+fn decode(table: Table, key: &str, text: &str) -> Result<Record, DbError> {
+    serde_json::from_str(text)
+        .map_err(|e| DbError::Backend(format!("sqlite: corrupt row {}/{key}: {e}", table.name())))
+}
+
+fn encode(table: Table, key: &str, value: &Record) -> Result<String, DbError> {
+    serde_json::to_string(value)
+        .map_err(|e| DbError::Backend(format!("sqlite: cannot encode row {}/{key}: {e}", table.name())))
+}
+
+fn version_of(tx: &Connection, table: Table, key: &str) -> Result<Option<u64>, DbError> {
+    let v: Option<i64> = tx
+        .prepare_cached("SELECT version FROM rows WHERE tbl = ?1 AND key = ?2")
+        .and_then(|mut st| st.query_row(params![table.name(), key], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    v.map(|v| to_version(v, table, key)).transpose()
+}
+
+fn get_row(tx: &Connection, table: Table, key: &str) -> Result<Option<Row>, DbError> {
+    let raw: Option<(i64, String)> = tx
+        .prepare_cached("SELECT version, value FROM rows WHERE tbl = ?1 AND key = ?2")
+        .and_then(|mut st| st.query_row(params![table.name(), key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(backend)?;
+    match raw {
+        None => Ok(None),
+        Some((version, text)) => {
+            Ok(Some(Row { version: to_version(version, table, key)?, value: decode(table, key, &text)? }))
+        }
+    }
+}
+
+fn scan(tx: &Connection, table: Table, prefix: &str) -> Result<Vec<(String, Row)>, DbError> {
+    // SQLite's BINARY collation compares UTF-8 bytes, as Rust orders `String`s: rows come
+    // in the order of MemStore's BTreeMap, starting at the prefix; stop at the first key
+    // past it.
+    let mut st = tx
+        .prepare_cached("SELECT key, version, value FROM rows WHERE tbl = ?1 AND key >= ?2 ORDER BY key")
+        .map_err(backend)?;
+    let mut rows = st.query(params![table.name(), prefix]).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(backend)? {
+        let key: String = r.get(0).map_err(backend)?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let version: i64 = r.get(1).map_err(backend)?;
+        let text: String = r.get(2).map_err(backend)?;
+        let row = Row { version: to_version(version, table, &key)?, value: decode(table, &key, &text)? };
+        out.push((key, row));
+    }
+    Ok(out)
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database at `path`; `":memory:"` for a private
+    /// in-memory one. An existing file keeps its rows and commit counter.
+    pub fn open(path: &str, clock: Clock) -> Result<SqliteDb, DbError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        // journal_mode answers with a row ("wal", or "memory" for :memory:).
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(backend)?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;").map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        Ok(SqliteDb {
+            inner: Arc::new(Inner { conn: Mutex::new(Conn { conn, observers: Vec::new() }), clock }),
+            path: path.to_string(),
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Feeds every commit to `monitor` (the invariant checker and event digest).
+    pub fn observe(&self, monitor: MonitorRef) {
+        self.on_commit(Box::new(move |now_ms, commit| {
+            monitor.lock().unwrap_or_else(|e| e.into_inner()).on_commit(now_ms, commit);
+        }));
+    }
+
+    /// Calls `hook` after each commit, in commit order.
+    pub fn on_commit(&self, hook: CommitHook) {
+        self.lock().observers.push(hook);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        // A panicking observer poisons the lock; the SQLite transaction it interrupted has
+        // already committed or rolled back, so the connection is still consistent.
+        self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The blocking body of [`Database::execute`].
+    pub fn execute_blocking(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, DbError> {
+        validate_ops(&ops)?;
+        let mut guard = self.lock();
+        let Conn { conn, observers } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+
+        // Every Expect is checked before anything is written (dropping `tx` rolls back).
+        for op in &ops {
+            if let Op::Put { table, key, expect, .. } | Op::Delete { table, key, expect, .. } = op {
+                let found = version_of(&tx, *table, key)?;
+                if !expect_holds(*expect, found) {
+                    return Err(conflict(*table, key, *expect, found));
+                }
+            }
+        }
+        let has_writes = ops.iter().any(|op| matches!(op, Op::Put { .. } | Op::Delete { .. }));
+        let current: i64 = tx
+            .prepare_cached("SELECT seq FROM meta WHERE id = 0")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(backend)?;
+        let current = u64::try_from(current).map_err(|_| DbError::Backend(format!("sqlite: invalid commit counter {current}")))?;
+        let seq = if has_writes { current + 1 } else { current };
+
+        // Reads see the state before this transaction's writes, so do them first.
+        let mut results = Vec::with_capacity(ops.len());
+        for op in &ops {
+            results.push(match op {
+                Op::Get { table, key } => OpResult::Row(get_row(&tx, *table, key)?),
+                Op::Scan { table, prefix } => OpResult::Rows(scan(&tx, *table, prefix)?),
+                Op::Put { .. } => OpResult::Written(seq),
+                Op::Delete { .. } => OpResult::Deleted,
+            });
+        }
+        if !has_writes {
+            tx.commit().map_err(backend)?;
+            return Ok(results);
+        }
+
+        let mut writes = Vec::new();
+        let version = from_version(seq)?;
+        for op in ops {
+            match op {
+                Op::Put { table, key, value, .. } => {
+                    let old = get_row(&tx, table, &key)?.map(|r| r.value);
+                    let text = encode(table, &key, &value)?;
+                    tx.prepare_cached("INSERT OR REPLACE INTO rows (tbl, key, version, value) VALUES (?1, ?2, ?3, ?4)")
+                        .and_then(|mut st| st.execute(params![table.name(), key, version, text]))
+                        .map_err(backend)?;
+                    writes.push(Write { table, key, old, new: Some(value) });
+                }
+                Op::Delete { table, key, .. } => {
+                    let old = get_row(&tx, table, &key)?.map(|r| r.value);
+                    tx.prepare_cached("DELETE FROM rows WHERE tbl = ?1 AND key = ?2")
+                        .and_then(|mut st| st.execute(params![table.name(), key]))
+                        .map_err(backend)?;
+                    writes.push(Write { table, key, old, new: None });
+                }
+                Op::Get { .. } | Op::Scan { .. } => {}
+            }
+        }
+        tx.prepare_cached("UPDATE meta SET seq = ?1 WHERE id = 0")
+            .and_then(|mut st| st.execute(params![version]))
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+
+        let commit = Commit { seq, writes };
+        let now = self.inner.clock.now_ms();
+        for observe in observers.iter() {
+            observe(now, &commit);
+        }
+        Ok(results)
+    }
+
+    /// Removes a database file and its WAL and shared-memory files (missing files are fine).
+    pub fn remove_files(path: &str) -> std::io::Result<()> {
+        if path == ":memory:" {
+            return Ok(());
+        }
+        for p in [path.to_string(), format!("{path}-wal"), format!("{path}-shm")] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Database for SqliteDb {
+    async fn execute(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, DbError> {
+        // SQLite is blocking: run the transaction on the blocking pool so that the other
+        // services' tasks keep running meanwhile.
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.execute_blocking(ops))
+            .await
+            .map_err(|e| DbError::Backend(format!("sqlite worker failed: {e}")))?
+    }
+}

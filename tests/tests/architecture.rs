@@ -1,0 +1,119 @@
+//! The architecture's invariants that are absences, checked on the source itself
+//! (ARCHITECTURE.md lists them). Each test names the rule it enforces.
+
+use stackbed_tests::{root, rust_files};
+
+fn dependencies(manifest: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(root().join(manifest)).expect("manifest readable");
+    let value: toml_edit::DocumentMut = text.parse().expect("manifest parses");
+    let mut out = Vec::new();
+    for (name, item) in value.iter() {
+        if name == "dependencies" {
+            if let Some(t) = item.as_table_like() {
+                out.extend(t.iter().map(|(k, _)| k.to_string()));
+            }
+        }
+        if name == "target" {
+            if let Some(targets) = item.as_table_like() {
+                for (_, t) in targets.iter() {
+                    if let Some(deps) = t.get("dependencies").and_then(|d| d.as_table_like()) {
+                        out.extend(deps.iter().map(|(k, _)| k.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_pure_crate_imports_no_runtime() {
+    let deps = dependencies("core/Cargo.toml");
+    for forbidden in ["tokio", "madsim", "madsim-tokio", "async-trait", "futures", "rusqlite", "virt"] {
+        assert!(!deps.iter().any(|d| d == forbidden), "core depends on {forbidden}");
+    }
+    for file in rust_files("core/src") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for word in
+            ["async fn", ".await", "std::time::Instant", "SystemTime", "std::fs::File", "std::net", "thread::spawn"]
+        {
+            // Scenario loading reads its file with std::fs::read_to_string: that is the one I/O allowed.
+            assert!(!text.contains(word), "{} uses `{word}`", file.display());
+        }
+    }
+}
+
+#[test]
+fn services_import_only_madsim_tokio_as_runtime() {
+    let deps = dependencies("services/Cargo.toml");
+    for forbidden in ["madsim", "rusqlite", "virt", "lapin", "sqlx", "stackbed-sim", "stackbed-real"] {
+        assert!(!deps.iter().any(|d| d == forbidden), "services depend on {forbidden}");
+    }
+    let text = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(text.contains("tokio = { version = \"0.2\", package = \"madsim-tokio\""), "tokio must be madsim-tokio");
+}
+
+#[test]
+fn the_simulator_build_needs_no_system_library() {
+    // Real-only crates are target-gated to cfg(not(madsim)).
+    let text = std::fs::read_to_string(root().join("real/Cargo.toml")).unwrap();
+    let gated = text.split("[target.'cfg(not(madsim))'.dependencies]").nth(1).unwrap_or("");
+    for dep in ["rusqlite", "virt"] {
+        assert!(gated.contains(dep), "{dep} must be a cfg(not(madsim)) dependency");
+        let ungated = text.split("[target.'cfg(not(madsim))'.dependencies]").next().unwrap_or("");
+        assert!(!ungated.contains(&format!("{dep}.workspace")), "{dep} must not be an unconditional dependency");
+    }
+    let lib = std::fs::read_to_string(root().join("real/src/lib.rs")).unwrap();
+    assert!(lib.contains("#![cfg(not(madsim))]"), "the real crate compiles to nothing under madsim");
+}
+
+#[test]
+fn simulated_code_has_no_nondeterminism_sources() {
+    let mut files = rust_files("core/src");
+    files.extend(rust_files("services/src"));
+    files.extend(rust_files("sim/src"));
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        // A line marked `wall clock` measures the run from outside the simulation (allowed).
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.contains("wall clock")) {
+            for word in [
+                "thread::spawn",
+                "thread_rng",
+                "JoinSet",
+                "from_entropy",
+                "OsRng",
+                "SystemTime::now",
+                "std::time::Instant",
+            ] {
+                assert!(
+                    !line.contains(word),
+                    "{}:{}: `{word}` is not deterministic under madsim",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shipped_scenarios_parse() {
+    let dir = root().join("scenarios");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            stackbed_core::scenario::Scenario::load(&path).unwrap_or_else(|err| panic!("{err}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "expected the shipped scenarios, found {n}");
+}
+
+#[test]
+fn architecture_md_names_every_crate() {
+    let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    for dir in ["core/", "services/", "sim/", "real/", "cli/", "tests/", "scenarios/", "benches/", "reports/"] {
+        assert!(text.contains(&format!("`{dir}")), "ARCHITECTURE.md codemap misses {dir}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Whole runs in the simulator: determinism, the shipped failure scenarios, and evidence
+//! that the invariant checker catches planted bugs. `cargo sim-test -p stackbed-tests`.
+#![cfg(madsim)]
+
+use std::sync::Arc;
+
+use stackbed_core::scenario::Scenario;
+use stackbed_services::report::{Report, RunOptions};
+use stackbed_tests::root;
+
+fn scenario(name: &str) -> Arc<Scenario> {
+    Arc::new(Scenario::load(&root().join("scenarios").join(name)).unwrap())
+}
+
+fn run(s: &Arc<Scenario>, seed: u64) -> Report {
+    let opts = RunOptions {
+        scenario: s.clone(),
+        scenario_file: s.scenario.name.clone(),
+        seed,
+        revision: "test".into(),
+        replay: format!("cargo sim run {} --seed {seed}", s.scenario.name),
+    };
+    stackbed_sim::run(&opts).unwrap()
+}
+
+#[test]
+fn quickstart_passes_and_is_deterministic() {
+    let s = scenario("quickstart.toml");
+    let a = run(&s, 1);
+    assert!(a.passed, "{}", a.failure_text().unwrap_or_default());
+    assert!(a.iterations.total >= 100 && a.iterations.failed == 0, "{:?}", a.iterations);
+    assert_eq!(a.final_states.get("ACTIVE").copied(), Some(a.iterations.total));
+    assert!(s.host_count() >= 16);
+    let b = run(&s, 1);
+    assert_eq!(a.digest, b.digest, "same seed, same digest");
+    assert_eq!(a.events, b.events);
+    let c = run(&s, 2);
+    assert_ne!(a.digest, c.digest, "another seed, another digest");
+}
+
+#[test]
+fn failures_scenario_reschedules_and_exceeds_retries() {
+    let s = scenario("failures.toml");
+    let r = run(&s, 1);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    assert!(r.counters.get("reschedules").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    assert!(r.counters.get("max_retries_exceeded").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    let errored: Vec<_> = r.instances.iter().filter(|i| i.status == "ERROR").collect();
+    assert!(!errored.is_empty());
+    for i in errored {
+        assert!(i.fault.as_deref().unwrap_or("").contains("MaxRetriesExceeded"), "{:?}", i);
+        assert_eq!(i.attempts, 3, "{:?}", i);
+    }
+    assert!(r.actions.iter().any(|a| a.action == "conductor.reschedule"));
+}
+
+#[test]
+fn capacity_scenario_ends_in_no_valid_host_without_overcommit() {
+    let s = scenario("capacity.toml");
+    let r = run(&s, 1);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    let novh = r.counters.get("no_valid_host").copied().unwrap_or(0);
+    assert!(novh > 0);
+    assert_eq!(r.final_states.get("ERROR").copied().unwrap_or(0) as u64, novh);
+    // 8 hosts x 16 vCPU x 4.0 = 512 vCPU and 8 x 128 GiB: 128 m1.large fit by RAM.
+    assert_eq!(r.final_states.get("ACTIVE").copied(), Some(128));
+}
+
+fn with_bug(name: &str, edit: impl Fn(&mut Scenario)) -> Arc<Scenario> {
+    let mut s = (*scenario(name)).clone();
+    edit(&mut s);
+    Arc::new(s)
+}
+
+/// The CI seed budget for planted bugs: the checker must bite on every one of these seeds.
+const BUG_SEEDS: std::ops::RangeInclusive<u64> = 1..=3;
+
+#[test]
+fn a_scheduler_that_skips_the_claim_is_caught() {
+    let s = with_bug("capacity.toml", |s| {
+        s.debug.plant_bug = Some(stackbed_core::scenario::PlantedBug::SchedulerSkipsClaim)
+    });
+    for seed in BUG_SEEDS {
+        let r = run(&s, seed);
+        assert!(!r.passed, "seed {seed}: the planted bug went unnoticed");
+        let v = r.first_violation.violation.as_ref().expect("a violation");
+        assert!(
+            ["no_overcommit", "allocations_match_instances"].contains(&v.invariant),
+            "seed {seed}: caught as {}: {}",
+            v.invariant,
+            v.detail
+        );
+        assert!(v.commit_seq > 0, "caught at a commit, not only at the end");
+        assert!(r.failure_text().unwrap().contains("replay: cargo sim run"));
+    }
+}
+
+#[test]
+fn skipped_quota_checks_are_caught() {
+    let s = with_bug("quickstart.toml", |s| {
+        s.debug.plant_bug = Some(stackbed_core::scenario::PlantedBug::QuotaNotChecked);
+        for t in &mut s.tenants {
+            t.quota.instances = 5;
+        }
+    });
+    for seed in BUG_SEEDS {
+        let r = run(&s, seed);
+        let v = r.first_violation.violation.as_ref().expect("a violation");
+        assert_eq!(v.invariant, "quota_respected", "seed {seed}: {}", v.detail);
+    }
+}
+
+#[test]
+fn quota_is_enforced_when_checks_are_on() {
+    let s = with_bug("quickstart.toml", |s| {
+        for t in &mut s.tenants {
+            t.quota.instances = 5;
+        }
+    });
+    let r = run(&s, 1);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    assert!(r.final_states.get("ACTIVE").copied().unwrap_or(0) <= 4 * 5);
+    assert!(r.counters.get("api.create.403").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+}
+
+#[test]
+fn boot_and_delete_leaves_nothing_allocated() {
+    let s = with_bug("quickstart.toml", |s| s.workload.action = stackbed_core::scenario::Action::BootAndDelete);
+    let r = run(&s, 3);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    assert_eq!(r.final_states.get("DELETED").copied(), Some(r.iterations.total));
+    assert!(r.actions.iter().any(|a| a.action == "delete_server" && a.success_pct == 100.0));
+}
+
+#[test]
+fn anti_affinity_spreads_a_group() {
+    let s = with_bug("quickstart.toml", |s| {
+        s.workload.server_group = Some(stackbed_core::model::GroupPolicy::AntiAffinity);
+        s.workload.runner = stackbed_core::scenario::Runner::Constant { concurrency: 1, times: 32 };
+    });
+    let r = run(&s, 1);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    // 4 tenants, one group each, 16 hosts: 8 members per group, each on its own host.
+    let mut per_group_host = std::collections::BTreeSet::new();
+    for i in r.instances.iter().filter(|i| i.status == "ACTIVE") {
+        let project = i.id.rsplit_once('-').unwrap().0.to_string();
+        assert!(per_group_host.insert((project, i.host.clone())), "two members of a group on {:?}", i.host);
+    }
+    assert_eq!(per_group_host.len(), 32);
+}
