@@ -2,7 +2,10 @@
 //! boot-relevant part.
 //!
 //! One connection per compute host. With `test:///default` (libvirt's test driver) domains
-//! are defined and started in libvirt's in-process mock hypervisor; with `qemu:///system`
+//! are defined and started in libvirt's in-process mock hypervisor; note that libvirt gives
+//! every `test:///default` connection of one process the same mock hypervisor, so the
+//! hosts of a run share it (instance names are unique, so their domains never clash), and
+//! the host's capabilities come from the scenario, not from libvirt. With `qemu:///system`
 //! real QEMU guests run, with KVM when the host can run it and TCG otherwise (see
 //! [`detect_accel`]).
 //!
@@ -239,6 +242,13 @@ impl Hypervisor for LibvirtHypervisor {
         let xml = domain_xml(instance, self.kind, &self.node.cpu_arch);
         let name = instance.name.clone();
         self.blocking(move |s| {
+            // Without a UUID in the XML, defining an existing name would redefine that
+            // domain (possibly running): refuse instead, as nova's UUID clash would.
+            match s.conn.lookup_domain_by_name(&name) {
+                Ok(_) => return Err(HvError::Reschedule(format!("libvirt define {name}: domain already exists"))),
+                Err(e) if is_no_domain(&e) => {}
+                Err(e) => return Err(libvirt_error("lookup", &name, &e)),
+            }
             let t0 = Instant::now();
             let dom = s.conn.define_domain_xml(&xml).map_err(|e| libvirt_error("define", &name, &e))?;
             s.defined.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
