@@ -5,7 +5,9 @@
 //! are defined and started in libvirt's in-process mock hypervisor; note that libvirt gives
 //! every `test:///default` connection of one process the same mock hypervisor, so the
 //! hosts of a run share it (instance names are unique, so their domains never clash), and
-//! the host's capabilities come from the scenario, not from libvirt. With `qemu:///system`
+//! the host's capabilities come from the scenario, not from libvirt.
+//! [`LibvirtHypervisor::connect_private_test`] gives a host its own test-driver instance
+//! instead (what a run uses by default). With `qemu:///system`
 //! real QEMU guests run, with KVM when the host can run it and TCG otherwise (see
 //! [`detect_accel`]).
 //!
@@ -16,6 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
@@ -107,6 +110,18 @@ pub fn domain_xml(instance: &Instance, kind: &str, arch: &str) -> String {
     )
 }
 
+/// The node description libvirt's test driver reads from a `test:///<file>` URI.
+pub fn test_node_xml(group: &HostGroup) -> String {
+    let cpus = group.vcpus.max(1);
+    format!(
+        "<node>\n  <cpu>\n    <mhz>2000</mhz>\n    <model>{}</model>\n    <active>{cpus}</active>\n    \
+         <nodes>1</nodes>\n    <sockets>1</sockets>\n    <cores>{cpus}</cores>\n    <threads>1</threads>\n  \
+         </cpu>\n  <memory>{}</memory>\n</node>\n",
+        xml_escape(&group.cpu_arch),
+        group.ram_mb.saturating_mul(1024)
+    )
+}
+
 fn libvirt_error(what: &str, name: &str, e: &virt::error::Error) -> HvError {
     HvError::Reschedule(format!("libvirt {what} {name}: {}", e.message()))
 }
@@ -141,13 +156,35 @@ impl LibvirtHypervisor {
     /// `spawn_blocking`). The node's capabilities come from the scenario's host group.
     pub fn connect(uri: &str, group: &HostGroup, host: &str) -> Result<LibvirtHypervisor, String> {
         quiet_libvirt();
-        let conn = Connect::open(Some(uri)).map_err(|e| format!("cannot connect to libvirt at {uri}: {}", e.message()))?;
+        let conn =
+            Connect::open(Some(uri)).map_err(|e| format!("cannot connect to libvirt at {uri}: {}", e.message()))?;
         Ok(LibvirtHypervisor {
             uri: uri.to_string(),
             kind: kind_for(uri, detect_accel()),
             node: group.node(host),
             shared: Arc::new(Shared { conn, defined: Mutex::new(BTreeSet::new()) }),
         })
+    }
+
+    /// A private instance of libvirt's test driver for this host, built from its host group
+    /// (CPUs, memory, architecture). Unlike `test:///default`, which every connection of a
+    /// process shares, each call gives an independent mock hypervisor, as real hosts are.
+    /// Blocking, like [`LibvirtHypervisor::connect`].
+    pub fn connect_private_test(group: &HostGroup, host: &str) -> Result<LibvirtHypervisor, String> {
+        static FILES: AtomicU64 = AtomicU64::new(0);
+        let n = FILES.fetch_add(1, Ordering::Relaxed);
+        let safe_host: String =
+            host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let path = std::env::temp_dir().join(format!("stackbed-libvirt-{}-{n}-{safe_host}.xml", std::process::id()));
+        let path_text = path.to_str().ok_or_else(|| format!("temporary path {path:?} is not UTF-8"))?.to_string();
+        if !path_text.starts_with('/') || path_text.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
+            return Err(format!("temporary path {path_text} cannot be put in a test:// URI"));
+        }
+        std::fs::write(&path, test_node_xml(group)).map_err(|e| format!("cannot write {path_text}: {e}"))?;
+        // The test driver reads the file while opening; it is not needed afterwards.
+        let hv = LibvirtHypervisor::connect(&format!("test://{path_text}"), group, host);
+        let _ = std::fs::remove_file(&path);
+        hv
     }
 
     pub fn uri(&self) -> &str {

@@ -38,7 +38,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct RealConfig {
     /// The SQLite file (or `:memory:`); `None`: a temporary file removed after the run.
     pub db_path: Option<String>,
-    /// The libvirt URI every compute host connects to.
+    /// The libvirt URI every compute host connects to. For `test:///default` each host
+    /// gets a private instance of the test driver instead (see
+    /// [`LibvirtHypervisor::connect_private_test`]): libvirt shares `test:///default`
+    /// between all connections of a process, and hosts must not see each other's guests.
     pub libvirt_uri: String,
 }
 
@@ -88,7 +91,11 @@ pub fn run_with(opts: &RunOptions, cfg: &RealConfig) -> Result<Report, String> {
     // One libvirt connection per compute host (blocking; before the runtime starts).
     let mut hosts = Vec::new();
     for (name, group) in opts.scenario.hosts() {
-        let hv = LibvirtHypervisor::connect(&cfg.libvirt_uri, group, &name)?;
+        let hv = if cfg.libvirt_uri == DEFAULT_URI {
+            LibvirtHypervisor::connect_private_test(group, &name)?
+        } else {
+            LibvirtHypervisor::connect(&cfg.libvirt_uri, group, &name)?
+        };
         hosts.push((Arc::new(hv), group.clone()));
     }
     let rt = tokio::runtime::Builder::new_current_thread()

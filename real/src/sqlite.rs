@@ -76,7 +76,8 @@ fn expect_holds(expect: Expect, found: Option<u64>) -> bool {
 }
 
 fn to_version(v: i64, table: Table, key: &str) -> Result<u64, DbError> {
-    u64::try_from(v).map_err(|_| DbError::Backend(format!("sqlite: row {}/{key} has invalid version {v}", table.name())))
+    u64::try_from(v)
+        .map_err(|_| DbError::Backend(format!("sqlite: row {}/{key} has invalid version {v}", table.name())))
 }
 
 fn from_version(v: u64) -> Result<i64, DbError> {
@@ -84,8 +85,7 @@ fn from_version(v: u64) -> Result<i64, DbError> {
 }
 
 fn decode(table: Table, key: &str, text: &str) -> Result<Record, DbError> {
-    serde_json::from_str(text)
-        .map_err(|e| DbError::Backend(format!("sqlite: corrupt row {}/{key}: {e}", table.name())))
+    serde_json::from_str(text).map_err(|e| DbError::Backend(format!("sqlite: corrupt row {}/{key}: {e}", table.name())))
 }
 
 fn encode(table: Table, key: &str, value: &Record) -> Result<String, DbError> {
@@ -194,7 +194,8 @@ impl SqliteDb {
             .prepare_cached("SELECT seq FROM meta WHERE id = 0")
             .and_then(|mut st| st.query_row([], |r| r.get(0)))
             .map_err(backend)?;
-        let current = u64::try_from(current).map_err(|_| DbError::Backend(format!("sqlite: invalid commit counter {current}")))?;
+        let current = u64::try_from(current)
+            .map_err(|_| DbError::Backend(format!("sqlite: invalid commit counter {current}")))?;
         let seq = if has_writes { current + 1 } else { current };
 
         // Reads see the state before this transaction's writes, so do them first.

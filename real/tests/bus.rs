@@ -1,5 +1,6 @@
 //! The in-process broker: durable queues with a backlog, call/reply routing through
 //! per-client reply queues, call timeouts and late replies, round-robin consumers.
+#![cfg(not(madsim))]
 
 use std::time::Duration;
 
@@ -63,7 +64,8 @@ async fn call_times_out_and_a_late_reply_is_dropped_and_counted() {
     let server = broker.client("nova-scheduler");
     let mut rx = server.consume("scheduler").await.unwrap();
     let client = broker.client("nova-conductor");
-    let err = client.call("scheduler", Rpc::NoValidHost { reason: "x".into() }, Duration::from_millis(50)).await.unwrap_err();
+    let err =
+        client.call("scheduler", Rpc::NoValidHost { reason: "x".into() }, Duration::from_millis(50)).await.unwrap_err();
     assert_eq!(err, BusError::Timeout { topic: "scheduler".into(), method: "no_valid_host", timeout_ms: 50 });
     // The request did reach the consumer; its reply comes too late.
     let m = rx.recv().await.unwrap();

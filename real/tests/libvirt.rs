@@ -1,5 +1,6 @@
 //! The libvirt hypervisor on libvirt's test driver (`test:///default`): define, start,
 //! destroy, undefine, and libvirt errors mapped to reschedulable build failures.
+#![cfg(not(madsim))]
 
 use std::collections::BTreeMap;
 
@@ -79,7 +80,8 @@ fn node_info_and_kind() {
     // This machine's nested /dev/kvm cannot boot guests; detection must pick TCG unless
     // the CPU really advertises VMX/SVM.
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let has_flag = cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let has_flag =
+        cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
     let want = if has_flag && std::path::Path::new("/dev/kvm").exists() { Accel::Kvm } else { Accel::Tcg };
     assert_eq!(detect_accel(), want);
 }
@@ -160,4 +162,36 @@ async fn destroy_all_tears_down_every_guest() {
 fn bad_uri_is_an_error_not_a_panic() {
     let e = LibvirtHypervisor::connect("nosuchdriver:///x", &group(), "compute-1").err().unwrap();
     assert!(e.contains("nosuchdriver"), "{e}");
+}
+
+#[tokio::test]
+async fn private_test_hypervisors_are_independent() {
+    let a = LibvirtHypervisor::connect_private_test(&group(), "compute-1").unwrap();
+    let b = LibvirtHypervisor::connect_private_test(&group(), "compute-2").unwrap();
+    assert_eq!(a.kind(), "test");
+    assert!(a.uri().starts_with("test:///") && a.uri() != DEFAULT_URI, "{}", a.uri());
+    // The node file was only needed while opening.
+    assert!(!std::path::Path::new(&a.uri()["test://".len()..]).exists());
+    let inst = instance("server-same-name-on-two-hosts", 1, 1024);
+    a.spawn(&inst, &image()).await.unwrap();
+    // The same name on another host is another guest.
+    b.spawn(&inst, &image()).await.unwrap();
+    // Not visible through the shared default driver either.
+    let conn = Connect::open(Some(DEFAULT_URI)).unwrap();
+    assert!(conn.lookup_domain_by_name(&inst.name).is_err());
+    a.destroy(&inst).await.unwrap();
+    assert_eq!(b.domains(), vec![inst.name.clone()]);
+    b.destroy(&inst).await.unwrap();
+    assert!(b.domains().is_empty());
+}
+
+#[test]
+fn test_node_xml_comes_from_the_host_group() {
+    let x = stackbed_real::libvirt::test_node_xml(&group());
+    assert!(
+        x.contains("<active>8</active>")
+            && x.contains("<memory>16777216</memory>")
+            && x.contains("<model>x86_64</model>"),
+        "{x}"
+    );
 }

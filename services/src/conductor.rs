@@ -187,10 +187,16 @@ impl Conductor {
             if outcome != ClaimOutcome::Claimed {
                 continue;
             }
-            dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
-                i.attempts += 1
-            })
-            .await?;
+            let recorded =
+                dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
+                    i.attempts += 1
+                })
+                .await;
+            if let Err(e) = recorded {
+                // The instance moved on (deleted, say): give the claim back.
+                placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
+                return Err(e);
+            }
             self.ctx.bus.cast(&crate::compute::topic(&host), Rpc::BuildAndRunInstance { spec, alternates }).await?;
             self.ctx.metrics.record("conductor.reschedule", self.ctx.clock.secs_since(t0), true);
             return Ok(());
