@@ -894,3 +894,27 @@ images = { "cirros" = 1.0 }
         assert!(parse_duration("-1s").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    const BASE: &str = include_str!("../../scenarios/quickstart.toml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Any edit of a good file either parses or gives an error with a line; never a panic.
+        #[test]
+        fn edited_scenarios_never_panic(cut in 0usize..BASE.len(), len in 0usize..40, insert in "[a-z0-9=\\[\\]\"{}.,\\n -]{0,12}") {
+            let mut text = BASE.to_string();
+            let start = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (start + len..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            text.replace_range(start..end, &insert);
+            if let Err(e) = super::Scenario::parse("fuzz.toml", &text) {
+                prop_assert!(e.line >= 1, "{e}");
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+    }
+}

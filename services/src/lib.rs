@@ -8,6 +8,7 @@ pub mod api;
 pub mod clock;
 pub mod compute;
 pub mod conductor;
+pub mod conformance;
 pub mod ctx;
 pub mod dbx;
 pub mod identity;

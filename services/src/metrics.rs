@@ -62,7 +62,15 @@ impl Metrics {
         ];
         let inner = self.lock();
         let mut names: Vec<&String> = inner.actions.keys().collect();
-        names.sort_by_key(|n| (ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()), n.to_string()));
+        // Spawn sub-phases a world reports (the simulated host's, libvirt's) go just before
+        // compute.spawn, in name order, unless ORDER names them.
+        let spawn = ORDER.iter().position(|o| *o == "compute.spawn").unwrap_or(0);
+        let rank = |n: &str| match ORDER.iter().position(|o| *o == n) {
+            Some(p) => (p, 1),
+            None if n.starts_with("compute.spawn.") => (spawn, 0),
+            None => (ORDER.len(), 0),
+        };
+        names.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
         names.into_iter().map(|n| stats::summarize(n, &inner.actions[n])).collect()
     }
 }

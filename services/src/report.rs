@@ -177,9 +177,14 @@ impl Report {
             ]
             .join("+")
         );
+        let time = if self.world == "sim" {
+            format!("{:.1} s simulated in {:.2} s wall", self.simulated_s, self.wall_s)
+        } else {
+            format!("{:.2} s wall", self.wall_s)
+        };
         out += &format!(
-            "scenario {} | seed {} | world {} | hypervisor {} | {:.1} s simulated in {:.2} s wall\n",
-            self.scenario, self.seed, self.world, self.hypervisor, self.simulated_s, self.wall_s
+            "scenario {} | seed {} | world {} | hypervisor {} | {time}\n",
+            self.scenario, self.seed, self.world, self.hypervisor
         );
         out += &line;
         out += "\n";

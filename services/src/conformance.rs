@@ -1,0 +1,168 @@
+//! Conformance suites for the seams: the same checks run against every implementation
+//! (simulated and real). Each check panics with a message naming the broken rule, so a
+//! test calls it and nothing else. Only behaviour visible through the trait is checked.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use stackbed_core::model::{ProjectUsage, Record, Table};
+use stackbed_core::store::{DbError, Expect, Op, OpResult};
+
+use crate::seams::{BusError, BusRef, Database, Rpc};
+
+fn usage(n: u64) -> Record {
+    Record::ProjectUsage(ProjectUsage { instances: n, cores: n, ram_mb: n })
+}
+
+fn put(key: &str, n: u64, expect: Expect) -> Op {
+    Op::Put { table: Table::ProjectUsages, key: key.into(), value: usage(n), expect }
+}
+
+fn get(key: &str) -> Op {
+    Op::Get { table: Table::ProjectUsages, key: key.into() }
+}
+
+fn version(r: &OpResult) -> Option<u64> {
+    match r {
+        OpResult::Row(Some(row)) => Some(row.version),
+        OpResult::Written(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// The database seam: compare-and-swap expectations, atomicity, versions, scans.
+pub async fn database(db: &dyn Database) {
+    // Insert expecting absence, then the same again conflicts.
+    let r = db.execute(vec![put("p1", 1, Expect::Absent)]).await.expect("insert into an empty table");
+    let v1 = version(&r[0]).expect("a put returns the new version");
+    let err = db.execute(vec![put("p1", 2, Expect::Absent)]).await.expect_err("second insert must conflict");
+    assert!(matches!(err, DbError::Conflict { .. }), "Expect::Absent on an existing row: {err:?}");
+
+    // Compare-and-swap on the version.
+    let r = db.execute(vec![get("p1")]).await.expect("get");
+    assert_eq!(version(&r[0]), Some(v1), "a get returns the row's version");
+    let r = db.execute(vec![put("p1", 3, Expect::Version(v1))]).await.expect("CAS with the current version");
+    let v2 = version(&r[0]).expect("new version");
+    assert!(v2 > v1, "versions grow: {v1} then {v2}");
+    let err = db.execute(vec![put("p1", 4, Expect::Version(v1))]).await.expect_err("stale CAS must conflict");
+    assert!(matches!(err, DbError::Conflict { .. }), "stale version: {err:?}");
+
+    // All or nothing: a failing expectation leaves every write of the transaction undone.
+    let err = db
+        .execute(vec![put("p2", 1, Expect::Absent), put("p1", 5, Expect::Version(v1))])
+        .await
+        .expect_err("one bad expectation fails the transaction");
+    assert!(matches!(err, DbError::Conflict { .. }));
+    let r = db.execute(vec![get("p2")]).await.expect("get");
+    assert_eq!(r[0], OpResult::Row(None), "the other write of a failed transaction must not apply");
+
+    // Two writes to one key in one transaction are refused.
+    let err = db
+        .execute(vec![put("p3", 1, Expect::Any), put("p3", 2, Expect::Any)])
+        .await
+        .expect_err("two writes to one key");
+    assert!(matches!(err, DbError::Invalid(_)), "{err:?}");
+
+    // Reads see the state before the transaction's writes.
+    let r = db.execute(vec![get("p1"), put("p1", 6, Expect::Version(v2))]).await.expect("read then write");
+    match &r[0] {
+        OpResult::Row(Some(row)) => assert_eq!(row.value, usage(3), "a read sees the pre-transaction row"),
+        other => panic!("get returned {other:?}"),
+    }
+    let v3 = version(&r[1]).expect("written");
+
+    // Delete and re-insert: the version never repeats.
+    db.execute(vec![Op::Delete { table: Table::ProjectUsages, key: "p1".into(), expect: Expect::Version(v3) }])
+        .await
+        .expect("delete with the current version");
+    let r = db.execute(vec![put("p1", 7, Expect::Absent)]).await.expect("re-insert after delete");
+    let v4 = version(&r[0]).expect("written");
+    assert!(v4 > v3, "a re-inserted row gets a fresh version ({v3} then {v4})");
+
+    // Scans by prefix, in key order.
+    db.execute(vec![put("s/b", 1, Expect::Any), put("s/a", 1, Expect::Any), put("t/a", 1, Expect::Any)])
+        .await
+        .expect("inserts");
+    let r = db.execute(vec![Op::Scan { table: Table::ProjectUsages, prefix: "s/".into() }]).await.expect("scan");
+    let keys: Vec<String> = match &r[0] {
+        OpResult::Rows(rows) => rows.iter().map(|(k, _)| k.clone()).collect(),
+        other => panic!("scan returned {other:?}"),
+    };
+    assert_eq!(keys, vec!["s/a".to_string(), "s/b".to_string()], "scan: prefix only, key order");
+}
+
+/// The bus seam: durable queues, round-robin consumers, call/reply routing, call timeouts.
+/// `client(name)` connects a new client with its own reply queue.
+pub async fn bus<F, Fut>(client: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = BusRef>,
+{
+    let token = |s: &str| Rpc::Token(s.to_string());
+
+    // Casts to a queue nobody consumes wait for the first consumer.
+    let sender = client("sender".into()).await;
+    for i in 0..3 {
+        sender.cast("conformance.backlog", token(&format!("m{i}"))).await.expect("cast");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let consumer = client("consumer".into()).await;
+    let mut rx = consumer.consume("conformance.backlog").await.expect("consume");
+    let mut got = BTreeSet::new();
+    for _ in 0..3 {
+        let m =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("backlog delivered").expect("open");
+        assert!(m.reply_to.is_none(), "a cast carries no reply address");
+        got.insert(format!("{:?}", m.msg));
+    }
+    assert_eq!(got.len(), 3, "each backlogged cast is delivered once");
+
+    // Two consumers of one queue share its messages round-robin.
+    let c1 = client("c1".into()).await;
+    let c2 = client("c2".into()).await;
+    let mut rx1 = c1.consume("conformance.rr").await.expect("consume");
+    let mut rx2 = c2.consume("conformance.rr").await.expect("consume");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..4 {
+        sender.cast("conformance.rr", token(&format!("r{i}"))).await.expect("cast");
+    }
+    let (mut n1, mut n2) = (0, 0);
+    for _ in 0..4 {
+        tokio::select! {
+            Some(_) = rx1.recv() => n1 += 1,
+            Some(_) = rx2.recv() => n2 += 1,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("round-robin casts not delivered ({n1} + {n2} of 4)"),
+        }
+    }
+    assert_eq!((n1, n2), (2, 2), "round-robin between two consumers");
+
+    // Calls get their own replies back, through their own reply queues.
+    let server = client("server".into()).await;
+    let mut srx = server.consume("conformance.echo").await.expect("consume");
+    let srv = server.clone();
+    tokio::spawn(async move {
+        while let Some(m) = srx.recv().await {
+            if let (Rpc::ValidateToken { token: t }, Some(to)) = (m.msg, m.reply_to) {
+                let _ = srv.reply(to, Rpc::Token(format!("echo:{t}"))).await;
+            }
+        }
+    });
+    let a = client("caller-a".into()).await;
+    let b = client("caller-b".into()).await;
+    let timeout = Duration::from_secs(5);
+    let (ra, rb) = tokio::join!(
+        a.call("conformance.echo", Rpc::ValidateToken { token: "a".into() }, timeout),
+        b.call("conformance.echo", Rpc::ValidateToken { token: "b".into() }, timeout),
+    );
+    assert_eq!(ra.expect("reply to a"), token("echo:a"), "a's reply goes to a");
+    assert_eq!(rb.expect("reply to b"), token("echo:b"), "b's reply goes to b");
+
+    // A call nobody answers times out.
+    let _silent = client("silent".into()).await.consume("conformance.silent").await.expect("consume");
+    let err = a
+        .call("conformance.silent", Rpc::ValidateToken { token: "x".into() }, Duration::from_millis(300))
+        .await
+        .expect_err("no reply");
+    assert!(matches!(err, BusError::Timeout { .. }), "{err:?}");
+}
