@@ -12,15 +12,7 @@ pub fn hosts(n: usize) -> (Vec<Provider>, Vec<HostState>) {
     let mut providers = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     for i in 0..n {
-        let inv = |total: u64, ratio: f64| Inventory {
-            total,
-            reserved: 0,
-            min_unit: 1,
-            max_unit: total,
-            step_size: 1,
-            allocation_ratio: ratio,
-        };
-        let inventories = [inv(64, 4.0), inv(262_144, 1.0), inv(4000, 1.0)];
+        let inventories = [Inventory::new(64, 0, 4.0), Inventory::new(262_144, 0, 1.0), Inventory::new(4000, 0, 1.0)];
         let used = Resources::new((i % 200) as u64, ((i * 2048) % 200_000) as u64, ((i * 20) % 3000) as u64);
         let node = Arc::new(ComputeNode {
             host: format!("compute-{i}"),
@@ -42,8 +34,6 @@ pub fn hosts(n: usize) -> (Vec<Provider>, Vec<HostState>) {
             service_disabled: false,
             inventories,
             used,
-            num_instances: (i % 40) as u64,
-            num_io_ops: (i % 5) as u64,
             failed_builds: 0,
             group_members_here: 0,
         });

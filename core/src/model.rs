@@ -105,7 +105,8 @@ pub struct ComputeNode {
     pub cpu_arch: String,
     /// vm modes the hypervisor supports (`hvm`, `xen`, `exe`).
     pub vm_modes: Vec<String>,
-    /// Resource tracker stats, refreshed by the compute's periodic task.
+    /// Resource tracker stats, refreshed by the compute's periodic task: instances on the
+    /// host, and those in a build, resize, snapshot or migration task (nova's num_io_ops).
     #[serde(default)]
     pub num_instances: u64,
     #[serde(default)]
@@ -139,6 +140,11 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// An inventory any amount from 1 to `total` can be taken from, one unit at a time.
+    pub fn new(total: u64, reserved: u64, allocation_ratio: f64) -> Inventory {
+        Inventory { total, reserved, min_unit: 1, max_unit: total, step_size: 1, allocation_ratio }
+    }
+
     /// Placement's capacity: (total - reserved) * allocation_ratio, rounded down.
     pub fn capacity(&self) -> u64 {
         ((self.total.saturating_sub(self.reserved)) as f64 * self.allocation_ratio).floor() as u64

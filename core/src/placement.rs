@@ -51,17 +51,13 @@ mod tests {
     use crate::model::Inventory;
 
     fn provider(vcpus: u64, ratio: f64, reserved_ram: u64) -> Provider {
-        let inv = |total, reserved, ratio| Inventory {
-            total,
-            reserved,
-            min_unit: 1,
-            max_unit: total,
-            step_size: 1,
-            allocation_ratio: ratio,
-        };
         Provider {
             host: "h".into(),
-            inventories: [inv(vcpus, 0, ratio), inv(4096, reserved_ram, 1.0), inv(100, 0, 1.0)],
+            inventories: [
+                Inventory::new(vcpus, 0, ratio),
+                Inventory::new(4096, reserved_ram, 1.0),
+                Inventory::new(100, 0, 1.0),
+            ],
             used: Resources::default(),
         }
     }

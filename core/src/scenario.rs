@@ -568,35 +568,9 @@ impl Scenario {
             return err("tenants", "at least one tenant is needed to run a workload".into());
         }
         let flavor_names: Vec<&str> = self.flavors.iter().map(|f| f.name.as_str()).collect();
-        for (name, w) in &self.workload.flavors {
-            if !flavor_names.contains(&name.as_str()) {
-                return err(
-                    &format!("workload.flavors.{name}"),
-                    format!("no flavor named `{name}` (have: {})", flavor_names.join(", ")),
-                );
-            }
-            if !(w.is_finite() && *w > 0.0) {
-                return err(&format!("workload.flavors.{name}"), format!("weight must be positive, got {w}"));
-            }
-        }
-        if self.workload.flavors.is_empty() {
-            return err("workload.flavors", "name at least one flavor".into());
-        }
-        let image_names: Vec<&str> = self.images.iter().map(|f| f.name.as_str()).collect();
-        for (name, w) in &self.workload.images {
-            if !image_names.contains(&name.as_str()) {
-                return err(
-                    &format!("workload.images.{name}"),
-                    format!("no image named `{name}` (have: {})", image_names.join(", ")),
-                );
-            }
-            if !(w.is_finite() && *w > 0.0) {
-                return err(&format!("workload.images.{name}"), format!("weight must be positive, got {w}"));
-            }
-        }
-        if self.workload.images.is_empty() {
-            return err("workload.images", "name at least one image".into());
-        }
+        check_weights("flavor", &self.workload.flavors, &flavor_names)?;
+        let image_names: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+        check_weights("image", &self.workload.images, &image_names)?;
         match self.workload.runner {
             Runner::Constant { concurrency: 0, .. } => {
                 return err("workload.runner.concurrency", "must be at least 1".into())
@@ -658,6 +632,23 @@ impl Scenario {
         }
         config
     }
+}
+
+/// `workload.<kind>s`: a non-empty map of known names to positive weights.
+fn check_weights(kind: &str, weights: &BTreeMap<String, f64>, known: &[&str]) -> Result<(), (String, String)> {
+    if weights.is_empty() {
+        return Err((format!("workload.{kind}s"), format!("name at least one {kind}")));
+    }
+    for (name, w) in weights {
+        let field = format!("workload.{kind}s.{name}");
+        if !known.contains(&name.as_str()) {
+            return Err((field, format!("no {kind} named `{name}` (have: {})", known.join(", "))));
+        }
+        if !(w.is_finite() && *w > 0.0) {
+            return Err((field, format!("weight must be positive, got {w}")));
+        }
+    }
+    Ok(())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -25,9 +25,6 @@ pub struct HostState {
     /// Placement inventories, indexed by resource class.
     pub inventories: [Inventory; 3],
     pub used: Resources,
-    pub num_instances: u64,
-    /// Instances in a build, resize, snapshot or migration task (nova's num_io_ops).
-    pub num_io_ops: u64,
     pub failed_builds: u32,
     /// Members of the request's server group already on this host.
     pub group_members_here: u32,
@@ -60,8 +57,8 @@ impl HostState {
             "total_usable_ram_mb" => self.inventories[1].total.to_string(),
             "free_ram_mb" => (self.free_ram_mb() as i64).to_string(),
             "free_disk_mb" => ((self.free_disk_gb() * 1024.0) as i64).to_string(),
-            "num_instances" => self.num_instances.to_string(),
-            "num_io_ops" => self.num_io_ops.to_string(),
+            "num_instances" => self.node.num_instances.to_string(),
+            "num_io_ops" => self.node.num_io_ops.to_string(),
             _ => return self.node.stats.get(name).cloned(),
         })
     }
@@ -258,8 +255,8 @@ impl WeigherKind {
             WeigherKind::Ram => host.free_ram_mb(),
             WeigherKind::Cpu => host.free_vcpus(),
             WeigherKind::Disk => host.free_disk_gb(),
-            WeigherKind::IoOps => host.num_io_ops as f64,
-            WeigherKind::NumInstances => host.num_instances as f64,
+            WeigherKind::IoOps => host.node.num_io_ops as f64,
+            WeigherKind::NumInstances => host.node.num_instances as f64,
             WeigherKind::BuildFailure => host.failed_builds as f64,
         }
     }
@@ -358,7 +355,7 @@ mod tests {
     use rand::{rngs::SmallRng, SeedableRng};
 
     fn inv(total: u64, ratio: f64) -> Inventory {
-        Inventory { total, reserved: 0, min_unit: 1, max_unit: total, step_size: 1, allocation_ratio: ratio }
+        Inventory::new(total, 0, ratio)
     }
 
     fn host(name: &str, free_ram: u64) -> HostState {
@@ -380,8 +377,6 @@ mod tests {
             service_disabled: false,
             inventories: [inv(8, 4.0), inv(16384, 1.0), inv(100, 1.0)],
             used: Resources::new(0, 16384 - free_ram, 0),
-            num_instances: 0,
-            num_io_ops: 0,
             failed_builds: 0,
             group_members_here: 0,
         }

@@ -46,7 +46,7 @@ fn usage(n: u64) -> Record {
 
 /// A record with floats that do not round-trip through JSON without enough precision.
 fn provider(host: &str, ratio: f64) -> Record {
-    let inv = Inventory { total: 32, reserved: 0, min_unit: 1, max_unit: 32, step_size: 1, allocation_ratio: ratio };
+    let inv = Inventory::new(32, 0, ratio);
     Record::Provider(Provider { host: host.into(), inventories: [inv, inv, inv], used: Resources::new(1, 2, 3) })
 }
 

@@ -26,18 +26,10 @@ pub fn inventories(
     group: &HostGroup,
     ratio: &stackbed_core::scenario::AllocationRatio,
 ) -> [Inventory; 3] {
-    let inv = |total: u64, reserved: u64, ratio: f64| Inventory {
-        total,
-        reserved,
-        min_unit: 1,
-        max_unit: total,
-        step_size: 1,
-        allocation_ratio: ratio,
-    };
     [
-        inv(node.vcpus, group.reserved.vcpus, ratio.cpu),
-        inv(node.ram_mb, group.reserved.ram_mb, ratio.ram),
-        inv(node.disk_gb, group.reserved.disk_gb, ratio.disk),
+        Inventory::new(node.vcpus, group.reserved.vcpus, ratio.cpu),
+        Inventory::new(node.ram_mb, group.reserved.ram_mb, ratio.ram),
+        Inventory::new(node.disk_gb, group.reserved.disk_gb, ratio.disk),
     ]
 }
 

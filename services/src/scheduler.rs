@@ -109,8 +109,6 @@ impl Scheduler {
                 let node = nodes.get(&p.host)?.clone();
                 let svc = services.get(&p.host);
                 Some(HostState {
-                    num_instances: node.num_instances,
-                    num_io_ops: node.num_io_ops,
                     node,
                     service_up: svc.is_some_and(|s| now.saturating_sub(s.last_seen_ms) <= down_after),
                     service_disabled: svc.is_none_or(|s| s.disabled),
