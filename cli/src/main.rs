@@ -334,7 +334,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { scenario, seed, seeds, report_dir } => cmd_run(&scenario, seed, seeds, report_dir),
         Command::Check { scenario } => load(&scenario).map(|s| {
-            println!("{}: ok ({} hosts, {} boots)", scenario.display(), s.host_count(), s.workload.runner.times());
+            println!(
+                "{}: ok ({} hosts, {} boots)",
+                scenario.display(),
+                s.host_count(),
+                s.workload.runner.times(&s.trace)
+            );
             true
         }),
         Command::Bench { scenarios, seed, json } => cmd_bench(scenarios, seed, json),

@@ -15,3 +15,4 @@ pub mod states;
 pub mod stats;
 pub mod store;
 pub mod token;
+pub mod trace;

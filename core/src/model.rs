@@ -182,6 +182,10 @@ pub struct RequestSpec {
     /// Hosts already tried (Icehouse RetryFilter reads these; current nova keeps the list too).
     #[serde(default)]
     pub tried_hosts: Vec<String>,
+    /// When the API accepted the request; the instance's created_at (so that boot latency
+    /// from the server's timestamps covers the whole request, as a user sees it).
+    #[serde(default)]
+    pub accepted_at_ms: Millis,
 }
 
 /// The API's BuildRequest: exists until the conductor has created the instance in its cell.

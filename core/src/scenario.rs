@@ -84,6 +84,9 @@ pub struct Scenario {
     pub model: HostModel,
     #[serde(default)]
     pub debug: Debug,
+    /// The trace the runner replays (`runner.kind = "trace"`), loaded with the scenario.
+    #[serde(skip)]
+    pub trace: Vec<crate::trace::TraceRow>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,19 +341,25 @@ fn default_role() -> String {
     "member".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Runner {
     /// `concurrency` users, each booting and waiting, until `times` boots were started.
     Constant { concurrency: u32, times: u32 },
     /// Start a boot every 1/`rate` seconds until `times` boots were started.
     Rps { rate: f64, times: u32 },
+    /// Replay a VM request trace (CSV, see `trace.rs`; the path is relative to the scenario
+    /// file): each row boots at its arrival and is deleted at the end of its lifetime.
+    /// At most `times` rows when given.
+    Trace { file: String, times: Option<u32> },
 }
 
 impl Runner {
-    pub fn times(&self) -> u32 {
+    /// Requests the runner makes; for a trace, once the scenario loaded it.
+    pub fn times(&self, trace: &[crate::trace::TraceRow]) -> u32 {
         match *self {
             Runner::Constant { times, .. } | Runner::Rps { times, .. } => times,
+            Runner::Trace { times, .. } => times.map_or(trace.len() as u32, |t| t.min(trace.len() as u32)),
         }
     }
 }
@@ -368,7 +377,8 @@ pub struct Workload {
     pub runner: Runner,
     #[serde(default = "default_action")]
     pub action: Action,
-    /// Flavor names with relative weights.
+    /// Flavor names with relative weights (a trace brings its own shapes).
+    #[serde(default)]
     pub flavors: BTreeMap<String, f64>,
     /// Image names with relative weights.
     pub images: BTreeMap<String, f64>,
@@ -383,6 +393,13 @@ pub struct Workload {
     /// Put every boot into one server group with this policy.
     #[serde(default)]
     pub server_group: Option<crate::model::GroupPolicy>,
+    /// How often the report samples host utilisation (simulated time in the simulator).
+    #[serde(default = "default_sample_interval")]
+    pub sample_interval: Dur,
+}
+
+fn default_sample_interval() -> Dur {
+    Dur::secs(30)
 }
 
 fn default_action() -> Action {
@@ -492,7 +509,31 @@ impl Scenario {
             field: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
-        Scenario::parse(&file, &text)
+        let mut scenario = Scenario::parse(&file, &text)?;
+        if let Runner::Trace { file: trace_file, .. } = &scenario.workload.runner {
+            let trace_path = path.parent().unwrap_or(Path::new(".")).join(trace_file);
+            let field_error = |message: String| {
+                let offset = span_of(&text, "workload.runner.file").unwrap_or(0);
+                let (line, column) = line_col(&text, offset);
+                ScenarioError { file: file.clone(), line, column, field: "workload.runner.file".into(), message }
+            };
+            let trace_text = std::fs::read_to_string(&trace_path)
+                .map_err(|e| field_error(format!("cannot read trace {}: {e}", trace_path.display())))?;
+            let rows = crate::trace::parse(&trace_text)
+                .map_err(|e| field_error(format!("trace {}: {e}", trace_path.display())))?;
+            scenario.set_trace(rows);
+        }
+        Ok(scenario)
+    }
+
+    /// Installs a trace: its rows, and a flavor for every request shape it uses.
+    pub fn set_trace(&mut self, rows: Vec<crate::trace::TraceRow>) {
+        for row in &rows {
+            if !self.flavors.iter().any(|f| f.name == row.flavor_name()) {
+                self.flavors.push(row.flavor());
+            }
+        }
+        self.trace = rows;
     }
 
     /// Parses and validates scenario text; `file` names it in errors.
@@ -568,7 +609,9 @@ impl Scenario {
             return err("tenants", "at least one tenant is needed to run a workload".into());
         }
         let flavor_names: Vec<&str> = self.flavors.iter().map(|f| f.name.as_str()).collect();
-        check_weights("flavor", &self.workload.flavors, &flavor_names)?;
+        if !matches!(self.workload.runner, Runner::Trace { .. }) || !self.workload.flavors.is_empty() {
+            check_weights("flavor", &self.workload.flavors, &flavor_names)?;
+        }
         let image_names: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
         check_weights("image", &self.workload.images, &image_names)?;
         match self.workload.runner {

@@ -207,11 +207,12 @@ impl Api {
             image: image.clone(),
             server_group: req.server_group.clone(),
             tried_hosts: Vec::new(),
+            accepted_at_ms: self.ctx.clock.now_ms(),
         };
         let mut ops = vec![Op::Put {
             table: Table::BuildRequests,
             key: uuid.clone(),
-            value: Record::BuildRequest(BuildRequest { spec: spec.clone(), created_at_ms: self.ctx.clock.now_ms() }),
+            value: Record::BuildRequest(BuildRequest { spec: spec.clone(), created_at_ms: spec.accepted_at_ms }),
             expect: Expect::Absent,
         }];
         if let Some(group) = &req.server_group {

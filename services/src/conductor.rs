@@ -105,7 +105,7 @@ impl Conductor {
                     }
                 };
                 // Bury in cell0: the instance exists, in ERROR, with the fault.
-                let inst = new_instance(&spec, self.ctx.clock.now_ms(), VmState::Error, None, Some(reason));
+                let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Error, None, Some(reason));
                 dbx::create_instance(&*self.ctx.db, &inst).await?;
                 self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
                 return Ok(());
@@ -117,7 +117,7 @@ impl Conductor {
             placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
             return Ok(());
         }
-        let inst = new_instance(&spec, self.ctx.clock.now_ms(), VmState::Building, Some(TaskState::Scheduling), None);
+        let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Building, Some(TaskState::Scheduling), None);
         dbx::create_instance(&*self.ctx.db, &inst).await?;
         if self.ctx.scenario.control.quota_recheck
             && self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked)

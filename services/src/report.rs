@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use stackbed_core::invariants::InvariantResult;
-use stackbed_core::stats::ActionSummary;
+use stackbed_core::model::{Provider, Record, Resources, Table};
+use stackbed_core::scenario::Runner;
+use stackbed_core::stats::{self, ActionSummary, UtilSample};
 
 use crate::api::Api;
 use crate::ctx::Ctx;
@@ -18,6 +20,8 @@ use crate::runner::{final_instances, FinalInstance, Iteration, Workload};
 /// What one run produced, before it is dressed as a report.
 pub struct RunData {
     pub iterations: Vec<Iteration>,
+    /// Host utilisation every `workload.sample_interval` while the workload ran.
+    pub utilisation: Vec<UtilSample>,
     pub instances: Vec<FinalInstance>,
     pub simulated_ms: u64,
     /// Set when the run could not start or finish (computes never registered, time limit).
@@ -36,9 +40,11 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
     let workload = Workload::new(ctx.clone(), api);
     let mut aborted = None;
     let mut iterations = Vec::new();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     if let Err(e) = workload.wait_for_computes(COMPUTE_REGISTRATION_WAIT).await {
         aborted = Some(e);
     } else {
+        let sampler = tokio::spawn(sample_utilisation(ctx.clone(), samples.clone()));
         match tokio::time::timeout(ctx.scenario.scenario.time_limit.0, workload.run()).await {
             Ok(its) => iterations = its,
             Err(_) => {
@@ -48,6 +54,7 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
                 ))
             }
         }
+        sampler.abort();
     }
     // Quiet: every accepted request terminal, bounded by the liveness bound.
     let t0 = ctx.clock.now();
@@ -61,7 +68,45 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
         m.check_quiet(now);
     }
     let instances = final_instances(&ctx).await;
-    RunData { iterations, instances, simulated_ms: now, aborted }
+    if matches!(ctx.scenario.workload.runner, Runner::Trace { .. }) {
+        // Trace requests are not polled: whether they went ACTIVE is read off the servers.
+        let by_id: BTreeMap<&str, &FinalInstance> = instances.iter().map(|i| (i.id.as_str(), i)).collect();
+        for it in iterations.iter_mut() {
+            if let Some(i) = it.server.as_deref().and_then(|id| by_id.get(id)) {
+                it.ok = i.launched_at_ms.is_some();
+                if !it.ok {
+                    it.error = Some(i.fault.clone().unwrap_or_else(|| format!("server went {}", i.status)));
+                }
+            }
+        }
+    }
+    let utilisation = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    RunData { iterations, utilisation, instances, simulated_ms: now, aborted }
+}
+
+/// Samples placement's view of every host until aborted.
+async fn sample_utilisation(ctx: Ctx, out: Arc<std::sync::Mutex<Vec<UtilSample>>>) {
+    let smallest = ctx
+        .scenario
+        .flavors
+        .iter()
+        .map(|f| f.resources())
+        .min_by_key(|r| (r.0[1], r.0[0], r.0[2]))
+        .unwrap_or(Resources::new(1, 1, 1));
+    loop {
+        if let Ok(rows) = crate::dbx::scan(&*ctx.db, Table::Providers, "").await {
+            let providers: Vec<Provider> = rows
+                .into_iter()
+                .filter_map(|(_, r)| match r.value {
+                    Record::Provider(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let sample = stats::utilisation(ctx.clock.now_ms() as f64 / 1000.0, &providers, &smallest);
+            out.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+        }
+        ctx.clock.sleep(ctx.scenario.workload.sample_interval.0).await;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,7 +130,11 @@ pub struct Report {
     pub revision: String,
     pub parameters: serde_json::Value,
     pub actions: Vec<ActionSummary>,
+    /// Boot latency from the servers' own timestamps (created_at to launched_at), free of
+    /// the client's polling interval.
+    pub boot_to_active: ActionSummary,
     pub counters: BTreeMap<String, u64>,
+    pub utilisation: Vec<UtilSample>,
     pub iterations: IterationSummary,
     pub final_states: BTreeMap<String, usize>,
     pub instances: Vec<FinalInstance>,
@@ -138,7 +187,19 @@ impl Report {
             revision: rc.revision,
             parameters: serde_json::to_value(&*ctx.scenario).unwrap_or_default(),
             actions: ctx.metrics.summaries(),
+            boot_to_active: stats::summarize(
+                "boot_to_active",
+                &data
+                    .instances
+                    .iter()
+                    .map(|i| match i.launched_at_ms {
+                        Some(l) => (l.saturating_sub(i.created_at_ms) as f64 / 1000.0, true),
+                        None => (0.0, false),
+                    })
+                    .collect::<Vec<_>>(),
+            ),
             counters: ctx.metrics.counters(),
+            utilisation: data.utilisation,
             iterations: IterationSummary {
                 total: data.iterations.len(),
                 ok,

@@ -108,10 +108,10 @@ impl Workload {
                 }
             }
         }
-        let runner = self.ctx.scenario.workload.runner;
-        let times = runner.times();
+        let runner = &self.ctx.scenario.workload.runner;
+        let times = runner.times(&self.ctx.scenario.trace);
         let mut handles = Vec::new();
-        match runner {
+        match *runner {
             Runner::Constant { concurrency, .. } => {
                 let next = Arc::new(Mutex::new(0u32));
                 for _ in 0..concurrency.min(times) {
@@ -138,6 +138,17 @@ impl Workload {
                     let this = self.clone();
                     handles.push(tokio::spawn(async move { this.iteration(i).await }));
                     self.ctx.clock.sleep(gap).await;
+                }
+            }
+            Runner::Trace { .. } => {
+                let start = self.ctx.clock.now();
+                for (i, row) in self.ctx.scenario.trace.iter().take(times as usize).enumerate() {
+                    let at = start + Duration::from_secs_f64(row.arrival_s);
+                    if at > self.ctx.clock.now() {
+                        tokio::time::sleep_until(at).await;
+                    }
+                    let (this, row) = (self.clone(), *row);
+                    handles.push(tokio::spawn(async move { this.trace_request(i as u32, row).await }));
                 }
             }
         }
@@ -173,6 +184,33 @@ impl Workload {
                 let r = self.delete(tenant, uuid).await;
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
+        }
+        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, server, ok, error });
+    }
+
+    /// One trace row: boot at its arrival, delete at the end of its lifetime. The request is
+    /// not polled (a trace has no Rally user waiting on it): its boot latency comes from the
+    /// server's own timestamps (created_at to launched_at) in the report.
+    async fn trace_request(&self, index: u32, row: stackbed_core::trace::TraceRow) {
+        let tenant = &self.tenants[index as usize % self.tenants.len()];
+        let image = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            pick(&mut rng, &self.ctx.scenario.workload.images)
+        };
+        let group = tenant.group.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let req =
+            CreateServer { name: format!("trace-{index}"), flavor: row.flavor_name(), image, server_group: group };
+        let req = &req;
+        let created = self.with_token(tenant, |t| async move { self.api.create_server(&t, req).await }).await;
+        let (server, ok, error) = match created {
+            Ok(uuid) => (Some(uuid), true, None),
+            Err(e) => (None, false, Some(e.to_string())),
+        };
+        if let (Some(uuid), true) = (&server, row.lifetime_s > 0.0) {
+            self.ctx.clock.sleep(Duration::from_secs_f64(row.lifetime_s)).await;
+            let t1 = self.ctx.clock.now();
+            let r = self.delete(tenant, uuid).await;
+            self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
         }
         self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, server, ok, error });
     }
@@ -257,6 +295,8 @@ pub struct FinalInstance {
     pub host: Option<String>,
     pub attempts: u32,
     pub fault: Option<String>,
+    pub created_at_ms: u64,
+    pub launched_at_ms: Option<u64>,
 }
 
 pub async fn final_instances(ctx: &Ctx) -> Vec<FinalInstance> {
@@ -269,6 +309,8 @@ pub async fn final_instances(ctx: &Ctx) -> Vec<FinalInstance> {
                 host: i.host.clone(),
                 attempts: i.attempts,
                 fault: i.fault.clone(),
+                created_at_ms: i.created_at_ms,
+                launched_at_ms: i.launched_at_ms,
             }),
             _ => None,
         })
