@@ -1,0 +1,201 @@
+//! Disk images through imago (sync mode): qcow2 creation, overlays backed by a base image,
+//! reads and writes through backing chains of any depth, external snapshots.
+//!
+//! imago does the qcow2 work here; this module only picks the format, names the backing file
+//! and maps errors to [`DiskError`].
+
+use std::path::{Path, PathBuf};
+
+use imago::file::File as ImagoFile;
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{
+    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, Storage, StorageCreateOptions,
+    StorageOpenOptions,
+};
+use thiserror::Error;
+
+use crate::qcow2::{Header, Qcow2Error};
+
+#[derive(Debug, Error)]
+pub enum DiskError {
+    #[error(transparent)]
+    Qcow2(#[from] Qcow2Error),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
+    move |source| DiskError::Io { what, path: path.display().to_string(), source }
+}
+
+/// Image formats glance and nova's libvirt driver use here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DiskFormat> {
+        match name {
+            "raw" => Some(DiskFormat::Raw),
+            "qcow2" => Some(DiskFormat::Qcow2),
+            _ => None,
+        }
+    }
+}
+
+/// The format by content, as qemu-img probes it: the qcow2 magic, else raw.
+pub fn detect_format(path: &Path) -> Result<DiskFormat, DiskError> {
+    let file = std::fs::File::open(path).map_err(io_err("cannot open", path))?;
+    let mut magic = [0u8; 4];
+    let n = crate::qcow2::read_at_most(&file, &mut magic, 0).map_err(io_err("cannot read", path))?;
+    Ok(if n == 4 && magic == crate::qcow2::MAGIC { DiskFormat::Qcow2 } else { DiskFormat::Raw })
+}
+
+/// The virtual size of the image at `path`.
+pub fn virtual_size(path: &Path) -> Result<u64, DiskError> {
+    match detect_format(path)? {
+        DiskFormat::Qcow2 => Ok(Header::read(path)?.size),
+        DiskFormat::Raw => Ok(std::fs::metadata(path).map_err(io_err("cannot stat", path))?.len()),
+    }
+}
+
+fn create_file(path: &Path) -> Result<ImagoFile, DiskError> {
+    ImagoFile::create_open(StorageCreateOptions::new().filename(path).overwrite(true))
+        .map_err(io_err("cannot create", path))
+}
+
+/// Creates an empty qcow2 image of `size` bytes (64 KiB clusters, 16-bit refcounts: what
+/// `qemu-img create -f qcow2` makes).
+pub fn create_qcow2(path: &Path, size: u64) -> Result<(), DiskError> {
+    let size = size.div_ceil(512) * 512;
+    let file = create_file(path)?;
+    Qcow2::<ImagoFile>::create_builder(file).size(size).create().map_err(io_err("cannot format", path))
+}
+
+/// Creates a qcow2 overlay at `path` backed by `backing` (the same as
+/// `qemu-img create -f qcow2 -b backing -F fmt path`), with the backing's virtual size. The
+/// backing name is written as given: a relative name is resolved against the overlay's
+/// directory, as QEMU does. No sync: like qemu-img's, the overlay is durable once the guest
+/// flushes (nova's overlays are created and used right away).
+pub fn create_overlay(path: &Path, backing: &Path) -> Result<(), DiskError> {
+    let resolved = if backing.is_absolute() {
+        backing.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).join(backing)
+    };
+    let format = detect_format(&resolved)?;
+    let size = virtual_size(&resolved)?;
+    let name = backing.to_str().ok_or_else(|| DiskError::Invalid(format!("backing path {backing:?} is not UTF-8")))?;
+    let file = create_file(path)?;
+    Qcow2::<ImagoFile>::create_builder(file)
+        .size(size)
+        .backing(name.to_string(), format.name().to_string())
+        .create()
+        .map_err(io_err("cannot format overlay", path))
+}
+
+/// An open image: reads go through the whole backing chain.
+pub struct Disk {
+    access: FormatAccess<ImagoFile>,
+    path: PathBuf,
+}
+
+/// How an image is opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    pub writable: bool,
+    /// O_DIRECT: bypass the page cache (buffers must then be aligned; see [`Disk::mem_align`]).
+    pub direct: bool,
+}
+
+impl Disk {
+    /// Opens `path` (format probed by content) and, for qcow2, its backing chain (read-only).
+    pub fn open(path: &Path, opts: OpenOptions) -> Result<Disk, DiskError> {
+        // Parse the header ourselves first: a corrupt header gets our error with its reason.
+        let format = detect_format(path)?;
+        if format == DiskFormat::Qcow2 {
+            let len = std::fs::metadata(path).map_err(io_err("cannot stat", path))?.len();
+            Header::read(path)?.check_tables_within(len)?;
+        }
+        let storage = StorageOpenOptions::new().direct(opts.direct);
+        let access = match format {
+            DiskFormat::Qcow2 => FormatAccess::new(
+                Qcow2::<ImagoFile>::builder_path(path)
+                    .write(opts.writable)
+                    .storage_open_options(storage)
+                    .open(PermissiveImplicitOpenGate::default())
+                    .map_err(io_err("cannot open qcow2 image", path))?,
+            ),
+            DiskFormat::Raw => FormatAccess::new(
+                Raw::<ImagoFile>::builder_path(path)
+                    .write(opts.writable)
+                    .storage_open_options(storage)
+                    .open(PermissiveImplicitOpenGate::default())
+                    .map_err(io_err("cannot open raw image", path))?,
+            ),
+        };
+        Ok(Disk { access, path: path.to_path_buf() })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.access.size()
+    }
+
+    pub fn mem_align(&self) -> usize {
+        self.access.mem_align()
+    }
+
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        self.access.read(buf, offset).map_err(io_err("read failed on", &self.path))
+    }
+
+    pub fn write(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        self.access.write(buf, offset).map_err(io_err("write failed on", &self.path))
+    }
+
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.access.write_zeroes(offset, len).map_err(io_err("write_zeroes failed on", &self.path))
+    }
+
+    /// Writes metadata caches back (no fsync).
+    pub fn flush(&self) -> Result<(), DiskError> {
+        self.access.flush().map_err(io_err("flush failed on", &self.path))
+    }
+
+    /// Flush, then fsync.
+    pub fn sync(&self) -> Result<(), DiskError> {
+        self.flush()?;
+        self.access.sync().map_err(io_err("sync failed on", &self.path))
+    }
+}
+
+/// An external snapshot of an instance disk (libvirt's `snapshot-create --disk-only`): the
+/// disk's current file becomes the read-only snapshot at `snapshot`, and a new empty overlay
+/// backed by it takes the disk's place. The guest keeps writing to `disk`; the snapshot keeps
+/// the state at this moment. The disk must not be open for writing meanwhile.
+pub fn external_snapshot(disk: &Path, snapshot: &Path) -> Result<(), DiskError> {
+    if snapshot.exists() {
+        return Err(DiskError::Invalid(format!("snapshot file {} already exists", snapshot.display())));
+    }
+    std::fs::rename(disk, snapshot).map_err(io_err("cannot move the disk to", snapshot))?;
+    let backing = std::fs::canonicalize(snapshot).map_err(io_err("cannot resolve", snapshot))?;
+    if let Err(e) = create_overlay(disk, &backing) {
+        // Put the disk back rather than leave the instance without one.
+        let _ = std::fs::rename(snapshot, disk);
+        return Err(e);
+    }
+    Ok(())
+}
