@@ -76,6 +76,8 @@ pub struct Scenario {
     pub topology: Topology,
     #[serde(default)]
     pub control: Control,
+    /// Flavors the workload names (a trace adds its own).
+    #[serde(default)]
     pub flavors: Vec<Flavor>,
     pub images: Vec<Image>,
     pub tenants: Vec<TenantGroup>,
@@ -541,7 +543,14 @@ impl Scenario {
         let scenario: Scenario = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let (line, column) = line_col(text, offset);
-            let field = field_at(text, offset).unwrap_or_else(|| "-".into());
+            // serde names a missing field only in its message: take it from there.
+            let missing = e.message().strip_prefix("missing field `").and_then(|m| m.split('`').next());
+            let field = match (field_at(text, offset), missing) {
+                (Some(at), Some(m)) if e.span().is_some_and(|s| s.start > 0) => format!("{at}.{m}"),
+                (Some(at), None) => at,
+                (_, Some(m)) => m.to_string(),
+                (None, None) => "-".into(),
+            };
             ScenarioError { file: file.to_string(), line, column, field, message: e.message().to_string() }
         })?;
         scenario.validate().map_err(|(field, message)| {
@@ -950,5 +959,14 @@ mod fuzz {
                 prop_assert!(!e.message.is_empty());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod missing_fields {
+    #[test]
+    fn a_missing_field_is_named() {
+        let e = super::Scenario::parse("m.toml", "[scenario]\nname = \"x\"\n").unwrap_err();
+        assert_eq!(e.field, "topology", "{e}");
     }
 }

@@ -50,13 +50,24 @@ pub struct Compute {
     group: HostGroup,
     builds: Arc<tokio::sync::Semaphore>,
     local: Mutex<Local>,
+    /// The service row as this compute last wrote it (nova's Service object): only this
+    /// compute writes it, so updates are a write of the whole row, serialised by the lock.
+    service: tokio::sync::Mutex<ServiceRecord>,
 }
 
 impl Compute {
     pub fn new(ctx: Ctx, hv: HvRef, group: HostGroup) -> Compute {
         let host = hv.node_info().host;
         let builds = Arc::new(tokio::sync::Semaphore::new(ctx.scenario.control.max_concurrent_builds));
-        Compute { ctx, hv, host, group, builds, local: Mutex::new(Local::default()) }
+        let service = tokio::sync::Mutex::new(ServiceRecord {
+            host: host.clone(),
+            binary: "nova-compute".into(),
+            last_seen_ms: 0,
+            disabled: false,
+            disabled_reason: None,
+            failed_builds: 0,
+        });
+        Compute { ctx, hv, host, group, builds, local: Mutex::new(Local::default()), service }
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -82,13 +93,10 @@ impl Compute {
                 _ => (Expect::Absent, Default::default()),
             };
             let provider = Provider { host: self.host.clone(), inventories, used };
-            let service = ServiceRecord {
-                host: self.host.clone(),
-                binary: "nova-compute".into(),
-                last_seen_ms: self.ctx.clock.now_ms(),
-                disabled: false,
-                disabled_reason: None,
-                failed_builds: 0,
+            let service = {
+                let mut s = self.service.lock().await;
+                s.last_seen_ms = self.ctx.clock.now_ms();
+                s.clone()
             };
             let ops = vec![
                 Op::Put {
@@ -114,49 +122,44 @@ impl Compute {
         Err(DbError::Backend(format!("{}: could not register", self.host)).into())
     }
 
-    /// servicegroup's DB driver: bump last_seen every report_interval; the resource
-    /// tracker's stats ride along when they changed.
+    /// servicegroup's DB driver: bump last_seen every report_interval (one write, as nova's
+    /// `service.save()`); the resource tracker's stats ride along when they changed.
     async fn heartbeat_loop(self: Arc<Self>) {
         let interval = self.ctx.scenario.control.report_interval.0;
         let mut last_stats = (u64::MAX, u64::MAX);
         loop {
             self.ctx.clock.sleep(interval).await;
-            let _ = self.update_service(|s, now| s.last_seen_ms = now).await;
             let node = self.node_row();
-            if (node.num_instances, node.num_io_ops) != last_stats {
-                last_stats = (node.num_instances, node.num_io_ops);
-                let op = Op::Put {
-                    table: Table::ComputeNodes,
-                    key: self.host.clone(),
-                    value: Record::ComputeNode(node),
-                    expect: Expect::Any,
-                };
-                let _ = self.ctx.db.execute(vec![op]).await;
+            let stats = (node.num_instances, node.num_io_ops);
+            let extra = (stats != last_stats).then(|| Op::Put {
+                table: Table::ComputeNodes,
+                key: self.host.clone(),
+                value: Record::ComputeNode(node),
+                expect: Expect::Any,
+            });
+            if self.update_service(|s, now| s.last_seen_ms = now, extra).await.is_ok() {
+                last_stats = stats;
             }
         }
     }
 
-    async fn update_service(&self, change: impl Fn(&mut ServiceRecord, u64)) -> Result<ServiceRecord, ServiceError> {
-        for _ in 0..dbx::CAS_RETRIES_MAX {
-            let Some(Row { version, value: Record::Service(mut s) }) =
-                dbx::get(&*self.ctx.db, Table::Services, &self.host).await?
-            else {
-                return Err(ServiceError::NotFound(format!("service {}", self.host)));
-            };
-            change(&mut s, self.ctx.clock.now_ms());
-            let op = Op::Put {
-                table: Table::Services,
-                key: self.host.clone(),
-                value: Record::Service(s.clone()),
-                expect: Expect::Version(version),
-            };
-            match self.ctx.db.execute(vec![op]).await {
-                Ok(_) => return Ok(s),
-                Err(DbError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(DbError::Backend(format!("service {}: too many conflicts", self.host)).into())
+    /// Changes the service row and writes it, with `extra` in the same transaction.
+    async fn update_service(
+        &self,
+        change: impl Fn(&mut ServiceRecord, u64),
+        extra: Option<Op>,
+    ) -> Result<ServiceRecord, ServiceError> {
+        let mut s = self.service.lock().await;
+        change(&mut s, self.ctx.clock.now_ms());
+        let mut ops = vec![Op::Put {
+            table: Table::Services,
+            key: self.host.clone(),
+            value: Record::Service(s.clone()),
+            expect: Expect::Any,
+        }];
+        ops.extend(extra);
+        self.ctx.db.execute(ops).await?;
+        Ok(s.clone())
     }
 
     pub async fn run(self) -> Result<(), ServiceError> {
@@ -261,7 +264,10 @@ impl Compute {
 
         match result {
             Ok(()) => {
-                self.update_service(|s, _| s.failed_builds = 0).await?;
+                // nova keeps the count in memory; the row changes only when a streak ends.
+                if self.service.lock().await.failed_builds > 0 {
+                    self.update_service(|s, _| s.failed_builds = 0, None).await?;
+                }
                 Ok(true)
             }
             Err(ServiceError::Hypervisor(HvError::Reschedule(why))) => {
@@ -311,13 +317,16 @@ impl Compute {
     async fn record_failure(&self) -> Result<(), ServiceError> {
         let threshold = self.ctx.scenario.control.consecutive_build_service_disable_threshold;
         let s = self
-            .update_service(|s, _| {
-                s.failed_builds += 1;
-                if threshold > 0 && s.failed_builds >= threshold && !s.disabled {
-                    s.disabled = true;
-                    s.disabled_reason = Some(format!("Auto-disabled due to {} build failures", s.failed_builds));
-                }
-            })
+            .update_service(
+                |s, _| {
+                    s.failed_builds += 1;
+                    if threshold > 0 && s.failed_builds >= threshold && !s.disabled {
+                        s.disabled = true;
+                        s.disabled_reason = Some(format!("Auto-disabled due to {} build failures", s.failed_builds));
+                    }
+                },
+                None,
+            )
             .await?;
         if s.disabled {
             self.ctx.metrics.count("compute.auto_disabled", 1);
