@@ -22,13 +22,7 @@ fn pipeline(c: &mut Criterion) {
                 // Placement caps candidates at 1,000, as nova asks it to.
                 let candidates = allocation_candidates(&providers, &flavor.resources(), CANDIDATE_LIMIT);
                 let hosts: Vec<_> = candidates.iter().map(|&i| states[i].clone()).collect();
-                let req = RequestView {
-                    flavor: &flavor,
-                    image: &image,
-                    group_policy: None,
-                    group_max_per_host: 1,
-                    group_hosts: &[],
-                };
+                let req = RequestView::new(&flavor, &image);
                 sorted_hosts(&hosts, &req, &config, &mut rng).map(|o| o[0])
             })
         });

@@ -28,15 +28,7 @@ pub fn hosts(n: usize) -> (Vec<Provider>, Vec<HostState>) {
             stats: BTreeMap::new(),
         });
         providers.push(Provider { host: node.host.clone(), inventories, used });
-        states.push(HostState {
-            node,
-            service_up: true,
-            service_disabled: false,
-            inventories,
-            used,
-            failed_builds: 0,
-            group_members_here: 0,
-        });
+        states.push(HostState::new(node, inventories, used));
     }
     (providers, states)
 }

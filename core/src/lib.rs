@@ -2,6 +2,7 @@
 //! or imports an async runtime: time and randomness come in as arguments, decisions go out
 //! as values (the sans-IO style). `tests/tests/architecture.rs` enforces that.
 
+pub mod cpu_topology;
 pub mod dist;
 pub mod extra_specs;
 pub mod invariants;
@@ -14,5 +15,6 @@ pub mod scheduler;
 pub mod states;
 pub mod stats;
 pub mod store;
+pub mod strategy;
 pub mod token;
 pub mod trace;

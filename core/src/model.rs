@@ -266,6 +266,55 @@ impl Default for QuotaLimits {
 pub enum GroupPolicy {
     Affinity,
     AntiAffinity,
+    /// Weighed, not filtered: ServerGroupSoftAffinityWeigher prefers hosts with members.
+    SoftAffinity,
+    /// Weighed, not filtered: ServerGroupSoftAntiAffinityWeigher prefers hosts without.
+    SoftAntiAffinity,
+}
+
+/// A host aggregate: a named set of hosts with metadata (`availability_zone`,
+/// `filter_tenant_id`, `instance_type`, extra_specs keys, `*_weight_multiplier`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// nova's scheduler hints (`os:scheduler_hints`) the filters read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerHints {
+    /// SameHostFilter: land on a host holding one of these instances (uuids or names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub same_host: Vec<String>,
+    /// DifferentHostFilter: avoid hosts holding any of these instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub different_host: Vec<String>,
+    /// SimpleCIDRAffinityFilter: an IPv4 address; hosts in `cidr` around it pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_near_host_ip: Option<String>,
+    /// SimpleCIDRAffinityFilter's prefix length, written `/24` (nova's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// JsonFilter's query, a JSON string such as `[">=", "$free_ram_mb", 1024]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The server group (name or uuid) the instance joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+impl SchedulerHints {
+    /// No hints at all (a `const` so that views can borrow it for any lifetime).
+    pub const NONE: SchedulerHints = SchedulerHints {
+        same_host: Vec::new(),
+        different_host: Vec::new(),
+        build_near_host_ip: None,
+        cidr: None,
+        query: None,
+        group: None,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

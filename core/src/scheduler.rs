@@ -1,21 +1,30 @@
 //! The filter scheduler's pure part: host states in, an ordered list of hosts out.
 //!
-//! Mirrors nova's `FilterScheduler._get_sorted_hosts`: run the enabled filters in order,
-//! weigh the survivors (each weigher min-max normalised over the candidates, times its
-//! multiplier, summed), sort by weight descending (stable), then pick uniformly among the
-//! best `host_subset_size` and move that host to the front. The service claims the hosts in
-//! this order and returns the first claimed one plus alternates.
+//! Mirrors nova's `FilterScheduler._get_sorted_hosts`: (current era) keep the hosts placement
+//! would return as allocation candidates, run the enabled filters in order, weigh the
+//! survivors (each weigher's raw values normalised to [0, 1], times its multiplier, which a
+//! host's aggregates may override, summed), sort by weight descending (stable), then pick
+//! uniformly among the best `host_subset_size` and move that host to the front. The service
+//! claims the hosts in this order and returns the first claimed one plus alternates.
+//!
+//! Two paths share every rule: the hot path ([`Workspace`], [`sorted_hosts`]) runs each host
+//! through all filters at once, keeps no reasons and allocates nothing once its buffers have
+//! grown; [`explain`] runs filter by filter and records why each host was dropped and every
+//! weigher's raw and normalised value. A test checks that both order hosts identically.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
+use crate::cpu_topology::{self, CpuTopology};
 use crate::extra_specs;
-use crate::model::{ComputeNode, Flavor, GroupPolicy, Image, Inventory, Resources};
+use crate::model::{Aggregate, ComputeNode, Flavor, GroupPolicy, Image, Inventory, Resources, SchedulerHints};
+use crate::placement::CANDIDATE_LIMIT;
 
-/// Everything the filters and weighers read about one host.
+/// Everything the filters and weighers read about one host. Cheap to clone: the node
+/// record and the aggregate view are shared.
 #[derive(Debug, Clone)]
 pub struct HostState {
     /// Shared: host states are rebuilt per request, the node record is not copied.
@@ -28,9 +37,29 @@ pub struct HostState {
     pub failed_builds: u32,
     /// Members of the request's server group already on this host.
     pub group_members_here: u32,
+    /// The host's aggregates, resolved once per aggregate change (see [`HostAggregates`]).
+    pub aggregates: Arc<HostAggregates>,
+    /// The host's IPv4 address as a big-endian u32 (SimpleCIDRAffinityFilter), if known.
+    pub host_ip: Option<u32>,
 }
 
 impl HostState {
+    /// A host that is up, enabled, in no aggregate, with no failures and no group members.
+    pub fn new(node: Arc<ComputeNode>, inventories: [Inventory; 3], used: Resources) -> HostState {
+        HostState {
+            node,
+            service_up: true,
+            service_disabled: false,
+            inventories,
+            used,
+            failed_builds: 0,
+            group_members_here: 0,
+            aggregates: HostAggregates::none(),
+            host_ip: None,
+        }
+    }
+
+    /// nova's HostState.free_ram_mb: total - reserved - used (no allocation ratio).
     pub fn free_ram_mb(&self) -> f64 {
         let inv = &self.inventories[1];
         inv.total as f64 - inv.reserved as f64 - self.used.0[1] as f64
@@ -40,73 +69,237 @@ impl HostState {
         let inv = &self.inventories[0];
         inv.total as f64 * inv.allocation_ratio - self.used.0[0] as f64
     }
-    pub fn free_disk_gb(&self) -> f64 {
+    /// nova's HostState.free_disk_mb: (total - reserved - used) in MB (no allocation ratio).
+    pub fn free_disk_mb(&self) -> f64 {
         let inv = &self.inventories[2];
-        (inv.total as f64 - inv.reserved as f64) * inv.allocation_ratio - self.used.0[2] as f64
+        (inv.total as f64 - inv.reserved as f64 - self.used.0[2] as f64) * 1024.0
     }
 
-    /// Host attributes by nova's HostState attribute names, for ComputeCapabilities.
-    fn attribute(&self, name: &str) -> Option<String> {
+    /// Whether placement would offer this host for `resources` (allocation candidates).
+    #[inline]
+    pub fn placement_fits(&self, resources: &Resources) -> bool {
+        (0..3).all(|c| {
+            let amount = resources.0[c];
+            let inv = &self.inventories[c];
+            amount == 0
+                || (amount >= inv.min_unit
+                    && amount <= inv.max_unit
+                    && (inv.step_size <= 1 || amount.is_multiple_of(inv.step_size))
+                    && self.used.0[c] + amount <= inv.capacity())
+        })
+    }
+
+    /// Host attributes by nova's HostState attribute names (ComputeCapabilities, JsonFilter).
+    fn attribute(&self, name: &str) -> Option<Attr<'_>> {
         Some(match name {
-            "host" => self.node.host.clone(),
-            "hypervisor_type" => self.node.hypervisor_type.clone(),
-            "hypervisor_version" => self.node.hypervisor_version.to_string(),
-            "cpu_arch" => self.node.cpu_arch.clone(),
-            "vcpus_total" => self.inventories[0].total.to_string(),
-            "vcpus_used" => self.used.0[0].to_string(),
-            "total_usable_ram_mb" => self.inventories[1].total.to_string(),
-            "free_ram_mb" => (self.free_ram_mb() as i64).to_string(),
-            "free_disk_mb" => ((self.free_disk_gb() * 1024.0) as i64).to_string(),
-            "num_instances" => self.node.num_instances.to_string(),
-            "num_io_ops" => self.node.num_io_ops.to_string(),
-            _ => return self.node.stats.get(name).cloned(),
+            "host" | "nodename" => Attr::Text(&self.node.host),
+            "hypervisor_type" => Attr::Text(&self.node.hypervisor_type),
+            "hypervisor_version" => Attr::Number(self.node.hypervisor_version as f64),
+            "cpu_arch" => Attr::Text(&self.node.cpu_arch),
+            "vcpus_total" => Attr::Number(self.inventories[0].total as f64),
+            "vcpus_used" => Attr::Number(self.used.0[0] as f64),
+            "memory_mb" | "total_usable_ram_mb" => Attr::Number(self.inventories[1].total as f64),
+            "free_ram_mb" => Attr::Number(self.free_ram_mb().trunc()),
+            "total_usable_disk_gb" => Attr::Number(self.inventories[2].total as f64),
+            "free_disk_mb" => Attr::Number(self.free_disk_mb().trunc()),
+            "num_instances" => Attr::Number(self.node.num_instances as f64),
+            "num_io_ops" => Attr::Number(self.node.num_io_ops as f64),
+            "failed_builds" => Attr::Number(self.failed_builds as f64),
+            _ => return self.node.stats.get(name).map(|s| Attr::Text(s)),
         })
     }
 }
 
-/// The request as the scheduler sees it.
+/// A host attribute's value: numbers compare as numbers in JsonFilter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Attr<'a> {
+    Text(&'a str),
+    Number(f64),
+}
+
+impl Attr<'_> {
+    fn to_text(self) -> String {
+        match self {
+            Attr::Text(s) => s.to_string(),
+            // Integral numbers print without a fraction, as nova's str(int) does.
+            Attr::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{}", n as i64),
+            Attr::Number(n) => format!("{n}"),
+        }
+    }
+}
+
+/// One host's view of its aggregates, in the two shapes nova reads them:
+/// `aggregate_values_from_key` (whole values) and `aggregate_metadata_get_by_host`
+/// (values split on commas and trimmed). Built once per host when aggregates change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostAggregates {
+    /// Aggregate names, in declaration order.
+    pub names: Vec<String>,
+    /// Metadata key to the set of whole values across the host's aggregates.
+    pub values: BTreeMap<String, BTreeSet<String>>,
+    /// Metadata key to the set of comma-split, trimmed values across the host's aggregates.
+    pub metadata: BTreeMap<String, BTreeSet<String>>,
+    /// Per-weigher multiplier overrides (`<weigher>_weight_multiplier`, the minimum of the
+    /// aggregates' values, unparsable values ignored as nova does), by [`WeigherKind::index`].
+    multipliers: [Option<f64>; WeigherKind::COUNT],
+    has_multipliers: bool,
+}
+
+impl HostAggregates {
+    pub fn new<'a>(aggregates: impl IntoIterator<Item = &'a Aggregate>) -> HostAggregates {
+        let mut out = HostAggregates::default();
+        for agg in aggregates {
+            out.names.push(agg.name.clone());
+            for (k, v) in &agg.metadata {
+                out.values.entry(k.clone()).or_default().insert(v.clone());
+                out.metadata.entry(k.clone()).or_default().extend(v.split(',').map(|x| x.trim().to_string()));
+            }
+        }
+        for w in WeigherKind::ALL {
+            let m = out.min_number(&w.aggregate_key());
+            out.multipliers[w.index()] = m.map(|m| if w == WeigherKind::BuildFailure { -m } else { m });
+        }
+        out.has_multipliers = out.multipliers.iter().any(Option::is_some);
+        out
+    }
+
+    /// The shared view of a host in no aggregate.
+    pub fn none() -> Arc<HostAggregates> {
+        static NONE: OnceLock<Arc<HostAggregates>> = OnceLock::new();
+        NONE.get_or_init(|| Arc::new(HostAggregates::default())).clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// nova's `validate_num_values(..., based_on=min)`: the smallest value of `key` across the
+    /// aggregates; `None` when no aggregate sets it or a value does not parse (nova then logs
+    /// and falls back to the configured default).
+    pub fn min_number(&self, key: &str) -> Option<f64> {
+        let values = self.values.get(key)?;
+        let mut min: Option<f64> = None;
+        for v in values {
+            let x: f64 = v.trim().parse().ok()?;
+            min = Some(min.map_or(x, |m: f64| m.min(x)));
+        }
+        min
+    }
+
+    /// Integer variant (nova casts with `int()`: "8.5" is invalid and falls back).
+    pub fn min_integer(&self, key: &str) -> Option<i64> {
+        let values = self.values.get(key)?;
+        let mut min: Option<i64> = None;
+        for v in values {
+            let x: i64 = v.trim().parse().ok()?;
+            min = Some(min.map_or(x, |m: i64| m.min(x)));
+        }
+        min
+    }
+
+    /// The multiplier this host's aggregates set for `weigher`, if any (already negated for
+    /// BuildFailure, whose configured multiplier nova negates).
+    pub fn weigher_multiplier(&self, weigher: WeigherKind) -> Option<f64> {
+        self.multipliers[weigher.index()]
+    }
+}
+
+static NO_HINTS: SchedulerHints = SchedulerHints::NONE;
+
+/// The request as the scheduler sees it. [`RequestView::new`] gives nova's defaults for
+/// everything but the flavor and image.
 #[derive(Debug, Clone)]
 pub struct RequestView<'a> {
     pub flavor: &'a Flavor,
     pub image: &'a Image,
+    /// The project (tenant) id, for AggregateMultiTenancyIsolation.
+    pub project_id: &'a str,
+    /// The requested availability zone, if any (AvailabilityZoneFilter).
+    pub availability_zone: Option<&'a str>,
+    pub hints: &'a SchedulerHints,
+    /// Hosts of the instances `hints.same_host` names (the service resolves them).
+    pub same_host_hosts: &'a [String],
+    /// Hosts of the instances `hints.different_host` names.
+    pub different_host_hosts: &'a [String],
     pub group_policy: Option<GroupPolicy>,
     pub group_max_per_host: u32,
     /// Hosts that already hold a member of the group (for affinity).
     pub group_hosts: &'a [String],
+    /// Hosts already tried for this instance (RetryFilter).
+    pub retry_hosts: &'a [String],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum FilterKind {
-    AllHosts,
-    Compute,
-    ComputeCapabilities,
-    ImageProperties,
-    ServerGroupAffinity,
-    ServerGroupAntiAffinity,
+impl<'a> RequestView<'a> {
+    pub fn new(flavor: &'a Flavor, image: &'a Image) -> RequestView<'a> {
+        RequestView {
+            flavor,
+            image,
+            project_id: "",
+            availability_zone: None,
+            hints: &NO_HINTS,
+            same_host_hosts: &[],
+            different_host_hosts: &[],
+            group_policy: None,
+            group_max_per_host: 1,
+            group_hosts: &[],
+            retry_hosts: &[],
+        }
+    }
+}
+
+macro_rules! filter_kinds {
+    ($($kind:ident = $name:literal),* $(,)?) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum FilterKind { $($kind),* }
+
+        impl FilterKind {
+            pub const ALL: &'static [FilterKind] = &[$(FilterKind::$kind),*];
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+
+            /// nova's class name without the `Filter` suffix.
+            pub fn name(self) -> &'static str {
+                match self { $(FilterKind::$kind => $name),* }
+            }
+        }
+    };
+}
+
+filter_kinds! {
+    AllHosts = "AllHosts",
+    Compute = "Compute",
+    ComputeCapabilities = "ComputeCapabilities",
+    ImageProperties = "ImageProperties",
+    ServerGroupAffinity = "ServerGroupAffinity",
+    ServerGroupAntiAffinity = "ServerGroupAntiAffinity",
+    SameHost = "SameHost",
+    DifferentHost = "DifferentHost",
+    SimpleCidrAffinity = "SimpleCIDRAffinity",
+    AggregateInstanceExtraSpecs = "AggregateInstanceExtraSpecs",
+    AggregateImagePropertiesIsolation = "AggregateImagePropertiesIsolation",
+    AggregateMultiTenancyIsolation = "AggregateMultiTenancyIsolation",
+    AggregateTypeAffinity = "AggregateTypeAffinity",
+    AvailabilityZone = "AvailabilityZone",
+    IoOps = "IoOps",
+    AggregateIoOps = "AggregateIoOps",
+    NumInstances = "NumInstances",
+    AggregateNumInstances = "AggregateNumInstances",
+    IsolatedHosts = "IsolatedHosts",
+    Json = "Json",
+    Retry = "Retry",
+    Ram = "Ram",
+    AggregateRam = "AggregateRam",
+    Core = "Core",
+    AggregateCore = "AggregateCore",
+    Disk = "Disk",
+    AggregateDisk = "AggregateDisk",
 }
 
 impl FilterKind {
+    /// By nova's class name, with or without the `Filter` suffix.
     pub fn from_name(name: &str) -> Option<FilterKind> {
         let name = name.strip_suffix("Filter").unwrap_or(name);
-        Some(match name {
-            "AllHosts" => FilterKind::AllHosts,
-            "Compute" => FilterKind::Compute,
-            "ComputeCapabilities" => FilterKind::ComputeCapabilities,
-            "ImageProperties" => FilterKind::ImageProperties,
-            "ServerGroupAffinity" => FilterKind::ServerGroupAffinity,
-            "ServerGroupAntiAffinity" => FilterKind::ServerGroupAntiAffinity,
-            _ => return None,
-        })
+        FilterKind::ALL.iter().copied().find(|f| f.name() == name)
     }
-
-    pub const NAMES: [&'static str; 6] = [
-        "AllHosts",
-        "Compute",
-        "ComputeCapabilities",
-        "ImageProperties",
-        "ServerGroupAffinity",
-        "ServerGroupAntiAffinity",
-    ];
 
     /// nova's default `enabled_filters` today.
     pub fn defaults() -> Vec<FilterKind> {
@@ -119,155 +312,640 @@ impl FilterKind {
         ]
     }
 
+    /// Icehouse's default `scheduler_default_filters`.
+    pub fn icehouse_defaults() -> Vec<FilterKind> {
+        vec![
+            FilterKind::Retry,
+            FilterKind::AvailabilityZone,
+            FilterKind::Ram,
+            FilterKind::Compute,
+            FilterKind::ComputeCapabilities,
+            FilterKind::ImageProperties,
+            FilterKind::ServerGroupAntiAffinity,
+            FilterKind::ServerGroupAffinity,
+        ]
+    }
+
     /// Whether `host` passes this filter for `req`. `Err` carries the reason for rejecting.
-    pub fn check(self, host: &HostState, req: &RequestView<'_>) -> Result<(), String> {
+    pub fn check(self, host: &HostState, req: &RequestView<'_>, config: &SchedulerConfig) -> Result<(), String> {
+        let prepared = Prepared::new(req, config);
+        let mut why = Reason(None);
+        if passes(self, &prepared, host, req, config, &mut why) {
+            Ok(())
+        } else {
+            Err(why.0.unwrap_or_else(|| "rejected".into()))
+        }
+    }
+
+    /// Whether the filter can reject anything for this request (no-ops are skipped).
+    fn active(self, prepared: &Prepared<'_>, req: &RequestView<'_>, config: &SchedulerConfig) -> bool {
         match self {
-            FilterKind::AllHosts => Ok(()),
-            FilterKind::Compute => {
-                if host.service_disabled {
-                    Err("service disabled".into())
-                } else if !host.service_up {
-                    Err("service down (no heartbeat within service_down_time)".into())
-                } else {
-                    Ok(())
-                }
+            FilterKind::AllHosts => false,
+            FilterKind::ComputeCapabilities => prepared.capabilities,
+            FilterKind::ImageProperties => prepared.image.any(),
+            FilterKind::ServerGroupAffinity => {
+                req.group_policy == Some(GroupPolicy::Affinity) && !req.group_hosts.is_empty()
             }
-            FilterKind::ComputeCapabilities => compute_capabilities(host, req.flavor),
-            FilterKind::ImageProperties => image_properties(host, req.image),
-            FilterKind::ServerGroupAntiAffinity => match req.group_policy {
-                Some(GroupPolicy::AntiAffinity) if host.group_members_here >= req.group_max_per_host => {
-                    Err(format!("{} group member(s) already here", host.group_members_here))
-                }
-                _ => Ok(()),
-            },
-            FilterKind::ServerGroupAffinity => match req.group_policy {
-                Some(GroupPolicy::Affinity)
-                    if !req.group_hosts.is_empty() && !req.group_hosts.contains(&host.node.host) =>
-                {
-                    Err("not a host of the affinity group".into())
-                }
-                _ => Ok(()),
-            },
+            FilterKind::ServerGroupAntiAffinity => req.group_policy == Some(GroupPolicy::AntiAffinity),
+            FilterKind::SameHost => !req.hints.same_host.is_empty(),
+            FilterKind::DifferentHost => !req.hints.different_host.is_empty(),
+            FilterKind::SimpleCidrAffinity => req.hints.build_near_host_ip.is_some(),
+            FilterKind::AggregateInstanceExtraSpecs => !req.flavor.extra_specs.is_empty(),
+            FilterKind::AvailabilityZone => req.availability_zone.is_some(),
+            FilterKind::IsolatedHosts => {
+                !(config.isolated_images.is_empty()
+                    && (!config.restrict_isolated_hosts_to_isolated_images || config.isolated_hosts.is_empty()))
+            }
+            FilterKind::Json => req.hints.query.as_deref().is_some_and(|q| !q.is_empty()),
+            FilterKind::Retry => !req.retry_hosts.is_empty(),
+            _ => true,
         }
     }
 }
 
-fn compute_capabilities(host: &HostState, flavor: &Flavor) -> Result<(), String> {
-    for (key, req) in &flavor.extra_specs {
-        let scope: Vec<&str> = key.split(':').collect();
-        let path: &[&str] = if scope.len() == 1 {
-            // Unscoped keys count only if the host has such an attribute (nova skips others).
-            if host.attribute(key).is_none() {
-                continue;
-            }
-            &scope
-        } else if scope[0] == "capabilities" {
-            &scope[1..]
-        } else {
-            continue;
+/// Where a filter's reason for rejecting goes: nowhere on the hot path (the closure is never
+/// called, so nothing is formatted or allocated), into a string for `explain`.
+trait Why {
+    fn say(&mut self, reason: impl FnOnce() -> String);
+}
+
+struct Quiet;
+
+impl Why for Quiet {
+    #[inline(always)]
+    fn say(&mut self, _: impl FnOnce() -> String) {}
+}
+
+struct Reason(Option<String>);
+
+impl Why for Reason {
+    fn say(&mut self, reason: impl FnOnce() -> String) {
+        self.0 = Some(reason());
+    }
+}
+
+#[inline(always)]
+fn reject(why: &mut impl Why, reason: impl FnOnce() -> String) -> bool {
+    why.say(reason);
+    false
+}
+
+/// What the image asks of the host (ImagePropertiesFilter), read once per request.
+#[derive(Debug, Default)]
+struct ImageWants<'a> {
+    arch: Option<&'a str>,
+    hv_type: Option<&'a str>,
+    vm_mode: Option<&'a str>,
+    version: Option<&'a str>,
+}
+
+impl ImageWants<'_> {
+    fn any(&self) -> bool {
+        self.arch.is_some() || self.hv_type.is_some() || self.vm_mode.is_some() || self.version.is_some()
+    }
+}
+
+/// Per-request work done once rather than per host.
+struct Prepared<'r> {
+    image: ImageWants<'r>,
+    /// The flavor has extra_specs ComputeCapabilities looks at.
+    capabilities: bool,
+    json: Option<Result<serde_json::Value, String>>,
+    /// (network, mask) for SimpleCIDRAffinity, or why the hint is unusable.
+    cidr: Option<Result<(u32, u32), String>>,
+    image_isolated: bool,
+}
+
+impl<'r> Prepared<'r> {
+    fn new(req: &RequestView<'r>, config: &SchedulerConfig) -> Prepared<'r> {
+        let props = &req.image.properties;
+        let prop = |names: &[&str]| names.iter().find_map(|n| props.get(*n)).map(String::as_str);
+        let image = ImageWants {
+            arch: prop(&["hw_architecture", "architecture"]),
+            hv_type: prop(&["img_hv_type", "hypervisor_type"]),
+            vm_mode: prop(&["hw_vm_mode", "vm_mode"]),
+            version: prop(&["img_hv_requested_version"]),
         };
-        // Nested capabilities (`capabilities:stats:x`) walk into the stats map.
-        let value = match path {
-            [name] => host.attribute(name),
-            ["stats", name] => host.node.stats.get(*name).cloned(),
-            _ => None,
+        let capabilities = req.flavor.extra_specs.keys().any(|k| !k.contains(':') || k.starts_with("capabilities:"));
+        let json =
+            req.hints.query.as_deref().filter(|q| !q.is_empty()).map(|q| {
+                serde_json::from_str::<serde_json::Value>(q).map_err(|e| format!("query hint is not JSON: {e}"))
+            });
+        let cidr = req
+            .hints
+            .build_near_host_ip
+            .as_deref()
+            .map(|ip| parse_cidr(ip, req.hints.cidr.as_deref().unwrap_or("/24")));
+        let image_isolated = config.isolated_images.contains(&req.image.name);
+        Prepared { image, capabilities, json, cidr, image_isolated }
+    }
+}
+
+/// Parses an IPv4 address into a big-endian u32.
+pub fn parse_ipv4(text: &str) -> Option<u32> {
+    let mut parts = text.trim().split('.');
+    let mut out = 0u32;
+    for _ in 0..4 {
+        let octet: u8 = parts.next()?.parse().ok()?;
+        out = (out << 8) | octet as u32;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// `build_near_host_ip` + `cidr` ("/24") as (network, mask). IPv4 only.
+pub fn parse_cidr(ip: &str, cidr: &str) -> Result<(u32, u32), String> {
+    let addr = parse_ipv4(ip).ok_or_else(|| format!("build_near_host_ip `{ip}` is not an IPv4 address"))?;
+    let bits: u32 = cidr
+        .trim()
+        .strip_prefix('/')
+        .and_then(|b| b.parse().ok())
+        .filter(|b| *b <= 32)
+        .ok_or_else(|| format!("cidr `{cidr}` is not a prefix length like \"/24\""))?;
+    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    Ok((addr & mask, mask))
+}
+
+fn format_ipv4(ip: u32) -> String {
+    let b = ip.to_be_bytes();
+    format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3])
+}
+
+/// One filter on one host. Every rule of the scheduler lives here; both paths call it.
+#[inline]
+fn passes(
+    kind: FilterKind,
+    prep: &Prepared<'_>,
+    host: &HostState,
+    req: &RequestView<'_>,
+    config: &SchedulerConfig,
+    why: &mut impl Why,
+) -> bool {
+    match kind {
+        FilterKind::AllHosts => true,
+        FilterKind::Compute => {
+            if host.service_disabled {
+                reject(why, || "service disabled".into())
+            } else if !host.service_up {
+                reject(why, || "service down (no heartbeat within service_down_time)".into())
+            } else {
+                true
+            }
+        }
+        FilterKind::ComputeCapabilities => !prep.capabilities || compute_capabilities(host, req.flavor, why),
+        FilterKind::ImageProperties => !prep.image.any() || image_properties(host, &prep.image, why),
+        FilterKind::ServerGroupAntiAffinity => match req.group_policy {
+            Some(GroupPolicy::AntiAffinity) if host.group_members_here >= req.group_max_per_host => reject(why, || {
+                format!(
+                    "{} group member(s) here, max_server_per_host {}",
+                    host.group_members_here, req.group_max_per_host
+                )
+            }),
+            _ => true,
+        },
+        FilterKind::ServerGroupAffinity => match req.group_policy {
+            Some(GroupPolicy::Affinity)
+                if !req.group_hosts.is_empty() && !req.group_hosts.contains(&host.node.host) =>
+            {
+                reject(why, || "not a host of the affinity group".into())
+            }
+            _ => true,
+        },
+        FilterKind::SameHost => {
+            req.hints.same_host.is_empty()
+                || req.same_host_hosts.contains(&host.node.host)
+                || reject(why, || format!("holds none of same_host {:?}", req.hints.same_host))
+        }
+        FilterKind::DifferentHost => {
+            req.hints.different_host.is_empty()
+                || !req.different_host_hosts.contains(&host.node.host)
+                || reject(why, || format!("holds one of different_host {:?}", req.hints.different_host))
+        }
+        FilterKind::SimpleCidrAffinity => match &prep.cidr {
+            None => true,
+            Some(Err(e)) => reject(why, || e.clone()),
+            Some(Ok((net, mask))) => match host.host_ip {
+                Some(ip) if ip & mask == *net => true,
+                Some(ip) => reject(why, || {
+                    format!("host ip {} outside {}/{}", format_ipv4(ip), format_ipv4(*net), mask.count_ones())
+                }),
+                None => reject(why, || "host has no known ip".into()),
+            },
+        },
+        FilterKind::AggregateInstanceExtraSpecs => aggregate_instance_extra_specs(host, req.flavor, why),
+        FilterKind::AggregateImagePropertiesIsolation => {
+            for (key, options) in &host.aggregates.metadata {
+                if let Some(prop) = req.image.properties.get(key) {
+                    if !prop.is_empty() && !options.contains(prop) {
+                        return reject(why, || format!("image {key}={prop} not in aggregate values {options:?}"));
+                    }
+                }
+            }
+            true
+        }
+        FilterKind::AggregateMultiTenancyIsolation => {
+            let aggs = &host.aggregates;
+            let mut restricted = false;
+            for (key, tenants) in aggs
+                .metadata
+                .range::<str, _>((std::ops::Bound::Included("filter_tenant_id"), std::ops::Bound::Unbounded))
+            {
+                if !key.starts_with("filter_tenant_id") {
+                    break;
+                }
+                restricted = true;
+                if tenants.contains(req.project_id) {
+                    return true;
+                }
+            }
+            !restricted || reject(why, || format!("aggregate restricted to other tenants than `{}`", req.project_id))
+        }
+        FilterKind::AggregateTypeAffinity => match host.aggregates.values.get("instance_type") {
+            None => true,
+            Some(vals) => {
+                vals.iter().any(|v| v.split(',').any(|x| x.trim() == req.flavor.name))
+                    || reject(why, || format!("aggregate instance_type {vals:?} excludes `{}`", req.flavor.name))
+            }
+        },
+        FilterKind::AvailabilityZone => match req.availability_zone {
+            None => true,
+            Some(az) => match host.aggregates.values.get("availability_zone") {
+                Some(zones) => {
+                    zones.contains(az) || reject(why, || format!("host is in zone(s) {zones:?}, not `{az}`"))
+                }
+                None => {
+                    az == config.default_availability_zone
+                        || reject(why, || {
+                            format!("host is in the default zone `{}`, not `{az}`", config.default_availability_zone)
+                        })
+                }
+            },
+        },
+        FilterKind::IoOps | FilterKind::AggregateIoOps => {
+            let max = if kind == FilterKind::AggregateIoOps {
+                host.aggregates.min_integer("max_io_ops_per_host").unwrap_or(config.max_io_ops_per_host as i64)
+            } else {
+                config.max_io_ops_per_host as i64
+            };
+            (host.node.num_io_ops as i64) < max
+                || reject(why, || format!("{} io ops, max_io_ops_per_host {max}", host.node.num_io_ops))
+        }
+        FilterKind::NumInstances | FilterKind::AggregateNumInstances => {
+            let max = if kind == FilterKind::AggregateNumInstances {
+                host.aggregates.min_integer("max_instances_per_host").unwrap_or(config.max_instances_per_host as i64)
+            } else {
+                config.max_instances_per_host as i64
+            };
+            (host.node.num_instances as i64) < max
+                || reject(why, || format!("{} instances, max_instances_per_host {max}", host.node.num_instances))
+        }
+        FilterKind::IsolatedHosts => {
+            let host_isolated = config.isolated_hosts.contains(&host.node.host);
+            let ok = if config.isolated_images.is_empty() {
+                !config.restrict_isolated_hosts_to_isolated_images || !host_isolated
+            } else if config.restrict_isolated_hosts_to_isolated_images {
+                prep.image_isolated == host_isolated
+            } else {
+                !prep.image_isolated || host_isolated
+            };
+            ok || reject(why, || {
+                format!(
+                    "host {} isolated, image {} isolated",
+                    if host_isolated { "is" } else { "is not" },
+                    if prep.image_isolated { "is" } else { "is not" }
+                )
+            })
+        }
+        FilterKind::Json => match &prep.json {
+            None => true,
+            Some(Err(e)) => reject(why, || e.clone()),
+            Some(Ok(query)) => {
+                let ok = match json_eval(query, host) {
+                    JsonVal::Bool(b) => b,
+                    JsonVal::Bools(v) => v.iter().any(|b| *b),
+                    other => other.truthy(),
+                };
+                ok || reject(why, || format!("query {query} is false"))
+            }
+        },
+        FilterKind::Retry => {
+            !req.retry_hosts.contains(&host.node.host) || reject(why, || "already tried for this instance".into())
+        }
+        FilterKind::Ram | FilterKind::AggregateRam => {
+            let inv = &host.inventories[1];
+            let ratio = aggregate_ratio(host, kind == FilterKind::AggregateRam, "ram_allocation_ratio", inv);
+            // Icehouse: limit = total * ratio; used counts the reserved memory.
+            let usable = inv.total as f64 * ratio - (inv.reserved + host.used.0[1]) as f64;
+            usable >= req.flavor.ram_mb as f64
+                || reject(why, || format!("{usable} MB usable RAM < {} MB requested", req.flavor.ram_mb))
+        }
+        FilterKind::Core | FilterKind::AggregateCore => {
+            let inv = &host.inventories[0];
+            if inv.total == 0 {
+                return true; // nova: "VCPUs not set; assuming CPU collection broken"
+            }
+            let ratio = aggregate_ratio(host, kind == FilterKind::AggregateCore, "cpu_allocation_ratio", inv);
+            let free = inv.total as f64 * ratio - host.used.0[0] as f64;
+            free >= req.flavor.vcpus as f64
+                || reject(why, || format!("{free} usable vCPUs < {} requested", req.flavor.vcpus))
+        }
+        FilterKind::Disk | FilterKind::AggregateDisk => {
+            let inv = &host.inventories[2];
+            let ratio = aggregate_ratio(host, kind == FilterKind::AggregateDisk, "disk_allocation_ratio", inv);
+            let usable_mb = inv.total as f64 * 1024.0 * ratio - ((inv.reserved + host.used.0[2]) * 1024) as f64;
+            usable_mb >= (req.flavor.disk_gb * 1024) as f64
+                || reject(why, || format!("{usable_mb} MB usable disk < {} MB requested", req.flavor.disk_gb * 1024))
+        }
+    }
+}
+
+fn aggregate_ratio(host: &HostState, per_aggregate: bool, key: &str, inv: &Inventory) -> f64 {
+    if per_aggregate {
+        host.aggregates.min_number(key).unwrap_or(inv.allocation_ratio)
+    } else {
+        inv.allocation_ratio
+    }
+}
+
+fn compute_capabilities(host: &HostState, flavor: &Flavor, why: &mut impl Why) -> bool {
+    for (key, req) in &flavor.extra_specs {
+        let mut scope = key.split(':');
+        let first = scope.next().unwrap_or("");
+        let (name, nested) = match (first, scope.next(), scope.next(), scope.next()) {
+            // Unscoped keys count only if the host has such an attribute (nova skips others).
+            (name, None, _, _) => {
+                if host.attribute(name).is_none() {
+                    continue;
+                }
+                (name, None)
+            }
+            ("capabilities", Some(name), None, _) => (name, None),
+            // Nested capabilities (`capabilities:stats:x`) walk into the stats map.
+            ("capabilities", Some(outer), Some(inner), None) => (outer, Some(inner)),
+            ("capabilities", ..) => return reject(why, || format!("no capability `{key}`")),
+            _ => continue,
+        };
+        let value = match nested {
+            None => host.attribute(name).map(Attr::to_text),
+            Some(inner) if name == "stats" => host.node.stats.get(inner).cloned(),
+            Some(_) => None,
         };
         let Some(value) = value else {
-            return Err(format!("no capability `{}`", path.join(":")));
+            return reject(why, || format!("no capability `{}`", key.trim_start_matches("capabilities:")));
         };
         match extra_specs::matches(&value, req) {
             Ok(true) => {}
-            Ok(false) => return Err(format!("{key}={value} does not satisfy `{req}`")),
-            Err(e) => return Err(format!("{key}: {e}")),
+            Ok(false) => return reject(why, || format!("{key}={value} does not satisfy `{req}`")),
+            Err(e) => return reject(why, || format!("{key}: {e}")),
         }
     }
-    Ok(())
+    true
 }
 
 /// Whether the host supports (arch, hypervisor type, vm mode); `None` matches anything.
 /// A libvirt KVM host also offers plain QEMU guests.
-fn supports(node: &ComputeNode, arch: Option<&str>, hv_type: Option<&str>, vm_mode: Option<&str>) -> bool {
-    let arch_ok = arch.is_none_or(|a| a.eq_ignore_ascii_case(&node.cpu_arch));
-    let hv_ok = hv_type.is_none_or(|h| {
+fn supports(node: &ComputeNode, wants: &ImageWants<'_>) -> bool {
+    let arch_ok = wants.arch.is_none_or(|a| a.eq_ignore_ascii_case(&node.cpu_arch));
+    let hv_ok = wants.hv_type.is_none_or(|h| {
         h.eq_ignore_ascii_case(&node.hypervisor_type)
             || (h.eq_ignore_ascii_case("qemu") && node.hypervisor_type.eq_ignore_ascii_case("kvm"))
     });
-    let mode_ok = vm_mode.is_none_or(|m| node.vm_modes.iter().any(|v| v.eq_ignore_ascii_case(m)));
+    let mode_ok = wants.vm_mode.is_none_or(|m| node.vm_modes.iter().any(|v| v.eq_ignore_ascii_case(m)));
     arch_ok && hv_ok && mode_ok && !node.vm_modes.is_empty()
 }
 
-fn image_properties(host: &HostState, image: &Image) -> Result<(), String> {
-    let prop = |names: &[&str]| names.iter().find_map(|n| image.properties.get(*n)).map(String::as_str);
-    let arch = prop(&["hw_architecture", "architecture"]);
-    let hv_type = prop(&["img_hv_type", "hypervisor_type"]);
-    let vm_mode = prop(&["hw_vm_mode", "vm_mode"]);
-    let version = image.properties.get("img_hv_requested_version");
-    if arch.is_none() && hv_type.is_none() && vm_mode.is_none() && version.is_none() {
-        return Ok(());
+fn image_properties(host: &HostState, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
+    if (wants.arch.is_some() || wants.hv_type.is_some() || wants.vm_mode.is_some()) && !supports(&host.node, wants) {
+        return reject(why, || {
+            format!(
+                "image wants arch={} hypervisor_type={} vm_mode={}, host is {} {} {:?}",
+                wants.arch.unwrap_or("*"),
+                wants.hv_type.unwrap_or("*"),
+                wants.vm_mode.unwrap_or("*"),
+                host.node.cpu_arch,
+                host.node.hypervisor_type,
+                host.node.vm_modes
+            )
+        });
     }
-    if !supports(&host.node, arch, hv_type, vm_mode) {
-        return Err(format!(
-            "image wants arch={} hypervisor_type={} vm_mode={}, host is {} {} {:?}",
-            arch.unwrap_or("*"),
-            hv_type.unwrap_or("*"),
-            vm_mode.unwrap_or("*"),
-            host.node.cpu_arch,
-            host.node.hypervisor_type,
-            host.node.vm_modes
-        ));
-    }
-    if let Some(req) = version {
+    if let Some(req) = wants.version {
         let have = host.node.hypervisor_version.to_string();
         if !extra_specs::matches(&have, req).unwrap_or(false) {
-            return Err(format!("hypervisor version {have} does not satisfy `{req}`"));
+            return reject(why, || format!("hypervisor version {have} does not satisfy `{req}`"));
         }
     }
-    Ok(())
+    true
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum WeigherKind {
-    Ram,
-    Cpu,
-    Disk,
-    IoOps,
-    NumInstances,
-    BuildFailure,
+/// nova's scope for AggregateInstanceExtraSpecsFilter.
+const AGGREGATE_SCOPE: &str = "aggregate_instance_extra_specs";
+
+fn aggregate_instance_extra_specs(host: &HostState, flavor: &Flavor, why: &mut impl Why) -> bool {
+    for (key, req) in &flavor.extra_specs {
+        let key = match key.split_once(':') {
+            Some((AGGREGATE_SCOPE, rest)) => rest,
+            Some(_) => continue,
+            None => key.as_str(),
+        };
+        let Some(values) = host.aggregates.metadata.get(key).filter(|v| !v.is_empty()) else {
+            return reject(why, || format!("no aggregate of the host sets `{key}`"));
+        };
+        if !values.iter().any(|v| extra_specs::matches(v, req).unwrap_or(false)) {
+            return reject(why, || format!("aggregate values {values:?} of `{key}` do not match `{req}`"));
+        }
+    }
+    true
+}
+
+/// A JsonFilter value. Python compares across types by raising; here a comparison of
+/// different types is simply false.
+#[derive(Debug, Clone, PartialEq)]
+enum JsonVal {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+    /// `not` returns a list of negated arguments.
+    Bools(Vec<bool>),
+}
+
+impl JsonVal {
+    fn truthy(&self) -> bool {
+        match self {
+            JsonVal::Number(n) => *n != 0.0,
+            JsonVal::Text(s) => !s.is_empty(),
+            JsonVal::Bool(b) => *b,
+            JsonVal::Bools(v) => !v.is_empty(),
+        }
+    }
+
+    fn cmp(&self, other: &JsonVal) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (JsonVal::Number(a), JsonVal::Number(b)) => a.partial_cmp(b),
+            (JsonVal::Text(a), JsonVal::Text(b)) => Some(a.cmp(b)),
+            (JsonVal::Bool(a), JsonVal::Bool(b)) => Some(a.cmp(b)),
+            (JsonVal::Bool(a), JsonVal::Number(b)) => (*a as u8 as f64).partial_cmp(b),
+            (JsonVal::Number(a), JsonVal::Bool(b)) => a.partial_cmp(&(*b as u8 as f64)),
+            _ => None,
+        }
+    }
+}
+
+/// nova's JsonFilter `_process_filter`: `[op, arg, ...]` with ops `= < > in <= >= not or and`;
+/// strings starting with `$` read host attributes (`$stats.key` walks the stats map); an
+/// unknown attribute is dropped from the arguments.
+fn json_eval(query: &serde_json::Value, host: &HostState) -> JsonVal {
+    use std::cmp::Ordering::*;
+    let Some(items) = query.as_array().filter(|a| !a.is_empty()) else {
+        return JsonVal::Bool(true);
+    };
+    let op = items[0].as_str().unwrap_or("");
+    let mut args: Vec<JsonVal> = Vec::with_capacity(items.len() - 1);
+    for arg in &items[1..] {
+        let v = match arg {
+            serde_json::Value::Array(_) => Some(json_eval(arg, host)),
+            serde_json::Value::String(s) if s.is_empty() => None,
+            serde_json::Value::String(s) => match s.strip_prefix('$') {
+                None => Some(JsonVal::Text(s.clone())),
+                Some(path) => {
+                    let mut parts = path.split('.');
+                    let first = parts.next().unwrap_or("");
+                    match (first, parts.next()) {
+                        ("stats", Some(key)) => host.node.stats.get(key).map(|v| JsonVal::Text(v.clone())),
+                        (name, None) => host.attribute(name).map(|a| match a {
+                            Attr::Number(n) => JsonVal::Number(n),
+                            Attr::Text(t) => JsonVal::Text(t.to_string()),
+                        }),
+                        _ => None,
+                    }
+                }
+            },
+            serde_json::Value::Number(n) => n.as_f64().map(JsonVal::Number),
+            serde_json::Value::Bool(b) => Some(JsonVal::Bool(*b)),
+            _ => None,
+        };
+        args.extend(v);
+    }
+    let compare = |ok: fn(std::cmp::Ordering) -> bool| {
+        JsonVal::Bool(args.len() >= 2 && args[1..].iter().all(|a| args[0].cmp(a).is_some_and(ok)))
+    };
+    match op {
+        "=" => compare(|o| o == Equal),
+        "<" => compare(|o| o == Less),
+        ">" => compare(|o| o == Greater),
+        "<=" => compare(|o| o != Greater),
+        ">=" => compare(|o| o != Less),
+        "in" => JsonVal::Bool(args.len() >= 2 && args[1..].contains(&args[0])),
+        "not" => JsonVal::Bools(args.iter().map(|a| !a.truthy()).collect()),
+        "or" => JsonVal::Bool(args.iter().any(JsonVal::truthy)),
+        "and" => JsonVal::Bool(args.iter().all(JsonVal::truthy)),
+        _ => JsonVal::Bool(false),
+    }
+}
+
+/// Checks a JsonFilter query's shape (for scenario validation): JSON, lists headed by a
+/// known operator.
+pub fn validate_json_query(query: &str) -> Result<(), String> {
+    fn walk(v: &serde_json::Value) -> Result<(), String> {
+        let Some(items) = v.as_array() else { return Ok(()) };
+        let Some(op) = items.first() else { return Ok(()) };
+        let op = op.as_str().ok_or_else(|| format!("operator must be a string, got {op}"))?;
+        if !["=", "<", ">", "in", "<=", ">=", "not", "or", "and"].contains(&op) {
+            return Err(format!("unknown operator `{op}` (use = < > in <= >= not or and)"));
+        }
+        items[1..].iter().try_for_each(walk)
+    }
+    let v: serde_json::Value = serde_json::from_str(query).map_err(|e| format!("not JSON: {e}"))?;
+    if !v.is_array() {
+        return Err("a query is a JSON list such as [\">=\", \"$free_ram_mb\", 1024]".into());
+    }
+    walk(&v)
+}
+
+macro_rules! weigher_kinds {
+    ($($kind:ident = $name:literal, $default:expr, $minval:expr);* $(;)?) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum WeigherKind { $($kind),* }
+
+        impl WeigherKind {
+            pub const ALL: [WeigherKind; WeigherKind::COUNT] = [$(WeigherKind::$kind),*];
+            pub const NAMES: [&'static str; WeigherKind::COUNT] = [$($name),*];
+
+            /// The scenario's name (`control.scheduler.weighers`), nova's option without
+            /// `_weight_multiplier`.
+            pub fn name(self) -> &'static str {
+                match self { $(WeigherKind::$kind => $name),* }
+            }
+
+            /// nova's default multipliers (BuildFailure's as applied: nova negates its option).
+            pub fn default_multiplier(self) -> f64 {
+                match self { $(WeigherKind::$kind => $default),* }
+            }
+
+            /// nova's `minval`: raw values are clamped to it and normalisation starts there
+            /// instead of at the smallest value.
+            pub fn minval(self) -> Option<f64> {
+                match self { $(WeigherKind::$kind => $minval),* }
+            }
+        }
+    };
+}
+
+weigher_kinds! {
+    Ram = "ram", 1.0, Some(0.0);
+    Cpu = "cpu", 1.0, Some(0.0);
+    Disk = "disk", 1.0, Some(0.0);
+    IoOps = "io_ops", -1.0, Some(0.0);
+    NumInstances = "num_instances", 0.0, None;
+    HypervisorVersion = "hypervisor_version", 1.0, None;
+    BuildFailure = "build_failure", -1_000_000.0, None;
+    SoftAffinity = "soft_affinity", 1.0, None;
+    SoftAntiAffinity = "soft_anti_affinity", 1.0, None;
 }
 
 impl WeigherKind {
+    pub const COUNT: usize = 9;
+
     pub fn from_name(name: &str) -> Option<WeigherKind> {
-        Some(match name {
-            "ram" => WeigherKind::Ram,
-            "cpu" => WeigherKind::Cpu,
-            "disk" => WeigherKind::Disk,
-            "io_ops" => WeigherKind::IoOps,
-            "num_instances" => WeigherKind::NumInstances,
-            "build_failure" => WeigherKind::BuildFailure,
-            _ => return None,
-        })
+        WeigherKind::ALL.into_iter().find(|w| w.name() == name)
     }
 
-    pub const NAMES: [&'static str; 6] = ["ram", "cpu", "disk", "io_ops", "num_instances", "build_failure"];
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
-    fn raw(self, host: &HostState) -> f64 {
+    /// The aggregate metadata key that overrides the multiplier on a host.
+    pub fn aggregate_key(self) -> String {
+        format!("{}_weight_multiplier", self.name())
+    }
+
+    /// nova's `_weigh_object` (before the minval clamp).
+    #[inline]
+    pub fn raw(self, host: &HostState, req: &RequestView<'_>) -> f64 {
         match self {
             WeigherKind::Ram => host.free_ram_mb(),
             WeigherKind::Cpu => host.free_vcpus(),
-            WeigherKind::Disk => host.free_disk_gb(),
+            WeigherKind::Disk => host.free_disk_mb(),
             WeigherKind::IoOps => host.node.num_io_ops as f64,
             WeigherKind::NumInstances => host.node.num_instances as f64,
+            WeigherKind::HypervisorVersion => host.node.hypervisor_version as f64,
             WeigherKind::BuildFailure => host.failed_builds as f64,
+            WeigherKind::SoftAffinity => match req.group_policy {
+                Some(GroupPolicy::SoftAffinity) => host.group_members_here as f64,
+                _ => 0.0,
+            },
+            WeigherKind::SoftAntiAffinity => match req.group_policy {
+                Some(GroupPolicy::SoftAntiAffinity) => -(host.group_members_here as f64),
+                _ => 0.0,
+            },
         }
     }
 
-    /// nova's default multipliers.
-    pub fn default_multiplier(self) -> f64 {
+    /// Whether every host weighs 0 for this request (soft-affinity weighers without a soft
+    /// group): skipping them changes no score.
+    fn idle(self, req: &RequestView<'_>) -> bool {
         match self {
-            WeigherKind::Ram | WeigherKind::Cpu | WeigherKind::Disk => 1.0,
-            WeigherKind::IoOps => -1.0,
-            WeigherKind::NumInstances => 0.0,
-            WeigherKind::BuildFailure => -1_000_000.0,
+            WeigherKind::SoftAffinity => req.group_policy != Some(GroupPolicy::SoftAffinity),
+            WeigherKind::SoftAntiAffinity => req.group_policy != Some(GroupPolicy::SoftAntiAffinity),
+            _ => false,
         }
     }
 }
@@ -279,218 +957,424 @@ pub struct SchedulerConfig {
     pub weighers: BTreeMap<WeigherKind, f64>,
     pub host_subset_size: usize,
     pub max_attempts: u32,
+    /// Current era: only hosts placement offers (capacity, min/max unit, step) are filtered,
+    /// at most `candidate_limit` of them in input order. Icehouse: no placement, every host.
+    pub use_placement: bool,
+    /// nova's `max_placement_results` (1000).
+    pub candidate_limit: usize,
+    /// IoOpsFilter's `max_io_ops_per_host` (8).
+    pub max_io_ops_per_host: u64,
+    /// NumInstancesFilter's `max_instances_per_host` (50).
+    pub max_instances_per_host: u64,
+    /// IsolatedHostsFilter's host and image (name) lists and its restrict flag (true).
+    pub isolated_hosts: Vec<String>,
+    pub isolated_images: Vec<String>,
+    pub restrict_isolated_hosts_to_isolated_images: bool,
+    /// Zone of hosts in no aggregate with an `availability_zone` ("nova").
+    pub default_availability_zone: String,
 }
 
 impl Default for SchedulerConfig {
+    /// nova today: default filters, every weigher at its default multiplier.
     fn default() -> Self {
-        let weighers =
-            [WeigherKind::Ram, WeigherKind::Cpu, WeigherKind::Disk, WeigherKind::IoOps, WeigherKind::BuildFailure]
-                .into_iter()
-                .map(|w| (w, w.default_multiplier()))
-                .collect();
-        SchedulerConfig { filters: FilterKind::defaults(), weighers, host_subset_size: 1, max_attempts: 3 }
+        SchedulerConfig {
+            filters: FilterKind::defaults(),
+            weighers: WeigherKind::ALL.into_iter().map(|w| (w, w.default_multiplier())).collect(),
+            host_subset_size: 1,
+            max_attempts: 3,
+            use_placement: true,
+            candidate_limit: CANDIDATE_LIMIT,
+            max_io_ops_per_host: 8,
+            max_instances_per_host: 50,
+            isolated_hosts: Vec::new(),
+            isolated_images: Vec::new(),
+            restrict_isolated_hosts_to_isolated_images: true,
+            default_availability_zone: "nova".into(),
+        }
     }
 }
 
-/// nova's `normalize`: map values to [0, 1] by min-max; all equal gives all 0.
+impl SchedulerConfig {
+    /// Icehouse (2014.1): its default filters, the RAM weigher only (the one it shipped,
+    /// besides metrics), no placement.
+    pub fn icehouse() -> SchedulerConfig {
+        SchedulerConfig {
+            filters: FilterKind::icehouse_defaults(),
+            weighers: [(WeigherKind::Ram, 1.0)].into_iter().collect(),
+            use_placement: false,
+            ..SchedulerConfig::default()
+        }
+    }
+}
+
+/// nova's `normalize` with a weigher's `minval`: map values to [0, 1] between
+/// `minval` (or the smallest value) and the largest; all equal gives all 0.
+pub fn normalize_with(values: &[f64], minval: Option<f64>) -> Vec<f64> {
+    let (lo, hi) = bounds(values.iter().copied(), minval);
+    values.iter().map(|&v| normalized(v, lo, hi)).collect()
+}
+
+/// Min-max normalisation (a weigher without `minval`).
 pub fn normalize(values: &[f64]) -> Vec<f64> {
-    let (min, max) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if values.is_empty() || max <= min {
-        return vec![0.0; values.len()];
-    }
-    values.iter().map(|v| (v - min) / (max - min)).collect()
+    normalize_with(values, None)
 }
 
-/// Why no host was found: the first filter that left nothing, with the count it received.
-#[derive(Debug, Clone, PartialEq)]
+#[inline]
+fn bounds(values: impl Iterator<Item = f64>, minval: Option<f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    (minval.unwrap_or(lo), hi)
+}
+
+#[inline]
+fn normalized(v: f64, lo: f64, hi: f64) -> f64 {
+    if hi <= lo {
+        0.0
+    } else {
+        (v - lo) / (hi - lo)
+    }
+}
+
+/// Why no host was found: the step that left nothing, with the count it received.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NoValidHost {
     pub reason: String,
 }
 
+impl std::fmt::Display for NoValidHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "No valid host was found. {}", self.reason)
+    }
+}
+
+/// Buffers for one decision at a time. Keep one per scheduler (or strategy) and the hot path
+/// allocates nothing once they have grown to the cluster's size.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    survivors: Vec<usize>,
+    active: Vec<FilterKind>,
+    weights: Vec<f64>,
+    raw: Vec<f64>,
+    keys: Vec<(u64, usize)>,
+    order: Vec<usize>,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace::default()
+    }
+
+    /// Placement (current era) then the configured filters; returns the surviving host
+    /// indices in input order.
+    pub fn filter(
+        &mut self,
+        hosts: &[HostState],
+        req: &RequestView<'_>,
+        config: &SchedulerConfig,
+    ) -> Result<&[usize], NoValidHost> {
+        self.survivors.clear();
+        if hosts.is_empty() {
+            return Err(NoValidHost { reason: "no allocation candidates from placement".into() });
+        }
+        let prepared = Prepared::new(req, config);
+        self.active.clear();
+        self.active.extend(config.filters.iter().copied().filter(|f| f.active(&prepared, req, config)));
+        let resources = req.flavor.resources();
+        let limit = if config.use_placement { config.candidate_limit } else { usize::MAX };
+        let mut candidates = 0usize;
+        for (i, host) in hosts.iter().enumerate() {
+            if config.use_placement {
+                if candidates == limit {
+                    break;
+                }
+                if !host.placement_fits(&resources) {
+                    continue;
+                }
+                candidates += 1;
+            }
+            if self.active.iter().all(|&f| passes(f, &prepared, host, req, config, &mut Quiet)) {
+                self.survivors.push(i);
+            }
+        }
+        if self.survivors.is_empty() {
+            // Slow path: name the step that left nothing, as nova's filter handler logs it.
+            return Err(explain_filters(hosts, req, config)
+                .1
+                .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
+        }
+        Ok(&self.survivors)
+    }
+
+    /// nova's weighing of the current survivors: fills `weights` in survivor order.
+    fn weigh(&mut self, hosts: &[HostState], req: &RequestView<'_>, config: &SchedulerConfig) {
+        let n = self.survivors.len();
+        self.weights.clear();
+        self.weights.resize(n, 0.0);
+        // nova's weight handler leaves a single host unweighed.
+        if n <= 1 {
+            return;
+        }
+        let overrides = self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        for (&weigher, &multiplier) in &config.weighers {
+            if (multiplier == 0.0 && !overrides) || weigher.idle(req) {
+                continue;
+            }
+            self.raw.clear();
+            let minval = weigher.minval();
+            let floor = minval.unwrap_or(f64::NEG_INFINITY);
+            self.raw.extend(self.survivors.iter().map(|&i| weigher.raw(&hosts[i], req).max(floor)));
+            let (lo, hi) = bounds(self.raw.iter().copied(), minval);
+            if hi <= lo {
+                continue; // every host normalises to 0
+            }
+            if overrides {
+                for ((w, &r), &i) in self.weights.iter_mut().zip(&self.raw).zip(&self.survivors) {
+                    let m = hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier);
+                    *w += m * normalized(r, lo, hi);
+                }
+            } else {
+                let range = hi - lo;
+                for (w, &r) in self.weights.iter_mut().zip(&self.raw) {
+                    *w += multiplier * ((r - lo) / range);
+                }
+            }
+        }
+    }
+
+    /// Filter, weigh and order `hosts`: indices with the subset pick first, then the rest
+    /// in weight order (ties keep input order, as Python's stable sort does).
+    pub fn sorted_hosts(
+        &mut self,
+        hosts: &[HostState],
+        req: &RequestView<'_>,
+        config: &SchedulerConfig,
+        rng: &mut dyn RngCore,
+    ) -> Result<&[usize], NoValidHost> {
+        self.filter(hosts, req, config)?;
+        self.weigh(hosts, req, config);
+        self.keys.clear();
+        self.keys.extend(self.weights.iter().zip(&self.survivors).map(|(&w, &i)| (descending_key(w), i)));
+        // Unstable sort on (key, index) is the stable descending order by weight.
+        self.keys.sort_unstable();
+        self.order.clear();
+        self.order.extend(self.keys.iter().map(|&(_, i)| i));
+        let subset = config.host_subset_size.clamp(1, self.order.len());
+        let pick = if subset > 1 { rng.gen_range(0..subset) } else { 0 };
+        self.order[..=pick].rotate_right(1);
+        Ok(&self.order)
+    }
+}
+
+/// A u64 whose ascending order is `weight`'s descending order (total order on f64).
+#[inline]
+fn descending_key(weight: f64) -> u64 {
+    let bits = weight.to_bits();
+    let ascending = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+    !ascending
+}
+
 /// Filter, weigh and order `hosts` for one request. Returns host indices: the subset pick
-/// first, then the rest in weight order.
+/// first, then the rest in weight order. Allocates its buffers; a caller deciding often
+/// keeps a [`Workspace`] instead.
 pub fn sorted_hosts<R: Rng>(
     hosts: &[HostState],
     req: &RequestView<'_>,
     config: &SchedulerConfig,
     rng: &mut R,
 ) -> Result<Vec<usize>, NoValidHost> {
+    let mut ws = Workspace::new();
+    ws.sorted_hosts(hosts, req, config, rng).map(<[usize]>::to_vec)
+}
+
+/// One filtering step of [`explain`]: placement or a filter, with what it kept and dropped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilterStep {
+    pub filter: String,
+    /// False when the filter cannot reject anything for this request (nova still runs it).
+    pub active: bool,
+    pub kept: Vec<String>,
+    pub rejected: Vec<Rejection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    pub host: String,
+    pub reason: String,
+}
+
+/// One weigher's values over the surviving hosts, in survivor order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeigherColumn {
+    pub weigher: String,
+    /// The configured multiplier (hosts' aggregates may override it per host).
+    pub multiplier: f64,
+    pub minval: Option<f64>,
+    pub values: Vec<WeigherValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeigherValue {
+    pub host: String,
+    pub raw: f64,
+    pub normalised: f64,
+    pub multiplier: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostScore {
+    pub host: String,
+    pub index: usize,
+    pub score: f64,
+}
+
+/// Why a request lands where it does (or gets NoValidHost): every step, every value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    pub flavor: String,
+    pub image: String,
+    pub hosts_in: usize,
+    pub steps: Vec<FilterStep>,
+    pub weighers: Vec<WeigherColumn>,
+    /// Survivors by final score, best first (before the subset pick).
+    pub scores: Vec<HostScore>,
+    pub host_subset_size: usize,
+    /// The host claimed first, and the alternates returned with it (max_attempts - 1).
+    pub pick: Option<String>,
+    pub alternates: Vec<String>,
+    /// Host indices in claim order: exactly what [`sorted_hosts`] returns for the same rng.
+    pub order: Vec<usize>,
+    pub no_valid_host: Option<NoValidHost>,
+    /// The guest CPU topology nova would choose for the flavor and image, or its error.
+    pub cpu_topology: Result<CpuTopology, String>,
+}
+
+/// Filter step by step, recording reasons; also returns NoValidHost naming the first step
+/// that left no host.
+fn explain_filters(
+    hosts: &[HostState],
+    req: &RequestView<'_>,
+    config: &SchedulerConfig,
+) -> (Vec<FilterStep>, Option<NoValidHost>, Vec<usize>) {
+    let prepared = Prepared::new(req, config);
+    let name = |i: usize| hosts[i].node.host.clone();
+    let mut steps = Vec::new();
     let mut survivors: Vec<usize> = (0..hosts.len()).collect();
-    if survivors.is_empty() {
-        return Err(NoValidHost { reason: "no allocation candidates from placement".into() });
+    if hosts.is_empty() {
+        let nvh = NoValidHost { reason: "no allocation candidates from placement".into() };
+        return (steps, Some(nvh), survivors);
     }
-    for filter in &config.filters {
-        let before = survivors.len();
-        survivors.retain(|&i| filter.check(&hosts[i], req).is_ok());
-        if survivors.is_empty() {
-            return Err(NoValidHost { reason: format!("filter {filter:?} returned 0 of {before} hosts") });
+    if config.use_placement {
+        let resources = req.flavor.resources();
+        let mut step = FilterStep { filter: "Placement".into(), active: true, kept: vec![], rejected: vec![] };
+        let mut kept = Vec::new();
+        for i in survivors {
+            if kept.len() == config.candidate_limit {
+                step.rejected.push(Rejection { host: name(i), reason: "beyond the candidate limit".into() });
+                continue;
+            }
+            let provider =
+                crate::model::Provider { host: String::new(), inventories: hosts[i].inventories, used: hosts[i].used };
+            match crate::placement::fits(&provider, &resources) {
+                Ok(()) => kept.push(i),
+                Err(reason) => step.rejected.push(Rejection { host: name(i), reason }),
+            }
         }
+        step.kept = kept.iter().map(|&i| name(i)).collect();
+        let before = hosts.len();
+        steps.push(step);
+        survivors = kept;
+        if survivors.is_empty() {
+            let reason = format!("placement returned 0 allocation candidates of {before} hosts");
+            return (steps, Some(NoValidHost { reason }), survivors);
+        }
+    }
+    for &filter in &config.filters {
+        let active = filter.active(&prepared, req, config);
+        let mut step = FilterStep { filter: filter.name().into(), active, kept: vec![], rejected: vec![] };
+        let before = survivors.len();
+        survivors.retain(|&i| {
+            let mut why = Reason(None);
+            let ok = !active || passes(filter, &prepared, &hosts[i], req, config, &mut why);
+            if !ok {
+                step.rejected.push(Rejection { host: name(i), reason: why.0.unwrap_or_default() });
+            }
+            ok
+        });
+        step.kept = survivors.iter().map(|&i| name(i)).collect();
+        steps.push(step);
+        if survivors.is_empty() {
+            let reason = format!("filter {} returned 0 of {before} hosts", filter.name());
+            return (steps, Some(NoValidHost { reason }), survivors);
+        }
+    }
+    (steps, None, survivors)
+}
+
+/// Explains one decision. Draws from `rng` exactly as [`sorted_hosts`] does, so the same
+/// seed gives the same pick.
+pub fn explain(
+    hosts: &[HostState],
+    req: &RequestView<'_>,
+    config: &SchedulerConfig,
+    rng: &mut dyn RngCore,
+) -> Explanation {
+    let (steps, nvh, survivors) = explain_filters(hosts, req, config);
+    let mut out = Explanation {
+        flavor: req.flavor.name.clone(),
+        image: req.image.name.clone(),
+        hosts_in: hosts.len(),
+        steps,
+        weighers: Vec::new(),
+        scores: Vec::new(),
+        host_subset_size: config.host_subset_size,
+        pick: None,
+        alternates: Vec::new(),
+        order: Vec::new(),
+        no_valid_host: nvh,
+        cpu_topology: cpu_topology::best_cpu_topology(req.flavor, req.image).map_err(|e| e.to_string()),
+    };
+    if out.no_valid_host.is_some() {
+        return out;
     }
     let mut weights = vec![0.0; survivors.len()];
-    let mut raw = Vec::with_capacity(survivors.len());
-    for (&weigher, &multiplier) in &config.weighers {
-        if multiplier == 0.0 {
-            continue;
-        }
-        raw.clear();
-        raw.extend(survivors.iter().map(|&i| weigher.raw(&hosts[i])));
-        for (w, n) in weights.iter_mut().zip(normalize(&raw)) {
-            *w += multiplier * n;
+    if survivors.len() > 1 {
+        let overrides = survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        for (&weigher, &multiplier) in &config.weighers {
+            let minval = weigher.minval();
+            let floor = minval.unwrap_or(f64::NEG_INFINITY);
+            let raw: Vec<f64> = survivors.iter().map(|&i| weigher.raw(&hosts[i], req).max(floor)).collect();
+            let (lo, hi) = bounds(raw.iter().copied(), minval);
+            let skipped = (multiplier == 0.0 && !overrides) || weigher.idle(req) || hi <= lo;
+            let mut column = WeigherColumn { weigher: weigher.name().into(), multiplier, minval, values: Vec::new() };
+            for (k, &i) in survivors.iter().enumerate() {
+                let m = hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier);
+                let n = normalized(raw[k], lo, hi);
+                if !skipped {
+                    weights[k] += if overrides { m * n } else { multiplier * ((raw[k] - lo) / (hi - lo)) };
+                }
+                column.values.push(WeigherValue {
+                    host: hosts[i].node.host.clone(),
+                    raw: raw[k],
+                    normalised: n,
+                    multiplier: m,
+                });
+            }
+            out.weighers.push(column);
         }
     }
-    let mut order: Vec<usize> = (0..survivors.len()).collect();
-    // Stable sort, descending: equal weights keep placement's order, as Python's sorted does.
-    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]));
-    let mut ranked: Vec<usize> = order.into_iter().map(|k| survivors[k]).collect();
-    let subset = config.host_subset_size.clamp(1, ranked.len());
+    let mut ranked: Vec<(usize, f64)> = survivors.iter().copied().zip(weights.iter().copied()).collect();
+    ranked.sort_by_key(|&(i, w)| (descending_key(w), i));
+    out.scores =
+        ranked.iter().map(|&(i, w)| HostScore { host: hosts[i].node.host.clone(), index: i, score: w }).collect();
+    let mut order: Vec<usize> = ranked.iter().map(|&(i, _)| i).collect();
+    let subset = config.host_subset_size.clamp(1, order.len());
     let pick = if subset > 1 { rng.gen_range(0..subset) } else { 0 };
-    let chosen = ranked.remove(pick);
-    ranked.insert(0, chosen);
-    Ok(ranked)
+    order[..=pick].rotate_right(1);
+    out.pick = Some(hosts[order[0]].node.host.clone());
+    let alternates_max = config.max_attempts.saturating_sub(1) as usize;
+    out.alternates = order[1..].iter().take(alternates_max).map(|&i| hosts[i].node.host.clone()).collect();
+    out.order = order;
+    out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{rngs::SmallRng, SeedableRng};
-
-    fn inv(total: u64, ratio: f64) -> Inventory {
-        Inventory::new(total, 0, ratio)
-    }
-
-    fn host(name: &str, free_ram: u64) -> HostState {
-        HostState {
-            node: Arc::new(ComputeNode {
-                host: name.into(),
-                vcpus: 8,
-                ram_mb: 16384,
-                disk_gb: 100,
-                hypervisor_type: "kvm".into(),
-                hypervisor_version: 9000000,
-                cpu_arch: "x86_64".into(),
-                vm_modes: vec!["hvm".into()],
-                num_instances: 0,
-                num_io_ops: 0,
-                stats: BTreeMap::new(),
-            }),
-            service_up: true,
-            service_disabled: false,
-            inventories: [inv(8, 4.0), inv(16384, 1.0), inv(100, 1.0)],
-            used: Resources::new(0, 16384 - free_ram, 0),
-            failed_builds: 0,
-            group_members_here: 0,
-        }
-    }
-
-    fn flavor(extra: &[(&str, &str)]) -> Flavor {
-        Flavor {
-            name: "m1.small".into(),
-            vcpus: 1,
-            ram_mb: 2048,
-            disk_gb: 20,
-            extra_specs: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
-    }
-
-    fn image(props: &[(&str, &str)]) -> Image {
-        Image {
-            name: "cirros".into(),
-            size_mb: 16,
-            disk_format: "qcow2".into(),
-            properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
-    }
-
-    fn check_filter(filter: FilterKind, host: &HostState, req: &RequestView<'_>, pass: bool) {
-        assert_eq!(filter.check(host, req).is_ok(), pass, "{filter:?} on {}", host.node.host);
-    }
-
-    #[test]
-    fn filters_pass_and_fail() {
-        let f = flavor(&[]);
-        let i = image(&[]);
-        let req = RequestView { flavor: &f, image: &i, group_policy: None, group_max_per_host: 1, group_hosts: &[] };
-        let mut down = host("a", 1000);
-        check_filter(FilterKind::Compute, &down, &req, true);
-        down.service_up = false;
-        check_filter(FilterKind::Compute, &down, &req, false);
-
-        let f = flavor(&[("capabilities:hypervisor_type", "kvm"), ("hw:cpu_policy", "dedicated")]);
-        let req = RequestView { flavor: &f, ..req.clone() };
-        check_filter(FilterKind::ComputeCapabilities, &host("a", 1), &req, true);
-        let f2 = flavor(&[("capabilities:hypervisor_type", "xen")]);
-        let req2 = RequestView { flavor: &f2, ..req.clone() };
-        check_filter(FilterKind::ComputeCapabilities, &host("a", 1), &req2, false);
-        let f3 = flavor(&[("free_ram_mb", ">= 4096")]);
-        let req3 = RequestView { flavor: &f3, ..req.clone() };
-        check_filter(FilterKind::ComputeCapabilities, &host("a", 4096), &req3, true);
-        check_filter(FilterKind::ComputeCapabilities, &host("a", 1024), &req3, false);
-
-        let qemu = image(&[("hypervisor_type", "qemu")]);
-        let xen = image(&[("hypervisor_type", "xen")]);
-        let arm = image(&[("hw_architecture", "aarch64")]);
-        for (img, pass) in [(&qemu, true), (&xen, false), (&arm, false)] {
-            let r = RequestView { image: img, ..req.clone() };
-            check_filter(FilterKind::ImageProperties, &host("a", 1), &r, pass);
-        }
-
-        let mut crowded = host("b", 1);
-        crowded.group_members_here = 1;
-        let anti = RequestView { group_policy: Some(GroupPolicy::AntiAffinity), ..req.clone() };
-        check_filter(FilterKind::ServerGroupAntiAffinity, &crowded, &anti, false);
-        check_filter(FilterKind::ServerGroupAntiAffinity, &host("c", 1), &anti, true);
-        let hosts = vec!["b".to_string()];
-        let aff = RequestView { group_policy: Some(GroupPolicy::Affinity), group_hosts: &hosts, ..req.clone() };
-        check_filter(FilterKind::ServerGroupAffinity, &crowded, &aff, true);
-        check_filter(FilterKind::ServerGroupAffinity, &host("c", 1), &aff, false);
-    }
-
-    #[test]
-    fn normalisation_is_min_max_and_zero_when_equal() {
-        assert_eq!(normalize(&[2.0, 4.0, 3.0]), vec![0.0, 1.0, 0.5]);
-        assert_eq!(normalize(&[5.0, 5.0]), vec![0.0, 0.0]);
-        assert_eq!(normalize(&[]), Vec::<f64>::new());
-    }
-
-    #[test]
-    fn ram_weigher_spreads_and_negative_multiplier_packs() {
-        let hosts = vec![host("a", 1000), host("b", 9000), host("c", 5000)];
-        let f = flavor(&[]);
-        let i = image(&[]);
-        let req = RequestView { flavor: &f, image: &i, group_policy: None, group_max_per_host: 1, group_hosts: &[] };
-        let mut rng = SmallRng::seed_from_u64(1);
-        let mut config =
-            SchedulerConfig { weighers: [(WeigherKind::Ram, 1.0)].into_iter().collect(), ..Default::default() };
-        assert_eq!(sorted_hosts(&hosts, &req, &config, &mut rng).unwrap(), vec![1, 2, 0]);
-        config.weighers = [(WeigherKind::Ram, -1.0)].into_iter().collect();
-        assert_eq!(sorted_hosts(&hosts, &req, &config, &mut rng).unwrap(), vec![0, 2, 1]);
-    }
-
-    #[test]
-    fn subset_pick_stays_within_the_best_n() {
-        let hosts: Vec<HostState> = (0..10).map(|i| host(&format!("h{i}"), 1000 * (i + 1))).collect();
-        let f = flavor(&[]);
-        let i = image(&[]);
-        let req = RequestView { flavor: &f, image: &i, group_policy: None, group_max_per_host: 1, group_hosts: &[] };
-        let config = SchedulerConfig { host_subset_size: 3, ..Default::default() };
-        let mut seen = std::collections::BTreeSet::new();
-        let mut rng = SmallRng::seed_from_u64(7);
-        for _ in 0..200 {
-            let order = sorted_hosts(&hosts, &req, &config, &mut rng).unwrap();
-            assert!([9, 8, 7].contains(&order[0]));
-            seen.insert(order[0]);
-        }
-        assert_eq!(seen.len(), 3, "every host of the subset gets picked");
-    }
-
-    #[test]
-    fn no_valid_host_names_the_filter() {
-        let mut h = host("a", 1000);
-        h.service_up = false;
-        let f = flavor(&[]);
-        let i = image(&[]);
-        let req = RequestView { flavor: &f, image: &i, group_policy: None, group_max_per_host: 1, group_hosts: &[] };
-        let err = sorted_hosts(&[h], &req, &SchedulerConfig::default(), &mut SmallRng::seed_from_u64(1)).unwrap_err();
-        assert!(err.reason.contains("Compute"), "{}", err.reason);
-    }
-}
+mod tests;

@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use stackbed_core::model::{ComputeNode, Provider, Record, RequestSpec, ServiceRecord, Table};
 use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
 use stackbed_core::scenario::PlantedBug;
-use stackbed_core::scheduler::{sorted_hosts, HostState, RequestView, SchedulerConfig};
+use stackbed_core::scheduler::{sorted_hosts, HostAggregates, HostState, RequestView, SchedulerConfig};
 use stackbed_core::store::Op;
 
 use crate::ctx::Ctx;
@@ -116,15 +116,18 @@ impl Scheduler {
                     used: p.used,
                     failed_builds: svc.map_or(0, |s| s.failed_builds),
                     group_members_here: members_per_host.get(&p.host).copied().unwrap_or(0),
+                    aggregates: HostAggregates::none(),
+                    host_ip: None,
                 })
             })
             .collect();
         let req = RequestView {
-            flavor: &spec.flavor,
-            image: &spec.image,
+            project_id: &spec.project,
             group_policy,
             group_max_per_host: group_max,
             group_hosts: &group_hosts,
+            retry_hosts: &spec.tried_hosts,
+            ..RequestView::new(&spec.flavor, &spec.image)
         };
         let sorted = {
             let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());

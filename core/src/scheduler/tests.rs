@@ -1,0 +1,539 @@
+use super::*;
+use rand::{rngs::SmallRng, SeedableRng};
+
+fn inv(total: u64, ratio: f64) -> Inventory {
+    Inventory::new(total, 0, ratio)
+}
+
+fn node(name: &str) -> ComputeNode {
+    ComputeNode {
+        host: name.into(),
+        vcpus: 8,
+        ram_mb: 16384,
+        disk_gb: 100,
+        hypervisor_type: "kvm".into(),
+        hypervisor_version: 9000000,
+        cpu_arch: "x86_64".into(),
+        vm_modes: vec!["hvm".into()],
+        num_instances: 0,
+        num_io_ops: 0,
+        stats: BTreeMap::new(),
+    }
+}
+
+fn host(name: &str, free_ram: u64) -> HostState {
+    HostState::new(
+        Arc::new(node(name)),
+        [inv(8, 4.0), inv(16384, 1.0), inv(100, 1.0)],
+        Resources::new(0, 16384 - free_ram, 0),
+    )
+}
+
+fn with_node(mut h: HostState, edit: impl FnOnce(&mut ComputeNode)) -> HostState {
+    let mut n = (*h.node).clone();
+    edit(&mut n);
+    h.node = Arc::new(n);
+    h
+}
+
+fn in_aggregates(mut h: HostState, aggs: &[&[(&str, &str)]]) -> HostState {
+    let aggs: Vec<Aggregate> = aggs
+        .iter()
+        .enumerate()
+        .map(|(i, md)| Aggregate {
+            name: format!("agg{i}"),
+            hosts: vec![h.node.host.clone()],
+            metadata: md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        })
+        .collect();
+    h.aggregates = Arc::new(HostAggregates::new(&aggs));
+    h
+}
+
+fn flavor(extra: &[(&str, &str)]) -> Flavor {
+    Flavor {
+        name: "m1.small".into(),
+        vcpus: 1,
+        ram_mb: 2048,
+        disk_gb: 20,
+        extra_specs: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+fn image(props: &[(&str, &str)]) -> Image {
+    Image {
+        name: "cirros".into(),
+        size_mb: 16,
+        disk_format: "qcow2".into(),
+        properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+/// The one helper of the filter table: `filter` on `host` for `req` passes or not, and the
+/// hot path agrees with `check` (which gives the reason).
+fn check(filter: FilterKind, host: &HostState, req: &RequestView<'_>, config: &SchedulerConfig, pass: bool) {
+    let got = filter.check(host, req, config);
+    assert_eq!(got.is_ok(), pass, "{filter:?} on {}: {got:?}", host.node.host);
+    if let Err(reason) = got {
+        assert!(!reason.is_empty(), "{filter:?} gives a reason");
+    }
+    let config = SchedulerConfig { filters: vec![filter], use_placement: false, ..config.clone() };
+    let fast = Workspace::new().filter(std::slice::from_ref(host), req, &config).is_ok();
+    assert_eq!(fast, pass, "hot path of {filter:?} on {}", host.node.host);
+}
+
+#[test]
+fn filter_table() {
+    let cfg = SchedulerConfig::default();
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    use FilterKind as F;
+
+    check(F::AllHosts, &host("a", 1), &req, &cfg, true);
+
+    // Compute: enabled and up.
+    check(F::Compute, &host("a", 1), &req, &cfg, true);
+    let mut down = host("a", 1);
+    down.service_up = false;
+    check(F::Compute, &down, &req, &cfg, false);
+    let mut disabled = host("a", 1);
+    disabled.service_disabled = true;
+    check(F::Compute, &disabled, &req, &cfg, false);
+
+    // ComputeCapabilities: scoped keys, unscoped host attributes, stats, other scopes skipped.
+    type Case<'a> = (&'a [(&'a str, &'a str)], u64, bool);
+    let cases: &[Case] = &[
+        (&[("capabilities:hypervisor_type", "kvm"), ("hw:cpu_policy", "dedicated")], 1, true),
+        (&[("capabilities:hypervisor_type", "xen")], 1, false),
+        (&[("free_ram_mb", ">= 4096")], 4096, true),
+        (&[("free_ram_mb", ">= 4096")], 1024, false),
+        (&[("capabilities:stats:ssd", "true")], 1, false),
+        (&[("capabilities:cpu_arch", "<in> x86")], 1, true),
+        (&[("unknown_key", "x")], 1, true),
+    ];
+    for (specs, free, pass) in cases {
+        let f = flavor(specs);
+        check(F::ComputeCapabilities, &host("a", *free), &RequestView::new(&f, &i), &cfg, *pass);
+    }
+    let f_ssd = flavor(&[("capabilities:stats:ssd", "true")]);
+    let ssd = with_node(host("a", 1), |n| {
+        n.stats.insert("ssd".into(), "true".into());
+    });
+    check(F::ComputeCapabilities, &ssd, &RequestView::new(&f_ssd, &i), &cfg, true);
+
+    // ImageProperties: arch, hypervisor type (qemu runs on kvm), vm mode, version.
+    for (props, pass) in [
+        (&[("hypervisor_type", "qemu")][..], true),
+        (&[("hypervisor_type", "xen")][..], false),
+        (&[("hw_architecture", "aarch64")][..], false),
+        (&[("hw_vm_mode", "hvm")][..], true),
+        (&[("hw_vm_mode", "exe")][..], false),
+        (&[("img_hv_requested_version", ">= 8000000")][..], true),
+        (&[("img_hv_requested_version", ">= 10000000")][..], false),
+    ] {
+        let img = image(props);
+        check(F::ImageProperties, &host("a", 1), &RequestView::new(&f, &img), &cfg, pass);
+    }
+
+    // Server groups: hard anti-affinity counts members, affinity needs a group host.
+    let mut crowded = host("b", 1);
+    crowded.group_members_here = 1;
+    let anti = RequestView { group_policy: Some(GroupPolicy::AntiAffinity), ..req.clone() };
+    check(F::ServerGroupAntiAffinity, &crowded, &anti, &cfg, false);
+    check(F::ServerGroupAntiAffinity, &host("c", 1), &anti, &cfg, true);
+    let anti2 = RequestView { group_max_per_host: 2, ..anti.clone() };
+    check(F::ServerGroupAntiAffinity, &crowded, &anti2, &cfg, true);
+    let soft = RequestView { group_policy: Some(GroupPolicy::SoftAntiAffinity), ..req.clone() };
+    check(F::ServerGroupAntiAffinity, &crowded, &soft, &cfg, true);
+    let group_hosts = vec!["b".to_string()];
+    let aff = RequestView { group_policy: Some(GroupPolicy::Affinity), group_hosts: &group_hosts, ..req.clone() };
+    check(F::ServerGroupAffinity, &crowded, &aff, &cfg, true);
+    check(F::ServerGroupAffinity, &host("c", 1), &aff, &cfg, false);
+
+    // SameHost / DifferentHost: hint instances resolved to hosts.
+    let hints =
+        SchedulerHints { same_host: vec!["vm-1".into()], different_host: vec!["vm-2".into()], ..Default::default() };
+    let near = vec!["a".to_string()];
+    let hinted = RequestView { hints: &hints, same_host_hosts: &near, different_host_hosts: &near, ..req.clone() };
+    check(F::SameHost, &host("a", 1), &hinted, &cfg, true);
+    check(F::SameHost, &host("b", 1), &hinted, &cfg, false);
+    check(F::DifferentHost, &host("a", 1), &hinted, &cfg, false);
+    check(F::DifferentHost, &host("b", 1), &hinted, &cfg, true);
+    check(F::SameHost, &host("b", 1), &req, &cfg, true);
+
+    // SimpleCIDRAffinity: default /24, explicit cidr, hosts without an ip.
+    let cidr = SchedulerHints { build_near_host_ip: Some("10.0.1.7".into()), ..Default::default() };
+    let cidr16 = SchedulerHints { cidr: Some("/16".into()), ..cidr.clone() };
+    let mut h_in = host("a", 1);
+    h_in.host_ip = parse_ipv4("10.0.1.200");
+    let mut h_out = host("b", 1);
+    h_out.host_ip = parse_ipv4("10.0.2.1");
+    let r = RequestView { hints: &cidr, ..req.clone() };
+    check(F::SimpleCidrAffinity, &h_in, &r, &cfg, true);
+    check(F::SimpleCidrAffinity, &h_out, &r, &cfg, false);
+    check(F::SimpleCidrAffinity, &host("c", 1), &r, &cfg, false);
+    check(F::SimpleCidrAffinity, &h_out, &RequestView { hints: &cidr16, ..req.clone() }, &cfg, true);
+
+    // AggregateInstanceExtraSpecs: scoped or unscoped keys must be in an aggregate and match.
+    let ssd_agg = in_aggregates(host("a", 1), &[&[("ssd", "true")], &[("ssd", "false, maybe")]]);
+    for (specs, h, pass) in [
+        (&[("aggregate_instance_extra_specs:ssd", "true")][..], &ssd_agg, true),
+        (&[("ssd", "maybe")][..], &ssd_agg, true),
+        (&[("ssd", "no")][..], &ssd_agg, false),
+        (&[("ssd", "true")][..], &host("b", 1), false),
+        (&[("hw:cpu_policy", "dedicated")][..], &host("b", 1), true),
+        (&[("capabilities:hypervisor_type", "kvm")][..], &host("b", 1), true),
+    ] {
+        let f = flavor(specs);
+        check(F::AggregateInstanceExtraSpecs, h, &RequestView::new(&f, &i), &cfg, pass);
+    }
+
+    // AggregateImagePropertiesIsolation: image props must be among the aggregate's values.
+    let win = in_aggregates(host("a", 1), &[&[("os_type", "windows")]]);
+    for (props, h, pass) in [
+        (&[("os_type", "windows")][..], &win, true),
+        (&[("os_type", "linux")][..], &win, false),
+        (&[][..], &win, true),
+        (&[("os_type", "linux")][..], &host("b", 1), true),
+    ] {
+        let img = image(props);
+        check(F::AggregateImagePropertiesIsolation, h, &RequestView::new(&f, &img), &cfg, pass);
+    }
+
+    // AggregateMultiTenancyIsolation: filter_tenant_id* keys restrict the hosts.
+    let tenants = in_aggregates(host("a", 1), &[&[("filter_tenant_id", "p1,p2"), ("filter_tenant_id_2", "p3")]]);
+    for (project, h, pass) in [
+        ("p2", &tenants, true),
+        ("p3", &tenants, true),
+        ("p4", &tenants, false),
+        ("p4", &host("b", 1), true),
+        ("p4", &in_aggregates(host("c", 1), &[&[("ssd", "true")]]), true),
+    ] {
+        check(F::AggregateMultiTenancyIsolation, h, &RequestView { project_id: project, ..req.clone() }, &cfg, pass);
+    }
+
+    // AggregateTypeAffinity: instance_type lists flavors (comma separated).
+    let typed = in_aggregates(host("a", 1), &[&[("instance_type", "m1.tiny, m1.small")]]);
+    let other = in_aggregates(host("b", 1), &[&[("instance_type", "m1.large")]]);
+    check(F::AggregateTypeAffinity, &typed, &req, &cfg, true);
+    check(F::AggregateTypeAffinity, &other, &req, &cfg, false);
+    check(F::AggregateTypeAffinity, &host("c", 1), &req, &cfg, true);
+
+    // AvailabilityZone: aggregate zone, or the default zone for hosts in none.
+    let az1 = in_aggregates(host("a", 1), &[&[("availability_zone", "az1")]]);
+    let want = |az| RequestView { availability_zone: Some(az), ..req.clone() };
+    check(F::AvailabilityZone, &az1, &want("az1"), &cfg, true);
+    check(F::AvailabilityZone, &az1, &want("nova"), &cfg, false);
+    check(F::AvailabilityZone, &host("b", 1), &want("nova"), &cfg, true);
+    check(F::AvailabilityZone, &host("b", 1), &want("az1"), &cfg, false);
+    check(F::AvailabilityZone, &az1, &req, &cfg, true);
+
+    // IoOps (< 8) and NumInstances (< 50), and their aggregate overrides (minimum wins).
+    let busy = with_node(host("a", 1), |n| {
+        n.num_io_ops = 8;
+        n.num_instances = 50;
+    });
+    let calm = with_node(host("b", 1), |n| {
+        n.num_io_ops = 7;
+        n.num_instances = 49;
+    });
+    check(F::IoOps, &busy, &req, &cfg, false);
+    check(F::IoOps, &calm, &req, &cfg, true);
+    check(F::NumInstances, &busy, &req, &cfg, false);
+    check(F::NumInstances, &calm, &req, &cfg, true);
+    let lenient = in_aggregates(busy.clone(), &[&[("max_io_ops_per_host", "20"), ("max_instances_per_host", "100")]]);
+    check(F::AggregateIoOps, &lenient, &req, &cfg, true);
+    check(F::AggregateNumInstances, &lenient, &req, &cfg, true);
+    let strict = in_aggregates(calm.clone(), &[&[("max_io_ops_per_host", "20")], &[("max_io_ops_per_host", "5")]]);
+    check(F::AggregateIoOps, &strict, &req, &cfg, false);
+    let garbled = in_aggregates(busy.clone(), &[&[("max_io_ops_per_host", "lots")]]);
+    check(F::AggregateIoOps, &garbled, &req, &cfg, false);
+
+    // IsolatedHosts: nova's two matrices.
+    let iso_cfg =
+        SchedulerConfig { isolated_hosts: vec!["iso".into()], isolated_images: vec!["special".into()], ..cfg.clone() };
+    let special = image(&[]);
+    let special = Image { name: "special".into(), ..special };
+    let iso_req = RequestView::new(&f, &special);
+    check(F::IsolatedHosts, &host("iso", 1), &iso_req, &iso_cfg, true);
+    check(F::IsolatedHosts, &host("iso", 1), &req, &iso_cfg, false);
+    check(F::IsolatedHosts, &host("b", 1), &iso_req, &iso_cfg, false);
+    check(F::IsolatedHosts, &host("b", 1), &req, &iso_cfg, true);
+    let loose = SchedulerConfig { restrict_isolated_hosts_to_isolated_images: false, ..iso_cfg.clone() };
+    check(F::IsolatedHosts, &host("iso", 1), &req, &loose, true);
+    check(F::IsolatedHosts, &host("b", 1), &iso_req, &loose, false);
+
+    // Json: comparisons, and/or/not, $stats.
+    let big = with_node(host("a", 8192), |n| {
+        n.stats.insert("rack".into(), "r1".into());
+    });
+    for (query, pass) in [
+        (r#"[">=", "$free_ram_mb", 4096]"#, true),
+        (r#"[">=", "$free_ram_mb", 9000]"#, false),
+        (r#"["and", [">=", "$free_ram_mb", 4096], ["=", "$hypervisor_type", "kvm"]]"#, true),
+        (r#"["or", ["<", "$free_ram_mb", 10], ["=", "$stats.rack", "r2"]]"#, false),
+        (r#"["not", ["=", "$stats.rack", "r1"]]"#, false),
+        (r#"["in", "$stats.rack", "r1", "r2"]"#, true),
+        ("not json", false),
+    ] {
+        let hints = SchedulerHints { query: Some(query.into()), ..Default::default() };
+        check(F::Json, &big, &RequestView { hints: &hints, ..req.clone() }, &cfg, pass);
+    }
+
+    // Retry: skip hosts tried before.
+    let tried = vec!["a".to_string()];
+    let retry = RequestView { retry_hosts: &tried, ..req.clone() };
+    check(F::Retry, &host("a", 1), &retry, &cfg, false);
+    check(F::Retry, &host("b", 1), &retry, &cfg, true);
+
+    // Ram (Icehouse: total * ratio - reserved - used >= ram), Core, Disk, aggregate ratios.
+    check(F::Ram, &host("a", 2048), &req, &cfg, true);
+    check(F::Ram, &host("a", 2047), &req, &cfg, false);
+    let overcommit = in_aggregates(host("a", 1024), &[&[("ram_allocation_ratio", "1.5")]]);
+    check(F::Ram, &overcommit, &req, &cfg, false);
+    check(F::AggregateRam, &overcommit, &req, &cfg, true);
+    let mut full_cpu = host("a", 8192);
+    full_cpu.used.0[0] = 32;
+    check(F::Core, &full_cpu, &req, &cfg, false);
+    check(F::Core, &host("a", 8192), &req, &cfg, true);
+    let cpu16 = in_aggregates(full_cpu.clone(), &[&[("cpu_allocation_ratio", "16")]]);
+    check(F::AggregateCore, &cpu16, &req, &cfg, true);
+    let mut full_disk = host("a", 8192);
+    full_disk.used.0[2] = 81;
+    check(F::Disk, &full_disk, &req, &cfg, false);
+    full_disk.used.0[2] = 80;
+    check(F::Disk, &full_disk, &req, &cfg, true);
+}
+
+#[test]
+fn every_filter_has_a_name_that_parses_back() {
+    for f in FilterKind::ALL {
+        assert_eq!(FilterKind::from_name(f.name()), Some(*f));
+        assert_eq!(FilterKind::from_name(&format!("{}Filter", f.name())), Some(*f));
+    }
+    assert_eq!(FilterKind::from_name("SimpleCIDRAffinityFilter"), Some(FilterKind::SimpleCidrAffinity));
+    for w in WeigherKind::ALL {
+        assert_eq!(WeigherKind::from_name(w.name()), Some(w));
+    }
+}
+
+#[test]
+fn normalisation_is_min_max_and_zero_when_equal() {
+    assert_eq!(normalize(&[2.0, 4.0, 3.0]), vec![0.0, 1.0, 0.5]);
+    assert_eq!(normalize(&[5.0, 5.0]), vec![0.0, 0.0]);
+    assert_eq!(normalize(&[]), Vec::<f64>::new());
+    // minval = 0 (RAM, CPU, disk, io_ops): normalised against 0, not the smallest value.
+    assert_eq!(normalize_with(&[2.0, 4.0], Some(0.0)), vec![0.5, 1.0]);
+    assert_eq!(normalize_with(&[0.0, 0.0], Some(0.0)), vec![0.0, 0.0]);
+}
+
+fn order(hosts: &[HostState], req: &RequestView<'_>, config: &SchedulerConfig) -> Vec<usize> {
+    sorted_hosts(hosts, req, config, &mut SmallRng::seed_from_u64(1)).unwrap()
+}
+
+fn only(weigher: WeigherKind, multiplier: f64) -> SchedulerConfig {
+    // Without placement's check: these fixtures have hosts with less free RAM than the flavor.
+    SchedulerConfig {
+        weighers: [(weigher, multiplier)].into_iter().collect(),
+        use_placement: false,
+        ..Default::default()
+    }
+}
+
+/// One weigher case: the hosts, the request, the weigher and multiplier, the expected order.
+fn check_weigher(hosts: &[HostState], req: &RequestView<'_>, weigher: WeigherKind, m: f64, expect: &[usize]) {
+    assert_eq!(order(hosts, req, &only(weigher, m)), expect, "{weigher:?} x {m}");
+}
+
+#[test]
+fn weigher_table() {
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    use WeigherKind as W;
+    let ram = vec![host("a", 1000), host("b", 9000), host("c", 5000)];
+    check_weigher(&ram, &req, W::Ram, 1.0, &[1, 2, 0]);
+    check_weigher(&ram, &req, W::Ram, -1.0, &[0, 2, 1]);
+
+    let cpu: Vec<HostState> = [3u64, 0, 9]
+        .iter()
+        .enumerate()
+        .map(|(k, used)| {
+            let mut h = host(&format!("h{k}"), 8192);
+            h.used.0[0] = *used;
+            h
+        })
+        .collect();
+    check_weigher(&cpu, &req, W::Cpu, 1.0, &[1, 0, 2]);
+    check_weigher(&cpu, &req, W::Cpu, -1.0, &[2, 0, 1]);
+
+    let disk: Vec<HostState> = [50u64, 10, 90]
+        .iter()
+        .enumerate()
+        .map(|(k, used)| {
+            let mut h = host(&format!("h{k}"), 8192);
+            h.used.0[2] = *used;
+            h
+        })
+        .collect();
+    check_weigher(&disk, &req, W::Disk, 1.0, &[1, 0, 2]);
+
+    let io: Vec<HostState> =
+        [4u64, 1, 6].iter().map(|n| with_node(host("x", 1), |node| node.num_io_ops = *n)).collect();
+    check_weigher(&io, &req, W::IoOps, -1.0, &[1, 0, 2]);
+    let inst: Vec<HostState> =
+        [4u64, 1, 6].iter().map(|n| with_node(host("x", 1), |node| node.num_instances = *n)).collect();
+    check_weigher(&inst, &req, W::NumInstances, -1.0, &[1, 0, 2]);
+    check_weigher(&inst, &req, W::NumInstances, 0.0, &[0, 1, 2]);
+    let hv: Vec<HostState> = [8_000_000u64, 10_000_000, 9_000_000]
+        .iter()
+        .map(|v| with_node(host("x", 1), |node| node.hypervisor_version = *v))
+        .collect();
+    check_weigher(&hv, &req, W::HypervisorVersion, 1.0, &[1, 2, 0]);
+
+    let mut failing = vec![host("a", 1), host("b", 1), host("c", 1)];
+    failing[0].failed_builds = 3;
+    check_weigher(&failing, &req, W::BuildFailure, -1e6, &[1, 2, 0]);
+
+    let mut members = vec![host("a", 1), host("b", 1), host("c", 1)];
+    members[0].group_members_here = 1;
+    members[2].group_members_here = 3;
+    let soft_aff = RequestView { group_policy: Some(GroupPolicy::SoftAffinity), ..req.clone() };
+    let soft_anti = RequestView { group_policy: Some(GroupPolicy::SoftAntiAffinity), ..req.clone() };
+    check_weigher(&members, &soft_aff, W::SoftAffinity, 1.0, &[2, 0, 1]);
+    check_weigher(&members, &soft_anti, W::SoftAntiAffinity, 1.0, &[1, 0, 2]);
+    // Without a soft policy both weigh nothing: input order.
+    check_weigher(&members, &req, W::SoftAffinity, 1.0, &[0, 1, 2]);
+    check_weigher(&members, &req, W::SoftAntiAffinity, 1.0, &[0, 1, 2]);
+}
+
+#[test]
+fn aggregate_multiplier_overrides_the_configured_one() {
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    // a has least free RAM; its aggregate packs (ram_weight_multiplier -1) so it ranks
+    // below b (1.0 * 1.0) but above c, whose normalised RAM is between.
+    let hosts = vec![
+        in_aggregates(host("a", 1000), &[&[("ram_weight_multiplier", "-1.0")]]),
+        host("b", 9000),
+        in_aggregates(host("c", 5000), &[&[("ram_weight_multiplier", "0")]]),
+    ];
+    let config = only(WeigherKind::Ram, 1.0);
+    // a: -1 * 1000/9000, b: 1 * 1, c: 0 * 5000/9000.
+    assert_eq!(order(&hosts, &req, &config), vec![1, 2, 0]);
+    let e = explain(&hosts, &req, &config, &mut SmallRng::seed_from_u64(1));
+    assert_eq!(e.weighers[0].values[0].multiplier, -1.0);
+    assert!((e.scores[2].score + 1000.0 / 9000.0).abs() < 1e-12, "{:?}", e.scores);
+    // A zero configured multiplier still weighs hosts whose aggregates override it.
+    let zero = only(WeigherKind::Ram, 0.0);
+    assert_eq!(order(&hosts, &req, &zero), vec![1, 2, 0]);
+    // Build failure overrides are negated like nova's option.
+    let agg = HostAggregates::new(&[Aggregate {
+        name: "x".into(),
+        hosts: vec![],
+        metadata: [("build_failure_weight_multiplier".to_string(), "10".to_string())].into_iter().collect(),
+    }]);
+    assert_eq!(agg.weigher_multiplier(WeigherKind::BuildFailure), Some(-10.0));
+}
+
+#[test]
+fn subset_pick_stays_within_the_best_n() {
+    let hosts: Vec<HostState> = (0..10).map(|i| host(&format!("h{i}"), 1000 * (i + 1))).collect();
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    let config = SchedulerConfig { host_subset_size: 3, use_placement: false, ..Default::default() };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rng = SmallRng::seed_from_u64(7);
+    for _ in 0..200 {
+        let order = sorted_hosts(&hosts, &req, &config, &mut rng).unwrap();
+        assert!([9, 8, 7].contains(&order[0]));
+        let mut rest = order.clone();
+        rest.sort_unstable();
+        assert_eq!(rest, (0..10).collect::<Vec<_>>(), "every survivor exactly once");
+        seen.insert(order[0]);
+    }
+    assert_eq!(seen.len(), 3, "every host of the subset gets picked");
+}
+
+#[test]
+fn no_valid_host_names_the_step() {
+    let mut h = host("a", 4096);
+    h.service_up = false;
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    let err = sorted_hosts(&[h], &req, &SchedulerConfig::default(), &mut SmallRng::seed_from_u64(1)).unwrap_err();
+    assert!(err.reason.contains("Compute"), "{}", err.reason);
+    // Placement: nothing fits 2048 MB in 1000 MB free.
+    let err = sorted_hosts(&[host("b", 1000)], &req, &SchedulerConfig::default(), &mut SmallRng::seed_from_u64(1))
+        .unwrap_err();
+    assert!(err.reason.contains("placement"), "{}", err.reason);
+}
+
+#[test]
+fn placement_step_limits_candidates_in_input_order() {
+    let hosts: Vec<HostState> = (0..10).map(|i| host(&format!("h{i}"), if i % 2 == 0 { 1000 } else { 8000 })).collect();
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    let config = SchedulerConfig { candidate_limit: 3, ..Default::default() };
+    let mut ws = Workspace::new();
+    assert_eq!(ws.filter(&hosts, &req, &config).unwrap(), &[1, 3, 5]);
+    let icehouse = SchedulerConfig { filters: vec![], ..SchedulerConfig::icehouse() };
+    assert_eq!(ws.filter(&hosts, &req, &icehouse).unwrap().len(), 10, "no placement in Icehouse");
+}
+
+fn varied_hosts(n: usize) -> Vec<HostState> {
+    (0..n)
+        .map(|k| {
+            let mut h = host(&format!("h{k}"), 2048 + (k as u64 * 7919) % 12000);
+            h.used.0[0] = (k as u64 * 13) % 30;
+            h.used.0[2] = (k as u64 * 31) % 80;
+            h.failed_builds = (k % 7 == 0) as u32;
+            h.service_up = k % 11 != 3;
+            with_node(h, |n| n.num_io_ops = k as u64 % 5)
+        })
+        .collect()
+}
+
+#[test]
+fn explain_orders_hosts_as_sorted_hosts_does() {
+    let hosts = varied_hosts(40);
+    let f = flavor(&[]);
+    let i = image(&[("hw_architecture", "x86_64")]);
+    let req = RequestView::new(&f, &i);
+    for subset in [1, 4] {
+        let config = SchedulerConfig { host_subset_size: subset, ..Default::default() };
+        for seed in 0..5 {
+            let fast = sorted_hosts(&hosts, &req, &config, &mut SmallRng::seed_from_u64(seed)).unwrap();
+            let e = explain(&hosts, &req, &config, &mut SmallRng::seed_from_u64(seed));
+            assert_eq!(e.order, fast, "subset {subset} seed {seed}");
+            assert_eq!(e.pick.as_deref(), Some(hosts[fast[0]].node.host.as_str()));
+            assert_eq!(e.alternates.len(), 2);
+        }
+    }
+    let e = explain(&hosts, &req, &SchedulerConfig::default(), &mut SmallRng::seed_from_u64(1));
+    let compute = e.steps.iter().find(|s| s.filter == "Compute").unwrap();
+    assert_eq!(compute.rejected.len(), 4, "{:?}", compute.rejected);
+    assert!(compute.rejected[0].reason.contains("service down"));
+    let ram = e.weighers.iter().find(|w| w.weigher == "ram").unwrap();
+    assert!(ram.values.iter().all(|v| (0.0..=1.0).contains(&v.normalised)));
+    assert!(e.cpu_topology.is_ok());
+    serde_json::to_string(&e).expect("an explanation serialises");
+}
+
+#[test]
+fn explain_reports_no_valid_host() {
+    let hosts = vec![host("a", 1000), host("b", 1500)];
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let e = explain(&hosts, &RequestView::new(&f, &i), &SchedulerConfig::default(), &mut SmallRng::seed_from_u64(1));
+    assert!(e.pick.is_none());
+    assert_eq!(e.steps[0].filter, "Placement");
+    assert_eq!(e.steps[0].rejected.len(), 2);
+    assert!(e.steps[0].rejected[0].reason.contains("MEMORY_MB"), "{:?}", e.steps[0].rejected);
+    assert!(e.no_valid_host.unwrap().reason.contains("placement"));
+}

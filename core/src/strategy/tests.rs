@@ -1,0 +1,177 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use rand::{rngs::SmallRng, SeedableRng};
+
+use super::{builtin, BUILTIN};
+use crate::model::{ComputeNode, Flavor, Image, Inventory, Provider, Resources};
+use crate::placement;
+use crate::scheduler::{HostState, RequestView, SchedulerConfig};
+
+fn host(name: &str, vcpus: u64, ram_mb: u64, cpu_ratio: f64) -> HostState {
+    let node = ComputeNode {
+        host: name.into(),
+        vcpus,
+        ram_mb,
+        disk_gb: 200,
+        hypervisor_type: "kvm".into(),
+        hypervisor_version: 9_000_000,
+        cpu_arch: "x86_64".into(),
+        vm_modes: vec!["hvm".into()],
+        num_instances: 0,
+        num_io_ops: 0,
+        stats: BTreeMap::new(),
+    };
+    let inv = [Inventory::new(vcpus, 0, cpu_ratio), Inventory::new(ram_mb, 512, 1.0), Inventory::new(200, 0, 1.0)];
+    HostState::new(Arc::new(node), inv, Resources::default())
+}
+
+fn flavor(vcpus: u64, ram_mb: u64, disk_gb: u64) -> Flavor {
+    Flavor { name: format!("f{vcpus}-{ram_mb}"), vcpus, ram_mb, disk_gb, extra_specs: BTreeMap::new() }
+}
+
+fn image() -> Image {
+    Image { name: "cirros".into(), size_mb: 16, disk_format: "qcow2".into(), properties: BTreeMap::new() }
+}
+
+fn provider(h: &HostState) -> Provider {
+    Provider { host: h.node.host.clone(), inventories: h.inventories, used: h.used }
+}
+
+#[test]
+fn every_builtin_is_found_by_name_and_unknown_names_are_not() {
+    let config = SchedulerConfig::default();
+    for name in BUILTIN {
+        assert_eq!(builtin(name, &config).unwrap().name(), name);
+    }
+    assert!(builtin("magic", &config).is_none());
+}
+
+/// One case: strategy name, hosts (free RAM), expected first pick.
+fn check_pick(name: &str, free_ram: &[u64], expect_first: usize) {
+    let hosts: Vec<HostState> = free_ram
+        .iter()
+        .enumerate()
+        .map(|(k, free)| {
+            let mut h = host(&format!("h{k}"), 16, 16384 + 512, 4.0);
+            h.used.0[1] = 16384 - free;
+            h
+        })
+        .collect();
+    let f = flavor(1, 1024, 10);
+    let i = image();
+    let req = RequestView::new(&f, &i);
+    let mut s = builtin(name, &SchedulerConfig::default()).unwrap();
+    let order = s.select(&hosts, &req, &mut SmallRng::seed_from_u64(3)).unwrap();
+    assert_eq!(order[0], expect_first, "{name}: {order:?}");
+    let mut all = order.clone();
+    all.sort_unstable();
+    assert_eq!(all, (0..hosts.len()).collect::<Vec<_>>(), "{name} returns every survivor once");
+}
+
+#[test]
+fn builtins_pick_as_documented() {
+    check_pick("spread", &[4000, 12000, 8000], 1);
+    check_pick("pack", &[4000, 12000, 8000], 0);
+    check_pick("first-fit", &[4000, 12000, 8000], 0);
+    check_pick("best-fit", &[8000, 12000, 4000], 2);
+}
+
+#[test]
+fn random_is_a_seeded_permutation_of_the_survivors() {
+    let hosts: Vec<HostState> = (0..20).map(|k| host(&format!("h{k}"), 16, 16896, 4.0)).collect();
+    let f = flavor(1, 1024, 10);
+    let i = image();
+    let req = RequestView::new(&f, &i);
+    let mut s = builtin("random", &SchedulerConfig::default()).unwrap();
+    let a = s.select(&hosts, &req, &mut SmallRng::seed_from_u64(5)).unwrap();
+    let b = s.select(&hosts, &req, &mut SmallRng::seed_from_u64(5)).unwrap();
+    let c = s.select(&hosts, &req, &mut SmallRng::seed_from_u64(6)).unwrap();
+    assert_eq!(a, b, "same seed, same order");
+    assert_ne!(a, c);
+    let mut sorted = a.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn p2c_prefers_the_less_loaded_of_its_two_samples() {
+    let mut hosts = vec![host("a", 16, 16896, 1.0), host("b", 16, 16896, 1.0)];
+    hosts[0].used = Resources::new(12, 8000, 0);
+    hosts[1].used = Resources::new(2, 1000, 0);
+    let f = flavor(1, 1024, 10);
+    let i = image();
+    let req = RequestView::new(&f, &i);
+    let mut s = builtin("p2c", &SchedulerConfig::default()).unwrap();
+    for seed in 0..20 {
+        assert_eq!(s.select(&hosts, &req, &mut SmallRng::seed_from_u64(seed)).unwrap(), vec![1, 0]);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Boot { vcpus: u64, ram_mb: u64, disk_gb: u64 },
+    Delete { pick: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (1u64..9, 1u64..17, 0u64..50).prop_map(|(vcpus, ram, disk_gb)| Step::Boot { vcpus, ram_mb: ram * 512, disk_gb }),
+        1 => any::<usize>().prop_map(|pick| Step::Delete { pick }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// No built-in strategy ever over-allocates a host: boots claim the first host of the
+    /// strategy's order that placement accepts, deletes free their allocation, and after
+    /// every step each host's usage is within (total - reserved) * ratio.
+    #[test]
+    fn no_strategy_over_allocates(
+        steps in proptest::collection::vec(step(), 1..120),
+        sizes in proptest::collection::vec((2u64..33, 4u64..33, 1u32..5), 1..12),
+        seed in any::<u64>(),
+        name in proptest::sample::select(BUILTIN.to_vec()),
+        subset in 1usize..4,
+    ) {
+        let mut hosts: Vec<HostState> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(vcpus, ram_gb, ratio))| host(&format!("h{k}"), vcpus, ram_gb * 1024, ratio as f64))
+            .collect();
+        let config = SchedulerConfig { host_subset_size: subset, ..SchedulerConfig::default() };
+        let mut strategy = builtin(name, &config).unwrap();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let img = image();
+        let mut live: Vec<(usize, Resources)> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Boot { vcpus, ram_mb, disk_gb } => {
+                    let f = flavor(vcpus, ram_mb, disk_gb);
+                    let req = RequestView::new(&f, &img);
+                    if let Ok(order) = strategy.select(&hosts, &req, &mut rng) {
+                        prop_assert!(!order.is_empty());
+                        for i in order {
+                            if placement::fits(&provider(&hosts[i]), &f.resources()).is_ok() {
+                                hosts[i].used = hosts[i].used.add(&f.resources());
+                                live.push((i, f.resources()));
+                                break;
+                            }
+                        }
+                    }
+                }
+                Step::Delete { pick } if !live.is_empty() => {
+                    let (i, r) = live.swap_remove(pick % live.len());
+                    hosts[i].used = hosts[i].used.checked_sub(&r).expect("usage never underflows");
+                }
+                Step::Delete { .. } => {}
+            }
+            for h in &hosts {
+                let p = provider(h);
+                prop_assert!(placement::over_capacity(&p, &h.used).is_none(), "{name} over-allocated {}: {:?}", h.node.host, h.used);
+            }
+        }
+    }
+}
