@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::dist::Dist;
-use crate::model::{Flavor, Image, QuotaLimits};
-use crate::scheduler::{FilterKind, SchedulerConfig, WeigherKind};
+use crate::model::{Aggregate, Flavor, Image, QuotaLimits, SchedulerHints};
+use crate::scheduler::{FilterKind, HostAggregates, SchedulerConfig, WeigherKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{file}:{line}:{column}: field `{field}`: {message}")]
@@ -82,6 +82,9 @@ pub struct Scenario {
     pub images: Vec<Image>,
     pub tenants: Vec<TenantGroup>,
     pub workload: Workload,
+    /// Host aggregates (`[[aggregates]]`): metadata for the aggregate filters and weighers.
+    #[serde(default)]
+    pub aggregates: Vec<AggregateDecl>,
     #[serde(default)]
     pub model: HostModel,
     #[serde(default)]
@@ -224,6 +227,58 @@ impl Default for AllocationRatio {
     }
 }
 
+impl AllocationRatio {
+    /// Icehouse (2014.1) defaults: cpu 16.0, ram 1.5, disk 1.0.
+    pub fn icehouse() -> AllocationRatio {
+        AllocationRatio { cpu: 16.0, ram: 1.5, disk: 1.0 }
+    }
+}
+
+/// `[[aggregates]]`: a host aggregate. `hosts` selects by exact name (`compute-3`), name
+/// prefix (`compute-*`) or numbered range (`compute-[1-8]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateDecl {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// Aggregate metadata: extra_specs keys, `filter_tenant_id`, `instance_type`,
+    /// `max_io_ops_per_host`, `<weigher>_weight_multiplier`, `cpu_allocation_ratio`, ...
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Makes the aggregate an availability zone (metadata `availability_zone`).
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+}
+
+impl AggregateDecl {
+    /// Whether `selector` (exact, `prefix*` or `prefix[a-b]`) names `host`.
+    pub fn selects(selector: &str, host: &str) -> bool {
+        if let Some(prefix) = selector.strip_suffix('*') {
+            return host.starts_with(prefix);
+        }
+        if let Some((prefix, range)) = selector.strip_suffix(']').and_then(|s| s.rsplit_once('[')) {
+            let Some((lo, hi)) = range.split_once('-') else { return false };
+            let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u64>(), hi.trim().parse::<u64>()) else { return false };
+            return host.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| lo <= n && n <= hi);
+        }
+        selector == host
+    }
+
+    /// The aggregate with its hosts resolved against `hosts` and the zone in its metadata.
+    pub fn resolve<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) -> Aggregate {
+        let mut metadata = self.metadata.clone();
+        if let Some(az) = &self.availability_zone {
+            metadata.insert("availability_zone".into(), az.clone());
+        }
+        let hosts = hosts
+            .into_iter()
+            .filter(|h| self.hosts.iter().any(|s| AggregateDecl::selects(s, h)))
+            .map(str::to_string)
+            .collect();
+        Aggregate { name: self.name.clone(), hosts, metadata }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerKnobs {
@@ -236,10 +291,42 @@ pub struct SchedulerKnobs {
     pub host_subset_size: usize,
     #[serde(default = "three")]
     pub max_attempts: u32,
+    /// The strategy ordering hosts, by its CLI name (`spread`, `pack`, `random`,
+    /// `first-fit`, `best-fit`, `p2c`; see `strategy.rs`).
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// IoOpsFilter's limit (nova's `max_io_ops_per_host`, 8).
+    #[serde(default = "default_max_io_ops")]
+    pub max_io_ops_per_host: u64,
+    /// NumInstancesFilter's limit (nova's `max_instances_per_host`, 50).
+    #[serde(default = "default_max_instances")]
+    pub max_instances_per_host: u64,
+    /// IsolatedHostsFilter: hosts and images (by name) kept for each other.
+    #[serde(default)]
+    pub isolated_hosts: Vec<String>,
+    #[serde(default)]
+    pub isolated_images: Vec<String>,
+    #[serde(default = "yes")]
+    pub restrict_isolated_hosts_to_isolated_images: bool,
+    /// The zone of hosts in no zone aggregate (nova's `default_availability_zone`).
+    #[serde(default = "default_zone")]
+    pub default_availability_zone: String,
 }
 
 fn default_filters() -> Vec<String> {
-    FilterKind::defaults().iter().map(|f| format!("{f:?}")).collect()
+    FilterKind::defaults().iter().map(|f| f.name().to_string()).collect()
+}
+fn default_strategy() -> String {
+    "spread".into()
+}
+fn default_max_io_ops() -> u64 {
+    8
+}
+fn default_max_instances() -> u64 {
+    50
+}
+fn default_zone() -> String {
+    "nova".into()
 }
 fn one() -> usize {
     1
@@ -250,7 +337,19 @@ fn three() -> u32 {
 
 impl Default for SchedulerKnobs {
     fn default() -> Self {
-        SchedulerKnobs { filters: default_filters(), weighers: BTreeMap::new(), host_subset_size: 1, max_attempts: 3 }
+        SchedulerKnobs {
+            filters: default_filters(),
+            weighers: BTreeMap::new(),
+            host_subset_size: 1,
+            max_attempts: 3,
+            strategy: default_strategy(),
+            max_io_ops_per_host: default_max_io_ops(),
+            max_instances_per_host: default_max_instances(),
+            isolated_hosts: Vec::new(),
+            isolated_images: Vec::new(),
+            restrict_isolated_hosts_to_isolated_images: true,
+            default_availability_zone: default_zone(),
+        }
     }
 }
 
@@ -395,6 +494,13 @@ pub struct Workload {
     /// Put every boot into one server group with this policy.
     #[serde(default)]
     pub server_group: Option<crate::model::GroupPolicy>,
+    /// Scheduler hints sent with every request (`same_host`, `different_host`,
+    /// `build_near_host_ip`, `cidr`, `query`, `group`).
+    #[serde(default)]
+    pub hints: SchedulerHints,
+    /// The availability zone every request asks for (AvailabilityZoneFilter).
+    #[serde(default)]
+    pub availability_zone: Option<String>,
     /// How often the report samples host utilisation (simulated time in the simulator).
     #[serde(default = "default_sample_interval")]
     pub sample_interval: Dur,
@@ -611,6 +717,7 @@ impl Scenario {
         if self.control.scheduler.max_attempts == 0 {
             return err("control.scheduler.max_attempts", "must be at least 1".into());
         }
+        self.validate_scheduling()?;
         if self.control.max_concurrent_builds == 0 {
             return err("control.max_concurrent_builds", "must be at least 1".into());
         }
@@ -668,6 +775,140 @@ impl Scenario {
         self.topology.hosts.iter().map(|h| h.count).sum()
     }
 
+    /// Aggregates, strategy, hints, zone: the scheduling declarations' cross-checks.
+    fn validate_scheduling(&self) -> Result<(), (String, String)> {
+        let err = |field: String, message: String| Err((field, message));
+        let knobs = &self.control.scheduler;
+        if !crate::strategy::BUILTIN.contains(&knobs.strategy.as_str()) {
+            return err(
+                "control.scheduler.strategy".into(),
+                format!("unknown strategy `{}`; built in: {}", knobs.strategy, crate::strategy::BUILTIN.join(", ")),
+            );
+        }
+        for (name, m) in &knobs.weighers {
+            if !m.is_finite() {
+                return err(format!("control.scheduler.weighers.{name}"), format!("must be a number, got {m}"));
+            }
+        }
+        let host_names: Vec<String> = self.hosts().into_iter().map(|(n, _)| n).collect();
+        for (i, h) in knobs.isolated_hosts.iter().enumerate() {
+            if !host_names.contains(h) {
+                return err(format!("control.scheduler.isolated_hosts.{i}"), format!("no host named `{h}`"));
+            }
+        }
+        let image_names: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+        for (i, name) in knobs.isolated_images.iter().enumerate() {
+            if !image_names.contains(&name.as_str()) {
+                return err(format!("control.scheduler.isolated_images.{i}"), format!("no image named `{name}`"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, agg) in self.aggregates.iter().enumerate() {
+            if !seen.insert(agg.name.as_str()) {
+                return err(format!("aggregates.{i}.name"), format!("aggregate `{}` is declared twice", agg.name));
+            }
+            for (j, sel) in agg.hosts.iter().enumerate() {
+                if !host_names.iter().any(|h| AggregateDecl::selects(sel, h)) {
+                    return err(
+                        format!("aggregates.{i}.hosts.{j}"),
+                        format!(
+                            "`{sel}` selects no host (write a name, a prefix like \"compute-*\" or a range like \"compute-[1-8]\")"
+                        ),
+                    );
+                }
+            }
+            if agg.availability_zone.is_some() && agg.metadata.contains_key("availability_zone") {
+                return err(
+                    format!("aggregates.{i}.availability_zone"),
+                    "set the zone once: availability_zone or metadata.availability_zone".into(),
+                );
+            }
+            for (key, value) in &agg.metadata {
+                let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");
+                let integer = key == "max_io_ops_per_host" || key == "max_instances_per_host";
+                if key.ends_with("_weight_multiplier") && !WeigherKind::ALL.iter().any(|w| w.aggregate_key() == *key) {
+                    return err(
+                        format!("aggregates.{i}.metadata.{key}"),
+                        format!(
+                            "no weigher `{}`; known: {}",
+                            key.trim_end_matches("_weight_multiplier"),
+                            WeigherKind::NAMES.join(", ")
+                        ),
+                    );
+                }
+                if (numeric && value.trim().parse::<f64>().is_err())
+                    || (integer && value.trim().parse::<i64>().is_err())
+                {
+                    return err(
+                        format!("aggregates.{i}.metadata.{key}"),
+                        format!("must be a {}, got `{value}`", if integer { "whole number" } else { "number" }),
+                    );
+                }
+            }
+        }
+        let hints = &self.workload.hints;
+        if let Some(q) = &hints.query {
+            crate::scheduler::validate_json_query(q).map_err(|m| ("workload.hints.query".to_string(), m))?;
+        }
+        if let Some(ip) = &hints.build_near_host_ip {
+            crate::scheduler::parse_cidr(ip, hints.cidr.as_deref().unwrap_or("/24"))
+                .map_err(|m| ("workload.hints.build_near_host_ip".to_string(), m))?;
+        } else if hints.cidr.is_some() {
+            return err("workload.hints.cidr".into(), "cidr needs build_near_host_ip".into());
+        }
+        if let Some(az) = &self.workload.availability_zone {
+            let zones = self.availability_zones();
+            if !zones.contains(az) {
+                return err(
+                    "workload.availability_zone".into(),
+                    format!("no zone `{az}` (have: {})", zones.into_iter().collect::<Vec<_>>().join(", ")),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every availability zone: the aggregates' and the default one.
+    pub fn availability_zones(&self) -> std::collections::BTreeSet<String> {
+        let mut zones: std::collections::BTreeSet<String> = self
+            .aggregates
+            .iter()
+            .filter_map(|a| a.availability_zone.clone().or_else(|| a.metadata.get("availability_zone").cloned()))
+            .collect();
+        zones.insert(self.control.scheduler.default_availability_zone.clone());
+        zones
+    }
+
+    /// The aggregates with their host lists resolved, in declaration order.
+    pub fn aggregates(&self) -> Vec<Aggregate> {
+        let names: Vec<String> = self.hosts().into_iter().map(|(n, _)| n).collect();
+        self.aggregates.iter().map(|a| a.resolve(names.iter().map(String::as_str))).collect()
+    }
+
+    /// The aggregates `host` belongs to.
+    pub fn aggregates_of(&self, host: &str) -> Vec<Aggregate> {
+        self.aggregates
+            .iter()
+            .filter(|a| a.hosts.iter().any(|s| AggregateDecl::selects(s, host)))
+            .map(|a| a.resolve([host]))
+            .collect()
+    }
+
+    /// Every host's aggregate view for `HostState::aggregates`, built once per run: hosts in
+    /// no aggregate share one empty view.
+    pub fn host_aggregates(&self) -> BTreeMap<String, std::sync::Arc<HostAggregates>> {
+        let aggregates = self.aggregates();
+        let none = HostAggregates::none();
+        self.hosts()
+            .into_iter()
+            .map(|(name, _)| {
+                let mine: Vec<&Aggregate> = aggregates.iter().filter(|a| a.hosts.contains(&name)).collect();
+                let view = if mine.is_empty() { none.clone() } else { std::sync::Arc::new(HostAggregates::new(mine)) };
+                (name, view)
+            })
+            .collect()
+    }
+
     /// The scheduler configuration the scenario resolves to (validated names only).
     pub fn scheduler_config(&self) -> SchedulerConfig {
         let knobs = &self.control.scheduler;
@@ -675,6 +916,12 @@ impl Scenario {
             filters: knobs.filters.iter().filter_map(|f| FilterKind::from_name(f)).collect(),
             host_subset_size: knobs.host_subset_size.max(1),
             max_attempts: knobs.max_attempts.max(1),
+            max_io_ops_per_host: knobs.max_io_ops_per_host,
+            max_instances_per_host: knobs.max_instances_per_host,
+            isolated_hosts: knobs.isolated_hosts.clone(),
+            isolated_images: knobs.isolated_images.clone(),
+            restrict_isolated_hosts_to_isolated_images: knobs.restrict_isolated_hosts_to_isolated_images,
+            default_availability_zone: knobs.default_availability_zone.clone(),
             ..SchedulerConfig::default()
         };
         for (name, m) in &knobs.weighers {
@@ -926,6 +1173,74 @@ images = { "cirros" = 1.0 }
         let e = error_of(&format!("{GOOD}\n[control.scheduler]\nfilters = [\"Compute\", \"Bogus\"]\n"));
         assert_eq!(e.field, "control.scheduler.filters.1");
         assert!(e.message.contains("Bogus"));
+    }
+
+    const AGGREGATES: &str = r#"
+[[aggregates]]
+name = "fast"
+hosts = ["compute-2"]
+availability_zone = "az1"
+metadata = { ssd = "true", ram_weight_multiplier = "-1.0" }
+"#;
+
+    #[test]
+    fn aggregates_resolve_by_name_prefix_and_range() {
+        let s = Scenario::parse("t.toml", &format!("{GOOD}{AGGREGATES}")).unwrap();
+        assert_eq!(s.aggregates_of("compute-2")[0].metadata["availability_zone"], "az1");
+        assert!(s.aggregates_of("compute-1").is_empty());
+        let views = s.host_aggregates();
+        assert!(views["compute-1"].is_empty());
+        assert_eq!(views["compute-2"].weigher_multiplier(WeigherKind::Ram), Some(-1.0));
+        assert_eq!(s.availability_zones().into_iter().collect::<Vec<_>>(), vec!["az1", "nova"]);
+        for (selector, host, expect) in [
+            ("compute-*", "compute-12", true),
+            ("compute-[2-4]", "compute-3", true),
+            ("compute-[2-4]", "compute-5", false),
+            ("compute-1", "compute-12", false),
+            ("compute-[x-4]", "compute-3", false),
+        ] {
+            assert_eq!(AggregateDecl::selects(selector, host), expect, "{selector} {host}");
+        }
+    }
+
+    #[test]
+    fn scheduling_declarations_are_checked_with_line_and_field() {
+        let with = |extra: &str| error_of(&format!("{GOOD}{extra}"));
+        let e = with(&AGGREGATES.replace("[\"compute-2\"]", "[\"compute-2\", \"gpu-*\"]"));
+        assert_eq!(e.field, "aggregates.0.hosts.1", "{e}");
+        assert_eq!(e.line, 33, "{e}");
+        let e = with(&AGGREGATES.replace("\"-1.0\"", "\"lots\""));
+        assert_eq!(e.field, "aggregates.0.metadata.ram_weight_multiplier", "{e}");
+        let e = with(&AGGREGATES.replace("ram_weight", "colour_weight"));
+        assert!(e.message.contains("no weigher `colour`"), "{e}");
+        let e = with("\n[control.scheduler]\nstrategy = \"magic\"\n");
+        assert_eq!(e.field, "control.scheduler.strategy", "{e}");
+        assert!(e.message.contains("p2c"), "{e}");
+        let e = with("\n[control.scheduler]\nweighers = { ram = 1.0, gpu = 2.0 }\n");
+        assert_eq!(e.field, "control.scheduler.weighers.gpu", "{e}");
+        let hints = GOOD.replace("images = {", "hints = { query = '[\"~\", 1]' }\nimages = {");
+        let e = error_of(&hints);
+        assert_eq!(e.field, "workload.hints.query", "{e}");
+        assert!(e.message.contains("unknown operator"), "{e}");
+        let near = GOOD.replace("images = {", "hints = { build_near_host_ip = \"10.0.0.300\" }\nimages = {");
+        assert_eq!(error_of(&near).field, "workload.hints.build_near_host_ip");
+        let zone = GOOD.replace("images = {", "availability_zone = \"az9\"\nimages = {");
+        let e = error_of(&zone);
+        assert_eq!(e.field, "workload.availability_zone", "{e}");
+        assert!(e.message.contains("nova"), "{e}");
+    }
+
+    #[test]
+    fn scheduler_knobs_reach_the_config() {
+        let text = format!(
+            "{GOOD}\n[control.scheduler]\nstrategy = \"pack\"\nmax_io_ops_per_host = 4\nweighers = {{ hypervisor_version = -2.0 }}\n"
+        );
+        let s = Scenario::parse("t.toml", &text).unwrap();
+        assert_eq!(s.control.scheduler.strategy, "pack");
+        let c = s.scheduler_config();
+        assert_eq!(c.max_io_ops_per_host, 4);
+        assert_eq!(c.weighers[&WeigherKind::HypervisorVersion], -2.0);
+        assert_eq!(c.weighers[&WeigherKind::Ram], 1.0);
     }
 
     #[test]
