@@ -13,6 +13,9 @@ use stackbed_core::scenario::Scenario;
 use stackbed_core::stats::percentile;
 use stackbed_services::report::{Report, RunOptions};
 
+#[cfg(not(madsim))]
+mod images_bench;
+
 #[cfg(madsim)]
 mod world {
     pub const NAME: &str = "sim";
@@ -326,7 +329,12 @@ fn images_bench(_json: Option<PathBuf>) -> Result<bool, String> {
 
 #[cfg(not(madsim))]
 fn images_bench(json: Option<PathBuf>) -> Result<bool, String> {
-    Err(format!("image benchmarks are not built yet (json: {json:?})"))
+    let report = images_bench::run(revision())?;
+    if let Some(path) = json {
+        write_json(&path, &report)?;
+        println!("json: {}", path.display());
+    }
+    Ok(report.checks.iter().all(|(_, ok, _)| *ok))
 }
 
 fn main() -> ExitCode {
