@@ -2,6 +2,7 @@
 //! against real services (`cargo real ...`). Both builds share this file; only `world::run`
 //! differs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use stackbed_services::report::{Report, RunOptions};
 
 #[cfg(not(madsim))]
 mod images_bench;
+
+mod compare;
 
 #[cfg(madsim)]
 mod world {
@@ -50,6 +53,23 @@ enum Command {
         /// Where report.json goes (default: reports/<scenario name>).
         #[arg(long)]
         report_dir: Option<PathBuf>,
+    },
+    /// Run every strategy on identical workloads and seeds and compare them: a table with 95%
+    /// intervals across seeds, compare.json, compare.csv and SVG plots in the report dir.
+    Compare {
+        scenario: PathBuf,
+        /// Strategies by name: spread, pack, random, first-fit, best-fit, p2c.
+        #[arg(long, value_delimiter = ',', default_value = "spread,pack,random")]
+        strategies: Vec<String>,
+        /// Seeds A..B, both included (default: the scenario's seeds).
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Where the comparison goes (default: reports/<scenario name>/compare).
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Runs at once (default: the machine's cores).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Parse and validate a scenario without running it.
     Check { scenario: PathBuf },
@@ -255,6 +275,105 @@ fn render_summary(s: &MultiSeedSummary) -> String {
     out
 }
 
+fn scenario_seeds(scenario: &Scenario, seeds: Option<String>) -> Result<Vec<u64>, String> {
+    match seeds {
+        Some(r) => parse_seeds(&r),
+        None => {
+            let s = scenario.scenario.seeds;
+            Ok((s.start..s.start + s.count.max(1)).collect())
+        }
+    }
+}
+
+fn cmd_compare(
+    path: &Path,
+    strategies: Vec<String>,
+    seeds: Option<String>,
+    report_dir: Option<PathBuf>,
+    jobs: Option<usize>,
+) -> Result<bool, String> {
+    let base = load(path)?;
+    for s in &strategies {
+        if !stackbed_core::strategy::BUILTIN.contains(&s.as_str()) {
+            return Err(format!("unknown strategy `{s}`; known: {}", stackbed_core::strategy::BUILTIN.join(", ")));
+        }
+    }
+    let seed_list = scenario_seeds(&base, seeds)?;
+    let rev = revision();
+    let dir = report_dir.unwrap_or_else(|| PathBuf::from("reports").join(&base.scenario.name).join("compare"));
+    let mut work: Vec<(String, u64)> = Vec::new();
+    for s in &strategies {
+        for &seed in &seed_list {
+            work.push((s.clone(), seed));
+        }
+    }
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let total = work.len();
+    let queue = std::sync::Mutex::new(work.into_iter().enumerate());
+    let results = std::sync::Mutex::new(Vec::new());
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    progress(0, total, 0);
+    // Each run is its own simulation with its own runtime; runs share nothing, so running
+    // them on several threads changes no result.
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(total) {
+            scope.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((k, (strategy, seed))) = next else { break };
+                let mut scenario = (*base).clone();
+                scenario.control.scheduler.strategy = strategy.clone();
+                let scenario = Arc::new(scenario);
+                let mut opts = options(&scenario, path, seed, &rev);
+                opts.replay = format!("cargo {} compare {} --strategies {strategy} --seeds {seed}..{seed}", world::NAME, path.display());
+                let outcome = world::run(&opts);
+                if !matches!(&outcome, Ok(r) if r.passed) {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                results.lock().unwrap_or_else(|e| e.into_inner()).push((k, strategy, outcome));
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress(n, total, failed.load(std::sync::atomic::Ordering::Relaxed));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|r| r.0);
+    let mut figures = Vec::new();
+    let mut first_reports: Vec<(String, Arc<Report>)> = Vec::new();
+    let mut latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (_, strategy, outcome) in results {
+        let report = Arc::new(outcome?);
+        if let Some(text) = report.failure_text() {
+            eprint!("{text}");
+        }
+        write_json(&dir.join(&strategy).join(format!("seed-{}", report.seed)).join("report.json"), &*report)?;
+        figures.push(compare::figures(&strategy, &base, &report));
+        latencies.entry(strategy.clone()).or_default().extend(compare::boot_latencies(&report));
+        if !first_reports.iter().any(|(s, _)| *s == strategy) {
+            first_reports.push((strategy, report));
+        }
+    }
+    let comparison = compare::summarize(&base.scenario.name, &rev, &strategies, &seed_list, figures);
+    print!("{}", compare::render(&comparison));
+    let [json, csv, util_svg, cdf_svg] = compare::outputs(&dir);
+    write_json(&json, &comparison)?;
+    std::fs::write(&csv, compare::csv(&comparison)).map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
+    compare::plot_utilisation(&util_svg, &first_reports)?;
+    let cdf: Vec<(String, Vec<f64>)> = strategies
+        .iter()
+        .map(|s| {
+            let mut v = latencies.remove(s).unwrap_or_default();
+            v.sort_by(f64::total_cmp);
+            (s.clone(), v)
+        })
+        .collect();
+    compare::plot_latency_cdf(&cdf_svg, &cdf)?;
+    for f in [&json, &csv, &util_svg, &cdf_svg] {
+        println!("wrote {}", f.display());
+    }
+    Ok(comparison.strategies.iter().all(|s| s.failed_runs == 0))
+}
+
 #[derive(Serialize)]
 struct BenchRow {
     scenario: String,
@@ -341,6 +460,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { scenario, seed, seeds, report_dir } => cmd_run(&scenario, seed, seeds, report_dir),
+        Command::Compare { scenario, strategies, seeds, report_dir, jobs } => {
+            cmd_compare(&scenario, strategies, seeds, report_dir, jobs)
+        }
         Command::Check { scenario } => load(&scenario).map(|s| {
             println!(
                 "{}: ok ({} hosts, {} boots)",

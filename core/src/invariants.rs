@@ -191,6 +191,11 @@ impl Checker {
                             }
                         }
                         None => {
+                            // Icehouse's API writes the instance itself: that is the acceptance.
+                            if self.accepted.insert(new.uuid.clone()) {
+                                self.pending.insert(new.uuid.clone(), new.created_at_ms);
+                                self.pending_by_time.insert((new.created_at_ms, new.uuid.clone()));
+                            }
                             if !states::legal_initial(to) {
                                 self.violate(
                                     "legal_transitions",

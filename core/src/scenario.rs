@@ -210,6 +210,10 @@ impl Default for Reserved {
 pub enum Era {
     /// Placement, alternates, counting quota with recheck, ratios 4/1/1.
     Current,
+    /// 2014.1: no placement; the scheduler gets a cast and casts to the compute, which
+    /// claims on its own resource tracker; reschedules go back to the scheduler with the
+    /// tried hosts (RetryFilter); ratios 16/1.5/1.
+    Icehouse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -360,8 +364,9 @@ pub struct Control {
     pub era: Era,
     #[serde(default)]
     pub scheduler: SchedulerKnobs,
+    /// Unset: the era's defaults (current 4/1/1, Icehouse 16/1.5/1); see [`Control::ratios`].
     #[serde(default)]
-    pub allocation_ratio: AllocationRatio,
+    pub allocation_ratio: Option<AllocationRatio>,
     #[serde(default = "default_max_builds")]
     pub max_concurrent_builds: usize,
     #[serde(default = "default_report_interval")]
@@ -404,12 +409,22 @@ fn default_disable_threshold() -> u32 {
     10
 }
 
+impl Control {
+    /// The allocation ratios in force: the scenario's, or the era's defaults.
+    pub fn ratios(&self) -> AllocationRatio {
+        self.allocation_ratio.unwrap_or(match self.era {
+            Era::Current => AllocationRatio::default(),
+            Era::Icehouse => AllocationRatio { cpu: 16.0, ram: 1.5, disk: 1.0 },
+        })
+    }
+}
+
 impl Default for Control {
     fn default() -> Self {
         Control {
             era: Era::Current,
             scheduler: SchedulerKnobs::default(),
-            allocation_ratio: AllocationRatio::default(),
+            allocation_ratio: None,
             max_concurrent_builds: 10,
             report_interval: default_report_interval(),
             service_down_time: default_service_down_time(),
@@ -692,7 +707,7 @@ impl Scenario {
                 );
             }
         }
-        let r = &self.control.allocation_ratio;
+        let r = &self.control.ratios();
         for (name, v) in [("cpu", r.cpu), ("ram", r.ram), ("disk", r.disk)] {
             if !(v.is_finite() && v > 0.0) {
                 return err(&format!("control.allocation_ratio.{name}"), format!("must be a positive number, got {v}"));

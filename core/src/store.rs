@@ -35,6 +35,11 @@ pub enum Op {
         table: Table,
         prefix: String,
     },
+    /// A consistent read view of a whole table, shared rather than copied: the way a reader
+    /// of many rows (the scheduler reading every resource provider) avoids copying them.
+    Snapshot {
+        table: Table,
+    },
     Put {
         table: Table,
         key: String,
@@ -59,6 +64,7 @@ pub struct Row {
 pub enum OpResult {
     Row(Option<Row>),
     Rows(Vec<(String, Row)>),
+    Snapshot(Snapshot),
     /// A put's new version.
     Written(u64),
     Deleted,
@@ -119,9 +125,13 @@ pub fn conflict(table: Table, key: &str, expected: Expect, found: Option<u64>) -
     DbError::Conflict { table: table.name().to_string(), key: key.to_string(), expected, found }
 }
 
+/// A table as of one moment: a persistent map, so taking one is O(1) and later writes copy
+/// only the paths they change.
+pub type Snapshot = imbl::OrdMap<String, Row>;
+
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
-    tables: BTreeMap<Table, BTreeMap<String, Row>>,
+    tables: BTreeMap<Table, Snapshot>,
     seq: u64,
 }
 
@@ -149,17 +159,21 @@ impl MemStore {
         for op in &ops {
             results.push(match op {
                 Op::Get { table, key } => OpResult::Row(self.tables.get(table).and_then(|t| t.get(key)).cloned()),
-                Op::Scan { table, prefix } => OpResult::Rows(
-                    self.tables
-                        .get(table)
-                        .map(|t| {
-                            t.range(prefix.clone()..)
-                                .take_while(|(k, _)| k.starts_with(prefix.as_str()))
-                                .map(|(k, r)| (k.clone(), r.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                ),
+                Op::Scan { table, prefix } => OpResult::Rows(match self.tables.get(table) {
+                    None => Vec::new(),
+                    // A whole table: its size is known, so the result is allocated once.
+                    Some(t) if prefix.is_empty() => {
+                        let mut rows = Vec::with_capacity(t.len());
+                        rows.extend(t.iter().map(|(k, r)| (k.clone(), r.clone())));
+                        rows
+                    }
+                    Some(t) => t
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                        .map(|(k, r)| (k.clone(), r.clone()))
+                        .collect(),
+                }),
+                Op::Snapshot { table } => OpResult::Snapshot(self.tables.get(table).cloned().unwrap_or_default()),
                 Op::Put { .. } => OpResult::Written(seq),
                 Op::Delete { .. } => OpResult::Deleted,
             });

@@ -204,6 +204,7 @@ impl SqliteDb {
             results.push(match op {
                 Op::Get { table, key } => OpResult::Row(get_row(&tx, *table, key)?),
                 Op::Scan { table, prefix } => OpResult::Rows(scan(&tx, *table, prefix)?),
+                Op::Snapshot { table } => OpResult::Snapshot(scan(&tx, *table, "")?.into_iter().collect()),
                 Op::Put { .. } => OpResult::Written(seq),
                 Op::Delete { .. } => OpResult::Deleted,
             });
@@ -232,7 +233,7 @@ impl SqliteDb {
                         .map_err(backend)?;
                     writes.push(Write { table, key, old, new: None });
                 }
-                Op::Get { .. } | Op::Scan { .. } => {}
+                Op::Get { .. } | Op::Scan { .. } | Op::Snapshot { .. } => {}
             }
         }
         tx.prepare_cached("UPDATE meta SET seq = ?1 WHERE id = 0")

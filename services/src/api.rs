@@ -10,7 +10,7 @@ use serde::Serialize;
 use stackbed_core::model::{BuildRequest, Flavor, Image, Instance, Millis, Record, RequestSpec, ServerGroup, Table};
 use stackbed_core::policy::{Credentials, Policy};
 use stackbed_core::quota;
-use stackbed_core::scenario::PlantedBug;
+use stackbed_core::scenario::{Era, PlantedBug};
 use stackbed_core::states::{TaskState, VmState};
 use stackbed_core::store::{Expect, Op, Row};
 use stackbed_core::token::TokenPayload;
@@ -209,6 +209,28 @@ impl Api {
             tried_hosts: Vec::new(),
             accepted_at_ms: self.ctx.clock.now_ms(),
         };
+        if self.ctx.scenario.control.era == Era::Icehouse {
+            // Icehouse: the API writes the instance itself (quota reserve and commit collapse
+            // into the usage row's compare-and-swap in the same transaction).
+            if let Some(group) = &req.server_group {
+                let op = self.add_group_member(group, &uuid).await?;
+                db.execute(vec![op]).await.map_err(ServiceError::from)?;
+            }
+            let inst = crate::conductor::new_instance(
+                &spec,
+                spec.accepted_at_ms,
+                VmState::Building,
+                Some(TaskState::Scheduling),
+                None,
+            );
+            dbx::create_instance(db, &inst, false).await?;
+            self.ctx
+                .bus
+                .cast(crate::conductor::TOPIC, Rpc::ScheduleAndBuildInstances { spec })
+                .await
+                .map_err(|e| ApiError::new(503, e.to_string()))?;
+            return Ok(uuid);
+        }
         let mut ops = vec![Op::Put {
             table: Table::BuildRequests,
             key: uuid.clone(),

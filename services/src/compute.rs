@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use stackbed_core::model::{ComputeNode, Instance, Inventory, Provider, Record, RequestSpec, ServiceRecord, Table};
-use stackbed_core::scenario::HostGroup;
+use stackbed_core::scenario::{Era, HostGroup};
 use stackbed_core::states::{PowerState, TaskState, VmState};
 use stackbed_core::store::{DbError, Expect, Op, Row};
 
@@ -85,7 +85,7 @@ impl Compute {
     /// Writes the compute node, the resource provider (keeping existing usage) and the service.
     async fn register(&self) -> Result<(), ServiceError> {
         let node = self.node_row();
-        let inventories = inventories(&node, &self.group, &self.ctx.scenario.control.allocation_ratio);
+        let inventories = inventories(&node, &self.group, &self.ctx.scenario.control.ratios());
         for _ in 0..dbx::CAS_RETRIES_MAX {
             let existing = dbx::get(&*self.ctx.db, Table::Providers, &self.host).await?;
             let (expect, used) = match existing {
@@ -232,6 +232,17 @@ impl Compute {
             dbx::update_instance(db, uuid, &[Some(from)], move |i| i.task_state = to).await
         };
         let result: Result<(), ServiceError> = async {
+            if self.ctx.scenario.control.era == Era::Icehouse {
+                // Icehouse: the resource tracker's claim happens here, on the compute; a host
+                // that cannot take the instance reschedules it (ComputeResourcesUnavailable).
+                let claim =
+                    placement::claim(db, &self.ctx.metrics, uuid, &spec.project, &self.host, spec.flavor.resources())
+                        .await?;
+                if let placement::ClaimOutcome::DoesNotFit(why) = claim {
+                    self.ctx.metrics.count("compute.claim_failures", 1);
+                    return Err(HvError::Reschedule(format!("Insufficient compute resources: {why}")).into());
+                }
+            }
             let t = self.ctx.clock.now();
             dbx::update_instance(db, uuid, &[None], |i| i.task_state = Some(TaskState::Networking)).await?;
             let r = self.hv.allocate_network(&inst).await;
@@ -276,7 +287,12 @@ impl Compute {
                 dbx::update_instance(
                     db,
                     uuid,
-                    &[Some(TaskState::Spawning), Some(TaskState::Networking), Some(TaskState::BlockDeviceMapping)],
+                    &[
+                        None,
+                        Some(TaskState::Spawning),
+                        Some(TaskState::Networking),
+                        Some(TaskState::BlockDeviceMapping),
+                    ],
                     |i| {
                         i.task_state = Some(TaskState::Scheduling);
                         i.host = None;

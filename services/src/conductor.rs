@@ -4,7 +4,7 @@
 
 use stackbed_core::model::{Instance, Record, RequestSpec, Table};
 use stackbed_core::quota;
-use stackbed_core::scenario::PlantedBug;
+use stackbed_core::scenario::{Era, PlantedBug};
 use stackbed_core::states::{PowerState, TaskState, VmState};
 use stackbed_core::store::{Op, Row};
 
@@ -19,7 +19,7 @@ pub struct Conductor {
     ctx: Ctx,
 }
 
-fn new_instance(
+pub fn new_instance(
     spec: &RequestSpec,
     now_ms: u64,
     vm_state: VmState,
@@ -75,6 +75,11 @@ impl Conductor {
     }
 
     async fn schedule_and_build(&self, spec: RequestSpec) -> Result<(), ServiceError> {
+        if self.ctx.scenario.control.era == Era::Icehouse {
+            // Icehouse's build_instances: the instance exists; cast to the scheduler.
+            self.ctx.bus.cast(crate::scheduler::TOPIC, Rpc::RunInstance { spec }).await?;
+            return Ok(());
+        }
         let t0 = self.ctx.clock.now();
         let ts = self.ctx.clock.now();
         let answer = self
@@ -106,7 +111,7 @@ impl Conductor {
                 };
                 // Bury in cell0: the instance exists, in ERROR, with the fault.
                 let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Error, None, Some(reason));
-                dbx::create_instance(&*self.ctx.db, &inst).await?;
+                dbx::create_instance(&*self.ctx.db, &inst, true).await?;
                 self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
                 return Ok(());
             }
@@ -118,7 +123,7 @@ impl Conductor {
             return Ok(());
         }
         let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Building, Some(TaskState::Scheduling), None);
-        dbx::create_instance(&*self.ctx.db, &inst).await?;
+        dbx::create_instance(&*self.ctx.db, &inst, true).await?;
         if self.ctx.scenario.control.quota_recheck
             && self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked)
         {
@@ -173,6 +178,14 @@ impl Conductor {
     ) -> Result<(), ServiceError> {
         let t0 = self.ctx.clock.now();
         self.ctx.metrics.count("reschedules", 1);
+        if self.ctx.scenario.control.era == Era::Icehouse {
+            // Icehouse: back to the scheduler, which skips the tried hosts (RetryFilter) and
+            // gives up after scheduler_max_attempts.
+            let _ = (alternates, failure);
+            self.ctx.bus.cast(crate::scheduler::TOPIC, Rpc::RunInstance { spec }).await?;
+            self.ctx.metrics.record("conductor.reschedule", self.ctx.clock.secs_since(t0), true);
+            return Ok(());
+        }
         while !alternates.is_empty() {
             let host = alternates.remove(0);
             let outcome = placement::claim(

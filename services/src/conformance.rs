@@ -90,6 +90,17 @@ pub async fn database(db: &dyn Database) {
         other => panic!("scan returned {other:?}"),
     };
     assert_eq!(keys, vec!["s/a".to_string(), "s/b".to_string()], "scan: prefix only, key order");
+
+    // A snapshot holds the whole table as it was, whatever is written after it.
+    let r = db.execute(vec![Op::Snapshot { table: Table::ProjectUsages }]).await.expect("snapshot");
+    let snap = match r.into_iter().next() {
+        Some(OpResult::Snapshot(s)) => s,
+        other => panic!("snapshot returned {other:?}"),
+    };
+    let keys: Vec<&String> = snap.keys().collect();
+    assert_eq!(keys, vec!["p1", "s/a", "s/b", "t/a"], "snapshot: every row, key order");
+    db.execute(vec![put("s/a", 9, Expect::Any)]).await.expect("write after the snapshot");
+    assert_eq!(snap.get("s/a").map(|r| &r.value), Some(&usage(1)), "a snapshot does not see later writes");
 }
 
 /// The bus seam: durable queues, round-robin consumers, call/reply routing, call timeouts.

@@ -45,6 +45,14 @@ pub async fn scan(db: &dyn Database, table: Table, prefix: &str) -> Result<Vec<(
     }
 }
 
+/// A whole table as one shared read view (see `Op::Snapshot`).
+pub async fn snapshot(db: &dyn Database, table: Table) -> Result<stackbed_core::store::Snapshot, DbError> {
+    match db.execute(vec![Op::Snapshot { table }]).await?.pop() {
+        Some(OpResult::Snapshot(s)) => Ok(s),
+        _ => Err(DbError::Backend("snapshot returned no table".into())),
+    }
+}
+
 pub fn rows_of(res: OpResult) -> Vec<(String, Row)> {
     match res {
         OpResult::Rows(r) => r,
@@ -124,8 +132,9 @@ pub async fn update_instance(
 }
 
 /// Creates an instance row and counts it in the project's usage, deleting the build
-/// request in the same transaction (the conductor's step from API cell to cell).
-pub async fn create_instance(db: &dyn Database, inst: &Instance) -> Result<(), ServiceError> {
+/// request in the same transaction (the conductor's step from API cell to cell). Icehouse
+/// has no build requests: `from_build_request` false writes the instance alone.
+pub async fn create_instance(db: &dyn Database, inst: &Instance, from_build_request: bool) -> Result<(), ServiceError> {
     for _ in 0..CAS_RETRIES_MAX {
         let key = inst.project.clone();
         let (uv, mut usage) = match get(db, Table::ProjectUsages, &key).await? {
@@ -133,16 +142,18 @@ pub async fn create_instance(db: &dyn Database, inst: &Instance) -> Result<(), S
             _ => (Expect::Absent, ProjectUsage::default()),
         };
         usage_delta(&mut usage, inst, 1);
-        let ops = vec![
+        let mut ops = vec![
             Op::Put {
                 table: Table::Instances,
                 key: inst.uuid.clone(),
                 value: Record::Instance(inst.clone()),
                 expect: Expect::Absent,
             },
-            Op::Delete { table: Table::BuildRequests, key: inst.uuid.clone(), expect: Expect::Any },
             Op::Put { table: Table::ProjectUsages, key, value: Record::ProjectUsage(usage), expect: uv },
         ];
+        if from_build_request {
+            ops.push(Op::Delete { table: Table::BuildRequests, key: inst.uuid.clone(), expect: Expect::Any });
+        }
         match db.execute(ops).await {
             Ok(_) => return Ok(()),
             Err(DbError::Conflict { table, .. }) if table == Table::ProjectUsages.name() => continue,

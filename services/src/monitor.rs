@@ -20,6 +20,8 @@ pub struct Monitor {
     checker: Checker,
     digest: EventDigest,
     first: FirstViolation,
+    /// Committed writes per table, for the report.
+    writes: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub type MonitorRef = Arc<Mutex<Monitor>>;
@@ -38,6 +40,7 @@ impl Monitor {
             checker: Checker::new(quota_recheck, liveness_bound_ms),
             digest: EventDigest::default(),
             first: FirstViolation::default(),
+            writes: Default::default(),
         }))
     }
 
@@ -49,6 +52,9 @@ impl Monitor {
             .collect();
         for line in &lines {
             self.digest.add(line.as_bytes());
+        }
+        for w in &commit.writes {
+            *self.writes.entry(w.table.name()).or_default() += 1;
         }
         self.checker.on_commit(at_ms, commit);
         if self.first.violation.is_none() {
@@ -90,6 +96,10 @@ impl Monitor {
 
     pub fn digest(&self) -> (String, u64) {
         (self.digest.hex(), self.digest.events)
+    }
+
+    pub fn writes_by_table(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.writes.clone()
     }
 
     pub fn pending_requests(&self) -> usize {

@@ -143,6 +143,8 @@ pub struct Report {
     pub aborted: Option<String>,
     pub digest: String,
     pub events: u64,
+    /// Committed database writes per table.
+    pub db_writes: BTreeMap<&'static str, u64>,
     pub simulated_s: f64,
     pub wall_s: f64,
     pub passed: bool,
@@ -213,6 +215,7 @@ impl Report {
             aborted: data.aborted,
             digest,
             events,
+            db_writes: m.writes_by_table(),
             simulated_s: data.simulated_ms as f64 / 1000.0,
             wall_s: rc.wall_s,
             passed,

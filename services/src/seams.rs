@@ -57,6 +57,10 @@ pub enum Rpc {
     SelectDestinations {
         spec: RequestSpec,
     },
+    /// Icehouse: the conductor casts the request to the scheduler, which casts to a compute.
+    RunInstance {
+        spec: RequestSpec,
+    },
     /// The claimed host first, then unclaimed alternates.
     Destinations {
         hosts: Vec<String>,
@@ -87,6 +91,7 @@ impl Rpc {
             Rpc::ScheduleAndBuildInstances { .. } => "schedule_and_build_instances",
             Rpc::BuildInstances { .. } => "build_instances",
             Rpc::SelectDestinations { .. } => "select_destinations",
+            Rpc::RunInstance { .. } => "run_instance",
             Rpc::Destinations { .. } => "destinations",
             Rpc::NoValidHost { .. } => "no_valid_host",
             Rpc::BuildAndRunInstance { .. } => "build_and_run_instance",
