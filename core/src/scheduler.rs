@@ -1052,8 +1052,11 @@ impl std::fmt::Display for NoValidHost {
 pub struct Workspace {
     survivors: Vec<usize>,
     active: Vec<FilterKind>,
+    /// Weighers collected during the filter pass, with their configured multipliers.
+    weighers: Vec<(WeigherKind, f64)>,
+    /// Raw values per collected weigher, in survivor order (struct of arrays).
+    columns: Vec<Vec<f64>>,
     weights: Vec<f64>,
-    raw: Vec<f64>,
     keys: Vec<(u64, usize)>,
     order: Vec<usize>,
 }
@@ -1071,6 +1074,20 @@ impl Workspace {
         req: &RequestView<'_>,
         config: &SchedulerConfig,
     ) -> Result<&[usize], NoValidHost> {
+        self.weighers.clear();
+        self.filter_pass(hosts, req, config)?;
+        Ok(&self.survivors)
+    }
+
+    /// One pass over the hosts: placement's check, every active filter (short-circuiting),
+    /// and for survivors the raw value of every weigher in `self.weighers`, while the host's
+    /// state is in cache.
+    fn filter_pass(
+        &mut self,
+        hosts: &[HostState],
+        req: &RequestView<'_>,
+        config: &SchedulerConfig,
+    ) -> Result<(), NoValidHost> {
         self.survivors.clear();
         if hosts.is_empty() {
             return Err(NoValidHost { reason: "no allocation candidates from placement".into() });
@@ -1078,6 +1095,13 @@ impl Workspace {
         let prepared = Prepared::new(req, config);
         self.active.clear();
         self.active.extend(config.filters.iter().copied().filter(|f| f.active(&prepared, req, config)));
+        let weighers = self.weighers.len();
+        if self.columns.len() < weighers {
+            self.columns.resize_with(weighers, Vec::new);
+        }
+        for column in &mut self.columns {
+            column.clear();
+        }
         let resources = req.flavor.resources();
         let limit = if config.use_placement { config.candidate_limit } else { usize::MAX };
         let mut candidates = 0usize;
@@ -1093,6 +1117,9 @@ impl Workspace {
             }
             if self.active.iter().all(|&f| passes(f, &prepared, host, req, config, &mut Quiet)) {
                 self.survivors.push(i);
+                for (column, &(weigher, _)) in self.columns.iter_mut().zip(&self.weighers) {
+                    column.push(weigher.raw(host, req));
+                }
             }
         }
         if self.survivors.is_empty() {
@@ -1101,10 +1128,11 @@ impl Workspace {
                 .1
                 .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
         }
-        Ok(&self.survivors)
+        Ok(())
     }
 
-    /// nova's weighing of the current survivors: fills `weights` in survivor order.
+    /// nova's weighing of the survivors from the columns the filter pass collected: fills
+    /// `weights` in survivor order.
     fn weigh(&mut self, hosts: &[HostState], req: &RequestView<'_>, config: &SchedulerConfig) {
         let n = self.survivors.len();
         self.weights.clear();
@@ -1114,29 +1142,27 @@ impl Workspace {
             return;
         }
         let overrides = self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        let mut collected = self.weighers.iter().zip(&mut self.columns);
         for (&weigher, &multiplier) in &config.weighers {
-            if (multiplier == 0.0 && !overrides) || weigher.idle(req) {
+            if weigher.idle(req) {
                 continue;
             }
-            self.raw.clear();
-            let minval = weigher.minval();
-            let floor = minval.unwrap_or(f64::NEG_INFINITY);
-            self.raw.extend(self.survivors.iter().map(|&i| weigher.raw(&hosts[i], req).max(floor)));
-            let (lo, hi) = bounds(self.raw.iter().copied(), minval);
-            if hi <= lo {
-                continue; // every host normalises to 0
-            }
-            if overrides {
-                for ((w, &r), &i) in self.weights.iter_mut().zip(&self.raw).zip(&self.survivors) {
-                    let m = hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier);
-                    *w += m * normalized(r, lo, hi);
+            let column: &mut Vec<f64> = if multiplier != 0.0 {
+                match collected.next() {
+                    Some((_, column)) => column,
+                    None => continue,
                 }
+            } else if overrides {
+                // Rare: a weigher off in the configuration but set on some aggregate.
+                let mut column = Vec::with_capacity(n);
+                column.extend(self.survivors.iter().map(|&i| weigher.raw(&hosts[i], req)));
+                add_column(&mut self.weights, &mut column, weigher, multiplier, Some((hosts, &self.survivors)));
+                continue;
             } else {
-                let range = hi - lo;
-                for (w, &r) in self.weights.iter_mut().zip(&self.raw) {
-                    *w += multiplier * ((r - lo) / range);
-                }
-            }
+                continue;
+            };
+            let per_host = overrides.then_some((hosts, &self.survivors[..]));
+            add_column(&mut self.weights, column, weigher, multiplier, per_host);
         }
     }
 
@@ -1149,7 +1175,9 @@ impl Workspace {
         config: &SchedulerConfig,
         rng: &mut dyn RngCore,
     ) -> Result<&[usize], NoValidHost> {
-        self.filter(hosts, req, config)?;
+        self.weighers.clear();
+        self.weighers.extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req)).map(|(w, m)| (*w, *m)));
+        self.filter_pass(hosts, req, config)?;
         self.weigh(hosts, req, config);
         self.keys.clear();
         self.keys.extend(self.weights.iter().zip(&self.survivors).map(|(&w, &i)| (descending_key(w), i)));
@@ -1161,6 +1189,41 @@ impl Workspace {
         let pick = if subset > 1 { rng.gen_range(0..subset) } else { 0 };
         self.order[..=pick].rotate_right(1);
         Ok(&self.order)
+    }
+}
+
+/// Clamps `column` to the weigher's minval, normalises it and adds multiplier * value to
+/// `weights`; with `per_host`, each host's aggregates may override the multiplier.
+fn add_column(
+    weights: &mut [f64],
+    column: &mut [f64],
+    weigher: WeigherKind,
+    multiplier: f64,
+    per_host: Option<(&[HostState], &[usize])>,
+) {
+    let minval = weigher.minval();
+    if let Some(floor) = minval {
+        for v in column.iter_mut() {
+            *v = v.max(floor);
+        }
+    }
+    let (lo, hi) = bounds(column.iter().copied(), minval);
+    if hi <= lo {
+        return; // every host normalises to 0
+    }
+    let range = hi - lo;
+    match per_host {
+        None => {
+            for (w, &r) in weights.iter_mut().zip(column.iter()) {
+                *w += multiplier * ((r - lo) / range);
+            }
+        }
+        Some((hosts, survivors)) => {
+            for ((w, &r), &i) in weights.iter_mut().zip(column.iter()).zip(survivors) {
+                let m = hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier);
+                *w += m * ((r - lo) / range);
+            }
+        }
     }
 }
 
