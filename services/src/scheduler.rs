@@ -1,7 +1,8 @@
 //! nova-scheduler: `select_destinations`. Asks placement for allocation candidates, builds
-//! host states from the compute nodes and services rows, runs the pure filter/weigher
-//! pipeline, claims the first host that takes the claim and returns it with unclaimed
-//! alternates.
+//! host states from the compute nodes and services rows (plus the scenario's aggregates),
+//! orders them with the configured strategy (`control.scheduler.strategy`, default `spread`:
+//! nova's filters and weighers), claims the first host that takes the claim and returns it
+//! with unclaimed alternates.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,8 +13,9 @@ use rand::rngs::SmallRng;
 use stackbed_core::model::{ComputeNode, Provider, Record, RequestSpec, ServiceRecord, Table};
 use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
 use stackbed_core::scenario::PlantedBug;
-use stackbed_core::scheduler::{sorted_hosts, HostAggregates, HostState, RequestView, SchedulerConfig};
+use stackbed_core::scheduler::{HostAggregates, HostState, RequestView, SchedulerConfig};
 use stackbed_core::store::Op;
+use stackbed_core::strategy::{self, Strategy};
 
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
@@ -40,18 +42,50 @@ struct HostCache {
     services: Arc<ServiceMap>,
 }
 
+/// The deciding part: the strategy and the generator it draws from, used under one lock
+/// (the decision itself is pure and short; the claims that follow are not under it).
+struct Decider {
+    rng: SmallRng,
+    strategy: Box<dyn Strategy>,
+}
+
+/// What the scenario declares per host and never changes during a run.
+struct StaticHost {
+    aggregates: Arc<HostAggregates>,
+    ip: u32,
+}
+
 pub struct Scheduler {
     ctx: Ctx,
     config: SchedulerConfig,
-    rng: Mutex<SmallRng>,
+    decider: Mutex<Decider>,
     cache: Mutex<HostCache>,
+    hosts: HashMap<String, StaticHost>,
 }
 
 impl Scheduler {
     pub fn new(ctx: Ctx) -> Scheduler {
         let config = ctx.scenario.scheduler_config();
-        let rng = Mutex::new(ctx.rng("scheduler"));
-        Scheduler { ctx, config, rng, cache: Mutex::default() }
+        // The scenario was validated: the name is a built-in one.
+        let name = &ctx.scenario.control.scheduler.strategy;
+        let strategy = strategy::builtin(name, &config)
+            .or_else(|| strategy::builtin("spread", &config))
+            .expect("spread is built in");
+        let decider = Mutex::new(Decider { rng: ctx.rng("scheduler"), strategy });
+        let mut aggregates = ctx.scenario.host_aggregates();
+        // Host addresses for SimpleCIDRAffinity: 10.0.0.0/8 numbered in topology order,
+        // the first host 10.0.0.1.
+        let hosts = ctx
+            .scenario
+            .hosts()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let aggregates = aggregates.remove(&name).unwrap_or_else(HostAggregates::none);
+                (name, StaticHost { aggregates, ip: 0x0A00_0000 + i as u32 + 1 })
+            })
+            .collect();
+        Scheduler { ctx, config, decider, cache: Mutex::default(), hosts }
     }
 
     /// Serves select_destinations, up to [`EXECUTOR_POOL_SIZE`] requests at once as nova's
@@ -100,6 +134,11 @@ impl Scheduler {
         }
 
         let (group_policy, group_max, group_hosts, members_per_host) = self.group_state(spec).await?;
+        // Hints and zone: the scenario's workload sends the same ones with every request.
+        let workload = &self.ctx.scenario.workload;
+        let hints = &workload.hints;
+        let same_host_hosts = self.instance_hosts(&hints.same_host).await?;
+        let different_host_hosts = self.instance_hosts(&hints.different_host).await?;
         let now = self.ctx.clock.now_ms();
         let down_after = self.ctx.scenario.control.service_down_time.ms();
         let hosts: Vec<HostState> = candidates
@@ -108,6 +147,7 @@ impl Scheduler {
                 let p = &providers[i];
                 let node = nodes.get(&p.host)?.clone();
                 let svc = services.get(&p.host);
+                let fixed = self.hosts.get(&p.host);
                 Some(HostState {
                     node,
                     service_up: svc.is_some_and(|s| now.saturating_sub(s.last_seen_ms) <= down_after),
@@ -116,8 +156,8 @@ impl Scheduler {
                     used: p.used,
                     failed_builds: svc.map_or(0, |s| s.failed_builds),
                     group_members_here: members_per_host.get(&p.host).copied().unwrap_or(0),
-                    aggregates: HostAggregates::none(),
-                    host_ip: None,
+                    aggregates: fixed.map_or_else(HostAggregates::none, |h| h.aggregates.clone()),
+                    host_ip: fixed.map(|h| h.ip),
                 })
             })
             .collect();
@@ -127,11 +167,16 @@ impl Scheduler {
             group_max_per_host: group_max,
             group_hosts: &group_hosts,
             retry_hosts: &spec.tried_hosts,
+            hints,
+            availability_zone: workload.availability_zone.as_deref(),
+            same_host_hosts: &same_host_hosts,
+            different_host_hosts: &different_host_hosts,
             ..RequestView::new(&spec.flavor, &spec.image)
         };
         let sorted = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-            sorted_hosts(&hosts, &req, &self.config, &mut *rng)
+            let mut guard = self.decider.lock().unwrap_or_else(|e| e.into_inner());
+            let Decider { rng, strategy } = &mut *guard;
+            strategy.select(&hosts, &req, rng)
         };
         let order = match sorted {
             Ok(o) => o,
@@ -152,6 +197,24 @@ impl Scheduler {
             self.ctx.metrics.count("scheduler.claim_failures", 1);
         }
         Ok(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() })
+    }
+
+    /// The hosts of the instances a same_host/different_host hint names (by uuid), in the
+    /// order given; instances not found or not on a host are skipped.
+    async fn instance_hosts(&self, instances: &[String]) -> Result<Vec<String>, ServiceError> {
+        if instances.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ops = instances.iter().map(|uuid| Op::Get { table: Table::Instances, key: uuid.clone() }).collect();
+        let mut hosts = Vec::new();
+        for res in self.ctx.db.execute(ops).await? {
+            if let Some(stackbed_core::store::Row { value: Record::Instance(i), .. }) = dbx::row_of(res) {
+                if let (Some(h), false) = (i.host, i.deleted) {
+                    hosts.push(h);
+                }
+            }
+        }
+        Ok(hosts)
     }
 
     /// The compute nodes and services rows, re-read when older than [`HOST_STATE_REFRESH`].
