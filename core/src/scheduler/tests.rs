@@ -537,3 +537,40 @@ fn explain_reports_no_valid_host() {
     assert!(e.steps[0].rejected[0].reason.contains("MEMORY_MB"), "{:?}", e.steps[0].rejected);
     assert!(e.no_valid_host.unwrap().reason.contains("placement"));
 }
+
+/// scenarios/aggregates.toml: only the `pinned` aggregate's KVM hosts pass for every flavor
+/// and image of the workload, although spread weighing alone would pick a general host.
+#[test]
+fn aggregates_scenario_keeps_requests_on_the_aggregate() {
+    let text = include_str!("../../../scenarios/aggregates.toml");
+    let scenario = crate::scenario::Scenario::parse("aggregates.toml", text).unwrap();
+    let views = scenario.host_aggregates();
+    let hosts: Vec<HostState> = scenario
+        .hosts()
+        .into_iter()
+        .map(|(name, g)| {
+            let inventories = [
+                Inventory::new(g.vcpus, g.reserved.vcpus, 4.0),
+                Inventory::new(g.ram_mb, g.reserved.ram_mb, 1.0),
+                Inventory::new(g.disk_gb, g.reserved.disk_gb, 1.0),
+            ];
+            let mut h = HostState::new(Arc::new(g.node(&name)), inventories, Resources::default());
+            h.aggregates = views[&name].clone();
+            h
+        })
+        .collect();
+    let config = scenario.scheduler_config();
+    let unfiltered = SchedulerConfig { filters: vec![], ..config.clone() };
+    let mut ws = Workspace::new();
+    let mut rng = SmallRng::seed_from_u64(1);
+    for f in &scenario.flavors {
+        for i in &scenario.images {
+            let req = RequestView::new(f, i);
+            let survivors = ws.filter(&hosts, &req, &config).unwrap().to_vec();
+            assert_eq!(survivors.len(), 8, "{} {}", f.name, i.name);
+            assert!(survivors.iter().all(|&k| hosts[k].node.host.starts_with("hpc-")));
+            let first = ws.sorted_hosts(&hosts, &req, &unfiltered, &mut rng).unwrap()[0];
+            assert!(hosts[first].node.host.starts_with("general-"), "without filters spread prefers the big hosts");
+        }
+    }
+}
