@@ -1,5 +1,15 @@
-//! B1 (partial): one scheduling decision, placement candidates then nova's default filters
-//! and weighers, at 1,000 and 10,000 hosts. `cargo bench -p stackbed-benches`.
+//! B1: one scheduling decision through the full default pipeline (placement's candidate
+//! check with nova's limit of 1,000, nova's default filters, every weigher at its default
+//! multiplier, normalisation, the subset pick) at 1,000, 10,000 and 100,000 hosts.
+//! `cargo bench -p stackbed-benches --bench pipeline -- --warm-up-time 1 --measurement-time 3`.
+//!
+//! - `pipeline/N`: the `spread` strategy over a host-state snapshot of N hosts, reusing
+//!   its workspace (what the scheduler service does per request);
+//! - `pipeline_all_candidates/N`: the same without placement's 1,000 limit, every host
+//!   filtered and weighed (the cost of a full scan);
+//! - `pipeline_strategies/*`: every built-in strategy at 10,000 hosts;
+//! - `scheduler_decision/N`: the previous shape (providers scanned for candidates, host
+//!   states cloned per decision, `sorted_hosts` allocating its buffers), for comparison.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{rngs::SmallRng, SeedableRng};
@@ -7,22 +17,49 @@ use rand::{rngs::SmallRng, SeedableRng};
 use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
 use stackbed_core::scheduler::{sorted_hosts, RequestView, SchedulerConfig};
 use stackbed_core::store::{Expect, MemStore, Op};
+use stackbed_core::strategy::{builtin, BUILTIN};
 
 fn pipeline(c: &mut Criterion) {
+    let flavor = stackbed_benches::flavor();
+    let image = stackbed_benches::image();
+    let req = RequestView::new(&flavor, &image);
+    for (group_name, config) in [
+        ("pipeline", SchedulerConfig::default()),
+        ("pipeline_all_candidates", SchedulerConfig { candidate_limit: usize::MAX, ..SchedulerConfig::default() }),
+    ] {
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(1));
+        for n in [1_000usize, 10_000, 100_000] {
+            let (_, states) = stackbed_benches::hosts(n);
+            let mut strategy = builtin("spread", &config).expect("spread is built in");
+            let mut rng = SmallRng::seed_from_u64(1);
+            group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+                b.iter(|| strategy.select(&states, &req, &mut rng).map(|o| o[0]))
+            });
+        }
+        group.finish();
+    }
+
+    let mut group = c.benchmark_group("pipeline_strategies");
+    group.throughput(Throughput::Elements(1));
+    let (_, states) = stackbed_benches::hosts(10_000);
+    for name in BUILTIN {
+        let mut strategy = builtin(name, &SchedulerConfig::default()).expect("built in");
+        let mut rng = SmallRng::seed_from_u64(1);
+        group.bench_function(name, |b| b.iter(|| strategy.select(&states, &req, &mut rng).map(|o| o[0])));
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("scheduler_decision");
     group.throughput(Throughput::Elements(1));
     for n in [1_000usize, 10_000] {
         let (providers, states) = stackbed_benches::hosts(n);
-        let flavor = stackbed_benches::flavor();
-        let image = stackbed_benches::image();
         let config = SchedulerConfig::default();
         let mut rng = SmallRng::seed_from_u64(1);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
-                // Placement caps candidates at 1,000, as nova asks it to.
                 let candidates = allocation_candidates(&providers, &flavor.resources(), CANDIDATE_LIMIT);
                 let hosts: Vec<_> = candidates.iter().map(|&i| states[i].clone()).collect();
-                let req = RequestView::new(&flavor, &image);
                 sorted_hosts(&hosts, &req, &config, &mut rng).map(|o| o[0])
             })
         });
