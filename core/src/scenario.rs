@@ -562,6 +562,9 @@ pub struct HostModel {
     /// Image fetches are cached per host (nova's `_base`): only the first boot pays.
     #[serde(default = "yes")]
     pub image_cache: bool,
+    /// The image path's cost model (`[model.images]`; off by default, see `image_model`).
+    #[serde(default)]
+    pub images: crate::image_model::ImageModel,
 }
 
 // Defaults shaped after the published warm-image build of about 7 s: IP allocation
@@ -600,6 +603,7 @@ impl Default for HostModel {
             destroy: d_destroy(),
             spawn_failure_probability: 0.0,
             image_cache: true,
+            images: crate::image_model::ImageModel::default(),
         }
     }
 }

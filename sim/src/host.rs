@@ -2,6 +2,15 @@
 //! phase draws its duration from the scenario's distribution with the host's own seeded
 //! RNG; images are fetched once per host into the `_base` cache (concurrent boots of the same
 //! image wait on one download); a spawn fails with the scenario's probability.
+//!
+//! With `[model.images] enabled = true` the image path follows
+//! `stackbed_core::image_model` instead of `model.image_fetch`: a miss pays download,
+//! checksum verification and (with force_raw_images) conversion by the image's size, a hit
+//! pays a lookup, every instance pays an overlay, bases nobody used for
+//! `unused_base_max_age_s` are dropped, and `prewarmed` starts every host with a full cache.
+//! The spawn then reports the phases `image_fetch` (the wait, for every boot),
+//! `image_download`, `image_verify`, `image_convert` (for the boot that fetched) and
+//! `image_overlay`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,20 +22,121 @@ use rand::Rng;
 use tokio::sync::OnceCell;
 
 use stackbed_core::dist::Dist;
+use stackbed_core::image_model::BaseEntry;
 use stackbed_core::model::{ComputeNode, Image, Instance};
 use stackbed_core::scenario::HostModel;
 use stackbed_services::seams::{HvError, Hypervisor, PhaseTimings};
+
+/// One `_base` entry: the download every boot of the image waits on, and who uses it.
+struct Base {
+    cell: Arc<OnceCell<()>>,
+    entry: BaseEntry,
+}
+
+#[derive(Default)]
+struct Bases {
+    by_image: BTreeMap<String, Base>,
+    /// Instance uuid to the image whose base it uses (counted once per instance).
+    users: BTreeMap<String, String>,
+}
 
 pub struct SimHost {
     node: ComputeNode,
     model: HostModel,
     rng: Mutex<SmallRng>,
     image_cache: Mutex<BTreeMap<String, Arc<OnceCell<()>>>>,
+    bases: Mutex<Bases>,
+    started: tokio::time::Instant,
 }
 
 impl SimHost {
     pub fn new(node: ComputeNode, model: HostModel, rng: SmallRng) -> SimHost {
-        SimHost { node, model, rng: Mutex::new(rng), image_cache: Mutex::new(BTreeMap::new()) }
+        SimHost {
+            node,
+            model,
+            rng: Mutex::new(rng),
+            image_cache: Mutex::new(BTreeMap::new()),
+            bases: Mutex::new(Bases::default()),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn jittered(&self, secs: f64) -> Duration {
+        let f = self.model.images.jitter(&mut *self.rng.lock().unwrap_or_else(|e| e.into_inner()));
+        Duration::from_secs_f64((secs * f).max(0.0))
+    }
+
+    async fn sleep_s(&self, secs: f64) -> f64 {
+        let t = self.jittered(secs);
+        tokio::time::sleep(t).await;
+        t.as_secs_f64()
+    }
+
+    /// The image path of `image_model`: the `_base` lookup (and fetch on a miss), then the
+    /// instance's overlay.
+    async fn modelled_image(&self, instance: &Instance, image: &Image, phases: &mut PhaseTimings) {
+        let m = &self.model.images;
+        let t0 = tokio::time::Instant::now();
+        let cell = {
+            let now = self.now_ms();
+            let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+            let expired = b.by_image.get(&image.name).is_some_and(|x| x.entry.expired(now, m.unused_base_max_age_s));
+            if expired {
+                b.by_image.remove(&image.name);
+            }
+            let base = b.by_image.entry(image.name.clone()).or_insert_with(|| Base {
+                cell: Arc::new(if m.prewarmed { OnceCell::new_with(Some(())) } else { OnceCell::new() }),
+                entry: BaseEntry::default(),
+            });
+            let cell = base.cell.clone();
+            if b.users.insert(instance.uuid.clone(), image.name.clone()).is_none() {
+                if let Some(base) = b.by_image.get_mut(&image.name) {
+                    base.entry.users += 1;
+                    base.entry.unused_since_ms = None;
+                }
+            }
+            cell
+        };
+        let mut fetched = None;
+        if cell.initialized() {
+            self.sleep_s(m.cache_hit_s).await;
+        } else {
+            cell.get_or_init(|| async {
+                let cost = m.miss_cost(image.size_mb, &image.disk_format);
+                let d = self.sleep_s(cost.download_s).await;
+                let v = self.sleep_s(cost.verify_s).await;
+                let c = if cost.convert_s > 0.0 { Some(self.sleep_s(cost.convert_s).await) } else { None };
+                fetched = Some((d, v, c));
+            })
+            .await;
+        }
+        phases.push(("image_fetch", t0.elapsed().as_secs_f64()));
+        if let Some((d, v, c)) = fetched {
+            phases.push(("image_download", d));
+            phases.push(("image_verify", v));
+            if let Some(c) = c {
+                phases.push(("image_convert", c));
+            }
+        }
+        phases.push(("image_overlay", self.sleep_s(m.overlay_create_s).await));
+    }
+
+    /// The instance no longer uses its base; the base's unused clock starts when nobody does.
+    fn release_base(&self, instance: &Instance) {
+        let now = self.now_ms();
+        let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(image) = b.users.remove(&instance.uuid) {
+            if let Some(base) = b.by_image.get_mut(&image) {
+                base.entry.users = base.entry.users.saturating_sub(1);
+                if base.entry.users == 0 {
+                    base.entry.unused_since_ms = Some(now);
+                }
+            }
+        }
     }
 
     fn draw(&self, d: &Dist) -> Duration {
@@ -65,7 +175,12 @@ impl Hypervisor for SimHost {
         Ok(())
     }
 
-    async fn spawn(&self, _instance: &Instance, image: &Image) -> Result<PhaseTimings, HvError> {
+    async fn spawn(&self, instance: &Instance, image: &Image) -> Result<PhaseTimings, HvError> {
+        if self.model.images.enabled {
+            let mut phases = PhaseTimings::new();
+            self.modelled_image(instance, image, &mut phases).await;
+            return self.start_guest(phases).await;
+        }
         let t0 = tokio::time::Instant::now();
         if self.model.image_cache {
             let cell = self
@@ -83,6 +198,19 @@ impl Hypervisor for SimHost {
             self.phase(&self.model.image_fetch).await;
         }
         let fetch = t0.elapsed().as_secs_f64();
+        self.start_guest(vec![("image_fetch", fetch)]).await
+    }
+
+    async fn destroy(&self, instance: &Instance) -> Result<(), HvError> {
+        self.release_base(instance);
+        self.phase(&self.model.destroy).await;
+        Ok(())
+    }
+}
+
+impl SimHost {
+    /// Define and start, the failure draw, vif-plugged and guest boot, after `phases`.
+    async fn start_guest(&self, mut phases: PhaseTimings) -> Result<PhaseTimings, HvError> {
         let start = self.phase(&self.model.spawn).await;
         let failed = {
             let p = self.model.spawn_failure_probability;
@@ -95,11 +223,59 @@ impl Hypervisor for SimHost {
         }
         let vif = self.phase(&self.model.vif_plugged).await;
         let boot = self.phase(&self.model.guest_boot).await;
-        Ok(vec![("image_fetch", fetch), ("define_start", start), ("vif_plugged", vif), ("guest_boot", boot)])
+        phases.extend([("define_start", start), ("vif_plugged", vif), ("guest_boot", boot)]);
+        Ok(phases)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use stackbed_core::scenario::Scenario;
+    use stackbed_services::report::{Report, RunOptions};
+
+    fn run(name: &str, seed: u64) -> Report {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(name);
+        let scenario = Arc::new(Scenario::load(&path).unwrap_or_else(|e| panic!("{e}")));
+        let opts = RunOptions {
+            scenario,
+            scenario_file: path.display().to_string(),
+            seed,
+            revision: "test".into(),
+            replay: String::new(),
+        };
+        crate::run(&opts).unwrap()
     }
 
-    async fn destroy(&self, _instance: &Instance) -> Result<(), HvError> {
-        self.phase(&self.model.destroy).await;
-        Ok(())
+    fn action(r: &Report, name: &str) -> Option<(u64, f64, f64)> {
+        r.actions.iter().find(|a| a.action == name).map(|a| (a.count, a.mean_s, a.max_s))
+    }
+
+    /// The cold and warm image scenarios differ only in the cache: the image phases carry the
+    /// whole difference, and every (host, image) pair downloads exactly once when cold.
+    #[test]
+    fn cold_cache_pays_one_download_per_host_and_image_warm_pays_none() {
+        let cold = run("images-cold.toml", 1);
+        let warm = run("images-warm.toml", 1);
+        assert!(cold.passed && warm.passed);
+        let (downloads, _, _) = action(&cold, "compute.spawn.image_download").expect("cold runs download");
+        assert!((3..=24).contains(&downloads), "{downloads} downloads: at most one per host and image");
+        assert_eq!(action(&warm, "compute.spawn.image_download"), None, "a warm cache never downloads");
+        assert_eq!(action(&warm, "compute.spawn.image_verify"), None);
+        let (_, _, warm_fetch_max) = action(&warm, "compute.spawn.image_fetch").unwrap();
+        assert!(warm_fetch_max < 0.01, "a hit is a lookup, got {warm_fetch_max} s");
+        let (_, cold_fetch_mean, _) = action(&cold, "compute.spawn.image_fetch").unwrap();
+        let (_, cold_boot, _) = action(&cold, "boot_server").unwrap();
+        let (_, warm_boot, _) = action(&warm, "boot_server").unwrap();
+        // The boot difference is (almost all) the fetch wait.
+        assert!(cold_boot - warm_boot > 0.5 * cold_fetch_mean, "cold {cold_boot}, warm {warm_boot}");
+        // Overlays cost what the calibration measured (0.2 ms), for every boot.
+        let (n, overlay_mean, _) = action(&warm, "compute.spawn.image_overlay").unwrap();
+        assert_eq!(n, 120);
+        assert!(overlay_mean > 0.0001 && overlay_mean < 0.0004, "{overlay_mean}");
+        // Deterministic like every other run.
+        assert_eq!(run("images-cold.toml", 1).digest, cold.digest);
     }
 }
