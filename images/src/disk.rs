@@ -107,6 +107,72 @@ pub fn create_overlay(path: &Path, backing: &Path) -> Result<(), DiskError> {
         .map_err(io_err("cannot format overlay", path))
 }
 
+/// Creates the same overlay as [`create_overlay`], hand-written: nova creates one per boot,
+/// and imago's create (format, reopen, resize, flush: several metadata writes) measured at
+/// about 170 us per overlay where this takes a few tens. The file is laid out as
+/// `qemu-img create -f qcow2 -b backing -F fmt` lays it out: header with the backing-format
+/// extension and the backing name in cluster 0, refcount table in cluster 1, one refcount
+/// block in cluster 2, an all-zero L1 table from cluster 3. Zero clusters are left as holes.
+/// `size` is the virtual size (the backing's when `None`).
+pub fn create_overlay_fast(path: &Path, backing: &Path, size: Option<u64>) -> Result<(), DiskError> {
+    use std::os::unix::fs::FileExt;
+    const CLUSTER: u64 = 65536;
+    let resolved = if backing.is_absolute() {
+        backing.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).join(backing)
+    };
+    let (format, size) = match size {
+        Some(s) => (detect_format(&resolved)?, s),
+        None => (detect_format(&resolved)?, virtual_size(&resolved)?),
+    };
+    let name = backing.to_str().ok_or_else(|| DiskError::Invalid(format!("backing path {backing:?} is not UTF-8")))?;
+    if name.len() > 1023 {
+        return Err(DiskError::Invalid(format!("backing path of {} bytes (QEMU allows 1023)", name.len())));
+    }
+    let size = size.div_ceil(512) * 512;
+    let l1_size = size.div_ceil(CLUSTER * (CLUSTER / 8));
+    let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
+    let clusters = 3 + l1_clusters;
+    if clusters > CLUSTER / 2 {
+        return Err(DiskError::Invalid(format!("virtual size {size} needs more than one refcount block")));
+    }
+    let mut h = vec![0u8; 3 * CLUSTER as usize];
+    h[..4].copy_from_slice(&crate::qcow2::MAGIC);
+    h[4..8].copy_from_slice(&3u32.to_be_bytes());
+    h[20..24].copy_from_slice(&16u32.to_be_bytes());
+    h[24..32].copy_from_slice(&size.to_be_bytes());
+    h[36..40].copy_from_slice(&(l1_size as u32).to_be_bytes());
+    h[40..48].copy_from_slice(&(3 * CLUSTER).to_be_bytes());
+    h[48..56].copy_from_slice(&CLUSTER.to_be_bytes());
+    h[56..60].copy_from_slice(&1u32.to_be_bytes());
+    h[96..100].copy_from_slice(&4u32.to_be_bytes());
+    h[100..104].copy_from_slice(&112u32.to_be_bytes());
+    // Extensions at 112: backing format, then the end marker.
+    let fmt = format.name().as_bytes();
+    h[112..116].copy_from_slice(&0xe279_2acau32.to_be_bytes());
+    h[116..120].copy_from_slice(&(fmt.len() as u32).to_be_bytes());
+    h[120..120 + fmt.len()].copy_from_slice(fmt);
+    let end = 120 + fmt.len().div_ceil(8) * 8;
+    let name_at = end + 8;
+    h[8..16].copy_from_slice(&(name_at as u64).to_be_bytes());
+    h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+    h[name_at..name_at + name.len()].copy_from_slice(name.as_bytes());
+    // Refcount table: one block, in cluster 2; the block counts clusters 0..clusters once.
+    h[CLUSTER as usize..CLUSTER as usize + 8].copy_from_slice(&(2 * CLUSTER).to_be_bytes());
+    for c in 0..clusters as usize {
+        let at = 2 * CLUSTER as usize + c * 2;
+        h[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
+    }
+    let refblock_end = 2 * CLUSTER as usize + clusters as usize * 2;
+    let file = std::fs::File::create(path).map_err(io_err("cannot create", path))?;
+    file.write_all_at(&h[..name_at + name.len()], 0).map_err(io_err("cannot write", path))?;
+    file.write_all_at(&h[CLUSTER as usize..CLUSTER as usize + 8], CLUSTER).map_err(io_err("cannot write", path))?;
+    file.write_all_at(&h[2 * CLUSTER as usize..refblock_end], 2 * CLUSTER).map_err(io_err("cannot write", path))?;
+    file.set_len(clusters * CLUSTER).map_err(io_err("cannot size", path))?;
+    Ok(())
+}
+
 /// An open image: reads go through the whole backing chain.
 pub struct Disk {
     access: FormatAccess<ImagoFile>,

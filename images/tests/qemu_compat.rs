@@ -143,6 +143,41 @@ fn overlays_read_through_and_write_to_the_top_of_a_chain() {
 }
 
 #[test]
+fn hand_written_overlays_match_qemu_img_create() {
+    let dir = tmp();
+    let raw = dir.path().join("b.raw");
+    mixed_raw(&raw, 5 << 20);
+    let base = dir.path().join("b.qcow2");
+    convert_raw_to_qcow2(&raw, &base, Durability::NoSync).unwrap();
+    for (name, backing, size) in [
+        ("abs.qcow2", base.clone(), None),
+        ("rel.qcow2", Path::new("b.qcow2").to_path_buf(), None),
+        ("raw-backed.qcow2", raw.clone(), None),
+        ("bigger.qcow2", base.clone(), Some(3u64 << 40)),
+    ] {
+        let o = dir.path().join(name);
+        disk::create_overlay_fast(&o, &backing, size).unwrap();
+        qemu::check(&o).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = qemu::info(&o).unwrap();
+        assert_eq!(info["backing-filename"].as_str(), Some(s(&backing)), "{name}");
+        let want_fmt = if backing == raw { "raw" } else { "qcow2" };
+        assert_eq!(info["backing-filename-format"].as_str(), Some(want_fmt), "{name}");
+        assert_eq!(info["virtual-size"].as_u64(), Some(size.unwrap_or(5 << 20)), "{name}");
+        if size.is_none() {
+            qemu::compare(&raw, &o).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        // Writable through imago, still clean afterwards.
+        let d = Disk::open(&o, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(3, 8192), 4096).unwrap();
+        let mut back = vec![0u8; 8192];
+        d.read(&mut back, 4096).unwrap();
+        assert_eq!(back, pattern(3, 8192));
+        drop(d);
+        qemu::check(&o).unwrap_or_else(|e| panic!("{name} after a write: {e}"));
+    }
+}
+
+#[test]
 fn images_qemu_img_writes_read_back_through_the_crate() {
     let dir = tmp();
     let base = dir.path().join("q-base.qcow2");
