@@ -286,8 +286,9 @@ impl AggregateDecl {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerKnobs {
-    #[serde(default = "default_filters")]
-    pub filters: Vec<String>,
+    /// Unset: the era's defaults (today's five; Icehouse adds Retry, AvailabilityZone, Ram).
+    #[serde(default)]
+    pub filters: Option<Vec<String>>,
     /// Weigher multipliers by name; weighers not named keep nova's default multiplier.
     #[serde(default)]
     pub weighers: BTreeMap<String, f64>,
@@ -317,9 +318,6 @@ pub struct SchedulerKnobs {
     pub default_availability_zone: String,
 }
 
-fn default_filters() -> Vec<String> {
-    FilterKind::defaults().iter().map(|f| f.name().to_string()).collect()
-}
 fn default_strategy() -> String {
     "spread".into()
 }
@@ -342,7 +340,7 @@ fn three() -> u32 {
 impl Default for SchedulerKnobs {
     fn default() -> Self {
         SchedulerKnobs {
-            filters: default_filters(),
+            filters: None,
             weighers: BTreeMap::new(),
             host_subset_size: 1,
             max_attempts: 3,
@@ -717,7 +715,7 @@ impl Scenario {
                 return err(&format!("control.allocation_ratio.{name}"), format!("must be a positive number, got {v}"));
             }
         }
-        for (i, f) in self.control.scheduler.filters.iter().enumerate() {
+        for (i, f) in self.control.scheduler.filters.iter().flatten().enumerate() {
             if FilterKind::from_name(f).is_none() {
                 return err(
                     &format!("control.scheduler.filters.{i}"),
@@ -931,8 +929,17 @@ impl Scenario {
     /// The scheduler configuration the scenario resolves to (validated names only).
     pub fn scheduler_config(&self) -> SchedulerConfig {
         let knobs = &self.control.scheduler;
+        // The era's scheduler: today's filters and weighers with placement, or Icehouse's
+        // filters and RAM weigher without it.
+        let era = match self.control.era {
+            Era::Current => SchedulerConfig::default(),
+            Era::Icehouse => SchedulerConfig::icehouse(),
+        };
         let mut config = SchedulerConfig {
-            filters: knobs.filters.iter().filter_map(|f| FilterKind::from_name(f)).collect(),
+            filters: match &knobs.filters {
+                Some(names) => names.iter().filter_map(|f| FilterKind::from_name(f)).collect(),
+                None => era.filters.clone(),
+            },
             host_subset_size: knobs.host_subset_size.max(1),
             max_attempts: knobs.max_attempts.max(1),
             max_io_ops_per_host: knobs.max_io_ops_per_host,
@@ -941,7 +948,7 @@ impl Scenario {
             isolated_images: knobs.isolated_images.clone(),
             restrict_isolated_hosts_to_isolated_images: knobs.restrict_isolated_hosts_to_isolated_images,
             default_availability_zone: knobs.default_availability_zone.clone(),
-            ..SchedulerConfig::default()
+            ..era
         };
         for (name, m) in &knobs.weighers {
             if let Some(w) = WeigherKind::from_name(name) {
