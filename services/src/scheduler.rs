@@ -14,6 +14,7 @@ use stackbed_core::model::{ComputeNode, Provider, Record, RequestSpec, ServiceRe
 use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
 use stackbed_core::scenario::PlantedBug;
 use stackbed_core::scheduler::{HostAggregates, HostState, RequestView, SchedulerConfig};
+use stackbed_core::states::{TaskState, VmState};
 use stackbed_core::store::Op;
 use stackbed_core::strategy::{self, Strategy};
 
@@ -40,6 +41,12 @@ struct HostCache {
     refreshed: Option<tokio::time::Instant>,
     nodes: Arc<NodeMap>,
     services: Arc<ServiceMap>,
+}
+
+/// The address of the `index`-th host of the topology (SimpleCIDRAffinity): 10.0.0.0/8
+/// numbered in topology order, the first host 10.0.0.1 (a big-endian u32).
+pub fn host_ip(index: usize) -> u32 {
+    0x0A00_0000 + index as u32 + 1
 }
 
 /// The deciding part: the strategy and the generator it draws from, used under one lock
@@ -73,8 +80,6 @@ impl Scheduler {
             .expect("spread is built in");
         let decider = Mutex::new(Decider { rng: ctx.rng("scheduler"), strategy });
         let mut aggregates = ctx.scenario.host_aggregates();
-        // Host addresses for SimpleCIDRAffinity: 10.0.0.0/8 numbered in topology order,
-        // the first host 10.0.0.1.
         let hosts = ctx
             .scenario
             .hosts()
@@ -82,7 +87,7 @@ impl Scheduler {
             .enumerate()
             .map(|(i, (name, _))| {
                 let aggregates = aggregates.remove(&name).unwrap_or_else(HostAggregates::none);
-                (name, StaticHost { aggregates, ip: 0x0A00_0000 + i as u32 + 1 })
+                (name, StaticHost { aggregates, ip: host_ip(i) })
             })
             .collect();
         Scheduler { ctx, config, decider, cache: Mutex::default(), hosts }
@@ -103,6 +108,14 @@ impl Scheduler {
                         Ok(out) => out,
                         Err(e) => Rpc::Error(e.to_string()),
                     },
+                    Rpc::RunInstance { spec } => {
+                        // A cast: nobody waits for an answer; a failure is counted.
+                        if this.run_instance(spec).await.is_err() {
+                            this.ctx.metrics.count("scheduler.run_instance_errors", 1);
+                        }
+                        drop(permit);
+                        return;
+                    }
                     other => Rpc::Error(format!("scheduler has no method {}", other.method())),
                 };
                 if let Some(to) = reply_to {
@@ -116,6 +129,75 @@ impl Scheduler {
 
     pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
         let db = &*self.ctx.db;
+        let (hosts, order) = match self.order_hosts(spec).await? {
+            Ok(ordered) => ordered,
+            Err(reason) => return Ok(Rpc::NoValidHost { reason }),
+        };
+        let resources = spec.flavor.resources();
+        let alternates_max = self.config.max_attempts.saturating_sub(1) as usize;
+        let skip_claim = self.ctx.scenario.debug.plant_bug == Some(PlantedBug::SchedulerSkipsClaim);
+        for (pos, &i) in order.iter().enumerate() {
+            let host = &hosts[i].node.host;
+            let claimed = skip_claim
+                || placement::claim(db, &self.ctx.metrics, &spec.instance_uuid, &spec.project, host, resources).await?
+                    == ClaimOutcome::Claimed;
+            if claimed {
+                let mut out = vec![host.clone()];
+                out.extend(order[pos + 1..].iter().take(alternates_max).map(|&j| hosts[j].node.host.clone()));
+                return Ok(Rpc::Destinations { hosts: out });
+            }
+            self.ctx.metrics.count("scheduler.claim_failures", 1);
+        }
+        Ok(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() })
+    }
+
+    /// Icehouse's `run_instance` (a cast): pick a host without claiming (the compute claims
+    /// on its resource tracker) and cast the build to it; past `max_attempts` or with no
+    /// valid host, the instance goes to ERROR here, as Icehouse's scheduler set it.
+    pub async fn run_instance(&self, spec: RequestSpec) -> Result<(), ServiceError> {
+        let t0 = self.ctx.clock.now();
+        let uuid = spec.instance_uuid.clone();
+        let attempt = spec.tried_hosts.len() as u32 + 1;
+        let failure = if attempt > self.config.max_attempts {
+            self.ctx.metrics.count("max_retries_exceeded", 1);
+            Some(format!(
+                "NoValidHost: Exceeded max scheduling attempts {} for instance {uuid}. Tried hosts: {:?}",
+                self.config.max_attempts, spec.tried_hosts
+            ))
+        } else {
+            match self.order_hosts(&spec).await? {
+                Ok((hosts, order)) => {
+                    let host = hosts[order[0]].node.host.clone();
+                    let cast = Rpc::BuildAndRunInstance { spec, alternates: Vec::new() };
+                    self.ctx.bus.cast(&crate::compute::topic(&host), cast).await?;
+                    None
+                }
+                Err(reason) => {
+                    self.ctx.metrics.count("no_valid_host", 1);
+                    Some(format!("No valid host was found. {reason}"))
+                }
+            }
+        };
+        let ok = failure.is_none();
+        if let Some(fault) = failure {
+            dbx::update_instance(&*self.ctx.db, &uuid, &[Some(TaskState::Scheduling)], |i| {
+                i.vm_state = VmState::Error;
+                i.task_state = None;
+                i.fault = Some(fault.clone());
+            })
+            .await?;
+        }
+        self.ctx.metrics.record("scheduler.run_instance", self.ctx.clock.secs_since(t0), ok);
+        Ok(())
+    }
+
+    /// The host states for `spec` and the strategy's order over them: placement's allocation
+    /// candidates in the current era, every host in Icehouse's. `Err` is NoValidHost's reason.
+    async fn order_hosts(
+        &self,
+        spec: &RequestSpec,
+    ) -> Result<Result<(Vec<HostState>, Vec<usize>), String>, ServiceError> {
+        let db = &*self.ctx.db;
         // Placement's view is read fresh for every request: claims depend on it.
         let providers: Vec<Provider> = dbx::scan(db, Table::Providers, "")
             .await?
@@ -127,11 +209,15 @@ impl Scheduler {
             .collect();
         let (nodes, services) = self.host_cache().await?;
 
-        let resources = spec.flavor.resources();
-        let candidates = allocation_candidates(&providers, &resources, CANDIDATE_LIMIT);
-        if candidates.is_empty() {
-            return Ok(Rpc::NoValidHost { reason: "placement returned no allocation candidates".into() });
-        }
+        let candidates: Vec<usize> = if self.config.use_placement {
+            let candidates = allocation_candidates(&providers, &spec.flavor.resources(), CANDIDATE_LIMIT);
+            if candidates.is_empty() {
+                return Ok(Err("placement returned no allocation candidates".into()));
+            }
+            candidates
+        } else {
+            (0..providers.len()).collect()
+        };
 
         let (group_policy, group_max, group_hosts, members_per_host) = self.group_state(spec).await?;
         // Hints and zone: the scenario's workload sends the same ones with every request.
@@ -178,25 +264,7 @@ impl Scheduler {
             let Decider { rng, strategy } = &mut *guard;
             strategy.select(&hosts, &req, rng)
         };
-        let order = match sorted {
-            Ok(o) => o,
-            Err(e) => return Ok(Rpc::NoValidHost { reason: e.reason }),
-        };
-        let alternates_max = self.config.max_attempts.saturating_sub(1) as usize;
-        let skip_claim = self.ctx.scenario.debug.plant_bug == Some(PlantedBug::SchedulerSkipsClaim);
-        for (pos, &i) in order.iter().enumerate() {
-            let host = &hosts[i].node.host;
-            let claimed = skip_claim
-                || placement::claim(db, &self.ctx.metrics, &spec.instance_uuid, &spec.project, host, resources).await?
-                    == ClaimOutcome::Claimed;
-            if claimed {
-                let mut out = vec![host.clone()];
-                out.extend(order[pos + 1..].iter().take(alternates_max).map(|&j| hosts[j].node.host.clone()));
-                return Ok(Rpc::Destinations { hosts: out });
-            }
-            self.ctx.metrics.count("scheduler.claim_failures", 1);
-        }
-        Ok(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() })
+        Ok(sorted.map(|order| (hosts, order)).map_err(|e| e.reason))
     }
 
     /// The hosts of the instances a same_host/different_host hint names (by uuid), in the
