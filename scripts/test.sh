@@ -5,12 +5,15 @@
 #   scripts/test.sh
 #
 # The simulator build needs nothing but cargo. The real build links libvirt (through the
-# `virt` crate) and SQLite; this script installs their Debian packages when missing.
+# `virt` crate) and SQLite, and the image tests run qemu-img, qemu-io and isoinfo; this
+# script installs their Debian packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in libvirt-dev libsqlite3-dev pkg-config; do
+# qemu-utils (qemu-img, qemu-io) and genisoimage (isoinfo): the references the image tests
+# check the project's qcow2 images and config drives against.
+for pkg in libvirt-dev libsqlite3-dev pkg-config qemu-utils genisoimage; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -17,6 +17,7 @@
 #![cfg(not(madsim))]
 
 pub mod cache;
+pub mod configdrive;
 pub mod convert;
 pub mod disk;
 pub mod glance;

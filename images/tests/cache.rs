@@ -152,3 +152,44 @@ fn a_failed_download_is_an_error_and_leaves_no_base() {
     assert!(matches!(e, CacheError::Image(ImageError::NotFound(_))), "{e}");
     assert!(!cache.base_path("img-missing").exists());
 }
+
+/// The config drive as an independent ISO 9660 reader sees it: `isoinfo` (genisoimage's tool)
+/// lists the volume label and extracts each file; a guest's isofs shows the same names.
+#[test]
+fn config_drive_reads_back_with_isoinfo() {
+    use stackbed_images::configdrive::{self, InstanceMetadata};
+    let dir = tempfile::tempdir().unwrap();
+    let meta = InstanceMetadata {
+        uuid: "0b1c2d3e-0000-4000-8000-000000000001".into(),
+        name: "web-1".into(),
+        hostname: "web-1".into(),
+        project_id: "demo".into(),
+        availability_zone: "nova".into(),
+        launch_index: 0,
+        meta: BTreeMap::from([("role".into(), "web".into())]),
+        public_keys: BTreeMap::new(),
+    };
+    let iso = dir.path().join("disk.config");
+    configdrive::write(&iso, &meta, Some(b"#cloud-config\nhostname: web-1\n")).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("isoinfo")
+            .args(args)
+            .output()
+            .expect("isoinfo (Debian package genisoimage) is needed by this test; scripts/test.sh installs it");
+        assert!(out.status.success(), "isoinfo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let pvd = String::from_utf8(run(&["-d", "-i", s(&iso)])).unwrap();
+    assert!(pvd.contains("Volume id: config-2"), "{pvd}");
+    let listing = String::from_utf8(run(&["-f", "-i", s(&iso)])).unwrap();
+    for f in
+        ["/OPENSTACK/LATEST/META_DATA.JSON;1", "/OPENSTACK/LATEST/USER_DATA;1", "/OPENSTACK/LATEST/NETWORK_DATA.JSON;1"]
+    {
+        assert!(listing.contains(f), "{f} missing from {listing}");
+    }
+    let md = run(&["-i", s(&iso), "-x", "/OPENSTACK/LATEST/META_DATA.JSON;1"]);
+    let md: serde_json::Value = serde_json::from_slice(&md).unwrap();
+    assert_eq!(md["uuid"], "0b1c2d3e-0000-4000-8000-000000000001");
+    assert_eq!(md["meta"]["role"], "web");
+    assert_eq!(run(&["-i", s(&iso), "-x", "/OPENSTACK/LATEST/USER_DATA;1"]), b"#cloud-config\nhostname: web-1\n");
+}
