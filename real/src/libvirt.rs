@@ -11,10 +11,18 @@
 //! real QEMU guests run, with KVM when the host can run it and TCG otherwise (see
 //! [`detect_accel`]).
 //!
-//! Not done yet (later issues): images (the guest gets no disk or kernel yet) and
-//! networking (no ports, bridges or vif-plugged event). [`Hypervisor::allocate_network`],
-//! [`Hypervisor::deallocate_network`] and [`Hypervisor::block_device_mapping`] succeed
-//! without doing anything.
+//! Images: when the host has a [`HostImages`] (automatic for a real QEMU hypervisor when
+//! `STACKBED_IMAGES_DIR` names a directory, explicit with [`LibvirtHypervisor::with_images`]),
+//! a spawn fetches the image from the image service into the host's `_base` cache (one
+//! download per image, concurrent boots wait on it), gives the instance a qcow2 overlay
+//! backed by the cached base and a config drive (ISO 9660, label `config-2`) with its
+//! metadata, and attaches both to the domain (virtio disk, SATA cdrom). A destroy removes
+//! the instance's files. Without images (the default, and always with `test:///default`
+//! unless set explicitly) the guest gets no disk.
+//!
+//! Not done yet (later issues): a kernel for the guest, and networking (no ports, bridges or
+//! vif-plugged event). [`Hypervisor::allocate_network`], [`Hypervisor::deallocate_network`]
+//! and [`Hypervisor::block_device_mapping`] succeed without doing anything.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -28,7 +36,83 @@ use virt::error::ErrorNumber;
 
 use stackbed_core::model::{ComputeNode, Image, Instance};
 use stackbed_core::scenario::HostGroup;
+use stackbed_images::cache::{CacheConfig, ImageCache};
+use stackbed_images::configdrive::{self, InstanceMetadata};
+use stackbed_images::glance::ImageService;
 use stackbed_services::seams::{HvError, Hypervisor, PhaseTimings};
+
+/// Names the directory that holds the image service's store (`<dir>/glance`) and each
+/// host's `_base` cache and instance files (`<dir>/<host>/...`). Read for real QEMU
+/// hypervisors only.
+pub const IMAGES_DIR_ENV: &str = "STACKBED_IMAGES_DIR";
+
+/// A compute host's image plumbing: the image service it downloads from, its `_base`
+/// cache, and where instance disks live (nova's `instances_path`).
+pub struct HostImages {
+    pub glance: Arc<ImageService>,
+    pub cache: ImageCache,
+    pub instances_dir: std::path::PathBuf,
+}
+
+impl HostImages {
+    /// `<root>/<host>/_base` and `<root>/<host>/instances`, with nova's default
+    /// `force_raw_images = true`.
+    pub fn open(root: &Path, host: &str, glance: Arc<ImageService>) -> Result<HostImages, String> {
+        let host_dir = root.join(host);
+        let cache = ImageCache::new(CacheConfig { base_dir: host_dir.join("_base"), force_raw_images: true })
+            .map_err(|e| e.to_string())?;
+        Ok(HostImages { glance, cache, instances_dir: host_dir.join("instances") })
+    }
+
+    fn instance_dir(&self, instance: &Instance) -> std::path::PathBuf {
+        let safe: String =
+            instance.uuid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        self.instances_dir.join(safe)
+    }
+
+    /// Fetch, overlay, config drive: the files the domain's disks point at, with timings.
+    fn prepare(&self, instance: &Instance, image: &Image) -> Result<(InstanceDisks, PhaseTimings), HvError> {
+        let rec = self.glance.find_by_name(&image.name).ok_or_else(|| {
+            HvError::Abort(format!("image {} is not in the image service (upload it first)", image.name))
+        })?;
+        let t = Instant::now();
+        let fetch = self.cache.fetch(&self.glance, &rec.id).map_err(|e| HvError::Reschedule(e.to_string()))?;
+        let fetch_s = t.elapsed().as_secs_f64();
+        let dir = self.instance_dir(instance);
+        let t = Instant::now();
+        let root_bytes = (instance.flavor.disk_gb > 0).then_some(instance.flavor.disk_gb << 30);
+        let disk = self
+            .cache
+            .create_instance_disk(&fetch.base, &dir, root_bytes)
+            .map_err(|e| HvError::Reschedule(e.to_string()))?;
+        let overlay_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let config_drive = dir.join("disk.config");
+        let meta = InstanceMetadata {
+            uuid: instance.uuid.clone(),
+            name: instance.name.clone(),
+            hostname: instance.name.clone(),
+            project_id: instance.project.clone(),
+            availability_zone: "nova".into(),
+            launch_index: 0,
+            meta: Default::default(),
+            public_keys: Default::default(),
+        };
+        configdrive::write(&config_drive, &meta, None).map_err(HvError::Reschedule)?;
+        let phases =
+            vec![("image_fetch", fetch_s), ("image_overlay", overlay_s), ("config_drive", t.elapsed().as_secs_f64())];
+        Ok((InstanceDisks { root: disk, config_drive }, phases))
+    }
+}
+
+/// The files a domain's disks point at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceDisks {
+    /// qcow2 overlay backed by the cached base.
+    pub root: std::path::PathBuf,
+    /// ISO 9660 config drive.
+    pub config_drive: std::path::PathBuf,
+}
 
 /// libvirt's in-process test driver, the default: no daemon, no guests.
 pub const DEFAULT_URI: &str = "test:///default";
@@ -92,13 +176,32 @@ fn xml_escape(s: &str) -> String {
 /// The domain XML for `instance` (no UUID: libvirt generates one). `kind` is the domain
 /// type: `test`, `kvm` or `qemu`.
 pub fn domain_xml(instance: &Instance, kind: &str, arch: &str) -> String {
+    domain_xml_with_disks(instance, kind, arch, None)
+}
+
+fn disks_xml(disks: &InstanceDisks) -> String {
+    let path = |p: &Path| xml_escape(&p.display().to_string());
+    format!(
+        "    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      \
+         <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    \
+         <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      \
+         <source file='{}'/>\n      <target dev='sda' bus='sata'/>\n      <readonly/>\n    </disk>\n",
+        path(&disks.root),
+        path(&disks.config_drive)
+    )
+}
+
+/// [`domain_xml`] with the instance's root disk and config drive attached.
+pub fn domain_xml_with_disks(instance: &Instance, kind: &str, arch: &str, disks: Option<&InstanceDisks>) -> String {
+    let disks = disks.map(disks_xml).unwrap_or_default();
     let name = xml_escape(&instance.name);
     let arch = xml_escape(arch);
     let (ram, vcpus) = (instance.flavor.ram_mb, instance.flavor.vcpus);
     if kind == "test" {
+        let devices = if disks.is_empty() { String::new() } else { format!("  <devices>\n{disks}  </devices>\n") };
         return format!(
             "<domain type='test'>\n  <name>{name}</name>\n  <memory unit='MiB'>{ram}</memory>\n  \
-             <vcpu>{vcpus}</vcpu>\n  <os>\n    <type arch='{arch}'>hvm</type>\n  </os>\n</domain>\n"
+             <vcpu>{vcpus}</vcpu>\n  <os>\n    <type arch='{arch}'>hvm</type>\n  </os>\n{devices}</domain>\n"
         );
     }
     let machine = if arch == "x86_64" || arch == "i686" { " machine='q35'" } else { "" };
@@ -106,7 +209,7 @@ pub fn domain_xml(instance: &Instance, kind: &str, arch: &str) -> String {
         "<domain type='{kind}'>\n  <name>{name}</name>\n  <memory unit='MiB'>{ram}</memory>\n  \
          <vcpu placement='static'>{vcpus}</vcpu>\n  <os>\n    <type arch='{arch}'{machine}>hvm</type>\n  </os>\n  \
          <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  \
-         <devices>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n"
+         <devices>\n{disks}    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n"
     )
 }
 
@@ -149,6 +252,7 @@ pub struct LibvirtHypervisor {
     kind: &'static str,
     node: ComputeNode,
     shared: Arc<Shared>,
+    images: Option<Arc<HostImages>>,
 }
 
 impl LibvirtHypervisor {
@@ -158,12 +262,33 @@ impl LibvirtHypervisor {
         quiet_libvirt();
         let conn =
             Connect::open(Some(uri)).map_err(|e| format!("cannot connect to libvirt at {uri}: {}", e.message()))?;
-        Ok(LibvirtHypervisor {
+        let kind = kind_for(uri, detect_accel());
+        let mut hv = LibvirtHypervisor {
             uri: uri.to_string(),
-            kind: kind_for(uri, detect_accel()),
+            kind,
             node: group.node(host),
             shared: Arc::new(Shared { conn, defined: Mutex::new(BTreeSet::new()) }),
-        })
+            images: None,
+        };
+        // A real QEMU guest needs a disk: give it one when an images directory is named.
+        if kind != "test" {
+            if let Some(dir) = std::env::var_os(IMAGES_DIR_ENV).filter(|d| !d.is_empty()) {
+                let root = std::path::PathBuf::from(dir);
+                let glance = ImageService::open(&root.join("glance")).map_err(|e| e.to_string())?;
+                hv = hv.with_images(HostImages::open(&root, host, Arc::new(glance))?);
+            }
+        }
+        Ok(hv)
+    }
+
+    /// Gives this host an image cache: spawns then attach an overlay and a config drive.
+    pub fn with_images(mut self, images: HostImages) -> LibvirtHypervisor {
+        self.images = Some(Arc::new(images));
+        self
+    }
+
+    pub fn images(&self) -> Option<&HostImages> {
+        self.images.as_deref()
     }
 
     /// A private instance of libvirt's test driver for this host, built from its host group
@@ -209,6 +334,14 @@ impl LibvirtHypervisor {
         first
     }
 
+    /// nova's `delete_instance_files`; best effort (a leftover directory holds no lock).
+    async fn remove_instance_files(&self, instance: &Instance) {
+        if let Some(images) = self.images.clone() {
+            let dir = images.instance_dir(instance);
+            let _ = self.blocking(move |_| Ok(std::fs::remove_dir_all(&dir).ok())).await;
+        }
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Shared) -> Result<T, HvError> + Send + 'static,
@@ -220,6 +353,10 @@ impl LibvirtHypervisor {
     }
 
     async fn destroy_named(&self, name: String) -> Result<(), HvError> {
+        self.destroy_domain(name).await
+    }
+
+    async fn destroy_domain(&self, name: String) -> Result<(), HvError> {
         self.blocking(move |s| {
             let dom = match s.conn.lookup_domain_by_name(&name) {
                 Ok(d) => d,
@@ -274,38 +411,62 @@ impl Hypervisor for LibvirtHypervisor {
         Ok(())
     }
 
-    /// Defines and starts the domain. Phases: `define`, `start` (seconds).
-    async fn spawn(&self, instance: &Instance, _image: &Image) -> Result<PhaseTimings, HvError> {
-        let xml = domain_xml(instance, self.kind, &self.node.cpu_arch);
+    /// With images: fetches the image into the cache, creates the overlay and the config
+    /// drive (phases `image_fetch`, `image_overlay`, `config_drive`). Then defines and starts
+    /// the domain (phases `define`, `start`, in seconds).
+    async fn spawn(&self, instance: &Instance, image: &Image) -> Result<PhaseTimings, HvError> {
+        let (disks, mut phases) = match self.images.clone() {
+            Some(images) => {
+                let (inst, img) = (instance.clone(), image.clone());
+                let (d, p) = self.blocking(move |_| images.prepare(&inst, &img)).await?;
+                (Some(d), p)
+            }
+            None => (None, PhaseTimings::new()),
+        };
+        let xml = domain_xml_with_disks(instance, self.kind, &self.node.cpu_arch, disks.as_ref());
         let name = instance.name.clone();
-        self.blocking(move |s| {
-            // Without a UUID in the XML, defining an existing name would redefine that
-            // domain (possibly running): refuse instead, as nova's UUID clash would.
-            match s.conn.lookup_domain_by_name(&name) {
-                Ok(_) => return Err(HvError::Reschedule(format!("libvirt define {name}: domain already exists"))),
-                Err(e) if is_no_domain(&e) => {}
-                Err(e) => return Err(libvirt_error("lookup", &name, &e)),
-            }
-            let t0 = Instant::now();
-            let dom = s.conn.define_domain_xml(&xml).map_err(|e| libvirt_error("define", &name, &e))?;
-            s.defined.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
-            let define_s = t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            if let Err(e) = dom.create() {
-                // Leave nothing behind for the reschedule: the domain was defined here.
-                if dom.undefine().is_ok() {
-                    s.defined.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+        let started = self
+            .blocking(move |s| {
+                // Without a UUID in the XML, defining an existing name would redefine that
+                // domain (possibly running): refuse instead, as nova's UUID clash would.
+                match s.conn.lookup_domain_by_name(&name) {
+                    Ok(_) => return Err(HvError::Reschedule(format!("libvirt define {name}: domain already exists"))),
+                    Err(e) if is_no_domain(&e) => {}
+                    Err(e) => return Err(libvirt_error("lookup", &name, &e)),
                 }
-                return Err(libvirt_error("start", &name, &e));
+                let t0 = Instant::now();
+                let dom = s.conn.define_domain_xml(&xml).map_err(|e| libvirt_error("define", &name, &e))?;
+                s.defined.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
+                let define_s = t0.elapsed().as_secs_f64();
+                let t1 = Instant::now();
+                if let Err(e) = dom.create() {
+                    // Leave nothing behind for the reschedule: the domain was defined here.
+                    if dom.undefine().is_ok() {
+                        s.defined.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                    }
+                    return Err(libvirt_error("start", &name, &e));
+                }
+                Ok(vec![("define", define_s), ("start", t1.elapsed().as_secs_f64())])
+            })
+            .await;
+        match started {
+            Ok(p) => {
+                phases.extend(p);
+                Ok(phases)
             }
-            Ok(vec![("define", define_s), ("start", t1.elapsed().as_secs_f64())])
-        })
-        .await
+            Err(e) => {
+                self.remove_instance_files(instance).await;
+                Err(e)
+            }
+        }
     }
 
-    /// Destroys and undefines the domain; a missing domain is fine.
+    /// Destroys and undefines the domain (a missing domain is fine), then removes the
+    /// instance's files (overlay, config drive) when this host keeps images.
     async fn destroy(&self, instance: &Instance) -> Result<(), HvError> {
-        self.destroy_named(instance.name.clone()).await
+        self.destroy_domain(instance.name.clone()).await?;
+        self.remove_instance_files(instance).await;
+        Ok(())
     }
 }
 
@@ -330,5 +491,126 @@ mod tests {
         assert_eq!(kind_for("test:///default", Accel::Kvm), "test");
         assert_eq!(kind_for("qemu:///system", Accel::Kvm), "kvm");
         assert_eq!(kind_for("qemu:///system", Accel::Tcg), "qemu");
+    }
+
+    fn group() -> HostGroup {
+        HostGroup {
+            count: 1,
+            name_prefix: "compute".into(),
+            vcpus: 8,
+            ram_mb: 16384,
+            disk_gb: 100,
+            hypervisor_type: "kvm".into(),
+            hypervisor_version: 9_000_000,
+            cpu_arch: "x86_64".into(),
+            reserved: Default::default(),
+            stats: Default::default(),
+        }
+    }
+
+    fn instance(name: &str) -> Instance {
+        Instance {
+            uuid: format!("uuid-{name}"),
+            name: name.to_string(),
+            project: "demo".into(),
+            user: "demo-user".into(),
+            flavor: stackbed_core::model::Flavor {
+                name: "m1.tiny".into(),
+                vcpus: 1,
+                ram_mb: 512,
+                disk_gb: 1,
+                extra_specs: Default::default(),
+            },
+            image: "cirros".into(),
+            vm_state: stackbed_core::states::VmState::Building,
+            task_state: Some(stackbed_core::states::TaskState::Spawning),
+            power_state: stackbed_core::states::PowerState::NoState,
+            host: Some("compute-1".into()),
+            created_at_ms: 0,
+            launched_at_ms: None,
+            deleted: false,
+            fault: None,
+            attempts: 1,
+        }
+    }
+
+    /// With images, a spawn on the test driver fetches the image once, gives each instance
+    /// an overlay on the cached base and a config drive, and attaches both to the domain;
+    /// destroy removes the instance's files. (A real QEMU host does the same when
+    /// STACKBED_IMAGES_DIR is set.)
+    #[test]
+    fn spawn_with_images_attaches_an_overlay_and_a_config_drive() {
+        let root = std::env::temp_dir().join(format!("stackbed-libvirt-images-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // A 2 MiB qcow2 image with data, uploaded to the image service.
+        let src = root.join("cirros.qcow2");
+        std::fs::create_dir_all(&root).unwrap();
+        stackbed_images::disk::create_qcow2(&src, 2 << 20).unwrap();
+        {
+            let d = stackbed_images::disk::Disk::open(
+                &src,
+                stackbed_images::disk::OpenOptions { writable: true, direct: false },
+            )
+            .unwrap();
+            d.write(&[7u8; 65536], 0).unwrap();
+        }
+        let glance = Arc::new(ImageService::open(&root.join("glance")).unwrap());
+        let new = stackbed_images::glance::NewImage {
+            name: "cirros".into(),
+            disk_format: stackbed_images::disk::DiskFormat::Qcow2,
+            container_format: "bare".into(),
+            properties: Default::default(),
+        };
+        glance.upload(new, &mut std::fs::File::open(&src).unwrap()).unwrap();
+        let images = HostImages::open(&root, "compute-1", glance.clone()).unwrap();
+        let hv = LibvirtHypervisor::connect_private_test(&group(), "compute-1").unwrap().with_images(images);
+        let image =
+            Image { name: "cirros".into(), size_mb: 2, disk_format: "qcow2".into(), properties: Default::default() };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (a, b) = (instance("img-a"), instance("img-b"));
+            let pa = hv.spawn(&a, &image).await.unwrap();
+            let pb = hv.spawn(&b, &image).await.unwrap();
+            let names: Vec<&str> = pa.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, ["image_fetch", "image_overlay", "config_drive", "define", "start"]);
+            assert_eq!(pb.len(), 5);
+            assert_eq!(glance.download_count(), 1, "two boots, one download");
+            let images = hv.images().unwrap();
+            let dir = images.instance_dir(&a);
+            let disk = dir.join("disk");
+            let h = stackbed_images::qcow2::Header::read(&disk).unwrap();
+            assert_eq!(h.size, 1 << 30, "the flavor's 1 GB root disk");
+            let base = h.backing_file.unwrap();
+            assert!(base.contains("_base"), "{base}");
+            let iso = std::fs::read(dir.join("disk.config")).unwrap();
+            let md = configdrive::read_file(&iso, "openstack/latest/meta_data.json").unwrap();
+            assert!(String::from_utf8_lossy(&md).contains("uuid-img-a"));
+            // The domain carries both disks.
+            let xml = hv.shared.conn.lookup_domain_by_name("img-a").unwrap().xml_desc(0).unwrap();
+            assert!(xml.contains(&disk.display().to_string()), "{xml}");
+            assert!(xml.contains("disk.config"), "{xml}");
+            hv.destroy(&a).await.unwrap();
+            assert!(!dir.exists(), "destroy removes the instance's files");
+            assert!(images.instance_dir(&b).join("disk").exists());
+            hv.destroy(&b).await.unwrap();
+            // An image the service does not have aborts the build (no reschedule).
+            let missing = Image { name: "nope".into(), ..image.clone() };
+            assert!(matches!(hv.spawn(&instance("img-c"), &missing).await, Err(HvError::Abort(_))));
+        });
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn domain_xml_attaches_disks_for_qemu() {
+        let disks =
+            InstanceDisks { root: "/var/lib/nova/i/disk".into(), config_drive: "/var/lib/nova/i/disk.config".into() };
+        let xml = domain_xml_with_disks(&instance("x"), "qemu", "x86_64", Some(&disks));
+        assert!(xml.contains("<source file='/var/lib/nova/i/disk'/>"), "{xml}");
+        assert!(xml.contains("<target dev='vda' bus='virtio'/>"), "{xml}");
+        assert!(xml.contains("device='cdrom'") && xml.contains("<readonly/>"), "{xml}");
+        assert_eq!(
+            domain_xml(&instance("x"), "qemu", "x86_64"),
+            domain_xml_with_disks(&instance("x"), "qemu", "x86_64", None)
+        );
     }
 }
