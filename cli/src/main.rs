@@ -18,6 +18,7 @@ use stackbed_services::report::{Report, RunOptions};
 mod images_bench;
 
 mod compare;
+mod explain;
 
 #[cfg(madsim)]
 mod world {
@@ -70,6 +71,20 @@ enum Command {
         /// Runs at once (default: the machine's cores).
         #[arg(long)]
         jobs: Option<usize>,
+    },
+    /// Explain one scheduling decision: each filter with the hosts it kept and rejected (and
+    /// why), each weigher's raw and normalised values, the scores, the pick, the alternates and
+    /// the guest CPU topology. Nothing runs: the hosts are the scenario's as they start.
+    Explain {
+        scenario: PathBuf,
+        /// The workload's request number, from 0.
+        #[arg(long, default_value_t = 0)]
+        request: u32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Parse and validate a scenario without running it.
     Check { scenario: PathBuf },
@@ -155,9 +170,13 @@ struct MultiSeedSummary {
 }
 
 fn progress(done: usize, total: usize, failed: usize) {
+    progress_of("seeds", done, total, failed)
+}
+
+fn progress_of(what: &str, done: usize, total: usize, failed: usize) {
     let width = 30;
     let filled = done * width / total.max(1);
-    eprint!("\r[{}{}] {done}/{total} seeds, {failed} failed", "#".repeat(filled), ".".repeat(width - filled));
+    eprint!("\r[{}{}] {done}/{total} {what}, {failed} failed", "#".repeat(filled), ".".repeat(width - filled));
     if done == total {
         eprintln!();
     }
@@ -313,7 +332,7 @@ fn cmd_compare(
     let results = std::sync::Mutex::new(Vec::new());
     let failed = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicUsize::new(0);
-    progress(0, total, 0);
+    progress_of("runs", 0, total, 0);
     // Each run is its own simulation with its own runtime; runs share nothing, so running
     // them on several threads changes no result.
     std::thread::scope(|scope| {
@@ -325,14 +344,18 @@ fn cmd_compare(
                 scenario.control.scheduler.strategy = strategy.clone();
                 let scenario = Arc::new(scenario);
                 let mut opts = options(&scenario, path, seed, &rev);
-                opts.replay = format!("cargo {} compare {} --strategies {strategy} --seeds {seed}..{seed}", world::NAME, path.display());
+                opts.replay = format!(
+                    "cargo {} compare {} --strategies {strategy} --seeds {seed}..{seed}",
+                    world::NAME,
+                    path.display()
+                );
                 let outcome = world::run(&opts);
                 if !matches!(&outcome, Ok(r) if r.passed) {
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 results.lock().unwrap_or_else(|e| e.into_inner()).push((k, strategy, outcome));
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                progress(n, total, failed.load(std::sync::atomic::Ordering::Relaxed));
+                progress_of("runs", n, total, failed.load(std::sync::atomic::Ordering::Relaxed));
             });
         }
     });
@@ -463,6 +486,16 @@ fn main() -> ExitCode {
         Command::Compare { scenario, strategies, seeds, report_dir, jobs } => {
             cmd_compare(&scenario, strategies, seeds, report_dir, jobs)
         }
+        Command::Explain { scenario, request, seed, json } => load(&scenario).and_then(|s| {
+            let seed = seed.unwrap_or(s.scenario.seeds.start);
+            let e = explain::request(&s, seed, request)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", explain::render(&e, request));
+            }
+            Ok(true)
+        }),
         Command::Check { scenario } => load(&scenario).map(|s| {
             println!(
                 "{}: ok ({} hosts, {} boots)",

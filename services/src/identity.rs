@@ -10,6 +10,8 @@ use stackbed_core::model::{Project, Record, Table, User};
 use stackbed_core::store::{Expect, Op, Row};
 use stackbed_core::token::{expand_implied_roles, KeyRing, TokenPayload, TOKEN_EXPIRATION_MS};
 
+use stackbed_core::scenario::Scenario;
+
 use crate::ctx::Ctx;
 use crate::dbx::{get, ServiceError};
 use crate::seams::{Incoming, Rpc};
@@ -21,9 +23,9 @@ pub fn password_hash(password: &str) -> String {
 }
 
 /// The projects and users a scenario's tenants describe: (project, user, password).
-pub fn tenants(ctx: &Ctx) -> Vec<(Project, User, String)> {
+pub fn tenants(scenario: &Scenario) -> Vec<(Project, User, String)> {
     let mut out = Vec::new();
-    for group in &ctx.scenario.tenants {
+    for group in &scenario.tenants {
         for i in 0..group.count {
             let id = if group.count == 1 { group.name.clone() } else { format!("{}-{i}", group.name) };
             let password = format!("secret-{id}");
@@ -42,7 +44,7 @@ pub fn tenants(ctx: &Ctx) -> Vec<(Project, User, String)> {
 /// keystone-manage bootstrap: create the scenario's projects and users.
 pub async fn bootstrap(ctx: &Ctx) -> Result<(), ServiceError> {
     let mut ops = Vec::new();
-    for (project, user, _) in tenants(ctx) {
+    for (project, user, _) in tenants(&ctx.scenario) {
         ops.push(Op::Put {
             table: Table::Projects,
             key: project.id.clone(),

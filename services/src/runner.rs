@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use stackbed_core::model::{Record, Table};
+use stackbed_core::model::{Flavor, Image, Record, Table};
 use stackbed_core::scenario::{Action, Runner};
 
 use crate::api::{Api, ApiError, CreateServer};
@@ -55,7 +55,7 @@ fn pick(rng: &mut SmallRng, weights: &BTreeMap<String, f64>) -> String {
 
 impl Workload {
     pub fn new(ctx: Ctx, api: Arc<Api>) -> Arc<Workload> {
-        let tenants = crate::identity::tenants(&ctx)
+        let tenants = crate::identity::tenants(&ctx.scenario)
             .into_iter()
             .map(|(p, u, password)| Tenant {
                 project: p.id,
@@ -285,6 +285,42 @@ impl Workload {
             self.ctx.clock.sleep(w.poll_interval.0).await;
         }
     }
+}
+
+/// The flavor, image and project of the workload's request `n` (counting from 0), as the
+/// runner draws them for `seed`: lets `explain` show a request without running anything.
+/// Requests draw in index order (a worker takes an index and draws before it awaits).
+pub fn request_shape(
+    scenario: &stackbed_core::scenario::Scenario,
+    seed: u64,
+    n: u32,
+) -> Result<(Flavor, Image, String), String> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ crate::ctx::fnv1a(b"runner"));
+    let w = &scenario.workload;
+    let (mut flavor, mut image) = (String::new(), String::new());
+    for i in 0..=n {
+        if let Runner::Trace { .. } = w.runner {
+            let row = scenario
+                .trace
+                .get(i as usize)
+                .ok_or_else(|| format!("the trace has {} requests", scenario.trace.len()))?;
+            flavor = row.flavor_name();
+            image = pick(&mut rng, &w.images);
+        } else {
+            flavor = pick(&mut rng, &w.flavors);
+            image = pick(&mut rng, &w.images);
+        }
+    }
+    let times = w.runner.times(&scenario.trace);
+    if n >= times {
+        return Err(format!("the workload makes {times} requests (0..{})", times.saturating_sub(1)));
+    }
+    let tenants = crate::identity::tenants(scenario);
+    let project = tenants.get(n as usize % tenants.len().max(1)).map(|t| t.0.id.clone()).unwrap_or_default();
+    let flavor =
+        scenario.flavors.iter().find(|f| f.name == flavor).cloned().ok_or_else(|| format!("no flavor {flavor}"))?;
+    let image = scenario.images.iter().find(|i| i.name == image).cloned().ok_or_else(|| format!("no image {image}"))?;
+    Ok((flavor, image, project))
 }
 
 /// The final state of every instance, for the report.

@@ -148,3 +148,23 @@ fn anti_affinity_spreads_a_group() {
     }
     assert_eq!(per_group_host.len(), 32);
 }
+
+#[test]
+fn icehouse_reschedules_through_the_scheduler_and_gives_up_after_max_attempts() {
+    let s = scenario("icehouse.toml");
+    let r = run(&s, 1);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    assert!(r.counters.get("reschedules").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    // No scheduler-side claims in Icehouse: placement's conductor path never runs.
+    assert!(
+        !r.actions.iter().any(|a| a.action == "scheduler.select_destinations"),
+        "Icehouse has no select_destinations call"
+    );
+    let errored: Vec<_> = r.instances.iter().filter(|i| i.status == "ERROR").collect();
+    assert!(!errored.is_empty(), "with 25% failures some request fails 3 times");
+    for i in errored {
+        assert!(i.fault.as_deref().unwrap_or("").contains("Exceeded max scheduling attempts"), "{i:?}");
+    }
+    let ratios = s.control.ratios();
+    assert_eq!((ratios.cpu, ratios.ram, ratios.disk), (16.0, 1.5, 1.0));
+}
