@@ -23,3 +23,4 @@ pub mod disk;
 pub mod glance;
 pub mod qcow2;
 pub mod qemu;
+pub mod snapshot;

@@ -278,6 +278,11 @@ const SNAPSHOT_EXTRA_MAX: u32 = 1024;
 impl Snapshot {
     /// Parses `count` entries of the snapshot table from `bytes` (the table itself).
     pub fn parse_table(bytes: &[u8], count: u32) -> Result<Vec<Snapshot>, Qcow2Error> {
+        Snapshot::parse_table_len(bytes, count).map(|(s, _)| s)
+    }
+
+    /// [`Snapshot::parse_table`], and the table's length in bytes.
+    pub fn parse_table_len(bytes: &[u8], count: u32) -> Result<(Vec<Snapshot>, u64), Qcow2Error> {
         let mut out = Vec::with_capacity(count.min(1024) as usize);
         let mut at = 0u64;
         for _ in 0..count {
@@ -318,7 +323,7 @@ impl Snapshot {
             });
             at = (strings_at + id_len + name_len).div_ceil(8) * 8;
         }
-        Ok(out)
+        Ok((out, at))
     }
 
     /// The entry as QEMU writes it (with v3 extra data), padded to 8 bytes.
@@ -345,9 +350,14 @@ impl Snapshot {
 /// Lists the internal snapshots of the qcow2 image at `path` (what `qemu-img snapshot -l`
 /// shows).
 pub fn list_snapshots(path: &Path) -> Result<Vec<Snapshot>, Qcow2Error> {
+    snapshot_table(path).map(|(s, _)| s)
+}
+
+/// The snapshots and the table's length in bytes.
+pub fn snapshot_table(path: &Path) -> Result<(Vec<Snapshot>, u64), Qcow2Error> {
     let h = Header::read(path)?;
     if h.nb_snapshots == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let io = |source| Qcow2Error::Io { path: path.display().to_string(), source };
     let file = File::open(path).map_err(io)?;
@@ -357,13 +367,13 @@ pub fn list_snapshots(path: &Path) -> Result<Vec<Snapshot>, Qcow2Error> {
     let mut buf = vec![0u8; want.min(64 << 20) as usize];
     let n = read_at_most(&file, &mut buf, h.snapshots_offset).map_err(io)?;
     buf.truncate(n);
-    match Snapshot::parse_table(&buf, h.nb_snapshots) {
+    match Snapshot::parse_table_len(&buf, h.nb_snapshots) {
         Err(Qcow2Error::Truncated { .. }) if n == buf.capacity() => {
             // Long names: read the rest of the file (bounded by QEMU's table limit).
             let mut all = vec![0u8; len.saturating_sub(h.snapshots_offset).min(64 << 20) as usize];
             let n = read_at_most(&file, &mut all, h.snapshots_offset).map_err(io)?;
             all.truncate(n);
-            Snapshot::parse_table(&all, h.nb_snapshots)
+            Snapshot::parse_table_len(&all, h.nb_snapshots)
         }
         r => r,
     }

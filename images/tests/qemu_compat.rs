@@ -284,3 +284,54 @@ fn corrupt_and_truncated_images_give_errors_not_panics() {
     assert!(Disk::open(&bad, OpenOptions::default()).is_err());
     assert!(matches!(qcow2::Header::read(&dir.path().join("missing")), Err(Qcow2Error::Io { .. })));
 }
+
+#[test]
+fn internal_snapshots_are_listed_and_restored_by_qemu_img_and_by_us() {
+    use stackbed_images::snapshot;
+    let dir = tmp();
+    let raw = dir.path().join("s.raw");
+    mixed_raw(&raw, 6 << 20);
+    let img = dir.path().join("s.qcow2");
+    convert_raw_to_qcow2(&raw, &img, Durability::NoSync).unwrap();
+    let before = dir.path().join("before.raw");
+    std::fs::copy(&raw, &before).unwrap();
+    // Ours: create, then change the disk.
+    snapshot::create(&img, "clean").unwrap();
+    qemu::check(&img).unwrap();
+    {
+        let d = Disk::open(&img, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(9, 65536 * 3), 1 << 20).unwrap();
+        d.write(&pattern(10, 4096), 5 << 20).unwrap();
+    }
+    qemu::check(&img).unwrap();
+    let after = dir.path().join("after.raw");
+    convert_to_raw(&img, &after, Durability::NoSync).unwrap();
+    assert!(qemu::compare(&before, &img).is_err(), "the writes changed the disk");
+    // qemu-img lists ours; we list a snapshot qemu-img makes.
+    qemu::qemu_img(&["snapshot", "-c", "by-qemu", s(&img)]).unwrap();
+    let listed = String::from_utf8(qemu::qemu_img(&["snapshot", "-l", s(&img)]).unwrap().stdout).unwrap();
+    assert!(listed.contains("clean") && listed.contains("by-qemu"), "{listed}");
+    let names: Vec<String> = qcow2::list_snapshots(&img).unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["clean", "by-qemu"]);
+    // Ours reverts to ours: the disk reads as before; qemu-img check is clean.
+    snapshot::revert(&img, "clean").unwrap();
+    qemu::check(&img).unwrap();
+    qemu::compare(&before, &img).unwrap();
+    // Writable after the revert (shared tables get copied on write), still clean.
+    {
+        let d = Disk::open(&img, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(11, 4096), 0).unwrap();
+    }
+    qemu::check(&img).unwrap();
+    // qemu-img reverts to the snapshot it took (the state after our writes).
+    qemu::qemu_img(&["snapshot", "-a", "by-qemu", s(&img)]).unwrap();
+    qemu::compare(&after, &img).unwrap();
+    // Ours reverts to qemu-img's snapshot too, and makes another after that.
+    snapshot::revert(&img, "clean").unwrap();
+    snapshot::revert(&img, "by-qemu").unwrap();
+    qemu::compare(&after, &img).unwrap();
+    snapshot::create(&img, "third").unwrap();
+    qemu::check(&img).unwrap();
+    let listed = String::from_utf8(qemu::qemu_img(&["snapshot", "-l", s(&img)]).unwrap().stdout).unwrap();
+    assert!(listed.contains("third"), "{listed}");
+}
