@@ -80,7 +80,7 @@ impl Image {
     }
 
     fn cluster_index(&self, offset: u64, what: &str) -> Result<usize, Qcow2Error> {
-        if offset % self.cs != 0 {
+        if !offset.is_multiple_of(self.cs) {
             return Err(Qcow2Error::Corrupt(format!("{what} at {offset:#x} is not cluster-aligned")));
         }
         Ok((offset / self.cs) as usize)
