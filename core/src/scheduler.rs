@@ -81,11 +81,14 @@ impl HostState {
         (0..3).all(|c| {
             let amount = resources.0[c];
             let inv = &self.inventories[c];
+            // used + amount <= floor(x) holds exactly when used + amount <= x (integers), so
+            // the capacity needs no float-to-integer conversion here.
             amount == 0
                 || (amount >= inv.min_unit
                     && amount <= inv.max_unit
                     && (inv.step_size <= 1 || amount.is_multiple_of(inv.step_size))
-                    && self.used.0[c] + amount <= inv.capacity())
+                    && (self.used.0[c] + amount) as f64
+                        <= inv.total.saturating_sub(inv.reserved) as f64 * inv.allocation_ratio)
         })
     }
 
@@ -1052,13 +1055,43 @@ impl std::fmt::Display for NoValidHost {
 pub struct Workspace {
     survivors: Vec<usize>,
     active: Vec<FilterKind>,
-    /// Weighers collected during the filter pass, with their configured multipliers.
-    weighers: Vec<(WeigherKind, f64)>,
-    /// Raw values per collected weigher, in survivor order (struct of arrays).
-    columns: Vec<Vec<f64>>,
+    /// The weighers whose raw values the filter pass records for each survivor.
+    collected: Vec<WeigherKind>,
+    /// Those raw values, survivor by survivor (`collected.len()` per survivor).
+    rows: Vec<f64>,
+    column: Vec<f64>,
     weights: Vec<f64>,
-    keys: Vec<(u64, usize)>,
+    keys: Vec<u128>,
     order: Vec<usize>,
+    /// Per host index, what the hot path reads from the node record, so that it does not
+    /// follow the node pointer (and its strings) on every decision. An entry is valid while
+    /// it holds the same `Arc` as the host state: the clone it keeps means the node cannot
+    /// change in place (`Arc::get_mut` fails) nor its address be reused.
+    facts: Vec<Option<NodeFacts>>,
+    /// The image requirements the cached ImageProperties verdicts are for.
+    image_key: Option<ImageKey>,
+    image_generation: u64,
+}
+
+#[derive(Debug)]
+struct NodeFacts {
+    node: Arc<ComputeNode>,
+    num_io_ops: f64,
+    num_instances: f64,
+    hypervisor_version: f64,
+    /// ImagePropertiesFilter's verdict for `image_generation`.
+    image_generation: u64,
+    image_ok: bool,
+}
+
+type ImageKey = [Option<String>; 4];
+
+fn image_key(wants: &ImageWants<'_>) -> ImageKey {
+    [wants.arch, wants.hv_type, wants.vm_mode, wants.version].map(|w| w.map(str::to_string))
+}
+
+fn same_image_key(key: &ImageKey, wants: &ImageWants<'_>) -> bool {
+    key.iter().zip([wants.arch, wants.hv_type, wants.vm_mode, wants.version]).all(|(k, w)| k.as_deref() == w)
 }
 
 impl Workspace {
@@ -1074,7 +1107,7 @@ impl Workspace {
         req: &RequestView<'_>,
         config: &SchedulerConfig,
     ) -> Result<&[usize], NoValidHost> {
-        self.weighers.clear();
+        self.collected.clear();
         self.filter_pass(hosts, req, config)?;
         Ok(&self.survivors)
     }
@@ -1095,13 +1128,15 @@ impl Workspace {
         let prepared = Prepared::new(req, config);
         self.active.clear();
         self.active.extend(config.filters.iter().copied().filter(|f| f.active(&prepared, req, config)));
-        let weighers = self.weighers.len();
-        if self.columns.len() < weighers {
-            self.columns.resize_with(weighers, Vec::new);
+        self.rows.clear();
+        if !self.image_key.as_ref().is_some_and(|k| same_image_key(k, &prepared.image)) {
+            self.image_key = Some(image_key(&prepared.image));
+            self.image_generation += 1;
         }
-        for column in &mut self.columns {
-            column.clear();
+        if self.facts.len() < hosts.len() {
+            self.facts.resize_with(hosts.len(), || None);
         }
+        let generation = self.image_generation;
         let resources = req.flavor.resources();
         let limit = if config.use_placement { config.candidate_limit } else { usize::MAX };
         let mut candidates = 0usize;
@@ -1115,10 +1150,42 @@ impl Workspace {
                 }
                 candidates += 1;
             }
-            if self.active.iter().all(|&f| passes(f, &prepared, host, req, config, &mut Quiet)) {
+            let facts = match &mut self.facts[i] {
+                Some(f) if Arc::ptr_eq(&f.node, &host.node) => f,
+                slot => slot.insert(NodeFacts {
+                    node: host.node.clone(),
+                    num_io_ops: host.node.num_io_ops as f64,
+                    num_instances: host.node.num_instances as f64,
+                    hypervisor_version: host.node.hypervisor_version as f64,
+                    image_generation: 0,
+                    image_ok: false,
+                }),
+            };
+            let ok = self.active.iter().all(|&f| match f {
+                FilterKind::ImageProperties => {
+                    if facts.image_generation != generation {
+                        facts.image_ok = image_properties(host, &prepared.image, &mut Quiet);
+                        facts.image_generation = generation;
+                    }
+                    facts.image_ok
+                }
+                _ => passes(f, &prepared, host, req, config, &mut Quiet),
+            });
+            if ok {
                 self.survivors.push(i);
-                for (column, &(weigher, _)) in self.columns.iter_mut().zip(&self.weighers) {
-                    column.push(weigher.raw(host, req));
+                if !self.collected.is_empty() {
+                    // The weighers' raw values while the host is in cache; the node's values
+                    // come from the cached facts.
+                    let mut row = [0.0; WeigherKind::COUNT];
+                    for (slot, &w) in row.iter_mut().zip(&self.collected) {
+                        *slot = match w {
+                            WeigherKind::IoOps => facts.num_io_ops,
+                            WeigherKind::NumInstances => facts.num_instances,
+                            WeigherKind::HypervisorVersion => facts.hypervisor_version,
+                            _ => w.raw(host, req),
+                        };
+                    }
+                    self.rows.extend_from_slice(&row[..self.collected.len()]);
                 }
             }
         }
@@ -1142,27 +1209,19 @@ impl Workspace {
             return;
         }
         let overrides = self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
-        let mut collected = self.weighers.iter().zip(&mut self.columns);
+        let stride = self.collected.len();
         for (&weigher, &multiplier) in &config.weighers {
-            if weigher.idle(req) {
+            // A weigher off in the configuration still counts where an aggregate sets it.
+            if weigher.idle(req) || (multiplier == 0.0 && !overrides) {
                 continue;
             }
-            let column: &mut Vec<f64> = if multiplier != 0.0 {
-                match collected.next() {
-                    Some((_, column)) => column,
-                    None => continue,
-                }
-            } else if overrides {
-                // Rare: a weigher off in the configuration but set on some aggregate.
-                let mut column = Vec::with_capacity(n);
-                column.extend(self.survivors.iter().map(|&i| weigher.raw(&hosts[i], req)));
-                add_column(&mut self.weights, &mut column, weigher, multiplier, Some((hosts, &self.survivors)));
-                continue;
-            } else {
-                continue;
-            };
+            self.column.clear();
+            match self.collected.iter().position(|&w| w == weigher) {
+                Some(at) => self.column.extend(self.rows.chunks_exact(stride).map(|row| row[at])),
+                None => self.column.extend(self.survivors.iter().map(|&i| weigher.raw(&hosts[i], req))),
+            }
             let per_host = overrides.then_some((hosts, &self.survivors[..]));
-            add_column(&mut self.weights, column, weigher, multiplier, per_host);
+            add_column(&mut self.weights, &mut self.column, weigher, multiplier, per_host);
         }
     }
 
@@ -1175,19 +1234,54 @@ impl Workspace {
         config: &SchedulerConfig,
         rng: &mut dyn RngCore,
     ) -> Result<&[usize], NoValidHost> {
-        self.weighers.clear();
-        self.weighers.extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req)).map(|(w, m)| (*w, *m)));
+        self.ordered(hosts, req, config, rng, usize::MAX)
+    }
+
+    /// The first `k` hosts of [`Workspace::sorted_hosts`]'s order (the pick and its
+    /// alternates), without ordering the rest: the same hosts in the same order, drawing
+    /// the same random numbers.
+    pub fn best_hosts(
+        &mut self,
+        hosts: &[HostState],
+        req: &RequestView<'_>,
+        config: &SchedulerConfig,
+        rng: &mut dyn RngCore,
+        k: usize,
+    ) -> Result<&[usize], NoValidHost> {
+        self.ordered(hosts, req, config, rng, k)
+    }
+
+    fn ordered(
+        &mut self,
+        hosts: &[HostState],
+        req: &RequestView<'_>,
+        config: &SchedulerConfig,
+        rng: &mut dyn RngCore,
+        k: usize,
+    ) -> Result<&[usize], NoValidHost> {
+        self.collected.clear();
+        self.collected.extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req)).map(|(w, _)| *w));
         self.filter_pass(hosts, req, config)?;
         self.weigh(hosts, req, config);
         self.keys.clear();
-        self.keys.extend(self.weights.iter().zip(&self.survivors).map(|(&w, &i)| (descending_key(w), i)));
-        // Unstable sort on (key, index) is the stable descending order by weight.
-        self.keys.sort_unstable();
+        self.keys.extend(
+            self.weights.iter().zip(&self.survivors).map(|(&w, &i)| ((descending_key(w) as u128) << 64) | i as u128),
+        );
+        // Ascending (key, index) is the stable descending order by weight.
+        let n = self.keys.len();
+        let subset = config.host_subset_size.clamp(1, n);
+        let wanted = k.max(subset).min(n);
+        if wanted < n {
+            self.keys.select_nth_unstable(wanted - 1);
+            self.keys[..wanted].sort_unstable();
+        } else {
+            self.keys.sort_unstable();
+        }
         self.order.clear();
-        self.order.extend(self.keys.iter().map(|&(_, i)| i));
-        let subset = config.host_subset_size.clamp(1, self.order.len());
+        self.order.extend(self.keys[..wanted].iter().map(|&key| key as u64 as usize));
         let pick = if subset > 1 { rng.gen_range(0..subset) } else { 0 };
         self.order[..=pick].rotate_right(1);
+        self.order.truncate(k.min(n));
         Ok(&self.order)
     }
 }
@@ -1201,13 +1295,18 @@ fn add_column(
     multiplier: f64,
     per_host: Option<(&[HostState], &[usize])>,
 ) {
+    // One pass: nova's minval clamp and the bounds (raw values are finite: no NaN care).
     let minval = weigher.minval();
-    if let Some(floor) = minval {
-        for v in column.iter_mut() {
-            *v = v.max(floor);
+    let floor = minval.unwrap_or(f64::NEG_INFINITY);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in column.iter_mut() {
+        if *v < floor {
+            *v = floor;
         }
+        lo = if *v < lo { *v } else { lo };
+        hi = if *v > hi { *v } else { hi };
     }
-    let (lo, hi) = bounds(column.iter().copied(), minval);
+    let lo = minval.unwrap_or(lo);
     if hi <= lo {
         return; // every host normalises to 0
     }

@@ -81,6 +81,20 @@ pub trait Strategy: Send {
         req: &RequestView<'_>,
         rng: &mut dyn RngCore,
     ) -> Result<Vec<usize>, NoValidHost>;
+
+    /// The first `k` hosts of `select`'s order (a decision: the pick and its alternates),
+    /// for the same `rng` state. Override when they can be found without the full order.
+    fn select_top(
+        &mut self,
+        hosts: &[HostState],
+        req: &RequestView<'_>,
+        rng: &mut dyn RngCore,
+        k: usize,
+    ) -> Result<Vec<usize>, NoValidHost> {
+        let mut order = self.select(hosts, req, rng)?;
+        order.truncate(k);
+        Ok(order)
+    }
 }
 
 /// The built-in strategies' CLI names.
@@ -126,6 +140,15 @@ impl Strategy for Spread {
         rng: &mut dyn RngCore,
     ) -> Result<Vec<usize>, NoValidHost> {
         self.workspace.sorted_hosts(hosts, req, &self.config, rng).map(<[usize]>::to_vec)
+    }
+    fn select_top(
+        &mut self,
+        hosts: &[HostState],
+        req: &RequestView<'_>,
+        rng: &mut dyn RngCore,
+        k: usize,
+    ) -> Result<Vec<usize>, NoValidHost> {
+        self.workspace.best_hosts(hosts, req, &self.config, rng, k).map(<[usize]>::to_vec)
     }
 }
 

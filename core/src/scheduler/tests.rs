@@ -574,3 +574,49 @@ fn aggregates_scenario_keeps_requests_on_the_aggregate() {
         }
     }
 }
+
+#[test]
+fn best_hosts_is_the_prefix_of_the_full_order() {
+    let hosts = varied_hosts(300);
+    let f = flavor(&[]);
+    let i = image(&[("hw_architecture", "x86_64")]);
+    let req = RequestView::new(&f, &i);
+    let mut ws = Workspace::new();
+    for subset in [1, 3, 10] {
+        let config = SchedulerConfig { host_subset_size: subset, ..Default::default() };
+        for seed in 0..6 {
+            let full = ws.sorted_hosts(&hosts, &req, &config, &mut SmallRng::seed_from_u64(seed)).unwrap().to_vec();
+            for k in [1, 3, 7, 500] {
+                let top = ws.best_hosts(&hosts, &req, &config, &mut SmallRng::seed_from_u64(seed), k).unwrap();
+                assert_eq!(top, &full[..k.min(full.len())], "subset {subset} seed {seed} k {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cached_node_facts_follow_a_changed_node() {
+    let f = flavor(&[]);
+    let arm = image(&[("hw_architecture", "aarch64")]);
+    let x86 = image(&[("hw_architecture", "x86_64")]);
+    let mut hosts = vec![host("a", 8192), host("b", 8192)];
+    let mut ws = Workspace::new();
+    let config = SchedulerConfig::default();
+    assert!(ws.filter(&hosts, &RequestView::new(&f, &arm), &config).is_err());
+    assert_eq!(ws.filter(&hosts, &RequestView::new(&f, &x86), &config).unwrap(), &[0, 1]);
+    hosts[1] = with_node(hosts[1].clone(), |n| n.cpu_arch = "aarch64".into());
+    assert_eq!(ws.filter(&hosts, &RequestView::new(&f, &arm), &config).unwrap(), &[1]);
+    assert_eq!(ws.filter(&hosts, &RequestView::new(&f, &x86), &config).unwrap(), &[0]);
+    // io_ops read from the new node record.
+    hosts[0] = with_node(hosts[0].clone(), |n| n.num_io_ops = 7);
+    let only_io = SchedulerConfig { weighers: [(WeigherKind::IoOps, -1.0)].into_iter().collect(), ..config };
+    let order = ws
+        .sorted_hosts(
+            &hosts,
+            &RequestView::new(&f, &x86),
+            &SchedulerConfig { filters: vec![], ..only_io },
+            &mut SmallRng::seed_from_u64(1),
+        )
+        .unwrap();
+    assert_eq!(order, &[1, 0]);
+}

@@ -175,3 +175,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn select_top_is_the_prefix_of_select_for_every_builtin() {
+    let hosts: Vec<HostState> = (0..50)
+        .map(|k| {
+            let mut h = host(&format!("h{k}"), 16, 16896, 4.0);
+            h.used = Resources::new(k % 9, (k * 331) % 12000, k % 40);
+            h
+        })
+        .collect();
+    let f = flavor(1, 1024, 10);
+    let i = image();
+    let req = RequestView::new(&f, &i);
+    for subset in [1, 4] {
+        let config = SchedulerConfig { host_subset_size: subset, ..SchedulerConfig::default() };
+        for name in BUILTIN {
+            let mut s = builtin(name, &config).unwrap();
+            let full = s.select(&hosts, &req, &mut SmallRng::seed_from_u64(9)).unwrap();
+            let top = s.select_top(&hosts, &req, &mut SmallRng::seed_from_u64(9), 3).unwrap();
+            assert_eq!(top, full[..3], "{name} subset {subset}");
+        }
+    }
+}
