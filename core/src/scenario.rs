@@ -674,7 +674,12 @@ impl Scenario {
                 (_, Some(m)) => m.to_string(),
                 (None, None) => "-".into(),
             };
-            ScenarioError { file: file.to_string(), line, column, field, message: e.message().to_string() }
+            // Some TOML syntax errors carry no message of their own (a stray `=` at the end).
+            let message = match e.message() {
+                "" => "invalid TOML syntax here".to_string(),
+                m => m.to_string(),
+            };
+            ScenarioError { file: file.to_string(), line, column, field, message }
         })?;
         scenario.validate().map_err(|(field, message)| {
             let offset = span_of(text, &field).unwrap_or(0);
