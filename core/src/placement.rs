@@ -32,8 +32,19 @@ pub fn fits(provider: &Provider, resources: &Resources) -> Result<(), String> {
 }
 
 /// Indices of the providers that can take `resources`, in input order, at most `limit`.
-pub fn allocation_candidates(providers: &[Provider], resources: &Resources, limit: usize) -> Vec<usize> {
-    providers.iter().enumerate().filter(|(_, p)| fits(p, resources).is_ok()).map(|(i, _)| i).take(limit).collect()
+/// Providers may be owned or borrowed (the scheduler reads them from a shared snapshot).
+pub fn allocation_candidates<P: std::borrow::Borrow<Provider>>(
+    providers: &[P],
+    resources: &Resources,
+    limit: usize,
+) -> Vec<usize> {
+    providers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| fits((*p).borrow(), resources).is_ok())
+        .map(|(i, _)| i)
+        .take(limit)
+        .collect()
 }
 
 /// Whether any class of `provider` is over its capacity (the no-overcommit invariant).

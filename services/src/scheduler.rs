@@ -198,11 +198,12 @@ impl Scheduler {
         spec: &RequestSpec,
     ) -> Result<Result<(Vec<HostState>, Vec<usize>), String>, ServiceError> {
         let db = &*self.ctx.db;
-        // Placement's view is read fresh for every request: claims depend on it.
-        let providers: Vec<Provider> = dbx::scan(db, Table::Providers, "")
-            .await?
-            .into_iter()
-            .filter_map(|(_, r)| match r.value {
+        // Placement's view is read fresh for every request (claims depend on it), as one
+        // shared snapshot: the rows are read, not copied.
+        let snapshot = dbx::snapshot(db, Table::Providers).await?;
+        let providers: Vec<&Provider> = snapshot
+            .values()
+            .filter_map(|r| match &r.value {
                 Record::Provider(p) => Some(p),
                 _ => None,
             })
@@ -230,7 +231,7 @@ impl Scheduler {
         let hosts: Vec<HostState> = candidates
             .iter()
             .filter_map(|&i| {
-                let p = &providers[i];
+                let p = providers[i];
                 let node = nodes.get(&p.host)?.clone();
                 let svc = services.get(&p.host);
                 let fixed = self.hosts.get(&p.host);
