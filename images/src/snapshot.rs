@@ -106,7 +106,9 @@ impl Image {
                     continue;
                 }
                 if c as usize >= self.counts.len() {
-                    self.counts.resize(c as usize + 1, 0);
+                    return Err(Qcow2Error::Corrupt(format!(
+                        "refcount block {off:#x} counts cluster {c}, beyond the end of the image"
+                    )));
                 }
                 self.counts[c as usize] = v;
             }
