@@ -33,14 +33,21 @@ pub const EXECUTOR_POOL_SIZE: usize = 64;
 /// report_interval (10 s), so ComputeFilter sees the same up/down picture.
 pub const HOST_STATE_REFRESH: Duration = Duration::from_secs(1);
 
-type NodeMap = HashMap<String, Arc<ComputeNode>>;
-type ServiceMap = HashMap<String, ServiceRecord>;
+/// One host as the cache holds it: its compute node, its service row and what the scenario
+/// fixes for it. The cache is a vector sorted by host name, the order of placement's
+/// snapshot too, so host states are built by one merge of the two, without lookups.
+struct CachedHost {
+    host: String,
+    node: Arc<ComputeNode>,
+    service: Option<ServiceRecord>,
+    aggregates: Arc<HostAggregates>,
+    ip: Option<u32>,
+}
 
 #[derive(Default)]
 struct HostCache {
     refreshed: Option<tokio::time::Instant>,
-    nodes: Arc<NodeMap>,
-    services: Arc<ServiceMap>,
+    hosts: Arc<Vec<CachedHost>>,
 }
 
 /// The address of the `index`-th host of the topology (SimpleCIDRAffinity): 10.0.0.0/8
@@ -208,7 +215,7 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        let (nodes, services) = self.host_cache().await?;
+        let cached = self.host_cache().await?;
 
         let candidates: Vec<usize> = if self.config.use_placement {
             let candidates = allocation_candidates(&providers, &spec.flavor.resources(), CANDIDATE_LIMIT);
@@ -228,23 +235,27 @@ impl Scheduler {
         let different_host_hosts = self.instance_hosts(&hints.different_host).await?;
         let now = self.ctx.clock.now_ms();
         let down_after = self.ctx.scenario.control.service_down_time.ms();
+        // Candidates come in key (host name) order, as the cache does: merge the two.
+        let mut next = 0;
         let hosts: Vec<HostState> = candidates
             .iter()
             .filter_map(|&i| {
                 let p = providers[i];
-                let node = nodes.get(&p.host)?.clone();
-                let svc = services.get(&p.host);
-                let fixed = self.hosts.get(&p.host);
+                while next < cached.len() && cached[next].host < p.host {
+                    next += 1;
+                }
+                let c = cached.get(next).filter(|c| c.host == p.host)?;
+                let svc = c.service.as_ref();
                 Some(HostState {
-                    node,
+                    node: c.node.clone(),
                     service_up: svc.is_some_and(|s| now.saturating_sub(s.last_seen_ms) <= down_after),
                     service_disabled: svc.is_none_or(|s| s.disabled),
                     inventories: p.inventories,
                     used: p.used,
                     failed_builds: svc.map_or(0, |s| s.failed_builds),
                     group_members_here: members_per_host.get(&p.host).copied().unwrap_or(0),
-                    aggregates: fixed.map_or_else(HostAggregates::none, |h| h.aggregates.clone()),
-                    host_ip: fixed.map(|h| h.ip),
+                    aggregates: c.aggregates.clone(),
+                    host_ip: c.ip,
                 })
             })
             .collect();
@@ -287,11 +298,11 @@ impl Scheduler {
     }
 
     /// The compute nodes and services rows, re-read when older than [`HOST_STATE_REFRESH`].
-    async fn host_cache(&self) -> Result<(Arc<NodeMap>, Arc<ServiceMap>), ServiceError> {
+    async fn host_cache(&self) -> Result<Arc<Vec<CachedHost>>, ServiceError> {
         {
             let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if c.refreshed.is_some_and(|t| t.elapsed() < HOST_STATE_REFRESH) {
-                return Ok((c.nodes.clone(), c.services.clone()));
+                return Ok(c.hosts.clone());
             }
         }
         let mut rows = self
@@ -304,16 +315,8 @@ impl Scheduler {
             .await?
             .into_iter()
             .map(dbx::rows_of);
-        let nodes: NodeMap = rows
-            .next()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, r)| match r.value {
-                Record::ComputeNode(n) => Some((k, Arc::new(n))),
-                _ => None,
-            })
-            .collect();
-        let services: ServiceMap = rows
+        let nodes = rows.next().unwrap_or_default();
+        let mut services: HashMap<String, ServiceRecord> = rows
             .next()
             .unwrap_or_default()
             .into_iter()
@@ -322,10 +325,27 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        let (nodes, services) = (Arc::new(nodes), Arc::new(services));
+        // Scans come in key order, so the vector is sorted by host name.
+        let hosts: Vec<CachedHost> = nodes
+            .into_iter()
+            .filter_map(|(k, r)| match r.value {
+                Record::ComputeNode(n) => {
+                    let fixed = self.hosts.get(&k);
+                    Some(CachedHost {
+                        service: services.remove(&k),
+                        node: Arc::new(n),
+                        aggregates: fixed.map_or_else(HostAggregates::none, |h| h.aggregates.clone()),
+                        ip: fixed.map(|h| h.ip),
+                        host: k,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let hosts = Arc::new(hosts);
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        *c = HostCache { refreshed: Some(self.ctx.clock.now()), nodes: nodes.clone(), services: services.clone() };
-        Ok((nodes, services))
+        *c = HostCache { refreshed: Some(self.ctx.clock.now()), hosts: hosts.clone() };
+        Ok(hosts)
     }
 
     /// The request's server group: policy, max per host, hosts with members, members per host.
