@@ -63,8 +63,10 @@ fn the_simulator_build_needs_no_system_library() {
         let ungated = text.split("[target.'cfg(not(madsim))'.dependencies]").next().unwrap_or("");
         assert!(!ungated.contains(&format!("{dep}.workspace")), "{dep} must not be an unconditional dependency");
     }
-    let lib = std::fs::read_to_string(root().join("real/src/lib.rs")).unwrap();
-    assert!(lib.contains("#![cfg(not(madsim))]"), "the real crate compiles to nothing under madsim");
+    for krate in ["real", "images"] {
+        let lib = std::fs::read_to_string(root().join(krate).join("src/lib.rs")).unwrap();
+        assert!(lib.contains("#![cfg(not(madsim))]"), "the {krate} crate compiles to nothing under madsim");
+    }
 }
 
 #[test]
@@ -113,7 +115,19 @@ fn shipped_scenarios_parse() {
 #[test]
 fn architecture_md_names_every_crate() {
     let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
-    for dir in ["core/", "services/", "sim/", "real/", "cli/", "tests/", "scenarios/", "benches/", "reports/"] {
+    for dir in [
+        "core/",
+        "services/",
+        "sim/",
+        "real/",
+        "images/",
+        "cli/",
+        "tests/",
+        "scenarios/",
+        "traces/",
+        "benches/",
+        "reports/",
+    ] {
         assert!(text.contains(&format!("`{dir}")), "ARCHITECTURE.md codemap misses {dir}");
     }
 }
