@@ -15,6 +15,8 @@
 //! - raw to qcow2 conversion of a 1 GiB image (one third data, one third written zeroes, one
 //!   third holes): the hand-written converter, a plain loop over imago, and `qemu-img convert`,
 //!   all synced at the end (qemu-img's default cache mode flushes on close);
+//! - SHA-256 verification vs `sha256sum`, config drive creation vs `genisoimage` (as nova
+//!   runs it), internal snapshot creation vs `qemu-img snapshot -c`;
 //! - compatibility: `qemu-img check` and `qemu-img compare` on what we wrote, and qemu-img's
 //!   output read back through our path.
 //!
@@ -380,6 +382,114 @@ fn bench_io(dir: &Path, raw: &Path, qcow2: &Path, rows: &mut Vec<Row>) -> Result
 }
 
 // ------------------------------------------------------------------------------------------
+// checksum, config drive, internal snapshot
+
+fn time_it(f: &mut dyn FnMut() -> Result<(), String>) -> Result<f64, String> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn best_of(n: usize, f: &mut dyn FnMut() -> Result<(), String>) -> Result<f64, String> {
+    (0..n).map(|_| time_it(f)).try_fold(f64::INFINITY, |m, t| t.map(|t| m.min(t)))
+}
+
+fn bench_misc(dir: &Path, raw: &Path, qcow2: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
+    use stackbed_images::{configdrive, glance, snapshot};
+    // SHA-256 of the 256 MiB image (the image service's download verification).
+    warm(raw)?;
+    let mut ours_sum = String::new();
+    let ours = best_of(3, &mut || {
+        ours_sum = glance::sha256_file(raw).map_err(|e| e.to_string())?;
+        Ok(())
+    })?;
+    let mut theirs_sum = String::new();
+    let theirs = best_of(3, &mut || {
+        let out = Command::new("sha256sum").arg(raw).output().map_err(|e| format!("sha256sum: {e}"))?;
+        theirs_sum = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+        Ok(())
+    })?;
+    if ours_sum != theirs_sum {
+        return Err(format!("sha256 differs: ours {ours_sum}, sha256sum {theirs_sum}"));
+    }
+    let mb = IO_IMAGE_BYTES as f64 / 1e6;
+    let mut row = rate_row("sha256 verify", "256 MiB raw", 1, "MB/s", mb / ours, mb / theirs, "sha256sum (coreutils)");
+    row.note = "best of 3; calibrates image_model.verify_mb_per_s".into();
+    rows.push(row);
+
+    // Config drive: ours in-process vs genisoimage as nova runs it.
+    let meta = configdrive::InstanceMetadata {
+        uuid: "0b1c2d3e-0000-4000-8000-000000000001".into(),
+        name: "bench".into(),
+        hostname: "bench".into(),
+        project_id: "demo".into(),
+        availability_zone: "nova".into(),
+        launch_index: 0,
+        meta: Default::default(),
+        public_keys: Default::default(),
+    };
+    let n = 50;
+    let ours = time_it(&mut || {
+        for i in 0..n {
+            configdrive::write(&dir.join(format!("cd-{i}.iso")), &meta, Some(b"#cloud-config\n"))?;
+        }
+        Ok(())
+    })? / n as f64;
+    let tree = dir.join("cd-tree");
+    for (path, data) in configdrive::files(&meta, Some(b"#cloud-config\n")) {
+        let p = tree.join(path);
+        std::fs::create_dir_all(p.parent().unwrap_or(&tree)).map_err(|e| e.to_string())?;
+        std::fs::write(&p, data).map_err(|e| e.to_string())?;
+    }
+    let theirs = time_it(&mut || {
+        for i in 0..10 {
+            let o = dir.join(format!("g-{i}.iso"));
+            let st = Command::new("genisoimage")
+                .args(["-o", p(&o), "-ldots", "-allow-lowercase", "-allow-multidot", "-l", "-quiet", "-J", "-r"])
+                .args(["-V", "config-2", p(&tree)])
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run genisoimage ({e}); install genisoimage"))?;
+            if !st.success() {
+                return Err("genisoimage failed".into());
+            }
+        }
+        Ok(())
+    })? / 10.0;
+    let mut row = rate_row("config drive", "ISO 9660, 4 files", 1, "us/drive", ours * 1e6, theirs * 1e6, "");
+    row.ratio = theirs / ours;
+    row.reference = "genisoimage -J -r -V config-2 (nova's command, a process per drive)".into();
+    row.note = format!("{n} ours, 10 genisoimage; no sync");
+    rows.push(row);
+
+    // Internal snapshot of the 256 MiB qcow2 (fully allocated): ours vs qemu-img snapshot -c.
+    let (a, b) = (dir.join("snap-ours.qcow2"), dir.join("snap-qemu.qcow2"));
+    std::fs::copy(qcow2, &a).map_err(|e| e.to_string())?;
+    std::fs::copy(qcow2, &b).map_err(|e| e.to_string())?;
+    let mut i = 0;
+    let ours = best_of(3, &mut || {
+        i += 1;
+        snapshot::create(&a, &format!("s{i}")).map(|_| ()).map_err(|e| e.to_string())
+    })?;
+    let mut j = 0;
+    let theirs = best_of(3, &mut || {
+        j += 1;
+        qemu::qemu_img(&["snapshot", "-c", &format!("s{j}"), p(&b)]).map(|_| ())
+    })?;
+    qemu::check(&a)?;
+    let mut row =
+        rate_row("internal snapshot create", "256 MiB qcow2, fully allocated", 1, "ms", ours * 1e3, theirs * 1e3, "");
+    row.ratio = theirs / ours;
+    row.reference = "qemu-img snapshot -c".into();
+    row.note = "best of 3 (1st, 2nd, 3rd snapshot of the image); both sync".into();
+    rows.push(row);
+    for r in &rows[rows.len() - 3..] {
+        println!("{}: ours {:.1} {}, reference {:.1}, ratio {:.2}", r.benchmark, r.ours, r.unit, r.qemu, r.ratio);
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
 // conversion
 
 fn mixed_image(path: &Path, size: u64) -> Result<(), String> {
@@ -567,6 +677,7 @@ fn run_in(dir: &Path, revision: String) -> Result<Report, String> {
         r.is_ok(),
         r.err().unwrap_or_default(),
     ));
+    bench_misc(dir, &raw, &qcow2, &mut rows)?;
     let _ = std::fs::remove_file(&raw);
     bench_convert(dir, &mut rows, &mut checks)?;
     for (name, ok, why) in &checks {
