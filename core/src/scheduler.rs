@@ -1057,8 +1057,9 @@ pub struct Workspace {
     active: Vec<FilterKind>,
     /// The weighers whose raw values the filter pass records for each survivor.
     collected: Vec<WeigherKind>,
-    /// Those raw values, survivor by survivor (`collected.len()` per survivor).
-    rows: Vec<f64>,
+    /// Those raw values, one row per survivor (the first `collected.len()` slots used; a
+    /// fixed-size row is copied inline, a slice would cost a `memmove` call per host).
+    rows: Vec<[f64; WeigherKind::COUNT]>,
     column: Vec<f64>,
     weights: Vec<f64>,
     keys: Vec<u128>,
@@ -1185,7 +1186,7 @@ impl Workspace {
                             _ => w.raw(host, req),
                         };
                     }
-                    self.rows.extend_from_slice(&row[..self.collected.len()]);
+                    self.rows.push(row);
                 }
             }
         }
@@ -1209,7 +1210,6 @@ impl Workspace {
             return;
         }
         let overrides = self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
-        let stride = self.collected.len();
         for (&weigher, &multiplier) in &config.weighers {
             // A weigher off in the configuration still counts where an aggregate sets it.
             if weigher.idle(req) || (multiplier == 0.0 && !overrides) {
@@ -1217,7 +1217,7 @@ impl Workspace {
             }
             self.column.clear();
             match self.collected.iter().position(|&w| w == weigher) {
-                Some(at) => self.column.extend(self.rows.chunks_exact(stride).map(|row| row[at])),
+                Some(at) => self.column.extend(self.rows.iter().map(|row| row[at])),
                 None => self.column.extend(self.survivors.iter().map(|&i| weigher.raw(&hosts[i], req))),
             }
             let per_host = overrides.then_some((hosts, &self.survivors[..]));
