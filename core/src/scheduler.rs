@@ -730,13 +730,44 @@ fn image_properties(host: &HostState, wants: &ImageWants<'_>, why: &mut impl Why
             )
         });
     }
-    if let Some(req) = wants.version {
-        let have = host.node.hypervisor_version.to_string();
-        if !extra_specs::matches(&have, req).unwrap_or(false) {
-            return reject(why, || format!("hypervisor version {have} does not satisfy `{req}`"));
+    // nova skips the check when the host reports no version.
+    if let (Some(req), v @ 1..) = (wants.version, host.node.hypervisor_version) {
+        if !version_satisfies(v, req) {
+            return reject(why, || format!("hypervisor version {} does not satisfy `{req}`", version_string(v)));
         }
     }
     true
+}
+
+/// nova's `convert_version_to_str`: 9001002 is "9.1.2".
+pub fn version_string(version: u64) -> String {
+    format!("{}.{}.{}", version / 1_000_000, version / 1_000 % 1_000, version % 1_000)
+}
+
+/// oslo's `VersionPredicate(req).satisfied_by(version)` for ImagePropertiesFilter's
+/// `img_hv_requested_version`: comma-separated clauses `<op> <version>` with ops
+/// `< <= == != >= >`, versions compared as integer tuples. A malformed predicate matches
+/// nothing (nova raises and the host fails).
+pub fn version_satisfies(version: u64, predicate: &str) -> bool {
+    let have = [version / 1_000_000, version / 1_000 % 1_000, version % 1_000];
+    predicate.split(',').all(|clause| {
+        let clause = clause.trim();
+        let split = clause.find(|c: char| c.is_ascii_digit()).unwrap_or(clause.len());
+        let (op, wanted) = clause.split_at(split);
+        let parts: Option<Vec<u64>> = wanted.trim().split('.').map(|p| p.parse().ok()).collect();
+        let Some(mut parts) = parts.filter(|p| !p.is_empty() && p.len() <= 3) else { return false };
+        parts.resize(3, 0);
+        let ord = have.as_slice().cmp(parts.as_slice());
+        match op.trim() {
+            "<" => ord.is_lt(),
+            "<=" => ord.is_le(),
+            "==" => ord.is_eq(),
+            "!=" => ord.is_ne(),
+            ">=" => ord.is_ge(),
+            ">" => ord.is_gt(),
+            _ => false,
+        }
+    })
 }
 
 /// nova's scope for AggregateInstanceExtraSpecsFilter.

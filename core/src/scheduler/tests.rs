@@ -129,8 +129,11 @@ fn filter_table() {
         (&[("hw_architecture", "aarch64")][..], false),
         (&[("hw_vm_mode", "hvm")][..], true),
         (&[("hw_vm_mode", "exe")][..], false),
-        (&[("img_hv_requested_version", ">= 8000000")][..], true),
-        (&[("img_hv_requested_version", ">= 10000000")][..], false),
+        (&[("img_hv_requested_version", ">=8.0")][..], true),
+        (&[("img_hv_requested_version", ">= 10.0")][..], false),
+        (&[("img_hv_requested_version", ">=6.0,<9.0")][..], false),
+        (&[("img_hv_requested_version", ">=6.0, <=9.0.0")][..], true),
+        (&[("img_hv_requested_version", "newest")][..], false),
     ] {
         let img = image(props);
         check(F::ImageProperties, &host("a", 1), &RequestView::new(&f, &img), &cfg, pass);
