@@ -23,10 +23,11 @@
 //! - `overlay_create_s` = 0.0001: the project's hand-written overlay creation measured at
 //!   74-110 us per overlay (imago's create 170-700 us; `qemu-img create`, what nova runs,
 //!   6.6-22 ms; the spread is the machine's load from concurrent builds);
-//! - `convert_mb_per_s` = 3500: raw to qcow2 of the 1 GiB mixed image, synced, in 0.29-0.31 s
-//!   (qemu-img convert 0.40-0.45 s), i.e. 3300-3700 MB of virtual disk per second;
-//! - `verify_mb_per_s` = 1000: SHA-256 of a 256 MiB image, 1098 MB/s on one core
-//!   (coreutils sha256sum: 233 MB/s).
+//! - `convert_mb_per_s` = 3500: raw to qcow2 of the 1 GiB mixed image, synced, in 0.12-0.31 s
+//!   (qemu-img convert 0.29-0.45 s), i.e. 3500-8700 MB of virtual disk per second: the
+//!   slow end, since a loaded host is the interesting case;
+//! - `verify_mb_per_s` = 1000: SHA-256 of a 256 MiB image, 1098-1641 MB/s on one core
+//!   (coreutils sha256sum: 233-362 MB/s).
 //!
 //! Not measurable here (no glance server): `download_mb_per_s` = 117 is 1 GbE line rate and
 //! `request_latency_s` = 0.05 a glance round trip; override both per scenario.
