@@ -5,8 +5,11 @@
 //!
 //! - `pipeline/N`: the `spread` strategy over a host-state snapshot of N hosts, reusing
 //!   its workspace (what the scheduler service does per request);
-//! - `pipeline_all_candidates/N`: the same without placement's 1,000 limit, every host
-//!   filtered and weighed (the cost of a full scan);
+//! - `pipeline_decision/N`: the same decision as select_destinations returns it, the pick
+//!   and `max_attempts - 1` alternates (`Strategy::select_top`: no full sort);
+//! - `pipeline_table/N`: that decision over a `HostTable` (hot fields packed per host);
+//! - `pipeline_all_candidates/N`: the full order without placement's 1,000 limit, every
+//!   host filtered and weighed (the cost of a full scan);
 //! - `pipeline_strategies/*`: every built-in strategy at 10,000 hosts;
 //! - `scheduler_decision/N`: the previous shape (providers scanned for candidates, host
 //!   states cloned per decision, `sorted_hosts` allocating its buffers), for comparison.
@@ -15,7 +18,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::{rngs::SmallRng, SeedableRng};
 
 use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
-use stackbed_core::scheduler::{sorted_hosts, RequestView, SchedulerConfig};
+use stackbed_core::scheduler::{sorted_hosts, HostTable, RequestView, SchedulerConfig, Workspace};
 use stackbed_core::store::{Expect, MemStore, Op};
 use stackbed_core::strategy::{builtin, BUILTIN};
 
@@ -39,6 +42,33 @@ fn pipeline(c: &mut Criterion) {
         }
         group.finish();
     }
+
+    let config = SchedulerConfig::default();
+    let k = config.max_attempts as usize;
+    let mut group = c.benchmark_group("pipeline_decision");
+    group.throughput(Throughput::Elements(1));
+    for n in [1_000usize, 10_000, 100_000] {
+        let (_, states) = stackbed_benches::hosts(n);
+        let mut strategy = builtin("spread", &config).expect("spread is built in");
+        let mut rng = SmallRng::seed_from_u64(1);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| strategy.select_top(&states, &req, &mut rng, k).map(|o| o[0]))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("pipeline_table");
+    group.throughput(Throughput::Elements(1));
+    for n in [1_000usize, 10_000, 100_000] {
+        let (_, states) = stackbed_benches::hosts(n);
+        let table = HostTable::new(states);
+        let mut workspace = Workspace::new();
+        let mut rng = SmallRng::seed_from_u64(1);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| workspace.table_best_hosts(&table, &req, &config, &mut rng, k).map(|o| o[0]))
+        });
+    }
+    group.finish();
 
     let mut group = c.benchmark_group("pipeline_strategies");
     group.throughput(Throughput::Elements(1));

@@ -76,20 +76,22 @@ impl HostState {
     }
 
     /// Whether placement would offer this host for `resources` (allocation candidates).
-    #[inline]
+    #[inline(always)]
     pub fn placement_fits(&self, resources: &Resources) -> bool {
-        (0..3).all(|c| {
-            let amount = resources.0[c];
-            let inv = &self.inventories[c];
-            // used + amount <= floor(x) holds exactly when used + amount <= x (integers), so
-            // the capacity needs no float-to-integer conversion here.
-            amount == 0
-                || (amount >= inv.min_unit
-                    && amount <= inv.max_unit
-                    && (inv.step_size <= 1 || amount.is_multiple_of(inv.step_size))
-                    && (self.used.0[c] + amount) as f64
-                        <= inv.total.saturating_sub(inv.reserved) as f64 * inv.allocation_ratio)
-        })
+        self.class_fits(0, resources.0[0]) && self.class_fits(1, resources.0[1]) && self.class_fits(2, resources.0[2])
+    }
+
+    #[inline(always)]
+    fn class_fits(&self, class: usize, amount: u64) -> bool {
+        let inv = &self.inventories[class];
+        // used + amount <= floor(x) holds exactly when used + amount <= x (integers), so the
+        // capacity needs no float-to-integer conversion here.
+        amount == 0
+            || (amount >= inv.min_unit
+                && amount <= inv.max_unit
+                && (inv.step_size <= 1 || amount.is_multiple_of(inv.step_size))
+                && (self.used.0[class] + amount) as f64
+                    <= inv.total.saturating_sub(inv.reserved) as f64 * inv.allocation_ratio)
     }
 
     /// Host attributes by nova's HostState attribute names (ComputeCapabilities, JsonFilter).
@@ -1088,10 +1090,9 @@ pub struct Workspace {
     active: Vec<FilterKind>,
     /// The weighers whose raw values the filter pass records for each survivor.
     collected: Vec<WeigherKind>,
-    /// Those raw values, one row per survivor (the first `collected.len()` slots used; a
-    /// fixed-size row is copied inline, a slice would cost a `memmove` call per host).
+    /// Those raw values, one row per survivor, each weigher at its [`WeigherKind::index`]
+    /// (fixed-size rows: no per-host `memmove` call, no per-weigher vector).
     rows: Vec<[f64; WeigherKind::COUNT]>,
-    column: Vec<f64>,
     weights: Vec<f64>,
     keys: Vec<u128>,
     order: Vec<usize>,
@@ -1100,6 +1101,8 @@ pub struct Workspace {
     /// it holds the same `Arc` as the host state: the clone it keeps means the node cannot
     /// change in place (`Arc::get_mut` fails) nor its address be reused.
     facts: Vec<Option<NodeFacts>>,
+    /// ImageProperties verdicts per [`HostTable`] row: (image generation, passes).
+    table_image: Vec<(u64, bool)>,
     /// The image requirements the cached ImageProperties verdicts are for.
     image_key: Option<ImageKey>,
     image_generation: u64,
@@ -1208,16 +1211,18 @@ impl Workspace {
                 if !self.collected.is_empty() {
                     // The weighers' raw values while the host is in cache; the node's values
                     // come from the cached facts.
-                    let mut row = [0.0; WeigherKind::COUNT];
-                    for (slot, &w) in row.iter_mut().zip(&self.collected) {
-                        *slot = match w {
+                    // Filled in place: a row built on the stack and copied costs store-forwarding
+                    // stalls (scalar writes read back as vectors).
+                    self.rows.push([0.0; WeigherKind::COUNT]);
+                    let row = self.rows.last_mut().expect("just pushed");
+                    for &w in &self.collected {
+                        row[w.index()] = match w {
                             WeigherKind::IoOps => facts.num_io_ops,
                             WeigherKind::NumInstances => facts.num_instances,
                             WeigherKind::HypervisorVersion => facts.hypervisor_version,
                             _ => w.raw(host, req),
                         };
                     }
-                    self.rows.push(row);
                 }
             }
         }
@@ -1241,18 +1246,20 @@ impl Workspace {
             return;
         }
         let overrides = self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        self.rows.resize(n, [0.0; WeigherKind::COUNT]);
         for (&weigher, &multiplier) in &config.weighers {
             // A weigher off in the configuration still counts where an aggregate sets it.
             if weigher.idle(req) || (multiplier == 0.0 && !overrides) {
                 continue;
             }
-            self.column.clear();
-            match self.collected.iter().position(|&w| w == weigher) {
-                Some(at) => self.column.extend(self.rows.iter().map(|row| row[at])),
-                None => self.column.extend(self.survivors.iter().map(|&i| weigher.raw(&hosts[i], req))),
+            let at = weigher.index();
+            if !self.collected.contains(&weigher) {
+                for (row, &i) in self.rows.iter_mut().zip(&self.survivors) {
+                    row[at] = weigher.raw(&hosts[i], req);
+                }
             }
             let per_host = overrides.then_some((hosts, &self.survivors[..]));
-            add_column(&mut self.weights, &mut self.column, weigher, multiplier, per_host);
+            add_column(&mut self.weights, &mut self.rows, at, weigher, multiplier, per_host);
         }
     }
 
@@ -1290,10 +1297,20 @@ impl Workspace {
         rng: &mut dyn RngCore,
         k: usize,
     ) -> Result<&[usize], NoValidHost> {
-        self.collected.clear();
-        self.collected.extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req)).map(|(w, _)| *w));
+        self.collect_weighers(req, config);
         self.filter_pass(hosts, req, config)?;
         self.weigh(hosts, req, config);
+        self.finish(config, rng, k)
+    }
+
+    fn collect_weighers(&mut self, req: &RequestView<'_>, config: &SchedulerConfig) {
+        self.collected.clear();
+        self.collected.extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req)).map(|(w, _)| *w));
+    }
+
+    /// Orders the weighed survivors: the first `k` exactly (all when `k` is larger), then the
+    /// subset pick moved to the front.
+    fn finish(&mut self, config: &SchedulerConfig, rng: &mut dyn RngCore, k: usize) -> Result<&[usize], NoValidHost> {
         self.keys.clear();
         self.keys.extend(
             self.weights.iter().zip(&self.survivors).map(|(&w, &i)| ((descending_key(w) as u128) << 64) | i as u128),
@@ -1317,11 +1334,199 @@ impl Workspace {
     }
 }
 
-/// Clamps `column` to the weigher's minval, normalises it and adds multiplier * value to
+/// Host states with their hot fields packed per host, for a scheduler that keeps its view
+/// of the hosts between decisions (a researcher's harness, a benchmark, a simulator of its
+/// own): placement usage changes in place through [`HostTable::claim`] and
+/// [`HostTable::release`], everything else is fixed at construction.
+/// [`Workspace::table_best_hosts`] decides over it with the same rules and results as
+/// [`Workspace::best_hosts`] over the same host states (a test checks it), reading one small
+/// record per host with every bound precomputed instead of the whole host state.
+#[derive(Debug, Clone)]
+pub struct HostTable {
+    hosts: Vec<HostState>,
+    hot: Vec<HotRow>,
+}
+
+/// What the default pipeline reads about a host, in one place.
+#[derive(Debug, Clone, Copy)]
+struct HotRow {
+    /// Per class: placement capacity, (total - reserved) * allocation_ratio, unfloored.
+    capacity: [f64; 3],
+    used: [u64; 3],
+    max_unit: [u64; 3],
+    /// min_unit <= 1 and step_size <= 1 for every class: max_unit and the capacity are then
+    /// the whole of placement's check.
+    plain_units: bool,
+    /// Service enabled and up (ComputeFilter).
+    up: bool,
+    /// Weigher inputs claims do not change: RAM and disk totals less reserved, vCPUs times
+    /// the ratio, then io_ops, instances, hypervisor version, failed builds.
+    ram_total: f64,
+    cpu_total: f64,
+    disk_total: f64,
+    fixed: [f64; 4],
+}
+
+impl HotRow {
+    fn new(h: &HostState) -> HotRow {
+        let inv = &h.inventories;
+        HotRow {
+            capacity: [0, 1, 2].map(|c| inv[c].total.saturating_sub(inv[c].reserved) as f64 * inv[c].allocation_ratio),
+            used: h.used.0,
+            max_unit: [0, 1, 2].map(|c| inv[c].max_unit),
+            plain_units: inv.iter().all(|i| i.min_unit <= 1 && i.step_size <= 1),
+            up: h.service_up && !h.service_disabled,
+            ram_total: inv[1].total as f64 - inv[1].reserved as f64,
+            cpu_total: inv[0].total as f64 * inv[0].allocation_ratio,
+            disk_total: inv[2].total as f64 - inv[2].reserved as f64,
+            fixed: [
+                h.node.num_io_ops as f64,
+                h.node.num_instances as f64,
+                h.node.hypervisor_version as f64,
+                h.failed_builds as f64,
+            ],
+        }
+    }
+
+    /// Every weigher's raw value that the row holds, by [`WeigherKind::index`]; the
+    /// soft-affinity slots are filled by the caller when those weighers run.
+    #[inline]
+    fn raw(&self) -> [f64; WeigherKind::COUNT] {
+        let [io_ops, instances, version, failed] = self.fixed;
+        let mut row = [0.0; WeigherKind::COUNT];
+        row[WeigherKind::Ram.index()] = self.ram_total - self.used[1] as f64;
+        row[WeigherKind::Cpu.index()] = self.cpu_total - self.used[0] as f64;
+        row[WeigherKind::Disk.index()] = (self.disk_total - self.used[2] as f64) * 1024.0;
+        row[WeigherKind::IoOps.index()] = io_ops;
+        row[WeigherKind::NumInstances.index()] = instances;
+        row[WeigherKind::HypervisorVersion.index()] = version;
+        row[WeigherKind::BuildFailure.index()] = failed;
+        row
+    }
+}
+
+impl HostTable {
+    pub fn new(hosts: Vec<HostState>) -> HostTable {
+        let hot = hosts.iter().map(HotRow::new).collect();
+        HostTable { hosts, hot }
+    }
+
+    pub fn hosts(&self) -> &[HostState] {
+        &self.hosts
+    }
+
+    /// Adds an allocation to host `i`'s usage (the caller checked that it fits).
+    pub fn claim(&mut self, i: usize, resources: &Resources) {
+        self.hosts[i].used = self.hosts[i].used.add(resources);
+        self.hot[i].used = self.hosts[i].used.0;
+    }
+
+    /// Removes an allocation from host `i`'s usage.
+    ///
+    /// # Panics
+    /// When more is released than is used: a bookkeeping bug in the caller.
+    pub fn release(&mut self, i: usize, resources: &Resources) {
+        self.hosts[i].used = self.hosts[i].used.checked_sub(resources).expect("release more than was claimed");
+        self.hot[i].used = self.hosts[i].used.0;
+    }
+}
+
+impl Workspace {
+    /// [`Workspace::best_hosts`] over a [`HostTable`]: the same hosts in the same order for
+    /// the same `rng`, faster because the hot filters and weighers read the packed rows.
+    pub fn table_best_hosts(
+        &mut self,
+        table: &HostTable,
+        req: &RequestView<'_>,
+        config: &SchedulerConfig,
+        rng: &mut dyn RngCore,
+        k: usize,
+    ) -> Result<&[usize], NoValidHost> {
+        let hosts = &table.hosts[..];
+        self.collect_weighers(req, config);
+        self.survivors.clear();
+        self.rows.clear();
+        if hosts.is_empty() {
+            return Err(NoValidHost { reason: "no allocation candidates from placement".into() });
+        }
+        let prepared = Prepared::new(req, config);
+        self.active.clear();
+        self.active.extend(config.filters.iter().copied().filter(|f| f.active(&prepared, req, config)));
+        if !self.image_key.as_ref().is_some_and(|k| same_image_key(k, &prepared.image)) {
+            self.image_key = Some(image_key(&prepared.image));
+            self.image_generation += 1;
+        }
+        if self.table_image.len() < hosts.len() {
+            self.table_image.resize(hosts.len(), (0, false));
+        }
+        let generation = self.image_generation;
+        let asked = req.flavor.resources().0;
+        let limit = if config.use_placement { config.candidate_limit } else { usize::MAX };
+        let collect = !self.collected.is_empty();
+        let soft =
+            self.collected.iter().any(|w| matches!(w, WeigherKind::SoftAffinity | WeigherKind::SoftAntiAffinity));
+        let mut candidates = 0usize;
+        for (i, (hot, cached)) in table.hot.iter().zip(self.table_image.iter_mut()).enumerate() {
+            if config.use_placement {
+                if candidates == limit {
+                    break;
+                }
+                let fits = if hot.plain_units {
+                    (0..3).all(|c| {
+                        asked[c] == 0
+                            || (asked[c] <= hot.max_unit[c] && (hot.used[c] + asked[c]) as f64 <= hot.capacity[c])
+                    })
+                } else {
+                    hosts[i].placement_fits(&req.flavor.resources())
+                };
+                if !fits {
+                    continue;
+                }
+                candidates += 1;
+            }
+            let ok = self.active.iter().all(|&f| match f {
+                FilterKind::Compute => hot.up,
+                FilterKind::ImageProperties => {
+                    // The table's nodes never change: a verdict holds for the image.
+                    if cached.0 != generation {
+                        *cached = (generation, image_properties(&hosts[i], &prepared.image, &mut Quiet));
+                    }
+                    cached.1
+                }
+                _ => passes(f, &prepared, &hosts[i], req, config, &mut Quiet),
+            });
+            if ok {
+                self.survivors.push(i);
+                if collect {
+                    self.rows.push(hot.raw());
+                    if soft {
+                        let row = self.rows.last_mut().expect("just pushed");
+                        for w in [WeigherKind::SoftAffinity, WeigherKind::SoftAntiAffinity] {
+                            row[w.index()] = w.raw(&hosts[i], req);
+                        }
+                    }
+                }
+            }
+        }
+        if self.survivors.is_empty() {
+            return Err(explain_filters(hosts, req, config)
+                .1
+                .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
+        }
+        // Every row holds every weigher's value (soft affinity only when it runs).
+        self.collected.clear();
+        self.collected.extend(WeigherKind::ALL);
+        self.weigh(hosts, req, config);
+        self.finish(config, rng, k)
+    }
+}
+
+/// Clamps column `at` of `rows` to the weigher's minval, normalises it and adds multiplier * value to
 /// `weights`; with `per_host`, each host's aggregates may override the multiplier.
 fn add_column(
     weights: &mut [f64],
-    column: &mut [f64],
+    rows: &mut [[f64; WeigherKind::COUNT]],
+    at: usize,
     weigher: WeigherKind,
     multiplier: f64,
     per_host: Option<(&[HostState], &[usize])>,
@@ -1330,7 +1535,8 @@ fn add_column(
     let minval = weigher.minval();
     let floor = minval.unwrap_or(f64::NEG_INFINITY);
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for v in column.iter_mut() {
+    for row in rows.iter_mut() {
+        let v = &mut row[at];
         if *v < floor {
             *v = floor;
         }
@@ -1344,14 +1550,14 @@ fn add_column(
     let range = hi - lo;
     match per_host {
         None => {
-            for (w, &r) in weights.iter_mut().zip(column.iter()) {
-                *w += multiplier * ((r - lo) / range);
+            for (w, row) in weights.iter_mut().zip(rows.iter()) {
+                *w += multiplier * ((row[at] - lo) / range);
             }
         }
         Some((hosts, survivors)) => {
-            for ((w, &r), &i) in weights.iter_mut().zip(column.iter()).zip(survivors) {
+            for ((w, row), &i) in weights.iter_mut().zip(rows.iter()).zip(survivors) {
                 let m = hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier);
-                *w += m * ((r - lo) / range);
+                *w += m * ((row[at] - lo) / range);
             }
         }
     }
