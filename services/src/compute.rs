@@ -283,7 +283,7 @@ impl Compute {
             }
             Err(ServiceError::Hypervisor(HvError::Reschedule(why))) => {
                 self.record_failure().await?;
-                self.cleanup(&inst).await?;
+                self.cleanup(&inst).await;
                 dbx::update_instance(
                     db,
                     uuid,
@@ -299,6 +299,8 @@ impl Compute {
                     },
                 )
                 .await?;
+                // Unclaim before the cast, so the conductor can claim an alternate.
+                placement::release(db, &self.ctx.metrics, uuid).await?;
                 let mut spec = spec.clone();
                 spec.tried_hosts.push(self.host.clone());
                 let failure = format!("{}: {why}", self.host);
@@ -308,7 +310,7 @@ impl Compute {
             }
             Err(ServiceError::Hypervisor(HvError::Abort(why))) => {
                 self.record_failure().await?;
-                self.cleanup(&inst).await?;
+                self.cleanup(&inst).await;
                 self.ctx.metrics.count("build_aborted", 1);
                 dbx::update_instance(db, uuid, &[], |i| {
                     i.vm_state = VmState::Error;
@@ -317,11 +319,13 @@ impl Compute {
                     i.fault = Some(format!("BuildAbortException: {why}"));
                 })
                 .await?;
+                placement::release(db, &self.ctx.metrics, uuid).await?;
                 Ok(false)
             }
             Err(e @ ServiceError::UnexpectedTaskState { .. }) => {
-                // Deleted during the build: undo what the build did; terminate finishes.
-                self.cleanup(&inst).await?;
+                // Deleted during the build: undo what the build did; terminate finishes
+                // (and gives the allocation back once the row is deleted).
+                self.cleanup(&inst).await;
                 self.ctx.metrics.count("compute.build_aborted_by_delete", 1);
                 Err(e)
             }
@@ -350,11 +354,12 @@ impl Compute {
         Ok(())
     }
 
-    async fn cleanup(&self, inst: &Instance) -> Result<(), ServiceError> {
+    /// Undoes a failed build on the host (guest, networks). The allocation is given back
+    /// only after the instance row has left the host, as nova does: until then the instance
+    /// still counts on the host, and a claim must not take its place.
+    async fn cleanup(&self, inst: &Instance) {
         let _ = self.hv.destroy(inst).await;
         let _ = self.hv.deallocate_network(inst).await;
-        placement::release(&*self.ctx.db, &self.ctx.metrics, &inst.uuid).await?;
-        Ok(())
     }
 
     async fn terminate(&self, uuid: &str) -> Result<(), ServiceError> {
@@ -367,7 +372,7 @@ impl Compute {
         let t = self.ctx.clock.now();
         let r = self.hv.destroy(&inst).await;
         let _ = self.hv.deallocate_network(&inst).await;
-        placement::release(&*self.ctx.db, &self.ctx.metrics, uuid).await?;
+        // nova's order: the instance is deleted first, its allocation removed after.
         dbx::update_instance(&*self.ctx.db, uuid, &[Some(TaskState::Deleting)], |i| {
             i.vm_state = VmState::Deleted;
             i.task_state = None;
@@ -375,6 +380,7 @@ impl Compute {
             i.deleted = true;
         })
         .await?;
+        placement::release(&*self.ctx.db, &self.ctx.metrics, uuid).await?;
         self.ctx.metrics.record("compute.terminate", self.ctx.clock.secs_since(t), r.is_ok());
         let mut l = self.local();
         if was_active {

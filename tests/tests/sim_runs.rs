@@ -168,3 +168,15 @@ fn icehouse_reschedules_through_the_scheduler_and_gives_up_after_max_attempts() 
     let ratios = s.control.ratios();
     assert_eq!((ratios.cpu, ratios.ram, ratios.disk), (16.0, 1.5, 1.0));
 }
+
+/// A full cloud with churn: deletes free capacity while new boots claim it. The compute
+/// must leave the host (delete the row, or nil its host) before it gives the allocation back,
+/// or for a moment more is placed on a host than it holds. With the order reversed, this
+/// seed of the compare scenario caught it (no_overcommit at commit #218941).
+#[test]
+fn churn_on_a_full_cloud_never_overcommits() {
+    let s = with_bug("compare.toml", |s| s.control.scheduler.strategy = "random".into());
+    let r = run(&s, 5);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    assert!(r.counters.get("no_valid_host").copied().unwrap_or(0) > 0, "the cloud must be full: {:?}", r.counters);
+}
