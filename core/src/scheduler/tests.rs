@@ -623,3 +623,32 @@ fn cached_node_facts_follow_a_changed_node() {
         .unwrap();
     assert_eq!(order, &[1, 0]);
 }
+
+#[test]
+fn host_table_decides_as_host_states_do() {
+    let mut hosts = varied_hosts(120);
+    hosts[5].inventories[1].step_size = 512;
+    hosts[9].inventories[0].max_unit = 1;
+    hosts[17] = in_aggregates(hosts[17].clone(), &[&[("ram_weight_multiplier", "3")]]);
+    let mut table = HostTable::new(hosts.clone());
+    let i = image(&[("hw_architecture", "x86_64")]);
+    let mut ws = Workspace::new();
+    let mut tws = Workspace::new();
+    for (round, (vcpus, ram)) in [(1, 2048), (2, 4096), (4, 1024), (1, 512)].into_iter().cycle().take(40).enumerate() {
+        let f = Flavor { vcpus, ram_mb: ram, ..flavor(&[]) };
+        let req = RequestView::new(&f, &i);
+        let config = SchedulerConfig { host_subset_size: 1 + round % 3, candidate_limit: 80, ..Default::default() };
+        let seed = round as u64;
+        let expect =
+            ws.best_hosts(table.hosts(), &req, &config, &mut SmallRng::seed_from_u64(seed), 5).map(<[usize]>::to_vec);
+        let got =
+            tws.table_best_hosts(&table, &req, &config, &mut SmallRng::seed_from_u64(seed), 5).map(<[usize]>::to_vec);
+        assert_eq!(got, expect, "round {round}");
+        if let Ok(order) = got {
+            table.claim(order[0], &f.resources());
+            if round % 4 == 3 {
+                table.release(order[0], &f.resources());
+            }
+        }
+    }
+}
