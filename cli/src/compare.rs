@@ -131,7 +131,13 @@ fn metric(f: &RunFigures, name: &str) -> f64 {
     }
 }
 
-pub fn summarize(scenario: &str, revision: &str, strategies: &[String], seeds: &[u64], runs: Vec<RunFigures>) -> Comparison {
+pub fn summarize(
+    scenario: &str,
+    revision: &str,
+    strategies: &[String],
+    seeds: &[u64],
+    runs: Vec<RunFigures>,
+) -> Comparison {
     let rows = strategies
         .iter()
         .map(|s| {

@@ -126,7 +126,7 @@ fn boot_and_delete_destroys_every_guest() {
 fn quickstart_scenario_goes_all_active() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quickstart.toml");
     let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let times = scenario.workload.runner.times() as usize;
+    let times = scenario.workload.runner.times(&scenario.trace) as usize;
     let opts = RunOptions {
         scenario: Arc::new(scenario),
         scenario_file: "scenarios/quickstart.toml".into(),
