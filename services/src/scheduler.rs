@@ -175,6 +175,13 @@ impl Scheduler {
             match self.order_hosts(&spec).await? {
                 Ok((hosts, order)) => {
                     let host = hosts[order[0]].node.host.clone();
+                    if attempt > 1 {
+                        // The report's attempt count, as the current era's conductor keeps it.
+                        dbx::update_instance(&*self.ctx.db, &uuid, &[Some(TaskState::Scheduling)], |i| {
+                            i.attempts = attempt
+                        })
+                        .await?;
+                    }
                     let cast = Rpc::BuildAndRunInstance { spec, alternates: Vec::new() };
                     self.ctx.bus.cast(&crate::compute::topic(&host), cast).await?;
                     None
@@ -191,6 +198,7 @@ impl Scheduler {
                 i.vm_state = VmState::Error;
                 i.task_state = None;
                 i.fault = Some(fault.clone());
+                i.attempts = attempt - 1;
             })
             .await?;
         }
