@@ -186,13 +186,9 @@ fn cmd_run(path: &Path, seed: Option<u64>, seeds: Option<String>, report_dir: Op
     let scenario = load(path)?;
     let rev = revision();
     let dir = report_dir.unwrap_or_else(|| PathBuf::from("reports").join(&scenario.scenario.name));
-    let seed_list = match (seed, seeds) {
-        (Some(s), _) => vec![s],
-        (None, Some(r)) => parse_seeds(&r)?,
-        (None, None) => {
-            let s = scenario.scenario.seeds;
-            (s.start..s.start + s.count.max(1)).collect()
-        }
+    let seed_list = match seed {
+        Some(s) => vec![s],
+        None => scenario_seeds(&scenario, seeds)?,
     };
     if seed_list.len() == 1 {
         let report = world::run(&options(&scenario, path, seed_list[0], &rev))?;

@@ -114,20 +114,7 @@ pub fn run_with(opts: &RunOptions, cfg: &RealConfig) -> Result<Report, String> {
     let mut kinds: Vec<&str> = hosts.iter().map(|(hv, _)| hv.kind()).collect();
     kinds.dedup();
     let hypervisor = if kinds.is_empty() { "none".to_string() } else { kinds.join("+") };
-    Ok(Report::build(
-        &ctx,
-        &monitor,
-        data,
-        ReportContext {
-            scenario_file: &opts.scenario_file,
-            seed: opts.seed,
-            world: "real",
-            hypervisor,
-            revision: opts.revision.clone(),
-            wall_s,
-            replay: opts.replay.clone(),
-        },
-    ))
+    Ok(Report::build(&ctx, &monitor, data, ReportContext { opts, world: "real", hypervisor, wall_s }))
 }
 
 type Failures = Arc<Mutex<Vec<String>>>;

@@ -151,14 +151,12 @@ pub struct Report {
     pub replay: String,
 }
 
+/// What a world adds to the run's options when it reports.
 pub struct ReportContext<'a> {
-    pub scenario_file: &'a str,
-    pub seed: u64,
+    pub opts: &'a RunOptions,
     pub world: &'static str,
     pub hypervisor: String,
-    pub revision: String,
     pub wall_s: f64,
-    pub replay: String,
 }
 
 impl Report {
@@ -182,11 +180,11 @@ impl Report {
         let passed = data.aborted.is_none() && first_violation.violation.is_none();
         Report {
             scenario: ctx.scenario.scenario.name.clone(),
-            scenario_file: rc.scenario_file.to_string(),
-            seed: rc.seed,
+            scenario_file: rc.opts.scenario_file.clone(),
+            seed: rc.opts.seed,
             world: rc.world,
             hypervisor: rc.hypervisor,
-            revision: rc.revision,
+            revision: rc.opts.revision.clone(),
             parameters: serde_json::to_value(&*ctx.scenario).unwrap_or_default(),
             actions: ctx.metrics.summaries(),
             boot_to_active: stats::summarize(
@@ -219,7 +217,7 @@ impl Report {
             simulated_s: data.simulated_ms as f64 / 1000.0,
             wall_s: rc.wall_s,
             passed,
-            replay: rc.replay,
+            replay: rc.opts.replay.clone(),
         }
     }
 

@@ -159,13 +159,10 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
         &monitor,
         data,
         ReportContext {
-            scenario_file: &opts.scenario_file,
-            seed: opts.seed,
+            opts,
             world: "sim",
             hypervisor: "sim".into(),
-            revision: opts.revision.clone(),
             wall_s: wall.elapsed().as_secs_f64(), // wall clock
-            replay: opts.replay.clone(),
         },
     ))
 }
