@@ -157,13 +157,13 @@ impl Checker {
                     }
                 }
                 (Table::Instances, new) => {
-                    let old = self.instances.get(&w.key).cloned();
+                    // Taken out and put back below: no copy of the previous row.
+                    let old = self.instances.remove(&w.key);
                     let Some(Record::Instance(new)) = new else {
                         self.violate("no_instance_lost", at_ms, seq, format!("instance row {} removed", w.key));
                         if let Some(o) = &old {
                             self.account(o, -1);
                         }
-                        self.instances.remove(&w.key);
                         continue;
                     };
                     let to = (new.vm_state, new.task_state);

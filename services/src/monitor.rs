@@ -22,15 +22,30 @@ pub struct Monitor {
     first: FirstViolation,
     /// Committed writes per table, for the report.
     writes: std::collections::BTreeMap<&'static str, u64>,
+    /// The event line being hashed, reused across writes.
+    line: Vec<u8>,
 }
 
 pub type MonitorRef = Arc<Mutex<Monitor>>;
 
 /// One event-log line per write: time, commit, table/key and the new row (or DELETE).
 pub fn event_line(at_ms: Millis, seq: u64, table: &str, key: &str, new: Option<&Record>) -> String {
+    let mut out = Vec::new();
+    write_event_line(&mut out, at_ms, seq, table, key, new);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`event_line`] appended to `out` (the monitor reuses one buffer for every write).
+fn write_event_line(out: &mut Vec<u8>, at_ms: Millis, seq: u64, table: &str, key: &str, new: Option<&Record>) {
+    use std::io::Write;
+    // Writes into a Vec cannot fail; a record that cannot serialise leaves the line empty
+    // after the key, as before.
+    let _ = write!(out, "{at_ms} #{seq} {table}/{key} ");
     match new {
-        Some(r) => format!("{at_ms} #{seq} {table}/{key} {}", serde_json::to_string(r).unwrap_or_default()),
-        None => format!("{at_ms} #{seq} {table}/{key} DELETE"),
+        Some(r) => {
+            let _ = serde_json::to_writer(&mut *out, r);
+        }
+        None => out.extend_from_slice(b"DELETE"),
     }
 }
 
@@ -41,25 +56,26 @@ impl Monitor {
             digest: EventDigest::default(),
             first: FirstViolation::default(),
             writes: Default::default(),
+            line: Vec::new(),
         }))
     }
 
     pub fn on_commit(&mut self, at_ms: Millis, commit: &Commit) {
-        let lines: Vec<String> = commit
-            .writes
-            .iter()
-            .map(|w| event_line(at_ms, commit.seq, w.table.name(), &w.key, w.new.as_ref()))
-            .collect();
-        for line in &lines {
-            self.digest.add(line.as_bytes());
-        }
         for w in &commit.writes {
+            self.line.clear();
+            write_event_line(&mut self.line, at_ms, commit.seq, w.table.name(), &w.key, w.new.as_ref());
+            self.digest.add(&self.line);
             *self.writes.entry(w.table.name()).or_default() += 1;
         }
         self.checker.on_commit(at_ms, commit);
         if self.first.violation.is_none() {
             if let Some(v) = self.checker.first_violation() {
-                self.first = FirstViolation { violation: Some(v.clone()), event: lines };
+                let event = commit
+                    .writes
+                    .iter()
+                    .map(|w| event_line(at_ms, commit.seq, w.table.name(), &w.key, w.new.as_ref()))
+                    .collect();
+                self.first = FirstViolation { violation: Some(v.clone()), event };
             }
         }
     }

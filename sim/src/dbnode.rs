@@ -63,10 +63,43 @@ pub async fn serve(addr: SocketAddr, monitor: MonitorRef, clock: Clock) -> io::R
     Err(io::Error::new(io::ErrorKind::BrokenPipe, "database socket closed"))
 }
 
+/// How often a client fails the requests that have waited [`DB_TIMEOUT`]: a request times
+/// out between DB_TIMEOUT and DB_TIMEOUT + this. One sweeping task instead of a timer per
+/// request keeps the simulator's timer queue short (its timers cannot be cancelled, so a
+/// per-request timeout would stay queued for 30 simulated seconds after every answer).
+pub const DB_TIMEOUT_SWEEP: Duration = Duration::from_secs(1);
+
+type Reply = oneshot::Sender<Result<Vec<OpResult>, DbError>>;
+
 #[derive(Default)]
 struct ClientState {
     next_id: u64,
-    pending: BTreeMap<u64, oneshot::Sender<Result<Vec<OpResult>, DbError>>>,
+    /// Waiting requests by id, with the instant they time out. Ids grow with send time, so
+    /// deadlines grow with ids and the sweep only looks at the front.
+    pending: BTreeMap<u64, (tokio::time::Instant, Reply)>,
+    /// Whether a sweeping task runs: one does while requests wait, and stops when none do.
+    sweeping: bool,
+}
+
+/// Fails the requests past their deadline every [`DB_TIMEOUT_SWEEP`], until none wait.
+async fn sweep(state: std::sync::Weak<Mutex<ClientState>>) {
+    loop {
+        tokio::time::sleep(DB_TIMEOUT_SWEEP).await;
+        let Some(state) = state.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = st.pending.first_entry() {
+            if entry.get().0 > now {
+                break;
+            }
+            let (_, tx) = entry.remove();
+            let _ = tx.send(Err(DbError::Unavailable(format!("no answer within {DB_TIMEOUT:?}"))));
+        }
+        if st.pending.is_empty() {
+            st.sweeping = false;
+            return;
+        }
+    }
 }
 
 pub struct SimDb {
@@ -85,7 +118,7 @@ impl SimDb {
             async move {
                 let Ok(resp) = payload.downcast::<Response>() else { return };
                 let tx = rx_state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&resp.id);
-                if let Some(tx) = tx {
+                if let Some((_, tx)) = tx {
                     let _ = tx.send(resp.result);
                 }
             }
@@ -102,20 +135,18 @@ impl Database for SimDb {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             st.next_id += 1;
             let id = st.next_id;
-            st.pending.insert(id, tx);
+            st.pending.insert(id, (tokio::time::Instant::now() + DB_TIMEOUT, tx));
+            if !st.sweeping {
+                st.sweeping = true;
+                tokio::spawn(sweep(Arc::downgrade(&self.state)));
+            }
             id
         };
-        self.ep
-            .send_to_raw(self.server, TAG, Box::new(Request { id, ops }))
-            .await
-            .map_err(|e| DbError::Unavailable(e.to_string()))?;
-        match tokio::time::timeout(DB_TIMEOUT, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(DbError::Unavailable("connection closed".into())),
-            Err(_) => {
-                self.state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&id);
-                Err(DbError::Unavailable(format!("no answer within {DB_TIMEOUT:?}")))
-            }
+        if let Err(e) = self.ep.send_to_raw(self.server, TAG, Box::new(Request { id, ops })).await {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&id);
+            return Err(DbError::Unavailable(e.to_string()));
         }
+        // The answer, or the sweep's timeout error.
+        rx.await.unwrap_or_else(|_| Err(DbError::Unavailable("connection closed".into())))
     }
 }
