@@ -719,21 +719,27 @@ fn supports(node: &ComputeNode, wants: &ImageWants<'_>) -> bool {
 }
 
 fn image_properties(host: &HostState, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
-    if (wants.arch.is_some() || wants.hv_type.is_some() || wants.vm_mode.is_some()) && !supports(&host.node, wants) {
+    image_properties_node(&host.node, wants, why)
+}
+
+/// ImagePropertiesFilter reads only the node record's arch, hypervisor type and version and
+/// vm modes.
+fn image_properties_node(node: &ComputeNode, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
+    if (wants.arch.is_some() || wants.hv_type.is_some() || wants.vm_mode.is_some()) && !supports(node, wants) {
         return reject(why, || {
             format!(
                 "image wants arch={} hypervisor_type={} vm_mode={}, host is {} {} {:?}",
                 wants.arch.unwrap_or("*"),
                 wants.hv_type.unwrap_or("*"),
                 wants.vm_mode.unwrap_or("*"),
-                host.node.cpu_arch,
-                host.node.hypervisor_type,
-                host.node.vm_modes
+                node.cpu_arch,
+                node.hypervisor_type,
+                node.vm_modes
             )
         });
     }
     // nova skips the check when the host reports no version.
-    if let (Some(req), v @ 1..) = (wants.version, host.node.hypervisor_version) {
+    if let (Some(req), v @ 1..) = (wants.version, node.hypervisor_version) {
         if !version_satisfies(v, req) {
             return reject(why, || format!("hypervisor version {} does not satisfy `{req}`", version_string(v)));
         }
@@ -1101,8 +1107,13 @@ pub struct Workspace {
     /// it holds the same `Arc` as the host state: the clone it keeps means the node cannot
     /// change in place (`Arc::get_mut` fails) nor its address be reused.
     facts: Vec<Option<NodeFacts>>,
-    /// ImageProperties verdicts per [`HostTable`] row: (image generation, passes).
-    table_image: Vec<(u64, bool)>,
+    /// ImageProperties verdicts per image class of [`Workspace::table_id`]'s table:
+    /// (image generation, passes).
+    class_verdicts: Vec<(u64, bool)>,
+    /// The [`HostTable`] the class verdicts are for.
+    table_id: u64,
+    /// One weigher's clamped values over the survivors (the table path).
+    column: Vec<f64>,
     /// The image requirements the cached ImageProperties verdicts are for.
     image_key: Option<ImageKey>,
     image_generation: u64,
@@ -1331,193 +1342,6 @@ impl Workspace {
         self.order[..=pick].rotate_right(1);
         self.order.truncate(k.min(n));
         Ok(&self.order)
-    }
-}
-
-/// Host states with their hot fields packed per host, for a scheduler that keeps its view
-/// of the hosts between decisions (a researcher's harness, a benchmark, a simulator of its
-/// own): placement usage changes in place through [`HostTable::claim`] and
-/// [`HostTable::release`], everything else is fixed at construction.
-/// [`Workspace::table_best_hosts`] decides over it with the same rules and results as
-/// [`Workspace::best_hosts`] over the same host states (a test checks it), reading one small
-/// record per host with every bound precomputed instead of the whole host state.
-#[derive(Debug, Clone)]
-pub struct HostTable {
-    hosts: Vec<HostState>,
-    hot: Vec<HotRow>,
-}
-
-/// What the default pipeline reads about a host, in one place.
-#[derive(Debug, Clone, Copy)]
-struct HotRow {
-    /// Per class: placement capacity, (total - reserved) * allocation_ratio, unfloored.
-    capacity: [f64; 3],
-    used: [u64; 3],
-    max_unit: [u64; 3],
-    /// min_unit <= 1 and step_size <= 1 for every class: max_unit and the capacity are then
-    /// the whole of placement's check.
-    plain_units: bool,
-    /// Service enabled and up (ComputeFilter).
-    up: bool,
-    /// Weigher inputs claims do not change: RAM and disk totals less reserved, vCPUs times
-    /// the ratio, then io_ops, instances, hypervisor version, failed builds.
-    ram_total: f64,
-    cpu_total: f64,
-    disk_total: f64,
-    fixed: [f64; 4],
-}
-
-impl HotRow {
-    fn new(h: &HostState) -> HotRow {
-        let inv = &h.inventories;
-        HotRow {
-            capacity: [0, 1, 2].map(|c| inv[c].total.saturating_sub(inv[c].reserved) as f64 * inv[c].allocation_ratio),
-            used: h.used.0,
-            max_unit: [0, 1, 2].map(|c| inv[c].max_unit),
-            plain_units: inv.iter().all(|i| i.min_unit <= 1 && i.step_size <= 1),
-            up: h.service_up && !h.service_disabled,
-            ram_total: inv[1].total as f64 - inv[1].reserved as f64,
-            cpu_total: inv[0].total as f64 * inv[0].allocation_ratio,
-            disk_total: inv[2].total as f64 - inv[2].reserved as f64,
-            fixed: [
-                h.node.num_io_ops as f64,
-                h.node.num_instances as f64,
-                h.node.hypervisor_version as f64,
-                h.failed_builds as f64,
-            ],
-        }
-    }
-
-    /// Every weigher's raw value that the row holds, by [`WeigherKind::index`]; the
-    /// soft-affinity slots are filled by the caller when those weighers run.
-    #[inline]
-    fn raw(&self) -> [f64; WeigherKind::COUNT] {
-        let [io_ops, instances, version, failed] = self.fixed;
-        let mut row = [0.0; WeigherKind::COUNT];
-        row[WeigherKind::Ram.index()] = self.ram_total - self.used[1] as f64;
-        row[WeigherKind::Cpu.index()] = self.cpu_total - self.used[0] as f64;
-        row[WeigherKind::Disk.index()] = (self.disk_total - self.used[2] as f64) * 1024.0;
-        row[WeigherKind::IoOps.index()] = io_ops;
-        row[WeigherKind::NumInstances.index()] = instances;
-        row[WeigherKind::HypervisorVersion.index()] = version;
-        row[WeigherKind::BuildFailure.index()] = failed;
-        row
-    }
-}
-
-impl HostTable {
-    pub fn new(hosts: Vec<HostState>) -> HostTable {
-        let hot = hosts.iter().map(HotRow::new).collect();
-        HostTable { hosts, hot }
-    }
-
-    pub fn hosts(&self) -> &[HostState] {
-        &self.hosts
-    }
-
-    /// Adds an allocation to host `i`'s usage (the caller checked that it fits).
-    pub fn claim(&mut self, i: usize, resources: &Resources) {
-        self.hosts[i].used = self.hosts[i].used.add(resources);
-        self.hot[i].used = self.hosts[i].used.0;
-    }
-
-    /// Removes an allocation from host `i`'s usage.
-    ///
-    /// # Panics
-    /// When more is released than is used: a bookkeeping bug in the caller.
-    pub fn release(&mut self, i: usize, resources: &Resources) {
-        self.hosts[i].used = self.hosts[i].used.checked_sub(resources).expect("release more than was claimed");
-        self.hot[i].used = self.hosts[i].used.0;
-    }
-}
-
-impl Workspace {
-    /// [`Workspace::best_hosts`] over a [`HostTable`]: the same hosts in the same order for
-    /// the same `rng`, faster because the hot filters and weighers read the packed rows.
-    pub fn table_best_hosts(
-        &mut self,
-        table: &HostTable,
-        req: &RequestView<'_>,
-        config: &SchedulerConfig,
-        rng: &mut dyn RngCore,
-        k: usize,
-    ) -> Result<&[usize], NoValidHost> {
-        let hosts = &table.hosts[..];
-        self.collect_weighers(req, config);
-        self.survivors.clear();
-        self.rows.clear();
-        if hosts.is_empty() {
-            return Err(NoValidHost { reason: "no allocation candidates from placement".into() });
-        }
-        let prepared = Prepared::new(req, config);
-        self.active.clear();
-        self.active.extend(config.filters.iter().copied().filter(|f| f.active(&prepared, req, config)));
-        if !self.image_key.as_ref().is_some_and(|k| same_image_key(k, &prepared.image)) {
-            self.image_key = Some(image_key(&prepared.image));
-            self.image_generation += 1;
-        }
-        if self.table_image.len() < hosts.len() {
-            self.table_image.resize(hosts.len(), (0, false));
-        }
-        let generation = self.image_generation;
-        let asked = req.flavor.resources().0;
-        let limit = if config.use_placement { config.candidate_limit } else { usize::MAX };
-        let collect = !self.collected.is_empty();
-        let soft =
-            self.collected.iter().any(|w| matches!(w, WeigherKind::SoftAffinity | WeigherKind::SoftAntiAffinity));
-        let mut candidates = 0usize;
-        for (i, (hot, cached)) in table.hot.iter().zip(self.table_image.iter_mut()).enumerate() {
-            if config.use_placement {
-                if candidates == limit {
-                    break;
-                }
-                let fits = if hot.plain_units {
-                    (0..3).all(|c| {
-                        asked[c] == 0
-                            || (asked[c] <= hot.max_unit[c] && (hot.used[c] + asked[c]) as f64 <= hot.capacity[c])
-                    })
-                } else {
-                    hosts[i].placement_fits(&req.flavor.resources())
-                };
-                if !fits {
-                    continue;
-                }
-                candidates += 1;
-            }
-            let ok = self.active.iter().all(|&f| match f {
-                FilterKind::Compute => hot.up,
-                FilterKind::ImageProperties => {
-                    // The table's nodes never change: a verdict holds for the image.
-                    if cached.0 != generation {
-                        *cached = (generation, image_properties(&hosts[i], &prepared.image, &mut Quiet));
-                    }
-                    cached.1
-                }
-                _ => passes(f, &prepared, &hosts[i], req, config, &mut Quiet),
-            });
-            if ok {
-                self.survivors.push(i);
-                if collect {
-                    self.rows.push(hot.raw());
-                    if soft {
-                        let row = self.rows.last_mut().expect("just pushed");
-                        for w in [WeigherKind::SoftAffinity, WeigherKind::SoftAntiAffinity] {
-                            row[w.index()] = w.raw(&hosts[i], req);
-                        }
-                    }
-                }
-            }
-        }
-        if self.survivors.is_empty() {
-            return Err(explain_filters(hosts, req, config)
-                .1
-                .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
-        }
-        // Every row holds every weigher's value (soft affinity only when it runs).
-        self.collected.clear();
-        self.collected.extend(WeigherKind::ALL);
-        self.weigh(hosts, req, config);
-        self.finish(config, rng, k)
     }
 }
 
@@ -1774,6 +1598,9 @@ pub fn explain(
     out.order = order;
     out
 }
+
+mod table;
+pub use table::HostTable;
 
 #[cfg(test)]
 mod tests;

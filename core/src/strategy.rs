@@ -68,7 +68,7 @@
 use rand::{Rng, RngCore};
 
 use crate::model::ResourceClass;
-use crate::scheduler::{HostState, NoValidHost, RequestView, SchedulerConfig, WeigherKind, Workspace};
+use crate::scheduler::{HostState, HostTable, NoValidHost, RequestView, SchedulerConfig, WeigherKind, Workspace};
 
 /// A scheduling strategy. `select` returns host indices into `hosts` in the order to try
 /// claims: the first is the pick. Every random choice must come from `rng` (the run's
@@ -94,6 +94,20 @@ pub trait Strategy: Send {
         let mut order = self.select(hosts, req, rng)?;
         order.truncate(k);
         Ok(order)
+    }
+
+    /// [`Strategy::select_top`] over a [`HostTable`]'s hosts: exactly what
+    /// `select_top(table.hosts(), req, rng, k)` returns, drawing the same random numbers.
+    /// Override when the table's packed columns give the answer faster (`spread` and
+    /// `pack` do).
+    fn select_table(
+        &mut self,
+        table: &HostTable,
+        req: &RequestView<'_>,
+        rng: &mut dyn RngCore,
+        k: usize,
+    ) -> Result<Vec<usize>, NoValidHost> {
+        self.select_top(table.hosts(), req, rng, k)
     }
 }
 
@@ -149,6 +163,15 @@ impl Strategy for Spread {
         k: usize,
     ) -> Result<Vec<usize>, NoValidHost> {
         self.workspace.best_hosts(hosts, req, &self.config, rng, k).map(<[usize]>::to_vec)
+    }
+    fn select_table(
+        &mut self,
+        table: &HostTable,
+        req: &RequestView<'_>,
+        rng: &mut dyn RngCore,
+        k: usize,
+    ) -> Result<Vec<usize>, NoValidHost> {
+        self.workspace.table_best_hosts(table, req, &self.config, rng, k).map(<[usize]>::to_vec)
     }
 }
 

@@ -652,3 +652,47 @@ fn host_table_decides_as_host_states_do() {
         }
     }
 }
+
+#[test]
+fn host_table_update_and_set_usage_are_seen_by_the_next_decision() {
+    let hosts = vec![host("a", 8192), host("b", 4096), host("c", 2048)];
+    let mut table = HostTable::new(hosts);
+    assert_eq!(table.len(), 3);
+    assert!(!table.is_empty());
+    assert!(HostTable::new(Vec::new()).is_empty());
+    let f = flavor(&[]);
+    let x86 = image(&[("hw_architecture", "x86_64")]);
+    let req = RequestView::new(&f, &x86);
+    let config = SchedulerConfig::default();
+    let mut ws = Workspace::new();
+    let mut decide = |table: &HostTable| {
+        let got = ws.table_best_hosts(table, &req, &config, &mut SmallRng::seed_from_u64(1), 3).map(<[usize]>::to_vec);
+        let expect = Workspace::new()
+            .best_hosts(table.hosts(), &req, &config, &mut SmallRng::seed_from_u64(1), 3)
+            .map(<[usize]>::to_vec);
+        assert_eq!(got, expect);
+        got
+    };
+    assert_eq!(decide(&table).unwrap(), [0, 1, 2]);
+    // A node changed in place: the cached image verdict for its old node must not stick.
+    table.update(0, |h| *h = with_node(h.clone(), |n| n.cpu_arch = "aarch64".into()));
+    assert_eq!(decide(&table).unwrap(), [1, 2]);
+    table.update(0, |h| *h = with_node(h.clone(), |n| n.cpu_arch = "x86_64".into()));
+    assert_eq!(decide(&table).unwrap(), [0, 1, 2]);
+    table.update(1, |h| h.service_disabled = true);
+    assert_eq!(decide(&table).unwrap(), [0, 2]);
+    // Placement's rows: c now has the most free RAM, a none left for the flavor.
+    let inv = table.hosts()[2].inventories;
+    table.set_usage(2, inv, Resources::new(0, 0, 0));
+    table.set_usage(0, inv, Resources::new(0, 16000, 0));
+    assert_eq!(decide(&table).unwrap(), [2]);
+    // A bigger inventory on a: it fits again, with the most free RAM.
+    let big = [inv[0], Inventory::new(65536, 0, 1.0), inv[2]];
+    table.set_usage(0, big, Resources::new(0, 16000, 0));
+    assert_eq!(decide(&table).unwrap(), [0, 2]);
+    // A clone is a table of its own: its class verdicts do not leak into the original's.
+    let mut other = table.clone();
+    other.update(2, |h| *h = with_node(h.clone(), |n| n.cpu_arch = "aarch64".into()));
+    assert_eq!(decide(&other).unwrap(), [0]);
+    assert_eq!(decide(&table).unwrap(), [0, 2]);
+}

@@ -198,3 +198,106 @@ fn select_top_is_the_prefix_of_select_for_every_builtin() {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum TableStep {
+    Decide { vcpus: u64, ram_mb: u64, disk_gb: u64, k: usize, claim: bool },
+    Release { pick: usize },
+    Usage { host: usize, vcpus: u64, ram_mb: u64 },
+    Service { host: usize, up: bool, disabled: bool },
+    Arch { host: usize, aarch64: bool },
+}
+
+fn table_step() -> impl Strategy<Value = TableStep> {
+    prop_oneof![
+        6 => (1u64..9, 1u64..17, 0u64..50, 0usize..6, any::<bool>())
+            .prop_map(|(vcpus, ram, disk_gb, k, claim)| TableStep::Decide { vcpus, ram_mb: ram * 512, disk_gb, k, claim }),
+        1 => any::<usize>().prop_map(|pick| TableStep::Release { pick }),
+        1 => (any::<usize>(), 0u64..40, 0u64..40_000).prop_map(|(host, vcpus, ram_mb)| TableStep::Usage { host, vcpus, ram_mb }),
+        1 => (any::<usize>(), any::<bool>(), any::<bool>()).prop_map(|(host, up, disabled)| TableStep::Service { host, up, disabled }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(host, aarch64)| TableStep::Arch { host, aarch64 }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// `select_table` over a host table returns exactly what `select_top` over the table's
+    /// host states returns, for every built-in, drawing the same random numbers, while the
+    /// table changes through claims, releases, usage refreshes and node updates.
+    #[test]
+    fn select_table_is_select_top_over_the_tables_hosts(
+        steps in proptest::collection::vec(table_step(), 1..80),
+        sizes in proptest::collection::vec((2u64..33, 4u64..33, 1u32..5), 1..40),
+        seed in any::<u64>(),
+        name in proptest::sample::select(BUILTIN.to_vec()),
+        subset in 1usize..4,
+        arch_image in any::<bool>(),
+    ) {
+        let hosts: Vec<HostState> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(vcpus, ram_gb, ratio))| host(&format!("h{k}"), vcpus, ram_gb * 1024, ratio as f64))
+            .collect();
+        let mut table = crate::scheduler::HostTable::new(hosts);
+        prop_assert_eq!(table.len(), sizes.len());
+        prop_assert!(!table.is_empty());
+        let config = SchedulerConfig { host_subset_size: subset, ..SchedulerConfig::default() };
+        let mut fast = builtin(name, &config).unwrap();
+        let mut reference = builtin(name, &config).unwrap();
+        let img = if arch_image {
+            Image { properties: [("hw_architecture".to_string(), "x86_64".to_string())].into(), ..image() }
+        } else {
+            image()
+        };
+        let mut live: Vec<(usize, Resources)> = Vec::new();
+        let n = table.len();
+        for (round, step) in steps.into_iter().enumerate() {
+            match step {
+                TableStep::Decide { vcpus, ram_mb, disk_gb, k, claim } => {
+                    let f = flavor(vcpus, ram_mb, disk_gb);
+                    let req = RequestView::new(&f, &img);
+                    let mut a = SmallRng::seed_from_u64(seed ^ round as u64);
+                    let mut b = SmallRng::seed_from_u64(seed ^ round as u64);
+                    let got = fast.select_table(&table, &req, &mut a, k);
+                    let expect = reference.select_top(table.hosts(), &req, &mut b, k);
+                    prop_assert_eq!(&got, &expect, "{} round {}", name, round);
+                    prop_assert_eq!(rand::RngCore::next_u64(&mut a), rand::RngCore::next_u64(&mut b), "same draws");
+                    if let (true, Ok(order)) = (claim, got) {
+                        if let Some(&i) = order.iter().find(|&&i| placement::fits(&provider(&table.hosts()[i]), &f.resources()).is_ok()) {
+                            table.claim(i, &f.resources());
+                            live.push((i, f.resources()));
+                        }
+                    }
+                }
+                TableStep::Release { pick } if !live.is_empty() => {
+                    let (i, r) = live.swap_remove(pick % live.len());
+                    table.release(i, &r);
+                }
+                TableStep::Release { .. } => {}
+                TableStep::Usage { host, vcpus, ram_mb } => {
+                    let i = host % n;
+                    let h = &table.hosts()[i];
+                    let used = Resources::new(vcpus, ram_mb, h.used.0[2]);
+                    let inventories = h.inventories;
+                    table.set_usage(i, inventories, used);
+                    prop_assert_eq!(table.hosts()[i].used, used);
+                    live.retain(|(j, _)| *j != i);
+                }
+                TableStep::Service { host, up, disabled } => {
+                    table.update(host % n, |h| {
+                        h.service_up = up;
+                        h.service_disabled = disabled;
+                    });
+                }
+                TableStep::Arch { host, aarch64 } => {
+                    table.update(host % n, |h| {
+                        let mut node = (*h.node).clone();
+                        node.cpu_arch = if aarch64 { "aarch64" } else { "x86_64" }.into();
+                        h.node = Arc::new(node);
+                    });
+                }
+            }
+        }
+    }
+}
