@@ -3,13 +3,27 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use stackbed_core::scheduler::Explanation;
 use stackbed_core::stats::{self, ActionSummary};
 
 #[derive(Default, Debug)]
 struct Inner {
     actions: BTreeMap<String, Vec<(f64, bool)>>,
     counters: BTreeMap<String, u64>,
+    explained: Vec<ExplainedDecision>,
 }
+
+/// One scheduler decision explained for the report: the request, why, and the explanation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExplainedDecision {
+    pub request: String,
+    /// "first decision" or "no valid host".
+    pub why: &'static str,
+    pub explanation: Explanation,
+}
+
+/// How many NoValidHost decisions a run's report explains (the first ones).
+pub const EXPLAINED_NO_VALID_HOST: usize = 3;
 
 /// Shared by the services of one run. In the simulator all nodes live in one process and
 /// execution is single-threaded, so insertion order is deterministic too.
@@ -37,6 +51,27 @@ impl Metrics {
 
     pub fn counters(&self) -> BTreeMap<String, u64> {
         self.lock().counters.clone()
+    }
+
+    /// Whether the report still wants an explanation of this kind of decision: the first
+    /// decision of the run, and the first [`EXPLAINED_NO_VALID_HOST`] NoValidHosts.
+    pub fn wants_explanation(&self, no_valid_host: bool) -> bool {
+        let inner = self.lock();
+        let n = inner.explained.iter().filter(|e| (e.why == "no valid host") == no_valid_host).count();
+        if no_valid_host {
+            n < EXPLAINED_NO_VALID_HOST
+        } else {
+            n == 0
+        }
+    }
+
+    pub fn explain(&self, request: &str, no_valid_host: bool, explanation: Explanation) {
+        let why = if no_valid_host { "no valid host" } else { "first decision" };
+        self.lock().explained.push(ExplainedDecision { request: request.to_string(), why, explanation });
+    }
+
+    pub fn explanations(&self) -> Vec<ExplainedDecision> {
+        self.lock().explained.clone()
     }
 
     /// Rally-style rows, in the order the boot flow runs them, then any others by name.

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 
-use stackbed_core::model::{ComputeNode, Provider, Record, RequestSpec, ServiceRecord, Table};
-use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
+use stackbed_core::model::{ComputeNode, Record, RequestSpec, ServiceRecord, Table};
 use stackbed_core::scenario::PlantedBug;
-use stackbed_core::scheduler::{HostAggregates, HostState, RequestView, SchedulerConfig};
+use stackbed_core::scheduler::{explain, HostAggregates, HostState, HostTable, RequestView, SchedulerConfig};
 use stackbed_core::states::{TaskState, VmState};
-use stackbed_core::store::Op;
+use stackbed_core::store::{Op, OpResult};
 use stackbed_core::strategy::{self, Strategy};
 
 use crate::ctx::Ctx;
@@ -38,10 +37,26 @@ pub const HOST_STATE_REFRESH: Duration = Duration::from_secs(1);
 /// snapshot too, so host states are built by one merge of the two, without lookups.
 struct CachedHost {
     host: String,
+    /// The compute node row's version: a refresh reuses `node` while it is unchanged.
+    node_version: u64,
     node: Arc<ComputeNode>,
-    service: Option<ServiceRecord>,
+    service: Option<ServiceView>,
     aggregates: Arc<HostAggregates>,
     ip: Option<u32>,
+}
+
+/// What the scheduler reads of a host's services row.
+#[derive(Debug, Clone, Copy)]
+struct ServiceView {
+    last_seen_ms: u64,
+    disabled: bool,
+    failed_builds: u32,
+}
+
+impl ServiceView {
+    fn of(s: &ServiceRecord) -> ServiceView {
+        ServiceView { last_seen_ms: s.last_seen_ms, disabled: s.disabled, failed_builds: s.failed_builds }
+    }
 }
 
 #[derive(Default)]
@@ -61,6 +76,155 @@ pub fn host_ip(index: usize) -> u32 {
 struct Decider {
     rng: SmallRng,
     strategy: Box<dyn Strategy>,
+    table: LiveTable,
+}
+
+/// Claims the first round of `select_destinations` may try past the pick and alternates
+/// before it weighs afresh.
+const CLAIM_FALLBACKS: usize = 3;
+
+/// The scheduler's host table, kept between requests: rebuilt from the host cache when the
+/// cache refreshes (or the providers change), and brought up to date with placement's
+/// usage, service liveness and the request's group members before every decision. One
+/// decision then reads packed rows instead of building a host state per provider.
+struct LiveTable {
+    table: HostTable,
+    /// The cache the rows were built from (by identity), each row's host name and its
+    /// position in that cache.
+    built_from: Option<Arc<Vec<CachedHost>>>,
+    names: Vec<String>,
+    cache_index: Vec<usize>,
+    /// Row by host name, for group members.
+    by_name: HashMap<String, usize>,
+    /// Rows whose group_members_here was set by the last request.
+    grouped: Vec<usize>,
+}
+
+impl Default for LiveTable {
+    fn default() -> LiveTable {
+        LiveTable {
+            table: HostTable::new(Vec::new()),
+            built_from: None,
+            names: Vec::new(),
+            cache_index: Vec::new(),
+            by_name: HashMap::new(),
+            grouped: Vec::new(),
+        }
+    }
+}
+
+impl LiveTable {
+    fn sync(
+        &mut self,
+        providers: &stackbed_core::store::Snapshot,
+        cached: &Arc<Vec<CachedHost>>,
+        now_ms: u64,
+        down_after_ms: u64,
+        members_per_host: &BTreeMap<String, u32>,
+    ) {
+        let same_cache = self.built_from.as_ref().is_some_and(|b| Arc::ptr_eq(b, cached));
+        if !((same_cache || self.adopt(cached)) && self.refresh_usage(providers)) {
+            self.rebuild(providers, cached, now_ms, down_after_ms);
+        }
+        for (i, &at) in self.cache_index.iter().enumerate() {
+            let c = &cached[at];
+            let up = c.service.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms);
+            if self.table.hosts()[i].service_up != up {
+                self.table.update(i, |h| h.service_up = up);
+            }
+        }
+        for i in std::mem::take(&mut self.grouped) {
+            self.table.update(i, |h| h.group_members_here = 0);
+        }
+        for (host, &n) in members_per_host {
+            if let Some(&i) = self.by_name.get(host) {
+                self.table.update(i, |h| h.group_members_here = n);
+                self.grouped.push(i);
+            }
+        }
+    }
+
+    /// Takes a refreshed host cache with the same hosts in place: only the rows whose node
+    /// or service row changed are recomputed. False when the hosts differ (a rebuild is due).
+    fn adopt(&mut self, cached: &Arc<Vec<CachedHost>>) -> bool {
+        let Some(old) = &self.built_from else { return false };
+        if old.len() != cached.len() || old.first().map(|c| &c.host) != cached.first().map(|c| &c.host) {
+            return false;
+        }
+        for (i, &at) in self.cache_index.iter().enumerate() {
+            let c = &cached[at];
+            let h = &self.table.hosts()[i];
+            let disabled = c.service.is_none_or(|s| s.disabled);
+            let failed = c.service.map_or(0, |s| s.failed_builds);
+            if !Arc::ptr_eq(&h.node, &c.node) || h.service_disabled != disabled || h.failed_builds != failed {
+                self.table.update(i, |h| {
+                    h.node = c.node.clone();
+                    h.service_disabled = disabled;
+                    h.failed_builds = failed;
+                });
+            }
+        }
+        self.built_from = Some(cached.clone());
+        true
+    }
+
+    /// Placement's usage and inventories into the rows; false when the providers are not
+    /// the rows' hosts in the rows' order (a rebuild is due). Providers are only ever added
+    /// (a compute registers; nothing deletes one), so the same count means the same hosts:
+    /// only the ends are compared by name, not every row.
+    fn refresh_usage(&mut self, providers: &stackbed_core::store::Snapshot) -> bool {
+        let n = self.names.len();
+        if providers.len() != n {
+            return false;
+        }
+        for (i, (key, row)) in providers.iter().enumerate() {
+            let Record::Provider(p) = &row.value else { return false };
+            if (i == 0 || i + 1 == n) && self.names[i] != *key {
+                return false;
+            }
+            self.table.set_usage(i, p.inventories, p.used);
+        }
+        true
+    }
+
+    /// Rows for every provider with a cached node, in provider (host name) order.
+    fn rebuild(
+        &mut self,
+        providers: &stackbed_core::store::Snapshot,
+        cached: &Arc<Vec<CachedHost>>,
+        now_ms: u64,
+        down_after_ms: u64,
+    ) {
+        let mut next = 0;
+        let mut hosts = Vec::with_capacity(providers.len());
+        self.names.clear();
+        self.cache_index.clear();
+        for (key, row) in providers.iter() {
+            let Record::Provider(p) = &row.value else { continue };
+            while next < cached.len() && cached[next].host < *key {
+                next += 1;
+            }
+            let Some(c) = cached.get(next).filter(|c| c.host == *key) else { continue };
+            let svc = c.service.as_ref();
+            hosts.push(HostState {
+                node: c.node.clone(),
+                service_up: svc.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms),
+                service_disabled: svc.is_none_or(|s| s.disabled),
+                inventories: p.inventories,
+                used: p.used,
+                failed_builds: svc.map_or(0, |s| s.failed_builds),
+                group_members_here: 0,
+                aggregates: c.aggregates.clone(),
+                host_ip: c.ip,
+            });
+            self.names.push(key.clone());
+            self.cache_index.push(next);
+        }
+        self.by_name = self.names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        self.grouped.clear();
+        self.table = HostTable::new(hosts);
+        self.built_from = Some(cached.clone());
+    }
 }
 
 /// What the scenario declares per host and never changes during a run.
@@ -85,7 +249,7 @@ impl Scheduler {
         let strategy = strategy::builtin(name, &config)
             .or_else(|| strategy::builtin("spread", &config))
             .expect("spread is built in");
-        let decider = Mutex::new(Decider { rng: ctx.rng("scheduler"), strategy });
+        let decider = Mutex::new(Decider { rng: ctx.rng("scheduler"), strategy, table: LiveTable::default() });
         let mut aggregates = ctx.scenario.host_aggregates();
         let hosts = ctx
             .scenario
@@ -136,24 +300,39 @@ impl Scheduler {
 
     pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
         let db = &*self.ctx.db;
-        let (hosts, order) = match self.order_hosts(spec).await? {
-            Ok(ordered) => ordered,
-            Err(reason) => return Ok(Rpc::NoValidHost { reason }),
-        };
         let resources = spec.flavor.resources();
         let alternates_max = self.config.max_attempts.saturating_sub(1) as usize;
         let skip_claim = self.ctx.scenario.debug.plant_bug == Some(PlantedBug::SchedulerSkipsClaim);
-        for (pos, &i) in order.iter().enumerate() {
-            let host = &hosts[i].node.host;
-            let claimed = skip_claim
-                || placement::claim(db, &self.ctx.metrics, &spec.instance_uuid, &spec.project, host, resources).await?
-                    == ClaimOutcome::Claimed;
-            if claimed {
-                let mut out = vec![host.clone()];
-                out.extend(order[pos + 1..].iter().take(alternates_max).map(|&j| hosts[j].node.host.clone()));
-                return Ok(Rpc::Destinations { hosts: out });
+        // nova walks the whole weighed list until a claim succeeds. The first round asks the
+        // strategy for the pick, the alternates and a few fallbacks (the common case: the
+        // first claim succeeds); when every one of those refuses the claim, a second round
+        // weighs afresh (placement's usage has moved under the refused claims) and walks
+        // the whole order, skipping the hosts already tried.
+        let mut tried: Vec<String> = Vec::new();
+        for k in [alternates_max + 1 + CLAIM_FALLBACKS, usize::MAX] {
+            let order = match self.order_hosts(spec, k).await? {
+                Ok(order) => order,
+                Err(reason) if tried.is_empty() => return Ok(Rpc::NoValidHost { reason }),
+                Err(_) => break,
+            };
+            let complete = order.len() < k;
+            let order: Vec<String> = order.into_iter().filter(|h| !tried.contains(h)).collect();
+            for (pos, host) in order.iter().enumerate() {
+                let claimed = skip_claim
+                    || placement::claim(db, &self.ctx.metrics, &spec.instance_uuid, &spec.project, host, resources)
+                        .await?
+                        == ClaimOutcome::Claimed;
+                if claimed {
+                    let mut out = vec![host.clone()];
+                    out.extend(order[pos + 1..].iter().take(alternates_max).cloned());
+                    return Ok(Rpc::Destinations { hosts: out });
+                }
+                self.ctx.metrics.count("scheduler.claim_failures", 1);
+                tried.push(host.clone());
             }
-            self.ctx.metrics.count("scheduler.claim_failures", 1);
+            if complete {
+                break;
+            }
         }
         Ok(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() })
     }
@@ -172,9 +351,9 @@ impl Scheduler {
                 self.config.max_attempts, spec.tried_hosts
             ))
         } else {
-            match self.order_hosts(&spec).await? {
-                Ok((hosts, order)) => {
-                    let host = hosts[order[0]].node.host.clone();
+            match self.order_hosts(&spec, 1).await? {
+                Ok(order) => {
+                    let host = order[0].clone();
                     if attempt > 1 {
                         // The report's attempt count, as the current era's conductor keeps it.
                         dbx::update_instance(&*self.ctx.db, &uuid, &[Some(TaskState::Scheduling)], |i| {
@@ -206,67 +385,21 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The host states for `spec` and the strategy's order over them: placement's allocation
-    /// candidates in the current era, every host in Icehouse's. `Err` is NoValidHost's reason.
-    async fn order_hosts(
-        &self,
-        spec: &RequestSpec,
-    ) -> Result<Result<(Vec<HostState>, Vec<usize>), String>, ServiceError> {
+    /// The first `k` hosts (by name) of the strategy's order for `spec` over placement's
+    /// providers and the cached host rows: allocation candidates in the current era, every
+    /// host in Icehouse's. `Err` is NoValidHost's reason.
+    async fn order_hosts(&self, spec: &RequestSpec, k: usize) -> Result<Result<Vec<String>, String>, ServiceError> {
         let db = &*self.ctx.db;
         // Placement's view is read fresh for every request (claims depend on it), as one
         // shared snapshot: the rows are read, not copied.
         let snapshot = dbx::snapshot(db, Table::Providers).await?;
-        let providers: Vec<&Provider> = snapshot
-            .values()
-            .filter_map(|r| match &r.value {
-                Record::Provider(p) => Some(p),
-                _ => None,
-            })
-            .collect();
         let cached = self.host_cache().await?;
-
-        let candidates: Vec<usize> = if self.config.use_placement {
-            let candidates = allocation_candidates(&providers, &spec.flavor.resources(), CANDIDATE_LIMIT);
-            if candidates.is_empty() {
-                return Ok(Err("placement returned no allocation candidates".into()));
-            }
-            candidates
-        } else {
-            (0..providers.len()).collect()
-        };
-
         let (group_policy, group_max, group_hosts, members_per_host) = self.group_state(spec).await?;
         // Hints and zone: the scenario's workload sends the same ones with every request.
         let workload = &self.ctx.scenario.workload;
         let hints = &workload.hints;
         let same_host_hosts = self.instance_hosts(&hints.same_host).await?;
         let different_host_hosts = self.instance_hosts(&hints.different_host).await?;
-        let now = self.ctx.clock.now_ms();
-        let down_after = self.ctx.scenario.control.service_down_time.ms();
-        // Candidates come in key (host name) order, as the cache does: merge the two.
-        let mut next = 0;
-        let hosts: Vec<HostState> = candidates
-            .iter()
-            .filter_map(|&i| {
-                let p = providers[i];
-                while next < cached.len() && cached[next].host < p.host {
-                    next += 1;
-                }
-                let c = cached.get(next).filter(|c| c.host == p.host)?;
-                let svc = c.service.as_ref();
-                Some(HostState {
-                    node: c.node.clone(),
-                    service_up: svc.is_some_and(|s| now.saturating_sub(s.last_seen_ms) <= down_after),
-                    service_disabled: svc.is_none_or(|s| s.disabled),
-                    inventories: p.inventories,
-                    used: p.used,
-                    failed_builds: svc.map_or(0, |s| s.failed_builds),
-                    group_members_here: members_per_host.get(&p.host).copied().unwrap_or(0),
-                    aggregates: c.aggregates.clone(),
-                    host_ip: c.ip,
-                })
-            })
-            .collect();
         let req = RequestView {
             project_id: &spec.project,
             group_policy,
@@ -279,12 +412,27 @@ impl Scheduler {
             different_host_hosts: &different_host_hosts,
             ..RequestView::new(&spec.flavor, &spec.image)
         };
-        let sorted = {
-            let mut guard = self.decider.lock().unwrap_or_else(|e| e.into_inner());
-            let Decider { rng, strategy } = &mut *guard;
-            strategy.select(&hosts, &req, rng)
-        };
-        Ok(sorted.map(|order| (hosts, order)).map_err(|e| e.reason))
+        let now = self.ctx.clock.now_ms();
+        let down_after = self.ctx.scenario.control.service_down_time.ms();
+        let mut guard = self.decider.lock().unwrap_or_else(|e| e.into_inner());
+        let Decider { rng, strategy, table } = &mut *guard;
+        table.sync(&snapshot, &cached, now, down_after, &members_per_host);
+        if table.table.is_empty() {
+            return Ok(Err("placement returned no allocation candidates".into()));
+        }
+        // The report explains the run's first decision and its first NoValidHosts, from
+        // the same host states and generator state the decision saw.
+        let before = rng.clone();
+        let decided = strategy.select_table(&table.table, &req, rng, k);
+        let metrics = &self.ctx.metrics;
+        if metrics.wants_explanation(decided.is_err()) {
+            let explanation = explain(table.table.hosts(), &req, &self.config, &mut before.clone());
+            metrics.explain(&spec.instance_uuid, decided.is_err(), explanation);
+        }
+        Ok(match decided {
+            Ok(order) => Ok(order.into_iter().map(|i| table.table.hosts()[i].node.host.clone()).collect()),
+            Err(e) => Err(e.reason),
+        })
     }
 
     /// The hosts of the instances a same_host/different_host hint names (by uuid), in the
@@ -306,50 +454,53 @@ impl Scheduler {
     }
 
     /// The compute nodes and services rows, re-read when older than [`HOST_STATE_REFRESH`].
+    /// Both tables are read as shared snapshots; a node whose row version did not change
+    /// keeps its cached copy, so a refresh copies only the nodes that changed.
     async fn host_cache(&self) -> Result<Arc<Vec<CachedHost>>, ServiceError> {
-        {
+        let previous = {
             let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if c.refreshed.is_some_and(|t| t.elapsed() < HOST_STATE_REFRESH) {
                 return Ok(c.hosts.clone());
             }
-        }
-        let mut rows = self
+            c.hosts.clone()
+        };
+        let mut snapshots = self
             .ctx
             .db
-            .execute(vec![
-                Op::Scan { table: Table::ComputeNodes, prefix: String::new() },
-                Op::Scan { table: Table::Services, prefix: String::new() },
-            ])
+            .execute(vec![Op::Snapshot { table: Table::ComputeNodes }, Op::Snapshot { table: Table::Services }])
             .await?
             .into_iter()
-            .map(dbx::rows_of);
-        let nodes = rows.next().unwrap_or_default();
-        let mut services: HashMap<String, ServiceRecord> = rows
-            .next()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, r)| match r.value {
-                Record::Service(s) => Some((k, s)),
+            .map(|r| match r {
+                OpResult::Snapshot(s) => s,
+                _ => Default::default(),
+            });
+        let nodes = snapshots.next().unwrap_or_default();
+        let services = snapshots.next().unwrap_or_default();
+        // Snapshots iterate in key order: the vector is sorted by host name, as the previous
+        // one was, so reuse is a merge.
+        let mut old = previous.iter().peekable();
+        let mut hosts = Vec::with_capacity(nodes.len());
+        for (k, row) in nodes.iter() {
+            let Record::ComputeNode(n) = &row.value else { continue };
+            while old.next_if(|c| c.host < *k).is_some() {}
+            let node = match old.peek() {
+                Some(c) if c.host == *k && c.node_version == row.version => c.node.clone(),
+                _ => Arc::new(n.clone()),
+            };
+            let service = match services.get(k).map(|r| &r.value) {
+                Some(Record::Service(s)) => Some(ServiceView::of(s)),
                 _ => None,
-            })
-            .collect();
-        // Scans come in key order, so the vector is sorted by host name.
-        let hosts: Vec<CachedHost> = nodes
-            .into_iter()
-            .filter_map(|(k, r)| match r.value {
-                Record::ComputeNode(n) => {
-                    let fixed = self.hosts.get(&k);
-                    Some(CachedHost {
-                        service: services.remove(&k),
-                        node: Arc::new(n),
-                        aggregates: fixed.map_or_else(HostAggregates::none, |h| h.aggregates.clone()),
-                        ip: fixed.map(|h| h.ip),
-                        host: k,
-                    })
-                }
-                _ => None,
-            })
-            .collect();
+            };
+            let fixed = self.hosts.get(k);
+            hosts.push(CachedHost {
+                host: k.clone(),
+                node_version: row.version,
+                node,
+                service,
+                aggregates: fixed.map_or_else(HostAggregates::none, |h| h.aggregates.clone()),
+                ip: fixed.map(|h| h.ip),
+            });
+        }
         let hosts = Arc::new(hosts);
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         *c = HostCache { refreshed: Some(self.ctx.clock.now()), hosts: hosts.clone() };
