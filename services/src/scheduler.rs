@@ -93,6 +93,8 @@ struct LiveTable {
     /// position in that cache.
     built_from: Option<Arc<Vec<CachedHost>>>,
     names: Vec<String>,
+    /// Each row's provider row version when its usage was last read.
+    versions: Vec<u64>,
     cache_index: Vec<usize>,
     /// Row by host name, for group members.
     by_name: HashMap<String, usize>,
@@ -106,6 +108,7 @@ impl Default for LiveTable {
             table: HostTable::new(Vec::new()),
             built_from: None,
             names: Vec::new(),
+            versions: Vec::new(),
             cache_index: Vec::new(),
             by_name: HashMap::new(),
             grouped: Vec::new(),
@@ -178,11 +181,16 @@ impl LiveTable {
             return false;
         }
         for (i, (key, row)) in providers.iter().enumerate() {
-            let Record::Provider(p) = &row.value else { return false };
             if (i == 0 || i + 1 == n) && self.names[i] != *key {
                 return false;
             }
+            // Most rows did not change since the last request: their version says so.
+            if self.versions[i] == row.version {
+                continue;
+            }
+            let Record::Provider(p) = &row.value else { return false };
             self.table.set_usage(i, p.inventories, p.used);
+            self.versions[i] = row.version;
         }
         true
     }
@@ -198,6 +206,7 @@ impl LiveTable {
         let mut next = 0;
         let mut hosts = Vec::with_capacity(providers.len());
         self.names.clear();
+        self.versions.clear();
         self.cache_index.clear();
         for (key, row) in providers.iter() {
             let Record::Provider(p) = &row.value else { continue };
@@ -218,6 +227,7 @@ impl LiveTable {
                 host_ip: c.ip,
             });
             self.names.push(key.clone());
+            self.versions.push(row.version);
             self.cache_index.push(next);
         }
         self.by_name = self.names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
