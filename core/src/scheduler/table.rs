@@ -9,11 +9,16 @@
 //!    ImagePropertiesFilter from a verdict per *image class* (hosts with the same arch,
 //!    hypervisor type and version and vm modes), any other active filter through the
 //!    shared rule; survivor indices are collected;
-//! 2. per active weigher, its column gathered over the survivors with nova's minval clamp
-//!    and the bounds, then `multiplier * ((v - lo) / range)` added to each survivor's weight,
-//!    weigher by weigher in the configured order (the same floating-point operations in
-//!    the same order as the general path, so the same bits);
-//! 3. the best `max(k, host_subset_size)` kept inline (no sort) and the subset pick.
+//! 2. the survivors' raw weigher values (one cache line per host, four lanes when only the
+//!    RAM, CPU, disk and io_ops weighers can separate hosts) clamped to nova's minval, and
+//!    each column's bounds;
+//! 3. an approximate weight per survivor, `(v - lo) * (multiplier / range)` summed, within
+//!    a proven bound of the exact one, and the `max(k, host_subset_size)`-th best of them;
+//!    only the survivors within twice the bound of it can be among the best;
+//! 4. for those, the exact weight: `multiplier * ((v - lo) / range)` added weigher by weigher
+//!    in the configured order, the general path's floating-point operations in its order,
+//!    so the same bits; the best kept inline (no sort), ties to the lower host index, and
+//!    the subset pick.
 //!
 //! Aggregate multiplier overrides among the survivors and the soft-affinity weighers go
 //! through the general weighing code; rows whose inventories have min_unit or step_size
@@ -635,7 +640,9 @@ impl Workspace {
             self.scored[m] = t as u32;
             m += (a >= threshold) as usize;
         }
-        Some(m)
+        // The best `wanted` approximate weights are at or above the threshold, so m >= wanted
+        // (a guard all the same: with fewer, weigh every survivor).
+        (m >= wanted).then_some(m)
     }
 }
 
