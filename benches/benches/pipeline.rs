@@ -3,11 +3,13 @@
 //! multiplier, normalisation, the subset pick) at 1,000, 10,000 and 100,000 hosts.
 //! `cargo bench -p stackbed-benches --bench pipeline -- --warm-up-time 1 --measurement-time 3`.
 //!
-//! - `pipeline/N`: the `spread` strategy over a host-state snapshot of N hosts, reusing
-//!   its workspace (what the scheduler service does per request);
-//! - `pipeline_decision/N`: the same decision as select_destinations returns it, the pick
-//!   and `max_attempts - 1` alternates (`Strategy::select_top`: no full sort);
-//! - `pipeline_table/N`: that decision over a `HostTable` (hot fields packed per host);
+//! - `pipeline/N` (the full default pipeline figure): the decision as select_destinations
+//!   returns it, the pick and `max_attempts - 1` alternates, of the `spread` strategy over a
+//!   `HostTable` of N hosts kept between decisions (`Strategy::select_table`);
+//! - `pipeline_decision/N`: the same decision over a host-state snapshot
+//!   (`Strategy::select_top`);
+//! - `pipeline_full_order/N`: the full claim order over the snapshot (`Strategy::select`),
+//!   reusing the strategy's workspace;
 //! - `pipeline_all_candidates/N`: the full order without placement's 1,000 limit, every
 //!   host filtered and weighed (the cost of a full scan);
 //! - `pipeline_strategies/*`: every built-in strategy at 10,000 hosts;
@@ -18,7 +20,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::{rngs::SmallRng, SeedableRng};
 
 use stackbed_core::placement::{allocation_candidates, CANDIDATE_LIMIT};
-use stackbed_core::scheduler::{sorted_hosts, HostTable, RequestView, SchedulerConfig, Workspace};
+use stackbed_core::scheduler::{sorted_hosts, HostTable, RequestView, SchedulerConfig};
 use stackbed_core::store::{Expect, MemStore, Op};
 use stackbed_core::strategy::{builtin, BUILTIN};
 
@@ -26,8 +28,23 @@ fn pipeline(c: &mut Criterion) {
     let flavor = stackbed_benches::flavor();
     let image = stackbed_benches::image();
     let req = RequestView::new(&flavor, &image);
+    let config = SchedulerConfig::default();
+    let k = config.max_attempts as usize;
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(1));
+    for n in [1_000usize, 10_000, 100_000] {
+        let (_, states) = stackbed_benches::hosts(n);
+        let table = HostTable::new(states);
+        let mut strategy = builtin("spread", &config).expect("spread is built in");
+        let mut rng = SmallRng::seed_from_u64(1);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| strategy.select_table(&table, &req, &mut rng, k).map(|o| o[0]))
+        });
+    }
+    group.finish();
+
     for (group_name, config) in [
-        ("pipeline", SchedulerConfig::default()),
+        ("pipeline_full_order", SchedulerConfig::default()),
         ("pipeline_all_candidates", SchedulerConfig { candidate_limit: usize::MAX, ..SchedulerConfig::default() }),
     ] {
         let mut group = c.benchmark_group(group_name);
@@ -43,8 +60,6 @@ fn pipeline(c: &mut Criterion) {
         group.finish();
     }
 
-    let config = SchedulerConfig::default();
-    let k = config.max_attempts as usize;
     let mut group = c.benchmark_group("pipeline_decision");
     group.throughput(Throughput::Elements(1));
     for n in [1_000usize, 10_000, 100_000] {
@@ -53,19 +68,6 @@ fn pipeline(c: &mut Criterion) {
         let mut rng = SmallRng::seed_from_u64(1);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| strategy.select_top(&states, &req, &mut rng, k).map(|o| o[0]))
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("pipeline_table");
-    group.throughput(Throughput::Elements(1));
-    for n in [1_000usize, 10_000, 100_000] {
-        let (_, states) = stackbed_benches::hosts(n);
-        let table = HostTable::new(states);
-        let mut workspace = Workspace::new();
-        let mut rng = SmallRng::seed_from_u64(1);
-        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| workspace.table_best_hosts(&table, &req, &config, &mut rng, k).map(|o| o[0]))
         });
     }
     group.finish();

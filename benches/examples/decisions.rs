@@ -1,68 +1,86 @@
 //! Decisions per second of the full default pipeline, best of several rounds (robust on a
 //! busy machine, where criterion's mean moves with the neighbours' load).
-//! `cargo run --release -p stackbed-benches --example decisions [STRATEGY] [--all-candidates] [--top]`
-//! (`--top`: the decision as select_destinations returns it, the pick and max_attempts - 1
-//! alternates, through `Strategy::select_top`; without it, the full claim order.
-//! `--table`: the pick and alternates of nova's default pipeline over a `HostTable`, the
-//! column layout, through `Workspace::table_best_hosts`.)
+//! `cargo run --release -p stackbed-benches --example decisions [STRATEGY] [--table] [--top] [--full] [--all-candidates]`
+//!
+//! Paths (all three when none is named, the first is "the full default pipeline" figure):
+//! - `--table`: the decision as select_destinations returns it (the pick and
+//!   max_attempts - 1 alternates) over a `HostTable`, through `Strategy::select_table`
+//!   (for spread and pack: `Workspace::table_best_hosts`);
+//! - `--top`: the same decision over a `&[HostState]` snapshot, through
+//!   `Strategy::select_top`;
+//! - `--full`: the full claim order over the snapshot, through `Strategy::select`.
+//!
+//! `DECISIONS` and `ROUNDS` shrink a run (e.g. under callgrind, whose instruction counts
+//! compare variants when the machine is too busy for wall time to mean much).
 
 use std::time::Instant;
 
 use rand::{rngs::SmallRng, SeedableRng};
 
-use stackbed_core::scheduler::{HostTable, RequestView, SchedulerConfig, Workspace};
+use stackbed_core::scheduler::{HostTable, RequestView, SchedulerConfig};
 use stackbed_core::strategy::builtin;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Table,
+    Top,
+    Full,
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = args.iter().find(|a| !a.starts_with("--")).map_or("spread", String::as_str);
     let mut config = SchedulerConfig::default();
-    if args.iter().any(|a| a == "--all-candidates") {
+    let all_candidates = args.iter().any(|a| a == "--all-candidates");
+    if all_candidates {
         config.candidate_limit = usize::MAX;
     }
-    let table = args.iter().any(|a| a == "--table");
-    let top = (table || args.iter().any(|a| a == "--top")).then_some(config.max_attempts as usize);
+    let mut paths: Vec<Path> = [("--table", Path::Table), ("--top", Path::Top), ("--full", Path::Full)]
+        .into_iter()
+        .filter(|(flag, _)| args.iter().any(|a| a == flag))
+        .map(|(_, p)| p)
+        .collect();
+    if paths.is_empty() {
+        paths = vec![Path::Table, Path::Top, Path::Full];
+    }
+    let k = config.max_attempts as usize;
     let flavor = stackbed_benches::flavor();
     let image = stackbed_benches::image();
     let req = RequestView::new(&flavor, &image);
-    for n in [1_000usize, 10_000, 100_000] {
-        let (_, states) = stackbed_benches::hosts(n);
-        let mut strategy = builtin(name, &config).expect("a built-in strategy");
-        let host_table = HostTable::new(states.clone());
-        let mut workspace = Workspace::new();
-        let mut rng = SmallRng::seed_from_u64(1);
-        // DECISIONS and ROUNDS shrink a run (e.g. under cachegrind, whose instruction counts
-        // compare variants when the machine is too busy for wall time to mean much).
-        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
-        let decisions =
-            env("DECISIONS").unwrap_or(if config.candidate_limit == usize::MAX { 20_000_000 / n } else { 2_000 });
-        let rounds = env("ROUNDS").unwrap_or(15);
-        let mut best = f64::INFINITY;
-        let mut sink = 0usize;
-        for _ in 0..rounds {
-            let start = Instant::now(); // wall clock: a benchmark, outside any simulation
-            for _ in 0..decisions {
-                let first = match top {
-                    Some(k) if table => {
-                        workspace.table_best_hosts(&host_table, &req, &config, &mut rng, k).map(|o| o[0])
-                    }
-                    Some(k) => strategy.select_top(&states, &req, &mut rng, k).map(|o| o[0]),
-                    None => strategy.select(&states, &req, &mut rng).map(|o| o[0]),
-                };
-                sink = sink.wrapping_add(first.unwrap_or(0));
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    for path in paths {
+        for n in [1_000usize, 10_000, 100_000] {
+            let (_, states) = stackbed_benches::hosts(n);
+            let mut strategy = builtin(name, &config).expect("a built-in strategy");
+            let table = HostTable::new(states.clone());
+            let mut rng = SmallRng::seed_from_u64(1);
+            let decisions = env("DECISIONS").unwrap_or(if all_candidates { 20_000_000 / n } else { 2_000 });
+            let rounds = env("ROUNDS").unwrap_or(15);
+            let mut best = f64::INFINITY;
+            let mut sink = 0usize;
+            for _ in 0..rounds {
+                let start = Instant::now(); // wall clock: a benchmark, outside any simulation
+                for _ in 0..decisions {
+                    let first = match path {
+                        Path::Table => strategy.select_table(&table, &req, &mut rng, k).map(|o| o[0]),
+                        Path::Top => strategy.select_top(&states, &req, &mut rng, k).map(|o| o[0]),
+                        Path::Full => strategy.select(&states, &req, &mut rng).map(|o| o[0]),
+                    };
+                    sink = sink.wrapping_add(first.unwrap_or(0));
+                }
+                best = best.min(start.elapsed().as_secs_f64() / decisions as f64);
             }
-            best = best.min(start.elapsed().as_secs_f64() / decisions as f64);
+            println!(
+                "{name} {n:>7} hosts{}{}: {:>8.2} us/decision, {:>9.0} decisions/s (best of {rounds} rounds; {sink})",
+                if all_candidates { " (all candidates)" } else { "" },
+                match path {
+                    Path::Table => " (default pipeline: host table, pick + alternates)",
+                    Path::Top => " (host-state snapshot, pick + alternates)",
+                    Path::Full => " (host-state snapshot, full order)",
+                },
+                best * 1e6,
+                1.0 / best
+            );
         }
-        println!(
-            "{name} {n:>7} hosts{}{}: {:>8.2} us/decision, {:>9.0} decisions/s (best of {rounds} rounds; {sink})",
-            if config.candidate_limit == usize::MAX { " (all candidates)" } else { "" },
-            match (table, top.is_some()) {
-                (true, _) => " (host table, pick + alternates)",
-                (false, true) => " (pick + alternates)",
-                (false, false) => " (full order)",
-            },
-            best * 1e6,
-            1.0 / best
-        );
     }
 }

@@ -1107,13 +1107,25 @@ pub struct Workspace {
     /// it holds the same `Arc` as the host state: the clone it keeps means the node cannot
     /// change in place (`Arc::get_mut` fails) nor its address be reused.
     facts: Vec<Option<NodeFacts>>,
-    /// ImageProperties verdicts per image class of [`Workspace::table_id`]'s table:
-    /// (image generation, passes).
-    class_verdicts: Vec<(u64, bool)>,
+    /// ImageProperties verdicts per image class of [`Workspace::table_id`]'s table, for
+    /// image generation `verdicts_for`.
+    class_verdicts: Vec<u8>,
+    verdicts_for: u64,
     /// The [`HostTable`] the class verdicts are for.
     table_id: u64,
-    /// One weigher's clamped values over the survivors (the table path).
+    /// The table path's survivors (host indices; only the first n of a decision are its
+    /// own: these buffers only grow), one weigher's clamped values over them, their scores,
+    /// and the flags seen among them.
+    picked: Vec<u32>,
     column: Vec<f64>,
+    scores: Vec<f64>,
+    flags_seen: u32,
+    /// The survivors' clamped raw rows, their approximate weights, the positions whose
+    /// exact weight is computed, and how many hosts the decision wants.
+    cand: Vec<[f64; 8]>,
+    approx: Vec<f64>,
+    scored: Vec<u32>,
+    wanted: usize,
     /// The image requirements the cached ImageProperties verdicts are for.
     image_key: Option<ImageKey>,
     image_generation: u64,

@@ -696,3 +696,268 @@ fn host_table_update_and_set_usage_are_seen_by_the_next_decision() {
     assert_eq!(decide(&other).unwrap(), [0]);
     assert_eq!(decide(&table).unwrap(), [0, 2]);
 }
+
+mod table_equivalence {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One host of the random table, drawn from small value sets so that ties are common.
+    #[derive(Debug, Clone)]
+    struct HostSpec {
+        vcpus: u64,
+        ram_gb: u64,
+        cpu_ratio: f64,
+        used: (u64, u64, u64),
+        units: u8,
+        service: u8,
+        failed: u32,
+        io_ops: u64,
+        instances: u64,
+        version: u64,
+        aarch64: bool,
+        members: u32,
+        aggregate: u8,
+    }
+
+    fn host_spec() -> impl Strategy<Value = HostSpec> {
+        (
+            (prop::sample::select(vec![4u64, 8, 16]), prop::sample::select(vec![8u64, 16, 32]), 0usize..4),
+            (0u64..40, 0u64..40_000, 0u64..120),
+            (0u8..12, 0u8..10, prop::sample::select(vec![0u32, 0, 0, 1, 3])),
+            (0u64..4, 0u64..6, prop::sample::select(vec![9_000_000u64, 9_000_000, 10_001_000])),
+            (0u8..8, 0u32..3, 0u8..12),
+        )
+            .prop_map(
+                |(
+                    (vcpus, ram_gb, ratio),
+                    used,
+                    (units, service, failed),
+                    (io_ops, instances, version),
+                    (arch, members, aggregate),
+                )| HostSpec {
+                    vcpus,
+                    ram_gb,
+                    cpu_ratio: [1.0, 1.5, 4.0, 16.0][ratio],
+                    used,
+                    units,
+                    service,
+                    failed,
+                    io_ops,
+                    instances,
+                    version,
+                    aarch64: arch == 0,
+                    members,
+                    aggregate,
+                },
+            )
+    }
+
+    fn build(k: usize, s: &HostSpec) -> HostState {
+        let mut inventories = [
+            Inventory::new(s.vcpus, 0, s.cpu_ratio),
+            Inventory::new(s.ram_gb * 1024, 512, 1.0),
+            Inventory::new(100, 0, 1.0),
+        ];
+        match s.units {
+            0 => inventories[1].step_size = 512,
+            1 => inventories[0].max_unit = 2,
+            2 => inventories[2].min_unit = 10,
+            _ => {}
+        }
+        let mut h =
+            HostState::new(Arc::new(node(&format!("h{k}"))), inventories, Resources::new(s.used.0, s.used.1, s.used.2));
+        h.service_up = s.service != 0;
+        h.service_disabled = s.service == 1;
+        h.failed_builds = s.failed;
+        h.group_members_here = s.members;
+        h = with_node(h, |n| {
+            n.num_io_ops = s.io_ops;
+            n.num_instances = s.instances;
+            n.hypervisor_version = s.version;
+            if s.aarch64 {
+                n.cpu_arch = "aarch64".into();
+            }
+        });
+        match s.aggregate {
+            0 => in_aggregates(h, &[&[("ram_weight_multiplier", "3")]]),
+            1 => in_aggregates(h, &[&[("build_failure_weight_multiplier", "2"), ("x", "y")]]),
+            2 => in_aggregates(
+                h,
+                &[&[("num_instances_weight_multiplier", "0.5")], &[("io_ops_weight_multiplier", "-2")]],
+            ),
+            3 => in_aggregates(h, &[&[("ram_weight_multiplier", "oops")]]),
+            _ => h,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Request {
+        vcpus: u64,
+        ram_mb: u64,
+        disk_gb: u64,
+        arch: u8,
+        group: u8,
+        k: usize,
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        (1u64..6, prop::sample::select(vec![512u64, 1024, 2048, 4096]), 0u64..30, 0u8..3, 0u8..8, 0usize..6).prop_map(
+            |(vcpus, ram_mb, disk_gb, arch, group, k)| Request {
+                vcpus,
+                ram_mb,
+                disk_gb,
+                arch,
+                group,
+                k: [0, 1, 3, 3, 5, 40][k],
+            },
+        )
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Decide(Request),
+        Claim(Request),
+        Release(usize),
+        Update(usize, HostSpec),
+        Usage(usize, (u64, u64, u64)),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => request().prop_map(Op::Decide),
+            3 => request().prop_map(Op::Claim),
+            1 => any::<usize>().prop_map(Op::Release),
+            1 => (any::<usize>(), host_spec()).prop_map(|(i, s)| Op::Update(i, s)),
+            1 => (any::<usize>(), (0u64..40, 0u64..40_000, 0u64..120)).prop_map(|(i, u)| Op::Usage(i, u)),
+        ]
+    }
+
+    fn config() -> impl Strategy<Value = SchedulerConfig> {
+        let multiplier = prop::sample::select(vec![0.0, 1.0, 1.0, -1.0, 2.5, -1_000_000.0]);
+        (
+            prop::collection::vec(prop::option::weighted(0.3, multiplier), WeigherKind::COUNT),
+            1usize..4,
+            prop::sample::select(vec![2usize, 5, 1000]),
+            0u8..6,
+        )
+            .prop_map(|(overrides, subset, limit, era)| {
+                let mut config = match era {
+                    0 => SchedulerConfig::icehouse(),
+                    1 => SchedulerConfig {
+                        filters: [FilterKind::defaults(), vec![FilterKind::NumInstances, FilterKind::IoOps]].concat(),
+                        ..SchedulerConfig::default()
+                    },
+                    _ => SchedulerConfig::default(),
+                };
+                for (w, m) in WeigherKind::ALL.into_iter().zip(overrides) {
+                    if let Some(m) = m {
+                        config.weighers.insert(w, m);
+                    }
+                }
+                config.host_subset_size = subset;
+                config.candidate_limit = limit;
+                config.max_io_ops_per_host = 3;
+                config.max_instances_per_host = 5;
+                config
+            })
+    }
+
+    fn check(
+        table: &HostTable,
+        ws: &mut Workspace,
+        config: &SchedulerConfig,
+        r: &Request,
+        seed: u64,
+    ) -> Result<Result<Vec<usize>, NoValidHost>, TestCaseError> {
+        let flavor = Flavor { vcpus: r.vcpus, ram_mb: r.ram_mb, disk_gb: r.disk_gb, ..flavor(&[]) };
+        let image = match r.arch {
+            0 => image(&[]),
+            1 => image(&[("hw_architecture", "x86_64")]),
+            _ => image(&[("hw_architecture", "aarch64"), ("img_hv_requested_version", ">= 9.0")]),
+        };
+        let group_hosts = vec!["h0".to_string(), "h3".to_string()];
+        let req = RequestView {
+            group_policy: match r.group {
+                0 => Some(GroupPolicy::SoftAffinity),
+                1 => Some(GroupPolicy::SoftAntiAffinity),
+                2 => Some(GroupPolicy::AntiAffinity),
+                3 => Some(GroupPolicy::Affinity),
+                _ => None,
+            },
+            group_max_per_host: 2,
+            group_hosts: &group_hosts,
+            ..RequestView::new(&flavor, &image)
+        };
+        let mut a = SmallRng::seed_from_u64(seed);
+        let mut b = SmallRng::seed_from_u64(seed);
+        let got = ws.table_best_hosts(table, &req, config, &mut a, r.k).map(<[usize]>::to_vec);
+        let expect = Workspace::new().best_hosts(table.hosts(), &req, config, &mut b, r.k).map(<[usize]>::to_vec);
+        prop_assert_eq!(&got, &expect, "request {:?}", r);
+        prop_assert_eq!(rand::RngCore::next_u64(&mut a), rand::RngCore::next_u64(&mut b), "the same random draws");
+        if r.k >= 1 {
+            let full = sorted_hosts(table.hosts(), &req, config, &mut SmallRng::seed_from_u64(seed));
+            let prefix = full.map(|o| o[..r.k.min(o.len())].to_vec());
+            prop_assert_eq!(&got, &prefix, "the prefix of the full order");
+        }
+        Ok(got)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// The table path decides exactly as the host-state path over the same hosts: same
+        /// hosts, same order, same random draws (ties included), through claims, releases, usage refreshes
+        /// and host updates, with down and disabled hosts, unit constraints, other-arch
+        /// nodes, aggregates overriding multipliers, soft-affinity weighers, random
+        /// multipliers, subsets, candidate limits and the Icehouse filters.
+        #[test]
+        fn table_path_decides_as_best_hosts(
+            specs in prop::collection::vec(host_spec(), 1..30),
+            copies in 1usize..4,
+            config in config(),
+            ops in prop::collection::vec(op(), 1..40),
+            seed in any::<u64>(),
+        ) {
+            // Copies of the same hosts: exact ties in weight, broken by host index.
+            let hosts: Vec<HostState> =
+                specs.iter().cycle().take(specs.len() * copies).enumerate().map(|(k, s)| build(k, s)).collect();
+            let n = hosts.len();
+            let mut table = HostTable::new(hosts);
+            let mut ws = Workspace::new();
+            let mut live: Vec<(usize, Resources)> = Vec::new();
+            for (round, op) in ops.into_iter().enumerate() {
+                let seed = seed.wrapping_add(round as u64);
+                match op {
+                    Op::Decide(r) => {
+                        let _ = check(&table, &mut ws, &config, &r, seed)?;
+                    }
+                    Op::Claim(r) => {
+                        if let Ok(order) = check(&table, &mut ws, &config, &r, seed)? {
+                            let res = Resources::new(r.vcpus, r.ram_mb, r.disk_gb);
+                            if let Some(&i) = order.first() {
+                                table.claim(i, &res);
+                                live.push((i, res));
+                            }
+                        }
+                    }
+                    Op::Release(pick) if !live.is_empty() => {
+                        let (i, res) = live.swap_remove(pick % live.len());
+                        table.release(i, &res);
+                    }
+                    Op::Release(_) => {}
+                    Op::Update(i, s) => {
+                        let i = i % n;
+                        let fresh = build(i, &s);
+                        table.update(i, |h| *h = HostState { used: h.used, inventories: h.inventories, ..fresh });
+                    }
+                    Op::Usage(i, (c, r, d)) => {
+                        let i = i % n;
+                        let inventories = table.hosts()[i].inventories;
+                        table.set_usage(i, inventories, Resources::new(c, r, d));
+                        live.retain(|(j, _)| *j != i);
+                    }
+                }
+            }
+        }
+    }
+}
