@@ -118,6 +118,15 @@ impl Image {
         Ok(())
     }
 
+    /// The refcount of the cluster at `offset` (an error beyond the end of the image).
+    fn count(&self, offset: u64, what: &str) -> Result<u64, Qcow2Error> {
+        let c = self.cluster_index(offset, what)?;
+        self.counts
+            .get(c)
+            .copied()
+            .ok_or_else(|| Qcow2Error::Corrupt(format!("{what} at {offset:#x} lies beyond the end of the image")))
+    }
+
     fn add(&mut self, offset: u64, delta: i64, what: &str) -> Result<(), Qcow2Error> {
         let c = self.cluster_index(offset, what)?;
         if c >= self.counts.len() {
@@ -175,7 +184,7 @@ impl Image {
             if l2_off == 0 {
                 continue;
             }
-            let exclusive = self.counts[self.cluster_index(l2_off, "L2 table")?] == 1;
+            let exclusive = self.count(l2_off, "L2 table")? == 1;
             *e = if exclusive { *e | COPIED } else { *e & !COPIED };
             let mut l2 = self.l2(l2_off)?;
             let mut changed = false;
@@ -184,7 +193,7 @@ impl Image {
                 if off == 0 {
                     continue;
                 }
-                let one = self.counts[self.cluster_index(off, "data cluster")?] == 1;
+                let one = self.count(off, "data cluster")? == 1;
                 let want = if one && exclusive { *d | COPIED } else { *d & !COPIED };
                 changed |= want != *d;
                 *d = want;
