@@ -97,6 +97,10 @@ pub struct Calibration {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub revision: String,
+    /// When (UTC) and where the figures were measured: CPU model, kernel, the temporary
+    /// directory's filesystem.
+    pub date: String,
+    pub machine: String,
     /// Per row (`rows[].page_cache`); this summarises.
     pub page_cache: &'static str,
     /// Whether any row ran with O_DIRECT (`rows[].o_direct` per row).
@@ -787,7 +791,7 @@ fn bench_image_path(
     let hit_s = t.elapsed().as_secs_f64() / 1000.0;
     let _ = std::fs::remove_dir_all(&cache_dir);
     let d = ImageModel::default();
-    let machine = "this machine (see cpus; ext4 on virtio)";
+    let machine = "the machine in `machine`";
     calibration.extend([
         Calibration {
             parameter: "download_mb_per_s",
@@ -1005,6 +1009,7 @@ pub fn run(revision: String) -> Result<Report, String> {
 fn run_in(dir: &Path, revision: String) -> Result<Report, String> {
     let direct = disk::o_direct_supported(dir).map_err(|e| e.to_string());
     let mode = if direct.is_ok() { CacheMode::Direct } else { CacheMode::Dropped };
+    println!("machine: {}", machine(dir));
     println!(
         "image benchmarks in {} | I/O rows: page cache warm, then {} | qemu: {}",
         dir.display(),
@@ -1062,6 +1067,8 @@ fn run_in(dir: &Path, revision: String) -> Result<Report, String> {
     }
     Ok(Report {
         revision,
+        date: command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        machine: machine(dir),
         page_cache: "per row: warm (read once before the run), bypassed (O_DIRECT) or dropped (evicted before it)",
         o_direct: rows.iter().any(|r| r.o_direct),
         o_direct_refused: direct.err(),
@@ -1070,6 +1077,32 @@ fn run_in(dir: &Path, revision: String) -> Result<Report, String> {
         calibration,
         checks,
     })
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine(dir: &Path) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} x {model}; Linux {}; {} filesystem for {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        kernel.trim(),
+        command_line("stat", &["-f", "-c", "%T", p(dir)]),
+        dir.display()
+    )
 }
 
 fn qemu_version() -> String {
