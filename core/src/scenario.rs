@@ -517,6 +517,22 @@ pub struct Workload {
     /// How often the report samples host utilisation (simulated time in the simulator).
     #[serde(default = "default_sample_interval")]
     pub sample_interval: Dur,
+    /// How often the whole workload runs in one run (1). Every pass makes the same requests;
+    /// before the next pass starts, the servers of the previous one are deleted (host image
+    /// caches keep what it fetched, so pass 1 runs cold and the others warm). The report
+    /// shows each pass's per-action latency and the last pass minus the first.
+    #[serde(default = "default_passes", skip_serializing_if = "is_one_pass")]
+    pub passes: u32,
+}
+
+/// The most passes a workload may make.
+pub const MAX_PASSES: u32 = 16;
+
+fn default_passes() -> u32 {
+    1
+}
+fn is_one_pass(p: &u32) -> bool {
+    *p == 1
 }
 
 fn default_sample_interval() -> Dur {
@@ -760,6 +776,12 @@ impl Scenario {
                 return err("workload.runner.rate", format!("must be a positive number, got {rate}"))
             }
             _ => {}
+        }
+        if !(1..=MAX_PASSES).contains(&self.workload.passes) {
+            return err("workload.passes", format!("must be within 1..={MAX_PASSES}, got {}", self.workload.passes));
+        }
+        if self.workload.passes > 1 && matches!(self.workload.runner, Runner::Trace { .. }) {
+            return err("workload.passes", "a trace runs once: passes above 1 need a constant or rps runner".into());
         }
         let p = self.model.spawn_failure_probability;
         if !(0.0..=1.0).contains(&p) {
@@ -1259,6 +1281,23 @@ metadata = { ssd = "true", ram_weight_multiplier = "-1.0" }
         let e = error_of(&zone);
         assert_eq!(e.field, "workload.availability_zone", "{e}");
         assert!(e.message.contains("nova"), "{e}");
+    }
+
+    #[test]
+    fn workload_passes_are_checked_with_line_and_field() {
+        let line_of = |text: &str, needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+        for (value, why) in [("0", "within 1..=16"), ("17", "within 1..=16")] {
+            let text = GOOD.replace("images = {", &format!("passes = {value}\nimages = {{"));
+            let e = error_of(&text);
+            assert_eq!(e.field, "workload.passes", "{e}");
+            assert_eq!(e.line, line_of(&text, "passes"), "{e}");
+            assert!(e.message.contains(why), "{e}");
+        }
+        let text = GOOD.replace("images = {", "passes = \"two\"\nimages = {");
+        assert_eq!(error_of(&text).field, "workload.passes");
+        let two = GOOD.replace("images = {", "passes = 2\nimages = {");
+        assert_eq!(Scenario::parse("t.toml", &two).unwrap().workload.passes, 2);
+        assert_eq!(Scenario::parse("t.toml", GOOD).unwrap().workload.passes, 1);
     }
 
     #[test]

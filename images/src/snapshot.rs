@@ -1,18 +1,20 @@
-//! Internal qcow2 snapshots (what `qemu-img snapshot -c/-a/-l` do), hand-written: imago has
+//! Internal qcow2 snapshots (what `qemu-img snapshot -c/-a/-d/-l` do), hand-written: imago has
 //! no snapshot API. The image must not be open elsewhere while this runs.
 //!
 //! Create copies the active L1 table, adds one reference to every L2 table and data cluster
 //! it reaches (clearing their COPIED flags: they are shared now) and appends the snapshot to
 //! the table. Revert points the active L1 table at the snapshot's tables, moving one
 //! reference from the old active tree to the snapshot's tree, and sets the active tree's
-//! COPIED flags from the new refcounts. Both rebuild the refcount structure from the counts
+//! COPIED flags from the new refcounts. Delete drops one reference from everything the
+//! snapshot's tree reaches (and its L1 table), removes the entry and sets the active tree's
+//! COPIED flags again. All three rebuild the refcount structure from the counts
 //! held in memory and append it at the end of the file (the old one is freed), so growth of
 //! the refcount table never needs special cases; the header is written last, after a sync.
 //!
 //! Supported: qcow2 v3 with 16-bit refcounts (what qemu-img and this crate create), no
 //! encryption, no compressed clusters, no external data file, no extended L2 entries; other
-//! images give [`Qcow2Error::Unsupported`]. Checked against `qemu-img check`, `snapshot -l`
-//! and `snapshot -a` in tests/qemu_compat.rs.
+//! images give [`Qcow2Error::Unsupported`]. Checked against `qemu-img check`, `compare`,
+//! `snapshot -l`, `-a` and `-d` (both ways) in tests/qemu_compat.rs.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -116,6 +118,15 @@ impl Image {
         Ok(())
     }
 
+    /// The refcount of the cluster at `offset` (an error beyond the end of the image).
+    fn count(&self, offset: u64, what: &str) -> Result<u64, Qcow2Error> {
+        let c = self.cluster_index(offset, what)?;
+        self.counts
+            .get(c)
+            .copied()
+            .ok_or_else(|| Qcow2Error::Corrupt(format!("{what} at {offset:#x} lies beyond the end of the image")))
+    }
+
     fn add(&mut self, offset: u64, delta: i64, what: &str) -> Result<(), Qcow2Error> {
         let c = self.cluster_index(offset, what)?;
         if c >= self.counts.len() {
@@ -173,7 +184,7 @@ impl Image {
             if l2_off == 0 {
                 continue;
             }
-            let exclusive = self.counts[self.cluster_index(l2_off, "L2 table")?] == 1;
+            let exclusive = self.count(l2_off, "L2 table")? == 1;
             *e = if exclusive { *e | COPIED } else { *e & !COPIED };
             let mut l2 = self.l2(l2_off)?;
             let mut changed = false;
@@ -182,7 +193,7 @@ impl Image {
                 if off == 0 {
                     continue;
                 }
-                let one = self.counts[self.cluster_index(off, "data cluster")?] == 1;
+                let one = self.count(off, "data cluster")? == 1;
                 let want = if one && exclusive { *d | COPIED } else { *d & !COPIED };
                 changed |= want != *d;
                 *d = want;
@@ -348,6 +359,54 @@ pub fn revert(path: &Path, name: &str) -> Result<(), Qcow2Error> {
     img.commit(&[])
 }
 
+/// Deletes the internal snapshot `name` (an id or a name, id first, like
+/// `qemu-img snapshot -d`): its entry leaves the table, one reference is dropped from every L2
+/// table and data cluster its L1 table reaches and from the L1 table's own clusters (clusters
+/// nothing else references become free, for QEMU's allocator to reuse), and the active
+/// tree's COPIED flags are set again where a cluster is now referenced once. The active
+/// disk and the other snapshots read as before. Returns the deleted entry.
+pub fn delete(path: &Path, name: &str) -> Result<Snapshot, Qcow2Error> {
+    let (mut snaps, old_len) = snapshot_table(path)?;
+    let at = snaps
+        .iter()
+        .position(|s| s.id == name)
+        .or_else(|| snaps.iter().position(|s| s.name == name))
+        .ok_or_else(|| Qcow2Error::Unsupported(format!("no snapshot named `{name}`")))?;
+    let mut img = Image::open(path)?;
+    let snap = snaps.remove(at);
+    let l1_bytes = u64::from(snap.l1_size) * 8;
+    if l1_bytes > 32 << 20 {
+        return Err(Qcow2Error::Corrupt(format!(
+            "snapshot `{}` has an L1 table of {} entries",
+            snap.name, snap.l1_size
+        )));
+    }
+    let snap_l1 = img.l1(snap.l1_table_offset, snap.l1_size)?;
+    img.reference_tree(&snap_l1, -1)?;
+    if l1_bytes > 0 {
+        for c in 0..l1_bytes.div_ceil(img.cs) {
+            img.add(snap.l1_table_offset + c * img.cs, -1, "snapshot L1 table")?;
+        }
+    }
+    // The old table's clusters are freed; the shorter table (if any entry is left) appended.
+    for c in 0..old_len.div_ceil(img.cs) {
+        img.add(img.h.snapshots_offset + c * img.cs, -1, "snapshot table")?;
+    }
+    let table_off = if snaps.is_empty() {
+        0
+    } else {
+        let table = encode_table(&snaps);
+        let off = img.append(table.len() as u64);
+        img.write(off, &table)?;
+        off
+    };
+    let mut active = img.l1(img.h.l1_table_offset, img.h.l1_size)?;
+    img.fix_copied_flags(&mut active)?;
+    img.write_table(img.h.l1_table_offset, &active)?;
+    img.commit(&[(60, (snaps.len() as u32).to_be_bytes().to_vec()), (64, table_off.to_be_bytes().to_vec())])?;
+    Ok(snap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +424,10 @@ mod tests {
         create(&img, "one").unwrap();
         assert!(create(&img, "one").is_err(), "duplicate names are refused");
         assert!(revert(&img, "two").is_err());
+        assert!(delete(&img, "two").is_err());
+        assert_eq!(delete(&img, "one").unwrap().name, "one");
+        assert!(crate::qcow2::list_snapshots(&img).unwrap().is_empty());
+        assert!(delete(&img, "one").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,5 @@
 //! Damaged images through every path that parses them: the header and snapshot table
-//! (hand-written), imago's reads, internal snapshots, the image service's format check.
+//! (hand-written), imago's reads, internal snapshots (create, revert, delete), the image service's format check.
 //! Each case must end in an error or a result, never a panic. Cases: 300 by default,
 //! `PROPTEST_CASES=20000` for a longer run.
 #![cfg(not(madsim))]
@@ -21,6 +21,7 @@ fn good_image(dir: &Path) -> Vec<u8> {
     let img = dir.join("seed.qcow2");
     convert_raw_to_qcow2(&raw, &img, Durability::NoSync).unwrap();
     snapshot::create(&img, "s1").unwrap();
+    snapshot::create(&img, "s0").unwrap();
     std::fs::read(&img).unwrap()
 }
 
@@ -56,5 +57,8 @@ proptest! {
         }
         let _ = snapshot::create(&img, "s2");
         let _ = snapshot::revert(&img, "s1");
+        let _ = snapshot::delete(&img, "s1");
+        let _ = snapshot::delete(&img, "1");
+        let _ = qcow2::list_snapshots(&img);
     }
 }

@@ -335,3 +335,122 @@ fn internal_snapshots_are_listed_and_restored_by_qemu_img_and_by_us() {
     let listed = String::from_utf8(qemu::qemu_img(&["snapshot", "-l", s(&img)]).unwrap().stdout).unwrap();
     assert!(listed.contains("third"), "{listed}");
 }
+
+/// `qemu-img convert -l snapshot.name=NAME`: the snapshot's disk as a raw file.
+fn snapshot_as_raw(img: &Path, name: &str, out: &Path) {
+    let sel = format!("snapshot.name={name}");
+    qemu::qemu_img(&["convert", "-f", "qcow2", "-O", "raw", "-l", &sel, s(img), s(out)]).unwrap();
+}
+
+fn qemu_snapshot_names(img: &Path) -> String {
+    String::from_utf8(qemu::qemu_img(&["snapshot", "-l", s(img)]).unwrap().stdout).unwrap()
+}
+
+#[test]
+fn internal_snapshot_delete_matches_qemu_img_snapshot_d() {
+    use stackbed_images::snapshot;
+    let dir = tmp();
+    let raw = dir.path().join("d.raw");
+    mixed_raw(&raw, 6 << 20);
+    let img = dir.path().join("d.qcow2");
+    convert_raw_to_qcow2(&raw, &img, Durability::NoSync).unwrap();
+    // a (ours) = the converted disk; writes; b (qemu-img) = after the writes; more writes.
+    snapshot::create(&img, "a").unwrap();
+    {
+        let d = Disk::open(&img, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(21, 65536 * 3), 1 << 20).unwrap();
+    }
+    qemu::qemu_img(&["snapshot", "-c", "b", s(&img)]).unwrap();
+    {
+        let d = Disk::open(&img, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(22, 65536), 2 << 20).unwrap();
+        d.write(&pattern(23, 4096), 1 << 20).unwrap();
+    }
+    let (a_raw, b_raw, active_raw) =
+        (dir.path().join("a.raw"), dir.path().join("b.raw"), dir.path().join("active.raw"));
+    snapshot_as_raw(&img, "a", &a_raw);
+    snapshot_as_raw(&img, "b", &b_raw);
+    convert_to_raw(&img, &active_raw, Durability::NoSync).unwrap();
+    qemu::compare(&raw, &a_raw).unwrap();
+
+    // Ours deletes a (by name): qemu-img check is clean (no leak, no COPIED error), qemu-img
+    // lists b only, the active disk and b read as before.
+    let gone = snapshot::delete(&img, "a").unwrap();
+    assert_eq!(gone.name, "a");
+    qemu::check(&img).unwrap();
+    let listed = qemu_snapshot_names(&img);
+    assert!(!listed.contains(" a ") && listed.contains(" b "), "{listed}");
+    let names: Vec<String> = qcow2::list_snapshots(&img).unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["b"]);
+    qemu::compare(&active_raw, &img).unwrap();
+    let b_again = dir.path().join("b2.raw");
+    snapshot_as_raw(&img, "b", &b_again);
+    qemu::compare(&b_raw, &b_again).unwrap();
+    // The clusters only a held (the three overwritten at 1 MiB, a's L1 table) are free:
+    // qemu-io's writes of that much new data reuse them, the file does not grow.
+    let len = std::fs::metadata(&img).unwrap().len();
+    qemu::qemu_io(&["-f", "qcow2", "-c", "write -P 0x77 4M 128k", s(&img)]).unwrap();
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), len, "freed clusters were not reused");
+    qemu::check(&img).unwrap();
+    // qemu-img reverts to b after our delete.
+    qemu::qemu_img(&["snapshot", "-a", "b", s(&img)]).unwrap();
+    qemu::compare(&b_raw, &img).unwrap();
+    // Ours deletes the last one (by id): the table is empty for both.
+    let id = qcow2::list_snapshots(&img).unwrap()[0].id.clone();
+    snapshot::delete(&img, &id).unwrap();
+    qemu::check(&img).unwrap();
+    assert!(qcow2::list_snapshots(&img).unwrap().is_empty());
+    assert!(!qemu_snapshot_names(&img).contains(" b "));
+    assert_eq!(qcow2::Header::read(&img).unwrap().nb_snapshots, 0);
+    qemu::compare(&b_raw, &img).unwrap();
+    assert!(snapshot::delete(&img, "b").is_err(), "deleting a missing snapshot is an error");
+}
+
+#[test]
+fn images_whose_snapshots_qemu_img_deleted_read_back_through_the_crate() {
+    use stackbed_images::snapshot;
+    let dir = tmp();
+    let raw = dir.path().join("q.raw");
+    mixed_raw(&raw, 4 << 20);
+    let img = dir.path().join("q.qcow2");
+    convert_raw_to_qcow2(&raw, &img, Durability::NoSync).unwrap();
+    // Three snapshots (ours, qemu-img's, ours), each after a write.
+    let mut states = Vec::new();
+    for (i, name) in ["x", "y", "z"].iter().enumerate() {
+        {
+            let d = Disk::open(&img, OpenOptions { writable: true, direct: false }).unwrap();
+            d.write(&pattern(30 + i as u64, 65536 * 2), (i as u64) << 20).unwrap();
+        }
+        if *name == "y" {
+            qemu::qemu_img(&["snapshot", "-c", name, s(&img)]).unwrap();
+        } else {
+            snapshot::create(&img, name).unwrap();
+        }
+        let st = dir.path().join(format!("{name}.raw"));
+        convert_to_raw(&img, &st, Durability::NoSync).unwrap();
+        states.push(st);
+    }
+    // qemu-img deletes ours (x) and its own (y): we list z only and restore it exactly.
+    qemu::qemu_img(&["snapshot", "-d", "x", s(&img)]).unwrap();
+    qemu::qemu_img(&["snapshot", "-d", "y", s(&img)]).unwrap();
+    let names: Vec<String> = qcow2::list_snapshots(&img).unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["z"]);
+    {
+        let d = Disk::open(&img, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(40, 4096), 0).unwrap();
+    }
+    snapshot::revert(&img, "z").unwrap();
+    qemu::check(&img).unwrap();
+    qemu::compare(&states[2], &img).unwrap();
+    // After qemu-img deleted every snapshot: our header reads nb_snapshots 0, we create and
+    // delete again, qemu-img agrees at every step.
+    qemu::qemu_img(&["snapshot", "-d", "z", s(&img)]).unwrap();
+    assert!(qcow2::list_snapshots(&img).unwrap().is_empty());
+    snapshot::create(&img, "again").unwrap();
+    qemu::check(&img).unwrap();
+    assert!(qemu_snapshot_names(&img).contains("again"));
+    snapshot::delete(&img, "again").unwrap();
+    qemu::check(&img).unwrap();
+    assert!(!qemu_snapshot_names(&img).contains("again"));
+    qemu::compare(&states[2], &img).unwrap();
+}

@@ -74,6 +74,33 @@ impl Metrics {
         self.lock().explained.clone()
     }
 
+    /// How many samples each action has so far: a point to summarise from or up to.
+    pub fn marks(&self) -> BTreeMap<String, usize> {
+        self.lock().actions.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+    }
+
+    /// [`Metrics::summaries`] of the samples recorded between two [`Metrics::marks`] (a
+    /// workload pass).
+    pub fn summaries_between(
+        &self,
+        from: &BTreeMap<String, usize>,
+        to: &BTreeMap<String, usize>,
+    ) -> Vec<ActionSummary> {
+        let part = Metrics::default();
+        {
+            let inner = self.lock();
+            let mut p = part.lock();
+            for (name, v) in &inner.actions {
+                let end = to.get(name).copied().unwrap_or(0).min(v.len());
+                let start = from.get(name).copied().unwrap_or(0).min(end);
+                if start < end {
+                    p.actions.insert(name.clone(), v[start..end].to_vec());
+                }
+            }
+        }
+        part.summaries()
+    }
+
     /// Rally-style rows, in the order the boot flow runs them, then any others by name.
     pub fn summaries(&self) -> Vec<ActionSummary> {
         const ORDER: [&str; 17] = [

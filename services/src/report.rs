@@ -15,7 +15,7 @@ use stackbed_core::stats::{self, ActionSummary, UtilSample};
 use crate::api::Api;
 use crate::ctx::Ctx;
 use crate::monitor::{FirstViolation, MonitorRef};
-use crate::runner::{final_instances, FinalInstance, Iteration, Workload};
+use crate::runner::{final_instances, FinalInstance, Iteration, PassWindow, Workload};
 
 /// What one run produced, before it is dressed as a report.
 pub struct RunData {
@@ -26,6 +26,8 @@ pub struct RunData {
     pub simulated_ms: u64,
     /// Set when the run could not start or finish (computes never registered, time limit).
     pub aborted: Option<String>,
+    /// The workload's passes (one unless `workload.passes` says more).
+    pub passes: Vec<PassWindow>,
 }
 
 /// How long the runner waits for the compute services to register.
@@ -45,7 +47,7 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
         aborted = Some(e);
     } else {
         let sampler = tokio::spawn(sample_utilisation(ctx.clone(), samples.clone()));
-        match tokio::time::timeout(ctx.scenario.scenario.time_limit.0, workload.run()).await {
+        match tokio::time::timeout(ctx.scenario.scenario.time_limit.0, workload.clone().run()).await {
             Ok(its) => iterations = its,
             Err(_) => {
                 aborted = Some(format!(
@@ -81,7 +83,8 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
         }
     }
     let utilisation = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
-    RunData { iterations, utilisation, instances, simulated_ms: now, aborted }
+    let passes = workload.pass_windows();
+    RunData { iterations, utilisation, instances, simulated_ms: now, aborted, passes }
 }
 
 /// Samples placement's view of every host until aborted.
@@ -118,6 +121,101 @@ pub struct IterationSummary {
     pub errors: BTreeMap<String, usize>,
 }
 
+/// One pass of a multi-pass workload (`workload.passes`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PassReport {
+    /// Counting from 1.
+    pub pass: u32,
+    /// `cold`: the hosts' image caches were empty when the pass started (the first pass,
+    /// unless `model.images.prewarmed`); `warm`: they held what the earlier passes fetched.
+    pub cache: &'static str,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub iterations_ok: usize,
+    pub iterations_failed: usize,
+    /// The actions recorded while the pass ran, and `boot_to_active` of its servers.
+    pub actions: Vec<ActionSummary>,
+}
+
+/// One action's latency in the last pass minus the first (warm minus cold).
+#[derive(Debug, Clone, Serialize)]
+pub struct PassDiff {
+    pub action: String,
+    pub first_count: u64,
+    pub last_count: u64,
+    pub first_median_s: f64,
+    pub last_median_s: f64,
+    pub median_diff_s: f64,
+    /// Relative to the first pass; none when the first pass's figure is 0.
+    pub median_diff_pct: Option<f64>,
+    pub first_mean_s: f64,
+    pub last_mean_s: f64,
+    pub mean_diff_s: f64,
+    pub mean_diff_pct: Option<f64>,
+}
+
+fn pct(diff: f64, base: f64) -> Option<f64> {
+    (base != 0.0).then(|| diff / base * 100.0)
+}
+
+fn pass_reports(ctx: &Ctx, data: &RunData) -> (Vec<PassReport>, Vec<PassDiff>) {
+    if data.passes.len() < 2 {
+        return (Vec::new(), Vec::new());
+    }
+    let prewarmed = ctx.scenario.model.images.enabled && ctx.scenario.model.images.prewarmed;
+    let passes: Vec<PassReport> = data
+        .passes
+        .iter()
+        .map(|w| {
+            let mut actions = ctx.metrics.summaries_between(&w.from, &w.to);
+            let boots: Vec<(f64, bool)> = data
+                .instances
+                .iter()
+                .filter(|i| (w.start_ms..w.end_ms).contains(&i.created_at_ms))
+                .map(|i| match i.launched_at_ms {
+                    Some(l) => (l.saturating_sub(i.created_at_ms) as f64 / 1000.0, true),
+                    None => (0.0, false),
+                })
+                .collect();
+            actions.push(stats::summarize("boot_to_active", &boots));
+            let its = data.iterations.iter().filter(|i| i.pass == w.pass);
+            let (ok, failed) = its.fold((0, 0), |(o, f), i| if i.ok { (o + 1, f) } else { (o, f + 1) });
+            PassReport {
+                pass: w.pass + 1,
+                cache: if w.pass == 0 && !prewarmed { "cold" } else { "warm" },
+                start_s: w.start_ms as f64 / 1000.0,
+                end_s: w.end_ms as f64 / 1000.0,
+                iterations_ok: ok,
+                iterations_failed: failed,
+                actions,
+            }
+        })
+        .collect();
+    let (first, last) = (&passes[0], &passes[passes.len() - 1]);
+    let diffs = first
+        .actions
+        .iter()
+        .filter_map(|a| {
+            let b = last.actions.iter().find(|b| b.action == a.action)?;
+            let (dm, da) = (b.median_s - a.median_s, b.mean_s - a.mean_s);
+            Some(PassDiff {
+                action: a.action.clone(),
+                first_count: a.count,
+                last_count: b.count,
+                first_median_s: a.median_s,
+                last_median_s: b.median_s,
+                median_diff_s: dm,
+                median_diff_pct: pct(dm, a.median_s),
+                first_mean_s: a.mean_s,
+                last_mean_s: b.mean_s,
+                mean_diff_s: da,
+                mean_diff_pct: pct(da, a.mean_s),
+            })
+        })
+        .collect();
+    (passes, diffs)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -133,6 +231,12 @@ pub struct Report {
     /// Boot latency from the servers' own timestamps (created_at to launched_at), free of
     /// the client's polling interval.
     pub boot_to_active: ActionSummary,
+    /// Each pass of a multi-pass workload (empty for one pass).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passes: Vec<PassReport>,
+    /// Per action: the last pass minus the first (warm minus cold), absolute and in %.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_diff: Vec<PassDiff>,
     pub counters: BTreeMap<String, u64>,
     pub utilisation: Vec<UtilSample>,
     pub iterations: IterationSummary,
@@ -178,6 +282,7 @@ impl Report {
         let invariants = m.results();
         let first_violation = m.first_violation().clone();
         let passed = data.aborted.is_none() && first_violation.violation.is_none();
+        let (passes, pass_diff) = pass_reports(ctx, &data);
         Report {
             scenario: ctx.scenario.scenario.name.clone(),
             scenario_file: rc.opts.scenario_file.clone(),
@@ -198,6 +303,8 @@ impl Report {
                     })
                     .collect::<Vec<_>>(),
             ),
+            passes,
+            pass_diff,
             counters: ctx.metrics.counters(),
             utilisation: data.utilisation,
             iterations: IterationSummary {
@@ -264,6 +371,7 @@ impl Report {
         }
         out += &line;
         out += "\n";
+        out += &self.render_passes();
         let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out += &format!("counters: {}\n", if counters.is_empty() { "-".to_string() } else { counters.join(" ") });
         let states: Vec<String> = self.final_states.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -292,6 +400,56 @@ impl Report {
             out += &format!("ABORTED: {a}\n");
         }
         out += &format!("digest: {} ({} events)\n", self.digest, self.events);
+        out
+    }
+
+    /// The passes of a multi-pass workload: per action, the first and the last pass's median
+    /// and mean, and last minus first (empty for one pass).
+    fn render_passes(&self) -> String {
+        let (Some(first), Some(last)) = (self.passes.first(), self.passes.last()) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for p in &self.passes {
+            out += &format!(
+                "pass {} ({} image caches): {:.1}-{:.1} s, {} ok, {} failed\n",
+                p.pass, p.cache, p.start_s, p.end_s, p.iterations_ok, p.iterations_failed
+            );
+        }
+        let widths = [32, 11, 10, 10, 10, 8, 10, 10, 10, 8];
+        let line = format!("+{}+\n", widths.map(|w| "-".repeat(w)).join("+"));
+        let (a, b) = (format!("{} {}", first.pass, first.cache), format!("{} {}", last.pass, last.cache));
+        out += &format!(
+            "per action: pass {} ({}) and pass {} ({}), and the difference (pass {} minus pass {})\n",
+            first.pass, first.cache, last.pass, last.cache, last.pass, first.pass
+        );
+        out += &line;
+        out += &format!(
+            "| {:<30} | {:>9} | {:>8} | {:>8} | {:>8} | {:>6} | {:>8} | {:>8} | {:>8} | {:>6} |\n",
+            "Action", "Count", "Median", "Median", "diff (s)", "diff", "Avg", "Avg", "diff (s)", "diff"
+        );
+        out += &format!(
+            "| {:<30} | {:>9} | {:>8} | {:>8} | {:>8} | {:>6} | {:>8} | {:>8} | {:>8} | {:>6} |\n",
+            "", "", a, b, "", "%", a, b, "", "%"
+        );
+        out += &line;
+        let pct = |p: Option<f64>| p.map_or("-".to_string(), |p| format!("{p:+.0}%"));
+        for d in &self.pass_diff {
+            out += &format!(
+                "| {:<30} | {:>9} | {:>8.3} | {:>8.3} | {:>+8.3} | {:>6} | {:>8.3} | {:>8.3} | {:>+8.3} | {:>6} |\n",
+                d.action,
+                format!("{}/{}", d.first_count, d.last_count),
+                d.first_median_s,
+                d.last_median_s,
+                d.median_diff_s,
+                pct(d.median_diff_pct),
+                d.first_mean_s,
+                d.last_mean_s,
+                d.mean_diff_s,
+                pct(d.mean_diff_pct)
+            );
+        }
+        out += &line;
         out
     }
 

@@ -1,6 +1,10 @@
 //! The workload runner, Rally-style: contexts (users, server groups), then iterations of
 //! `boot_server` (create, poll until ACTIVE or ERROR) and optionally `delete_server`, run by
-//! a `constant` (fixed concurrency) or `rps` (fixed start rate) runner.
+//! a `constant` (fixed concurrency) or `rps` (fixed start rate) runner. With
+//! `workload.passes = N` the iterations run N times, each pass making the same requests as
+//! the first; the servers of a pass are deleted before the next one starts (the hosts'
+//! image caches keep what it fetched), and each pass's window of the metrics is kept for
+//! the report.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,10 @@ use crate::dbx;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Iteration {
+    /// Unique over the run: `pass * times + i`.
     pub index: u32,
+    /// Counting from 0.
+    pub pass: u32,
     pub server: Option<String>,
     pub ok: bool,
     pub error: Option<String>,
@@ -39,6 +46,23 @@ pub struct Workload {
     tenants: Vec<Tenant>,
     rng: Mutex<SmallRng>,
     results: Mutex<Vec<Iteration>>,
+    /// Iterations per pass.
+    times: u32,
+    /// Flavor and image of request `i` of a pass, drawn by the first pass.
+    shapes: Mutex<BTreeMap<u32, (String, String)>>,
+    windows: Mutex<Vec<PassWindow>>,
+}
+
+/// One pass of the workload: when it ran, and the metrics' marks at its start and end (its
+/// samples are those between the two).
+#[derive(Debug, Clone, Default)]
+pub struct PassWindow {
+    /// Counting from 0.
+    pub pass: u32,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub from: BTreeMap<String, usize>,
+    pub to: BTreeMap<String, usize>,
 }
 
 fn pick(rng: &mut SmallRng, weights: &BTreeMap<String, f64>) -> String {
@@ -66,7 +90,17 @@ impl Workload {
             })
             .collect();
         let rng = Mutex::new(ctx.rng("runner"));
-        Arc::new(Workload { ctx, api, tenants, rng, results: Mutex::new(Vec::new()) })
+        let times = ctx.scenario.workload.runner.times(&ctx.scenario.trace);
+        Arc::new(Workload {
+            ctx,
+            api,
+            tenants,
+            rng,
+            results: Mutex::new(Vec::new()),
+            times,
+            shapes: Mutex::new(BTreeMap::new()),
+            windows: Mutex::new(Vec::new()),
+        })
     }
 
     async fn token(&self, t: &Tenant, refresh: bool) -> Result<String, ApiError> {
@@ -97,7 +131,12 @@ impl Workload {
         }
     }
 
-    /// Runs the contexts and every iteration; returns when the last iteration finished.
+    /// The passes run so far (one per pass; the last one ends with the workload).
+    pub fn pass_windows(&self) -> Vec<PassWindow> {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs the contexts and every pass; returns when the last iteration finished.
     pub async fn run(self: Arc<Self>) -> Vec<Iteration> {
         if let Some(policy) = self.ctx.scenario.workload.server_group {
             for t in &self.tenants {
@@ -108,8 +147,56 @@ impl Workload {
                 }
             }
         }
+        let passes = self.ctx.scenario.workload.passes.max(1);
+        for pass in 0..passes {
+            let (from, start_ms) = (self.ctx.metrics.marks(), self.ctx.clock.now_ms());
+            self.clone().run_pass(pass).await;
+            if pass + 1 < passes {
+                self.delete_pass(pass).await;
+            }
+            let window =
+                PassWindow { pass, start_ms, end_ms: self.ctx.clock.now_ms(), from, to: self.ctx.metrics.marks() };
+            self.windows.lock().unwrap_or_else(|e| e.into_inner()).push(window);
+        }
+        let mut out = std::mem::take(&mut *self.results.lock().unwrap_or_else(|e| e.into_inner()));
+        out.sort_by_key(|it| it.index);
+        out
+    }
+
+    /// Deletes every server pass `pass` left (all at once), waiting until each is gone.
+    async fn delete_pass(self: &Arc<Self>, pass: u32) {
+        if self.ctx.scenario.workload.action == Action::BootAndDelete {
+            return;
+        }
+        let servers: Vec<(u32, String)> = self
+            .results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|it| it.pass == pass)
+            .filter_map(|it| it.server.clone().map(|s| (it.index, s)))
+            .collect();
+        let mut handles = Vec::new();
+        for (index, uuid) in servers {
+            let this = self.clone();
+            handles.push(tokio::spawn(async move {
+                let tenant = &this.tenants[index as usize % this.tenants.len()];
+                let r = this.delete(tenant, &uuid).await;
+                this.ctx
+                    .metrics
+                    .count(if r.is_ok() { "workload.pass_deletes" } else { "workload.pass_deletes_failed" }, 1);
+            }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// One pass: every iteration, indices `pass * times ..`.
+    async fn run_pass(self: Arc<Self>, pass: u32) {
         let runner = &self.ctx.scenario.workload.runner;
-        let times = runner.times(&self.ctx.scenario.trace);
+        let times = self.times;
+        let first = pass * times;
         let mut handles = Vec::new();
         match *runner {
             Runner::Constant { concurrency, .. } => {
@@ -127,7 +214,7 @@ impl Workload {
                                 *n += 1;
                                 *n - 1
                             };
-                            this.iteration(i).await;
+                            this.iteration(first + i, pass).await;
                         }
                     }));
                 }
@@ -136,7 +223,7 @@ impl Workload {
                 let gap = Duration::from_secs_f64(1.0 / rate);
                 for i in 0..times {
                     let this = self.clone();
-                    handles.push(tokio::spawn(async move { this.iteration(i).await }));
+                    handles.push(tokio::spawn(async move { this.iteration(first + i, pass).await }));
                     self.ctx.clock.sleep(gap).await;
                 }
             }
@@ -155,16 +242,25 @@ impl Workload {
         for h in handles {
             let _ = h.await;
         }
-        let mut out = std::mem::take(&mut *self.results.lock().unwrap_or_else(|e| e.into_inner()));
-        out.sort_by_key(|it| it.index);
-        out
     }
 
-    async fn iteration(&self, index: u32) {
+    async fn iteration(&self, index: u32, pass: u32) {
         let tenant = &self.tenants[index as usize % self.tenants.len()];
         let (flavor, image) = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-            (pick(&mut rng, &self.ctx.scenario.workload.flavors), pick(&mut rng, &self.ctx.scenario.workload.images))
+            // The first pass draws (in index order, as before passes existed); later passes
+            // repeat its requests.
+            let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = index % self.times.max(1);
+            match shapes.get(&slot) {
+                Some(shape) => shape.clone(),
+                None => {
+                    let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                    let w = &self.ctx.scenario.workload;
+                    let shape = (pick(&mut rng, &w.flavors), pick(&mut rng, &w.images));
+                    shapes.insert(slot, shape.clone());
+                    shape
+                }
+            }
         };
         let group = tenant.group.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let req = CreateServer { name: format!("rally-{index}"), flavor, image, server_group: group };
@@ -185,7 +281,7 @@ impl Workload {
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
         }
-        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, server, ok, error });
+        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, pass, server, ok, error });
     }
 
     /// One trace row: boot at its arrival, delete at the end of its lifetime. The request is
@@ -212,7 +308,7 @@ impl Workload {
             let r = self.delete(tenant, uuid).await;
             self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
         }
-        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, server, ok, error });
+        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, pass: 0, server, ok, error });
     }
 
     /// Calls `f` with a token, re-authenticating once on a 401 (token expired).
