@@ -130,7 +130,7 @@ pub fn builtin(name: &str, config: &SchedulerConfig) -> Option<Box<dyn Strategy>
 }
 
 /// `pack`: nova's documented packing set-up, a negative RAM weigher multiplier.
-fn pack_config(mut config: SchedulerConfig) -> SchedulerConfig {
+pub fn pack_config(mut config: SchedulerConfig) -> SchedulerConfig {
     let ram = config.weighers.get(&WeigherKind::Ram).copied().unwrap_or(1.0);
     config.weighers.insert(WeigherKind::Ram, -ram.abs().max(1.0));
     config

@@ -19,6 +19,11 @@ pub struct ExplainedDecision {
     pub request: String,
     /// "first decision" or "no valid host".
     pub why: &'static str,
+    /// The strategy that decided, and the hosts it returned (pick first). The explanation
+    /// is nova's filter and weigher pipeline as configured for it (`pack`: RAM multiplier
+    /// negated); strategies that order survivors their own way may pick differently.
+    pub strategy: String,
+    pub decided: Vec<String>,
     pub explanation: Explanation,
 }
 
@@ -65,9 +70,16 @@ impl Metrics {
         }
     }
 
-    pub fn explain(&self, request: &str, no_valid_host: bool, explanation: Explanation) {
-        let why = if no_valid_host { "no valid host" } else { "first decision" };
-        self.lock().explained.push(ExplainedDecision { request: request.to_string(), why, explanation });
+    pub fn explain(&self, request: &str, strategy: &str, decided: Vec<String>, explanation: Explanation) {
+        let why = if explanation.no_valid_host.is_some() { "no valid host" } else { "first decision" };
+        let strategy = strategy.to_string();
+        self.lock().explained.push(ExplainedDecision {
+            request: request.to_string(),
+            why,
+            strategy,
+            decided,
+            explanation,
+        });
     }
 
     pub fn explanations(&self) -> Vec<ExplainedDecision> {

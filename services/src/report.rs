@@ -14,6 +14,7 @@ use stackbed_core::stats::{self, ActionSummary, UtilSample};
 
 use crate::api::Api;
 use crate::ctx::Ctx;
+use crate::metrics::ExplainedDecision;
 use crate::monitor::{FirstViolation, MonitorRef};
 use crate::runner::{final_instances, FinalInstance, Iteration, PassWindow, Workload};
 
@@ -238,6 +239,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pass_diff: Vec<PassDiff>,
     pub counters: BTreeMap<String, u64>,
+    /// The scheduler's first decision and first NoValidHosts, explained filter by filter
+    /// and weigher by weigher (what `stackbed explain` prints for a scenario's request).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub explained: Vec<ExplainedDecision>,
     pub utilisation: Vec<UtilSample>,
     pub iterations: IterationSummary,
     pub final_states: BTreeMap<String, usize>,
@@ -306,6 +311,7 @@ impl Report {
             passes,
             pass_diff,
             counters: ctx.metrics.counters(),
+            explained: ctx.metrics.explanations(),
             utilisation: data.utilisation,
             iterations: IterationSummary {
                 total: data.iterations.len(),
@@ -372,6 +378,7 @@ impl Report {
         out += &line;
         out += "\n";
         out += &self.render_passes();
+        out += &self.render_explained();
         let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out += &format!("counters: {}\n", if counters.is_empty() { "-".to_string() } else { counters.join(" ") });
         let states: Vec<String> = self.final_states.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -400,6 +407,38 @@ impl Report {
             out += &format!("ABORTED: {a}\n");
         }
         out += &format!("digest: {} ({} events)\n", self.digest, self.events);
+        out
+    }
+
+    /// One line per explained decision: the filters' survivors, then the pick or the reason
+    /// for NoValidHost; the full explanation is in report.json (`explained`).
+    fn render_explained(&self) -> String {
+        let mut out = String::new();
+        for e in &self.explained {
+            let x = &e.explanation;
+            let steps: Vec<String> = x
+                .steps
+                .iter()
+                .filter(|s| s.active)
+                .map(|s| format!("{} {}", s.filter.trim_end_matches("Filter"), s.kept.len()))
+                .collect();
+            let outcome = match (&x.no_valid_host, e.decided.split_first()) {
+                (Some(nvh), _) => format!("NoValidHost: {}", nvh.reason),
+                (None, Some((pick, alternates))) => format!("pick {pick}, then [{}]", alternates.join(", ")),
+                (None, None) => "no pick".to_string(),
+            };
+            out += &format!(
+                "explained ({}, {}): request {} ({}, {}): {} hosts -> {} -> {}\n",
+                e.why,
+                e.strategy,
+                e.request,
+                x.flavor,
+                x.image,
+                x.hosts_in,
+                if steps.is_empty() { "no active filter".to_string() } else { steps.join(" -> ") },
+                outcome
+            );
+        }
         out
     }
 

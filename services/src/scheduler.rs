@@ -436,8 +436,20 @@ impl Scheduler {
         let decided = strategy.select_table(&table.table, &req, rng, k);
         let metrics = &self.ctx.metrics;
         if metrics.wants_explanation(decided.is_err()) {
-            let explanation = explain(table.table.hosts(), &req, &self.config, &mut before.clone());
-            metrics.explain(&spec.instance_uuid, decided.is_err(), explanation);
+            let config = match strategy.name() {
+                "pack" => strategy::pack_config(self.config.clone()),
+                _ => self.config.clone(),
+            };
+            let mut explanation = explain(table.table.hosts(), &req, &config, &mut before.clone());
+            let decided_hosts: Vec<String> = decided
+                .as_ref()
+                .map(|o| o.iter().map(|&i| table.table.hosts()[i].node.host.clone()).collect())
+                .unwrap_or_default();
+            if let Err(e) = &decided {
+                // The decision's NoValidHost is the one the run saw.
+                explanation.no_valid_host = Some(e.clone());
+            }
+            metrics.explain(&spec.instance_uuid, strategy.name(), decided_hosts, explanation);
         }
         Ok(match decided {
             Ok(order) => Ok(order.into_iter().map(|i| table.table.hosts()[i].node.host.clone()).collect()),

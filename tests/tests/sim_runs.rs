@@ -64,6 +64,19 @@ fn capacity_scenario_ends_in_no_valid_host_without_overcommit() {
     assert_eq!(r.final_states.get("ERROR").copied().unwrap_or(0) as u64, novh);
     // 8 hosts x 16 vCPU x 4.0 = 512 vCPU and 8 x 128 GiB: 128 m1.large fit by RAM.
     assert_eq!(r.final_states.get("ACTIVE").copied(), Some(128));
+    // The report explains the first decision and the first NoValidHosts.
+    let first = r.explained.iter().find(|e| e.why == "first decision").expect("first decision explained");
+    assert!(first.explanation.pick.is_some() && first.explanation.no_valid_host.is_none());
+    assert_eq!(first.explanation.hosts_in, 8);
+    let nvh: Vec<_> = r.explained.iter().filter(|e| e.why == "no valid host").collect();
+    assert_eq!(nvh.len(), 3, "{:?}", r.explained.iter().map(|e| e.why).collect::<Vec<_>>());
+    for e in nvh {
+        assert!(e.explanation.pick.is_none() && e.explanation.no_valid_host.is_some(), "{:?}", e.explanation);
+        assert!(r.instances.iter().any(|i| i.id == e.request && i.status == "ERROR"), "{}", e.request);
+    }
+    assert!(r.render().contains("explained (no valid host, spread)"), "{}", r.render());
+    assert_eq!(first.strategy, "spread");
+    assert_eq!(first.explanation.pick.as_ref(), first.decided.first(), "spread decides as nova explains");
 }
 
 fn with_bug(name: &str, edit: impl Fn(&mut Scenario)) -> Arc<Scenario> {
