@@ -63,10 +63,11 @@ pub async fn serve(addr: SocketAddr, monitor: MonitorRef, clock: Clock) -> io::R
     Err(io::Error::new(io::ErrorKind::BrokenPipe, "database socket closed"))
 }
 
-/// How often a client fails the requests that have waited [`DB_TIMEOUT`]: a request times
-/// out between DB_TIMEOUT and DB_TIMEOUT + this. One sweeping task instead of a timer per
-/// request keeps the simulator's timer queue short (its timers cannot be cancelled, so a
-/// per-request timeout would stay queued for 30 simulated seconds after every answer).
+/// How often the run's sweeper fails the requests that have waited [`DB_TIMEOUT`]: a
+/// request times out between DB_TIMEOUT and DB_TIMEOUT + this. One sweeping task for every
+/// client of a run, instead of a timer per request, keeps the simulator's timer queue short
+/// (its timers cannot be cancelled: a per-request timeout would stay queued for 30
+/// simulated seconds after every answer).
 pub const DB_TIMEOUT_SWEEP: Duration = Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<Vec<OpResult>, DbError>>;
@@ -77,27 +78,32 @@ struct ClientState {
     /// Waiting requests by id, with the instant they time out. Ids grow with send time, so
     /// deadlines grow with ids and the sweep only looks at the front.
     pending: BTreeMap<u64, (tokio::time::Instant, Reply)>,
-    /// Whether a sweeping task runs: one does while requests wait, and stops when none do.
-    sweeping: bool,
 }
 
-/// Fails the requests past their deadline every [`DB_TIMEOUT_SWEEP`], until none wait.
-async fn sweep(state: std::sync::Weak<Mutex<ClientState>>) {
-    loop {
-        tokio::time::sleep(DB_TIMEOUT_SWEEP).await;
-        let Some(state) = state.upgrade() else { return };
-        let now = tokio::time::Instant::now();
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(entry) = st.pending.first_entry() {
-            if entry.get().0 > now {
-                break;
-            }
-            let (_, tx) = entry.remove();
-            let _ = tx.send(Err(DbError::Unavailable(format!("no answer within {DB_TIMEOUT:?}"))));
-        }
-        if st.pending.is_empty() {
-            st.sweeping = false;
-            return;
+/// The database clients of one run, for the sweeper.
+#[derive(Clone, Default)]
+pub struct DbClients(Arc<Mutex<Vec<std::sync::Weak<Mutex<ClientState>>>>>);
+
+impl DbClients {
+    /// Every [`DB_TIMEOUT_SWEEP`], fails each client's requests past their deadline; forgets
+    /// clients that are gone (a restarted node connects anew). Runs until the run ends.
+    pub async fn sweep(self) {
+        loop {
+            tokio::time::sleep(DB_TIMEOUT_SWEEP).await;
+            let now = tokio::time::Instant::now();
+            let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            clients.retain(|weak| {
+                let Some(state) = weak.upgrade() else { return false };
+                let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(entry) = st.pending.first_entry() {
+                    if entry.get().0 > now {
+                        break;
+                    }
+                    let (_, tx) = entry.remove();
+                    let _ = tx.send(Err(DbError::Unavailable(format!("no answer within {DB_TIMEOUT:?}"))));
+                }
+                true
+            });
         }
     }
 }
@@ -109,9 +115,11 @@ pub struct SimDb {
 }
 
 impl SimDb {
-    pub async fn connect(server: SocketAddr) -> io::Result<Arc<SimDb>> {
+    /// Connects a client; `clients` is the run's sweeper, which enforces its timeouts.
+    pub async fn connect(server: SocketAddr, clients: &DbClients) -> io::Result<Arc<SimDb>> {
         let ep = Arc::new(Endpoint::bind("0.0.0.0:0").await?);
         let state: Arc<Mutex<ClientState>> = Arc::default();
+        clients.0.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&state));
         let rx_state = state.clone();
         tokio::spawn(receive_on(ep.clone(), TAG, CLIENT_RECEIVERS, move |payload, _| {
             let rx_state = rx_state.clone();
@@ -136,10 +144,6 @@ impl Database for SimDb {
             st.next_id += 1;
             let id = st.next_id;
             st.pending.insert(id, (tokio::time::Instant::now() + DB_TIMEOUT, tx));
-            if !st.sweeping {
-                st.sweeping = true;
-                tokio::spawn(sweep(Arc::downgrade(&self.state)));
-            }
             id
         };
         if let Err(e) = self.ep.send_to_raw(self.server, TAG, Box::new(Request { id, ops })).await {

@@ -19,7 +19,7 @@ use stackbed_services::report::{drive, Report, ReportContext, RunOptions};
 use stackbed_services::scheduler::Scheduler;
 
 use crate::broker::{self, SimBus};
-use crate::dbnode::{self, SimDb};
+use crate::dbnode::{self, DbClients, SimDb};
 use crate::host::SimHost;
 
 const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5672);
@@ -37,12 +37,13 @@ struct World {
     opts: RunOptions,
     clock: Clock,
     metrics: Metrics,
+    db_clients: DbClients,
 }
 
 impl World {
     async fn ctx(&self, node: &str) -> std::io::Result<Ctx> {
         let bus = SimBus::connect(BROKER, node, self.metrics.clone()).await?;
-        let db = SimDb::connect(DATABASE).await?;
+        let db = SimDb::connect(DATABASE, &self.db_clients).await?;
         Ok(Ctx {
             bus,
             db,
@@ -94,7 +95,9 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             let scenario = opts.scenario.clone();
             let monitor: MonitorRef =
                 Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
-            let world = World { opts: opts.clone(), clock, metrics: metrics.clone() };
+            let db_clients = DbClients::default();
+            tokio::spawn(db_clients.clone().sweep());
+            let world = World { opts: opts.clone(), clock, metrics: metrics.clone(), db_clients };
 
             let m = monitor.clone();
             handle

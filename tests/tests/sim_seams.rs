@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::runtime::{Handle, Runtime};
+use stackbed_core::model::Table;
+use stackbed_core::store::{DbError, Op};
 use stackbed_services::clock::Clock;
 use stackbed_services::conformance;
 use stackbed_services::metrics::Metrics;
 use stackbed_services::monitor::Monitor;
 use stackbed_services::seams::BusRef;
+use stackbed_services::seams::Database;
 use stackbed_sim::broker::{self, SimBus};
-use stackbed_sim::dbnode::{self, SimDb};
+use stackbed_sim::dbnode::{self, DbClients, SimDb, DB_TIMEOUT, DB_TIMEOUT_SWEEP};
 
 const BROKER: &str = "10.9.0.1:5672";
 const DATABASE: &str = "10.9.0.2:3306";
@@ -40,15 +43,41 @@ fn simulated_database_node_conforms() {
                 .build();
             tokio::time::sleep(Duration::from_millis(10)).await;
             let client = handle.create_node().ip("10.9.1.1".parse().unwrap()).build();
+            let clients = DbClients::default();
+            tokio::spawn(clients.clone().sweep());
             client
-                .spawn(async {
-                    let db = SimDb::connect(addr(DATABASE)).await.unwrap();
+                .spawn(async move {
+                    let db = SimDb::connect(addr(DATABASE), &clients).await.unwrap();
                     conformance::database(&*db).await;
                 })
                 .await
                 .unwrap();
         });
     }
+}
+
+/// A database that never answers: the run's sweeper fails the request after DB_TIMEOUT
+/// (and at most one sweep period later), with the database's unavailable error.
+#[test]
+fn a_silent_database_times_out() {
+    Runtime::with_seed_and_config(1, madsim::Config::default()).block_on(async {
+        let handle = Handle::current();
+        let clients = DbClients::default();
+        tokio::spawn(clients.clone().sweep());
+        let client = handle.create_node().ip("10.9.1.2".parse().unwrap()).build();
+        client
+            .spawn(async move {
+                // Nothing listens at this address.
+                let db = SimDb::connect(addr("10.9.9.9:3306"), &clients).await.unwrap();
+                let t0 = tokio::time::Instant::now();
+                let res = db.execute(vec![Op::Get { table: Table::Users, key: "u".into() }]).await;
+                let waited = t0.elapsed();
+                assert!(matches!(res, Err(DbError::Unavailable(ref m)) if m.contains("no answer")), "{res:?}");
+                assert!(waited >= DB_TIMEOUT && waited <= DB_TIMEOUT + DB_TIMEOUT_SWEEP, "{waited:?}");
+            })
+            .await
+            .unwrap();
+    });
 }
 
 #[test]
