@@ -8,7 +8,9 @@
 //!   (for spread and pack: `Workspace::table_best_hosts`);
 //! - `--top`: the same decision over a `&[HostState]` snapshot, through
 //!   `Strategy::select_top`;
-//! - `--full`: the full claim order over the snapshot, through `Strategy::select`.
+//! - `--full`: the full claim order over the snapshot, through `Strategy::select`;
+//! - `--claims` (not in the default set): the table path with usage changing, each decision
+//!   claiming its pick on the table and releasing the claim made 100 decisions earlier.
 //!
 //! `DECISIONS` and `ROUNDS` shrink a run (e.g. under callgrind, whose instruction counts
 //! compare variants when the machine is too busy for wall time to mean much).
@@ -25,6 +27,7 @@ enum Path {
     Table,
     Top,
     Full,
+    Claims,
 }
 
 fn main() {
@@ -35,11 +38,9 @@ fn main() {
     if all_candidates {
         config.candidate_limit = usize::MAX;
     }
-    let mut paths: Vec<Path> = [("--table", Path::Table), ("--top", Path::Top), ("--full", Path::Full)]
-        .into_iter()
-        .filter(|(flag, _)| args.iter().any(|a| a == flag))
-        .map(|(_, p)| p)
-        .collect();
+    let flags = [("--table", Path::Table), ("--top", Path::Top), ("--full", Path::Full), ("--claims", Path::Claims)];
+    let mut paths: Vec<Path> =
+        flags.into_iter().filter(|(flag, _)| args.iter().any(|a| a == flag)).map(|(_, p)| p).collect();
     if paths.is_empty() {
         paths = vec![Path::Table, Path::Top, Path::Full];
     }
@@ -52,7 +53,9 @@ fn main() {
         for n in [1_000usize, 10_000, 100_000] {
             let (_, states) = stackbed_benches::hosts(n);
             let mut strategy = builtin(name, &config).expect("a built-in strategy");
-            let table = HostTable::new(states.clone());
+            let mut table = HostTable::new(states.clone());
+            let mut live = std::collections::VecDeque::new();
+            let resources = flavor.resources();
             let mut rng = SmallRng::seed_from_u64(1);
             let decisions = env("DECISIONS").unwrap_or(if all_candidates { 20_000_000 / n } else { 2_000 });
             let rounds = env("ROUNDS").unwrap_or(15);
@@ -65,6 +68,18 @@ fn main() {
                         Path::Table => strategy.select_table(&table, &req, &mut rng, k).map(|o| o[0]),
                         Path::Top => strategy.select_top(&states, &req, &mut rng, k).map(|o| o[0]),
                         Path::Full => strategy.select(&states, &req, &mut rng).map(|o| o[0]),
+                        Path::Claims => {
+                            let first = strategy.select_table(&table, &req, &mut rng, k).map(|o| o[0]);
+                            if let Ok(i) = first {
+                                table.claim(i, &resources);
+                                live.push_back(i);
+                            }
+                            if live.len() > 100 {
+                                let i = live.pop_front().expect("more than 100 live");
+                                table.release(i, &resources);
+                            }
+                            first
+                        }
                     };
                     sink = sink.wrapping_add(first.unwrap_or(0));
                 }
@@ -77,6 +92,7 @@ fn main() {
                     Path::Table => " (default pipeline: host table, pick + alternates)",
                     Path::Top => " (host-state snapshot, pick + alternates)",
                     Path::Full => " (host-state snapshot, full order)",
+                    Path::Claims => " (host table, pick + alternates, claims and releases)",
                 },
                 best * 1e6,
                 1.0 / best

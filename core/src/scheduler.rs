@@ -13,6 +13,7 @@
 //! weigher's raw and normalised value. A test checks that both order hosts identically.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use rand::{Rng, RngCore};
@@ -416,8 +417,8 @@ struct Prepared<'r> {
     /// The flavor has extra_specs ComputeCapabilities looks at.
     capabilities: bool,
     json: Option<Result<serde_json::Value, String>>,
-    /// (network, mask) for SimpleCIDRAffinity, or why the hint is unusable.
-    cidr: Option<Result<(u32, u32), String>>,
+    /// The network for SimpleCIDRAffinity, or why the hint is unusable.
+    cidr: Option<Result<Cidr, String>>,
     image_isolated: bool,
 }
 
@@ -457,22 +458,118 @@ pub fn parse_ipv4(text: &str) -> Option<u32> {
     parts.next().is_none().then_some(out)
 }
 
-/// `build_near_host_ip` + `cidr` ("/24") as (network, mask). IPv4 only.
-pub fn parse_cidr(ip: &str, cidr: &str) -> Result<(u32, u32), String> {
-    let addr = parse_ipv4(ip).ok_or_else(|| format!("build_near_host_ip `{ip}` is not an IPv4 address"))?;
-    let bits: u32 = cidr
-        .trim()
-        .strip_prefix('/')
-        .and_then(|b| b.parse().ok())
-        .filter(|b| *b <= 32)
-        .ok_or_else(|| format!("cidr `{cidr}` is not a prefix length like \"/24\""))?;
-    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-    Ok((addr & mask, mask))
+/// A network for SimpleCIDRAffinityFilter: nova's `netaddr.IPNetwork(build_near_host_ip +
+/// cidr)`, IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The address with the host bits cleared.
+    network: IpAddr,
+    prefix: u8,
 }
 
-fn format_ipv4(ip: u32) -> String {
-    let b = ip.to_be_bytes();
-    format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3])
+impl Cidr {
+    /// The network of `addr` with a `prefix`-bit mask; `Err` when the prefix is longer than
+    /// the address (32 bits for IPv4, 128 for IPv6).
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
+        let width = address_width(addr);
+        if u32::from(prefix) > width {
+            return Err(format!("prefix /{prefix} is longer than an {} address ({width} bits)", family(addr)));
+        }
+        let mask = prefix_mask(prefix, width);
+        let network = match addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask as u32)),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)),
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// netaddr's `IPAddress(ip) in IPNetwork(...)`: an address of the other family is never
+    /// inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let mask = prefix_mask(self.prefix, address_width(self.network));
+        match (ip, self.network) {
+            (IpAddr::V4(ip), IpAddr::V4(net)) => u32::from(ip) & mask as u32 == u32::from(net),
+            (IpAddr::V6(ip), IpAddr::V6(net)) => u128::from(ip) & mask == u128::from(net),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+fn address_width(addr: IpAddr) -> u32 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn family(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// The top `prefix` of `width` bits set, in the low `width` bits of a u128.
+fn prefix_mask(prefix: u8, width: u32) -> u128 {
+    let host_bits = width - u32::from(prefix).min(width);
+    let all = if width == 128 { u128::MAX } else { (1u128 << width) - 1 };
+    if host_bits >= 128 {
+        0
+    } else {
+        all & (u128::MAX << host_bits)
+    }
+}
+
+/// `build_near_host_ip` + `cidr` as the network SimpleCIDRAffinityFilter keeps hosts in.
+/// The address is IPv4 or IPv6; the cidr is a prefix length (`"/24"`, `"/64"`) or, for
+/// IPv4, a netmask (`"/255.255.255.0"`), as netaddr accepts them. Errors name the hint and
+/// what is wrong with it.
+pub fn parse_cidr(ip: &str, cidr: &str) -> Result<Cidr, String> {
+    let addr: IpAddr =
+        ip.trim().parse().map_err(|_| format!("build_near_host_ip `{ip}` is not an IPv4 or IPv6 address"))?;
+    let width = address_width(addr);
+    let suffix = cidr.trim().strip_prefix('/').ok_or_else(|| {
+        format!("cidr `{cidr}` is not a prefix length like \"/24\" (0 to {width} for an {} address)", family(addr))
+    })?;
+    let prefix = match (suffix.parse::<u32>(), suffix.parse::<Ipv4Addr>(), addr) {
+        (Ok(bits), ..) if bits <= width => bits as u8,
+        (Ok(bits), ..) => {
+            return Err(format!(
+                "cidr `{cidr}`: prefix /{bits} is longer than an {} address ({width} bits)",
+                family(addr)
+            ))
+        }
+        (Err(_), Ok(mask), IpAddr::V4(_)) => {
+            let mask = u32::from(mask);
+            if mask.leading_ones() + mask.trailing_zeros() != 32 {
+                return Err(format!("cidr `{cidr}` is not a contiguous netmask"));
+            }
+            mask.leading_ones() as u8
+        }
+        _ => {
+            return Err(format!(
+                "cidr `{cidr}` is not a prefix length like \"/24\" (0 to {width} for an {} address)",
+                family(addr)
+            ))
+        }
+    };
+    Cidr::new(addr, prefix)
 }
 
 /// One filter on one host. Every rule of the scheduler lives here; both paths call it.
@@ -528,11 +625,9 @@ fn passes(
         FilterKind::SimpleCidrAffinity => match &prep.cidr {
             None => true,
             Some(Err(e)) => reject(why, || e.clone()),
-            Some(Ok((net, mask))) => match host.host_ip {
-                Some(ip) if ip & mask == *net => true,
-                Some(ip) => reject(why, || {
-                    format!("host ip {} outside {}/{}", format_ipv4(ip), format_ipv4(*net), mask.count_ones())
-                }),
+            Some(Ok(cidr)) => match host.host_ip.map(|ip| IpAddr::V4(Ipv4Addr::from(ip))) {
+                Some(ip) if cidr.contains(ip) => true,
+                Some(ip) => reject(why, || format!("host ip {ip} outside {cidr}")),
                 None => reject(why, || "host has no known ip".into()),
             },
         },

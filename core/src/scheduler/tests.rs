@@ -961,3 +961,103 @@ mod table_equivalence {
         }
     }
 }
+
+/// SimpleCIDRAffinityFilter's network: (build_near_host_ip, cidr, host address, inside?).
+#[test]
+fn cidr_affinity_table() {
+    let cases: &[(&str, &str, &str, bool)] = &[
+        ("10.0.1.7", "/24", "10.0.1.200", true),
+        ("10.0.1.7", "/24", "10.0.2.1", false),
+        ("10.0.1.7", "/16", "10.0.2.1", true),
+        ("10.0.1.7", "/32", "10.0.1.7", true),
+        ("10.0.1.7", "/32", "10.0.1.8", false),
+        ("10.0.1.7", "/0", "192.168.1.1", true),
+        ("10.0.1.7", "/255.255.0.0", "10.0.200.1", true),
+        ("10.0.1.7", "/255.255.255.0", "10.0.2.1", false),
+        (" 10.0.1.7 ", " /24 ", "10.0.1.1", true),
+        ("2001:db8:0:1::7", "/64", "2001:db8:0:1::ffff", true),
+        ("2001:db8:0:1::7", "/64", "2001:db8:0:2::1", false),
+        ("2001:db8:0:1::7", "/48", "2001:db8:0:2::1", true),
+        ("2001:db8::7", "/128", "2001:db8::7", true),
+        ("2001:db8::7", "/128", "2001:db8::8", false),
+        ("2001:db8::7", "/0", "fe80::1", true),
+        // nova's default cidr is "/24": on IPv6 a /24 network.
+        ("2001:db8::7", "/24", "2001:dff::1", true),
+        ("2001:db8::7", "/24", "2001:e00::1", false),
+        // Families never match (netaddr), not even IPv4-mapped addresses.
+        ("10.0.1.7", "/0", "::ffff:10.0.1.7", false),
+        ("::ffff:10.0.1.7", "/96", "10.0.1.7", false),
+        ("2001:db8::7", "/0", "10.0.1.7", false),
+    ];
+    for &(ip, cidr, host, inside) in cases {
+        let net = parse_cidr(ip, cidr).unwrap_or_else(|e| panic!("{ip} {cidr}: {e}"));
+        let addr: std::net::IpAddr = host.parse().unwrap();
+        assert_eq!(net.contains(addr), inside, "{host} in {ip}{cidr} ({net})");
+    }
+    assert_eq!(parse_cidr("2001:db8:0:1::7", "/64").unwrap().to_string(), "2001:db8:0:1::/64");
+    assert_eq!(parse_cidr("10.0.1.7", "/255.255.255.0").unwrap().to_string(), "10.0.1.0/24");
+}
+
+/// Bad hints: (build_near_host_ip, cidr, part of the error).
+#[test]
+fn cidr_affinity_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("10.0.0.300", "/24", "not an IPv4 or IPv6 address"),
+        ("host-1", "/24", "not an IPv4 or IPv6 address"),
+        ("", "/24", "not an IPv4 or IPv6 address"),
+        ("2001:db8::/64", "/64", "not an IPv4 or IPv6 address"),
+        ("fe80::1%eth0", "/64", "not an IPv4 or IPv6 address"),
+        ("10.0.0.1", "24", "not a prefix length"),
+        ("10.0.0.1", "/", "not a prefix length"),
+        ("10.0.0.1", "/-1", "not a prefix length"),
+        ("10.0.0.1", "/33", "longer than an IPv4 address (32 bits)"),
+        ("10.0.0.1", "/99999999999", "not a prefix length"),
+        ("2001:db8::1", "/129", "longer than an IPv6 address (128 bits)"),
+        ("2001:db8::1", "/255.255.255.0", "0 to 128 for an IPv6 address"),
+        ("10.0.0.1", "/255.0.255.0", "not a contiguous netmask"),
+        ("10.0.0.1", "/ff00::", "not a prefix length"),
+    ];
+    for &(ip, cidr, expect) in cases {
+        let err = parse_cidr(ip, cidr).expect_err(&format!("{ip} {cidr}"));
+        assert!(err.contains(expect), "{ip} {cidr}: {err}");
+    }
+}
+
+#[test]
+fn cidr_affinity_filter_with_ipv6_hints() {
+    let cfg = SchedulerConfig::default();
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    let mut v4 = host("a", 1);
+    v4.host_ip = parse_ipv4("10.0.1.200");
+    // An IPv6 hint keeps no IPv4 host (today's host addresses are IPv4).
+    let v6 = SchedulerHints {
+        build_near_host_ip: Some("2001:db8::1".into()),
+        cidr: Some("/64".into()),
+        ..Default::default()
+    };
+    check(FilterKind::SimpleCidrAffinity, &v4, &RequestView { hints: &v6, ..req.clone() }, &cfg, false);
+    // An unusable hint rejects every host with the reason, without panicking.
+    let bad =
+        SchedulerHints { build_near_host_ip: Some("10.0.1.1".into()), cidr: Some("/40".into()), ..Default::default() };
+    let why = FilterKind::SimpleCidrAffinity.check(&v4, &RequestView { hints: &bad, ..req.clone() }, &cfg).unwrap_err();
+    assert!(why.contains("/40"), "{why}");
+    let near = SchedulerHints { build_near_host_ip: Some("10.0.1.1".into()), ..Default::default() };
+    let why = FilterKind::SimpleCidrAffinity
+        .check(&host("b", 1), &RequestView { hints: &near, ..req.clone() }, &cfg)
+        .unwrap_err();
+    assert!(why.contains("no known ip"), "{why}");
+    let mut far = host("c", 1);
+    far.host_ip = parse_ipv4("10.0.2.1");
+    let why = FilterKind::SimpleCidrAffinity.check(&far, &RequestView { hints: &near, ..req }, &cfg).unwrap_err();
+    assert_eq!(why, "host ip 10.0.2.1 outside 10.0.1.0/24");
+}
+
+proptest::proptest! {
+    /// Any text in either hint gives a network or an error, never a panic.
+    #[test]
+    fn parse_cidr_never_panics(ip in ".{0,40}", cidr in "/?[0-9a-f.:/-]{0,12}") {
+        let _ = parse_cidr(&ip, &cidr);
+    }
+}
