@@ -125,17 +125,17 @@ pub struct GuestBoot {
 
 impl GuestBoot {
     /// From a scenario's `[guest]`; errors name the field when a file is missing.
+    /// The paths become absolute (libvirt resolves relative ones against its own directory).
     pub fn from_scenario(g: &stackbed_core::scenario::Guest) -> Result<GuestBoot, String> {
-        for (field, p) in [("guest.kernel", &g.kernel), ("guest.initrd", &g.initrd)] {
-            if !Path::new(p).is_file() {
-                return Err(format!(
-                    "scenario field {field}: {p} is not a file (build the guest with scripts/guest/build.sh)"
-                ));
+        let file = |field: &str, p: &str| match std::fs::canonicalize(p) {
+            Ok(abs) if abs.is_file() => Ok(abs),
+            _ => {
+                Err(format!("scenario field {field}: {p} is not a file (build the guest with scripts/guest/build.sh)"))
             }
-        }
+        };
         Ok(GuestBoot {
-            kernel: g.kernel.clone().into(),
-            initrd: g.initrd.clone().into(),
+            kernel: file("guest.kernel", &g.kernel)?,
+            initrd: file("guest.initrd", &g.initrd)?,
             cmdline: g.cmdline.clone(),
             boot_timeout: g.boot_timeout.0,
         })
