@@ -776,6 +776,28 @@ mod tests {
     }
 
     #[test]
+    fn domain_xml_boots_a_real_guest() {
+        let disks =
+            InstanceDisks { root: "/var/lib/nova/i/disk".into(), config_drive: "/var/lib/nova/i/disk.config".into() };
+        let guest = GuestBoot {
+            kernel: "/g/vmlinuz".into(),
+            initrd: "/g/initrd.img".into(),
+            cmdline: "console=ttyS0 quiet".into(),
+            boot_timeout: Duration::from_secs(1),
+        };
+        let xml = domain_xml_with_guest(&instance("x"), "qemu", "x86_64", Some(&disks), Some(&guest));
+        assert!(xml.starts_with("<domain type='qemu'>"), "{xml}");
+        assert!(xml.contains("<kernel>/g/vmlinuz</kernel>") && xml.contains("<initrd>/g/initrd.img</initrd>"), "{xml}");
+        assert!(xml.contains("<cmdline>console=ttyS0 quiet</cmdline>"), "{xml}");
+        assert!(xml.contains("<serial type='file'>\n      <source path='/var/lib/nova/i/console.log'/>"), "{xml}");
+        assert!(!xml.contains("type='pty'"), "{xml}");
+        let report = guest_report("[ 1.0] x\nSTACKBED-METADATA uuid=u-1 hostname=h device=/dev/sr0\nSTACKBED-END\n");
+        let report = report.unwrap();
+        assert_eq!((report["uuid"].as_str(), report["hostname"].as_str()), ("u-1", "h"));
+        assert!(guest_report("no marker").is_none());
+    }
+
+    #[test]
     fn domain_xml_attaches_disks_for_qemu() {
         let disks =
             InstanceDisks { root: "/var/lib/nova/i/disk".into(), config_drive: "/var/lib/nova/i/disk.config".into() };

@@ -1,6 +1,12 @@
 //! One real run: every control-plane service as a task on a tokio runtime, talking through
 //! the in-process broker, the SQLite database and one libvirt connection per compute host;
 //! then the shared driver (`stackbed_services::report::drive`) and the report.
+//!
+//! Images: when the run has an image service (a scenario with `[guest]`, or
+//! `STACKBED_IMAGES_DIR`), the scenario's `[[images]]` are generated (declared size and
+//! format, deterministic bytes) and uploaded before the workload. With `[guest]` every host
+//! connects to the guest's libvirt URI (`qemu:///system` by default), keeps a `_base` cache
+//! and boots real guests (see [`crate::libvirt::GuestBoot`]).
 
 use std::future::Future;
 use std::io::{Seek, SeekFrom, Write};
@@ -306,4 +312,37 @@ async fn run_services(
         *a = format!("{a}; service failures: {}", failures.join("; "));
     }
     Ok((api_ctx, data, monitor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str, size_mb: u64, disk_format: &str) -> Image {
+        Image { name: name.into(), size_mb, disk_format: disk_format.into(), properties: Default::default() }
+    }
+
+    /// The scenario's images reach the image service with their declared size and format and
+    /// a checksum of their bytes; an existing name is kept; an unknown format is an error.
+    #[test]
+    fn upload_generates_images_of_the_declared_size() {
+        let root = std::env::temp_dir().join(format!("stackbed-upload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let glance = ImageService::open(&root.join("glance")).unwrap();
+        let images = [image("raw-one", 3, "raw"), image("q", 5, "qcow2")];
+        upload_images(&glance, &images, &root.join("scratch")).unwrap();
+        let raw = glance.find_by_name("raw-one").unwrap();
+        assert_eq!((raw.size, raw.virtual_size, raw.disk_format), (3 << 20, 3 << 20, DiskFormat::Raw));
+        let q = glance.find_by_name("q").unwrap();
+        assert_eq!((q.virtual_size, q.disk_format), (5 << 20, DiskFormat::Qcow2));
+        let got = root.join("got");
+        glance.download(&raw.id, &got).unwrap();
+        assert_eq!(stackbed_images::glance::sha256_file(&got).unwrap(), raw.os_hash_value);
+        assert_ne!(std::fs::read(&got).unwrap()[..4096], [0u8; 4096], "not all zeros");
+        upload_images(&glance, &images, &root.join("scratch")).unwrap();
+        assert_eq!(glance.list().len(), 2, "uploaded once");
+        let e = upload_images(&glance, &[image("v", 1, "vmdk")], &root.join("scratch")).unwrap_err();
+        assert!(e.contains("image v: disk_format `vmdk`"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
