@@ -15,10 +15,10 @@ cd "$(dirname "$0")/.."
 missing=()
 # qemu-utils (qemu-img, qemu-io) and genisoimage (isoinfo): the references the image tests
 # check the project's qcow2 images and config drives against.
-# qemu-system-x86, libvirt-daemon-system, linux-image-amd64, busybox-static and cpio: the
+# qemu-system-x86, libvirt-daemon-system, linux-image-amd64, busybox-static, cpio, xz-utils: the
 # real guest (scripts/guest/build.sh) and the daemon that runs it.
 for pkg in libvirt-dev libsqlite3-dev pkg-config qemu-utils genisoimage \
-    qemu-system-x86 libvirt-daemon-system linux-image-amd64 busybox-static cpio; do
+    qemu-system-x86 libvirt-daemon-system linux-image-amd64 busybox-static cpio xz-utils; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
