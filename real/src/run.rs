@@ -28,11 +28,11 @@ use stackbed_services::report::{drive, Report, ReportContext, RunData, RunOption
 use stackbed_services::scheduler::Scheduler;
 use stackbed_services::seams::{Db, HvRef, Hypervisor};
 
-use crate::bus::InProcBroker;
 use stackbed_core::model::Image;
 use stackbed_images::disk::DiskFormat;
 use stackbed_images::glance::{ImageService, NewImage};
 
+use crate::bus::InProcBroker;
 use crate::libvirt::{GuestBoot, HostImages, LibvirtHypervisor, DEFAULT_URI, IMAGES_DIR_ENV};
 use crate::sqlite::SqliteDb;
 
@@ -169,15 +169,13 @@ pub fn run_with(opts: &RunOptions, cfg: &RealConfig) -> Result<Report, String> {
     };
     // The image service holds the scenario's images before the workload starts.
     let images = images_root(opts.seed, guest.is_some());
-    let glance = match &images {
-        Some((root, _)) => {
-            let glance = ImageService::open(&root.join("glance")).map_err(|e| e.to_string())?;
-            upload_images(&glance, &opts.scenario.images, &root.join("scratch"))?;
-            Some(Arc::new(glance))
-        }
-        None => None,
+    let open_and_upload = |root: &Path| -> Result<Arc<ImageService>, String> {
+        let glance = ImageService::open(&root.join("glance")).map_err(|e| e.to_string())?;
+        upload_images(&glance, &opts.scenario.images, &root.join("scratch"))?;
+        Ok(Arc::new(glance))
     };
-    let outcome = run_world(opts, cfg, &uri, guest, images.as_ref().zip(glance));
+    let glance = images.as_ref().map(|(root, _)| open_and_upload(root)).transpose();
+    let outcome = glance.and_then(|glance| run_world(opts, cfg, &uri, guest, images.as_ref().zip(glance)));
     if let Some((root, true)) = &images {
         let _ = std::fs::remove_dir_all(root);
     }
