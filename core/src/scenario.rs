@@ -89,6 +89,10 @@ pub struct Scenario {
     pub model: HostModel,
     #[serde(default)]
     pub debug: Debug,
+    /// Real guests (`[guest]`): the real build boots this kernel and initramfs for every
+    /// instance (see `docs/real-guest.md`); the simulator ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<Guest>,
     /// The trace the runner replays (`runner.kind = "trace"`), loaded with the scenario.
     #[serde(skip)]
     pub trace: Vec<crate::trace::TraceRow>,
@@ -639,6 +643,34 @@ pub struct Debug {
     pub plant_bug: Option<PlantedBug>,
 }
 
+/// `[guest]`: what a real QEMU guest boots (direct kernel boot, no bootloader). Paths are
+/// relative to the scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guest {
+    pub kernel: String,
+    pub initrd: String,
+    /// The kernel command line (`console=ttyS0` sends the guest's console to its log).
+    #[serde(default = "default_guest_cmdline")]
+    pub cmdline: String,
+    /// How long a spawn waits for the guest to print its metadata.
+    #[serde(default = "default_guest_boot_timeout")]
+    pub boot_timeout: Dur,
+    /// The libvirt URI of every compute host (`STACKBED_LIBVIRT_URI` overrides it).
+    #[serde(default = "default_guest_uri")]
+    pub libvirt_uri: String,
+}
+
+fn default_guest_cmdline() -> String {
+    "console=ttyS0 quiet".into()
+}
+fn default_guest_boot_timeout() -> Dur {
+    Dur::secs(300)
+}
+fn default_guest_uri() -> String {
+    "qemu:///system".into()
+}
+
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
@@ -651,6 +683,12 @@ impl Scenario {
             message: format!("cannot read: {e}"),
         })?;
         let mut scenario = Scenario::parse(&file, &text)?;
+        if let Some(g) = &mut scenario.guest {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            for p in [&mut g.kernel, &mut g.initrd] {
+                *p = dir.join(&*p).display().to_string();
+            }
+        }
         if let Runner::Trace { file: trace_file, .. } = &scenario.workload.runner {
             let trace_path = path.parent().unwrap_or(Path::new(".")).join(trace_file);
             let field_error = |message: String| {
@@ -708,6 +746,18 @@ impl Scenario {
     /// Checks what serde cannot: names that refer to each other, ranges, sizes.
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |field: &str, message: String| Err((field.to_string(), message));
+        if let Some(g) = &self.guest {
+            for (field, v) in
+                [("guest.kernel", &g.kernel), ("guest.initrd", &g.initrd), ("guest.libvirt_uri", &g.libvirt_uri)]
+            {
+                if v.trim().is_empty() {
+                    return err(field, "must not be empty".into());
+                }
+            }
+            if g.boot_timeout.0.is_zero() {
+                return err("guest.boot_timeout", "must be above 0".into());
+            }
+        }
         if self.topology.hosts.is_empty() || self.topology.hosts.iter().all(|h| h.count == 0) {
             return err("topology.hosts", "the topology needs at least one host".into());
         }
@@ -1226,6 +1276,19 @@ images = { "cirros" = 1.0 }
         let e = error_of(&format!("{GOOD}\n[control.scheduler]\nfilters = [\"Compute\", \"Bogus\"]\n"));
         assert_eq!(e.field, "control.scheduler.filters.1");
         assert!(e.message.contains("Bogus"));
+    }
+
+    #[test]
+    fn guest_section() {
+        let g = Scenario::parse("t.toml", &format!("{GOOD}\n[guest]\nkernel = \"k\"\ninitrd = \"i\"\n")).unwrap();
+        let g = g.guest.unwrap();
+        assert_eq!((g.cmdline.as_str(), g.libvirt_uri.as_str()), ("console=ttyS0 quiet", "qemu:///system"));
+        assert!(Scenario::parse("t.toml", GOOD).unwrap().guest.is_none());
+        let e = error_of(&format!("{GOOD}\n[guest]\nkernel = \"k\"\ninitrd = \"i\"\nboot_timeout = \"0s\"\n"));
+        assert_eq!(e.field, "guest.boot_timeout", "{e}");
+        assert_eq!(e.line, GOOD.lines().count() + 5, "{e}");
+        let e = error_of(&format!("{GOOD}\n[guest]\nkernel = \"k\"\n"));
+        assert!(e.message.contains("initrd"), "{e}");
     }
 
     const AGGREGATES: &str = r#"

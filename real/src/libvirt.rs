@@ -20,7 +20,14 @@
 //! the instance's files. Without images (the default, and always with `test:///default`
 //! unless set explicitly) the guest gets no disk.
 //!
-//! Not done yet (later issues): a kernel for the guest, and networking (no ports, bridges or
+//! Real guests: with a [`GuestBoot`] ([`LibvirtHypervisor::with_guest`], from the scenario's
+//! `[guest]`), the domain boots that kernel and initramfs directly (`<os><kernel>`), its
+//! serial console goes to `<instance_dir>/console.log`, and a spawn waits (phase
+//! `guest_boot`) until the guest has printed the metadata it read from its config drive
+//! (`scripts/guest/init`: a `STACKBED-METADATA uuid=... hostname=...` line, then
+//! `STACKBED-END`); a guest that reports another instance's uuid fails the build.
+//!
+//! Not done yet (later issues): networking (no ports, bridges or
 //! vif-plugged event). [`Hypervisor::allocate_network`], [`Hypervisor::deallocate_network`]
 //! and [`Hypervisor::block_device_mapping`] succeed without doing anything.
 
@@ -28,7 +35,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use virt::connect::Connect;
@@ -64,7 +71,8 @@ impl HostImages {
         Ok(HostImages { glance, cache, instances_dir: host_dir.join("instances") })
     }
 
-    fn instance_dir(&self, instance: &Instance) -> std::path::PathBuf {
+    /// `<instances_dir>/<uuid>`: the instance's overlay, config drive and console log.
+    pub fn instance_dir(&self, instance: &Instance) -> std::path::PathBuf {
         let safe: String =
             instance.uuid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
         self.instances_dir.join(safe)
@@ -105,6 +113,54 @@ impl HostImages {
     }
 }
 
+/// A real guest: direct kernel boot of `kernel` with `initrd` (see `scripts/guest/build.sh`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestBoot {
+    pub kernel: std::path::PathBuf,
+    pub initrd: std::path::PathBuf,
+    pub cmdline: String,
+    /// How long a spawn waits for the guest to report its metadata.
+    pub boot_timeout: Duration,
+}
+
+impl GuestBoot {
+    /// From a scenario's `[guest]`; errors name the field when a file is missing.
+    /// The paths become absolute (libvirt resolves relative ones against its own directory).
+    pub fn from_scenario(g: &stackbed_core::scenario::Guest) -> Result<GuestBoot, String> {
+        let file = |field: &str, p: &str| match std::fs::canonicalize(p) {
+            Ok(abs) if abs.is_file() => Ok(abs),
+            _ => {
+                Err(format!("scenario field {field}: {p} is not a file (build the guest with scripts/guest/build.sh)"))
+            }
+        };
+        Ok(GuestBoot {
+            kernel: file("guest.kernel", &g.kernel)?,
+            initrd: file("guest.initrd", &g.initrd)?,
+            cmdline: g.cmdline.clone(),
+            boot_timeout: g.boot_timeout.0,
+        })
+    }
+}
+
+/// The line the guest prints with what it read from its config drive.
+pub const GUEST_METADATA: &str = "STACKBED-METADATA";
+/// The guest printed everything it read.
+pub const GUEST_READY: &str = "STACKBED-END";
+/// The guest could not read its config drive.
+pub const GUEST_ERROR: &str = "STACKBED-ERROR";
+
+/// What a guest reported on its console: the `key=value` fields of its
+/// `STACKBED-METADATA` line (`uuid`, `hostname`, `name`, `device`, `root_disk_bytes`).
+pub fn guest_report(console: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let line = console.lines().find_map(|l| l.split_once(GUEST_METADATA).map(|(_, rest)| rest))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 /// The files a domain's disks point at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceDisks {
@@ -112,6 +168,13 @@ pub struct InstanceDisks {
     pub root: std::path::PathBuf,
     /// ISO 9660 config drive.
     pub config_drive: std::path::PathBuf,
+}
+
+impl InstanceDisks {
+    /// Where a real guest's serial console goes: next to its disks.
+    pub fn console_log(&self) -> std::path::PathBuf {
+        self.config_drive.with_file_name("console.log")
+    }
 }
 
 /// libvirt's in-process test driver, the default: no daemon, no guests.
@@ -193,6 +256,34 @@ fn disks_xml(disks: &InstanceDisks) -> String {
 
 /// [`domain_xml`] with the instance's root disk and config drive attached.
 pub fn domain_xml_with_disks(instance: &Instance, kind: &str, arch: &str, disks: Option<&InstanceDisks>) -> String {
+    domain_xml_with_guest(instance, kind, arch, disks, None)
+}
+
+/// [`domain_xml_with_disks`] booting a real guest: direct kernel boot, the serial console
+/// to the instance's `console.log` (needs `disks`; without them the console stays a pty).
+pub fn domain_xml_with_guest(
+    instance: &Instance,
+    kind: &str,
+    arch: &str,
+    disks: Option<&InstanceDisks>,
+    guest: Option<&GuestBoot>,
+) -> String {
+    let console = match (guest, disks) {
+        (Some(_), Some(d)) => format!(
+            "    <serial type='file'>\n      <source path='{}'/>\n      <target port='0'/>\n    </serial>\n",
+            xml_escape(&d.console_log().display().to_string())
+        ),
+        _ => "    <serial type='pty'/>\n    <console type='pty'/>\n".to_string(),
+    };
+    let boot = match guest {
+        Some(g) => format!(
+            "    <kernel>{}</kernel>\n    <initrd>{}</initrd>\n    <cmdline>{}</cmdline>\n",
+            xml_escape(&g.kernel.display().to_string()),
+            xml_escape(&g.initrd.display().to_string()),
+            xml_escape(&g.cmdline)
+        ),
+        None => String::new(),
+    };
     let disks = disks.map(disks_xml).unwrap_or_default();
     let name = xml_escape(&instance.name);
     let arch = xml_escape(arch);
@@ -207,9 +298,9 @@ pub fn domain_xml_with_disks(instance: &Instance, kind: &str, arch: &str, disks:
     let machine = if arch == "x86_64" || arch == "i686" { " machine='q35'" } else { "" };
     format!(
         "<domain type='{kind}'>\n  <name>{name}</name>\n  <memory unit='MiB'>{ram}</memory>\n  \
-         <vcpu placement='static'>{vcpus}</vcpu>\n  <os>\n    <type arch='{arch}'{machine}>hvm</type>\n  </os>\n  \
+         <vcpu placement='static'>{vcpus}</vcpu>\n  <os>\n    <type arch='{arch}'{machine}>hvm</type>\n{boot}  </os>\n  \
          <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  \
-         <devices>\n{disks}    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n"
+         <devices>\n{disks}{console}  </devices>\n</domain>\n"
     )
 }
 
@@ -223,6 +314,54 @@ pub fn test_node_xml(group: &HostGroup) -> String {
         xml_escape(&group.cpu_arch),
         group.ram_mb.saturating_mul(1024)
     )
+}
+
+/// Waits until the guest's console shows that it read its config drive; returns the seconds
+/// waited. Fails when the guest reports an error or another instance's uuid (abort: another
+/// host would not do better), stops, or is not done within `timeout` (reschedule).
+fn wait_for_guest(
+    dom: &virt::domain::Domain,
+    name: &str,
+    uuid: &str,
+    log: &Path,
+    timeout: Duration,
+) -> Result<f64, HvError> {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(GUEST_ERROR)) {
+            return Err(HvError::Abort(format!("guest {name}: {}", line.trim())));
+        }
+        if text.contains(GUEST_READY) {
+            let seen = guest_report(&text).and_then(|r| r.get("uuid").cloned()).unwrap_or_default();
+            if seen != uuid {
+                return Err(HvError::Abort(format!(
+                    "guest {name} read uuid `{seen}` from its config drive, expected `{uuid}` ({})",
+                    log.display()
+                )));
+            }
+            return Ok(t0.elapsed().as_secs_f64());
+        }
+        if t0.elapsed() >= timeout {
+            return Err(HvError::Reschedule(format!(
+                "guest {name} did not report its metadata within {:.0} s (console: {})",
+                timeout.as_secs_f64(),
+                log.display()
+            )));
+        }
+        if !dom.is_active().unwrap_or(true) {
+            // One last look: the guest may have printed and powered off in between.
+            let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if !text.contains(GUEST_READY) {
+                return Err(HvError::Reschedule(format!(
+                    "guest {name} stopped before reporting its metadata (console: {})",
+                    log.display()
+                )));
+            }
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn libvirt_error(what: &str, name: &str, e: &virt::error::Error) -> HvError {
@@ -253,6 +392,7 @@ pub struct LibvirtHypervisor {
     node: ComputeNode,
     shared: Arc<Shared>,
     images: Option<Arc<HostImages>>,
+    guest: Option<Arc<GuestBoot>>,
 }
 
 impl LibvirtHypervisor {
@@ -269,6 +409,7 @@ impl LibvirtHypervisor {
             node: group.node(host),
             shared: Arc::new(Shared { conn, defined: Mutex::new(BTreeSet::new()) }),
             images: None,
+            guest: None,
         };
         // A real QEMU guest needs a disk: give it one when an images directory is named.
         if kind != "test" {
@@ -289,6 +430,20 @@ impl LibvirtHypervisor {
 
     pub fn images(&self) -> Option<&HostImages> {
         self.images.as_deref()
+    }
+
+    /// Boots real guests: every spawn boots `guest` with the instance's overlay and config
+    /// drive and waits until the guest has read its metadata (phase `guest_boot`). Needs
+    /// images ([`LibvirtHypervisor::with_images`]) and a QEMU connection.
+    pub fn with_guest(mut self, guest: GuestBoot) -> Result<LibvirtHypervisor, String> {
+        if self.kind == "test" {
+            return Err(format!("libvirt {} cannot boot real guests (use qemu:///system)", self.uri));
+        }
+        if self.images.is_none() {
+            return Err("real guests need an image service and cache (with_images)".into());
+        }
+        self.guest = Some(Arc::new(guest));
+        Ok(self)
     }
 
     /// A private instance of libvirt's test driver for this host, built from its host group
@@ -423,8 +578,14 @@ impl Hypervisor for LibvirtHypervisor {
             }
             None => (None, PhaseTimings::new()),
         };
-        let xml = domain_xml_with_disks(instance, self.kind, &self.node.cpu_arch, disks.as_ref());
+        let guest = self.guest.clone().filter(|_| disks.is_some());
+        let xml = domain_xml_with_guest(instance, self.kind, &self.node.cpu_arch, disks.as_ref(), guest.as_deref());
+        let console = disks.as_ref().map(InstanceDisks::console_log).filter(|_| guest.is_some());
+        if let Some(log) = &console {
+            let _ = std::fs::remove_file(log);
+        }
         let name = instance.name.clone();
+        let uuid = instance.uuid.clone();
         let started = self
             .blocking(move |s| {
                 // Without a UUID in the XML, defining an existing name would redefine that
@@ -446,7 +607,21 @@ impl Hypervisor for LibvirtHypervisor {
                     }
                     return Err(libvirt_error("start", &name, &e));
                 }
-                Ok(vec![("define", define_s), ("start", t1.elapsed().as_secs_f64())])
+                let mut p = vec![("define", define_s), ("start", t1.elapsed().as_secs_f64())];
+                if let (Some(g), Some(log)) = (&guest, &console) {
+                    match wait_for_guest(&dom, &name, &uuid, log, g.boot_timeout) {
+                        Ok(secs) => p.push(("guest_boot", secs)),
+                        Err(e) => {
+                            // As for a failed start: the reschedule finds nothing of this guest.
+                            let _ = dom.destroy();
+                            if dom.undefine().is_ok() {
+                                s.defined.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(p)
             })
             .await;
         match started {
@@ -598,6 +773,28 @@ mod tests {
             assert!(matches!(hv.spawn(&instance("img-c"), &missing).await, Err(HvError::Abort(_))));
         });
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn domain_xml_boots_a_real_guest() {
+        let disks =
+            InstanceDisks { root: "/var/lib/nova/i/disk".into(), config_drive: "/var/lib/nova/i/disk.config".into() };
+        let guest = GuestBoot {
+            kernel: "/g/vmlinuz".into(),
+            initrd: "/g/initrd.img".into(),
+            cmdline: "console=ttyS0 quiet".into(),
+            boot_timeout: Duration::from_secs(1),
+        };
+        let xml = domain_xml_with_guest(&instance("x"), "qemu", "x86_64", Some(&disks), Some(&guest));
+        assert!(xml.starts_with("<domain type='qemu'>"), "{xml}");
+        assert!(xml.contains("<kernel>/g/vmlinuz</kernel>") && xml.contains("<initrd>/g/initrd.img</initrd>"), "{xml}");
+        assert!(xml.contains("<cmdline>console=ttyS0 quiet</cmdline>"), "{xml}");
+        assert!(xml.contains("<serial type='file'>\n      <source path='/var/lib/nova/i/console.log'/>"), "{xml}");
+        assert!(!xml.contains("type='pty'"), "{xml}");
+        let report = guest_report("[ 1.0] x\nSTACKBED-METADATA uuid=u-1 hostname=h device=/dev/sr0\nSTACKBED-END\n");
+        let report = report.unwrap();
+        assert_eq!((report["uuid"].as_str(), report["hostname"].as_str()), ("u-1", "h"));
+        assert!(guest_report("no marker").is_none());
     }
 
     #[test]

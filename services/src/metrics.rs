@@ -115,7 +115,7 @@ impl Metrics {
 
     /// Rally-style rows, in the order the boot flow runs them, then any others by name.
     pub fn summaries(&self) -> Vec<ActionSummary> {
-        const ORDER: [&str; 17] = [
+        const ORDER: [&str; 21] = [
             "keystone.authenticate",
             "api.create",
             "conductor.schedule_and_build",
@@ -124,6 +124,10 @@ impl Metrics {
             "compute.networking",
             "compute.block_device_mapping",
             "compute.spawn.image_fetch",
+            "compute.spawn.image_overlay",
+            "compute.spawn.config_drive",
+            "compute.spawn.define",
+            "compute.spawn.start",
             "compute.spawn.define_start",
             "compute.spawn.vif_plugged",
             "compute.spawn.guest_boot",

@@ -224,7 +224,7 @@ pub struct Report {
     pub seed: u64,
     /// `sim` (madsim) or `real` (tokio).
     pub world: &'static str,
-    /// Which hypervisor ran the guests: `sim`, `test` (libvirt test driver), `qemu` (TCG), `kvm`.
+    /// Which hypervisor ran the guests: `sim`, `test` (libvirt test driver), `qemu-tcg` (QEMU without KVM), `kvm`.
     pub hypervisor: String,
     pub revision: String,
     pub parameters: serde_json::Value,
