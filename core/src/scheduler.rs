@@ -12,8 +12,8 @@
 //! grown; [`explain`] runs filter by filter and records why each host was dropped and every
 //! weigher's raw and normalised value. A test checks that both order hosts identically.
 
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use rand::{Rng, RngCore};

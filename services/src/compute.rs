@@ -212,25 +212,26 @@ impl Compute {
         let uuid = &spec.instance_uuid;
         let host = self.host.clone();
         // _do_build_and_run_instance: (building, None) expecting (scheduling, None).
-        let inst = match dbx::update_instance(db, uuid, &[Some(TaskState::Scheduling), None], |i| {
-            i.vm_state = VmState::Building;
-            i.task_state = None;
-            i.host = Some(host.clone());
-        })
-        .await
-        {
-            Ok(i) => i,
-            Err(e @ ServiceError::UnexpectedTaskState { .. }) => {
-                // Deleted meanwhile: give the claim back, terminate finishes the delete.
-                placement::release(db, &self.ctx.metrics, uuid).await?;
-                self.ctx.metrics.count("compute.build_aborted_by_delete", 1);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        let step = |from: TaskState, to: Option<TaskState>| async move {
-            dbx::update_instance(db, uuid, &[Some(from)], move |i| i.task_state = to).await
-        };
+        let (version, inst) =
+            match dbx::update_instance_known(db, uuid, None, &[Some(TaskState::Scheduling), None], |i| {
+                i.vm_state = VmState::Building;
+                i.task_state = None;
+                i.host = Some(host.clone());
+            })
+            .await
+            {
+                Ok(row) => row,
+                Err(e @ ServiceError::UnexpectedTaskState { .. }) => {
+                    // Deleted meanwhile: give the claim back, terminate finishes the delete.
+                    placement::release(db, &self.ctx.metrics, uuid).await?;
+                    self.ctx.metrics.count("compute.build_aborted_by_delete", 1);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+        // The row as this build last wrote it: each step writes against it in one round trip
+        // (a conflict re-reads), as nova's instance.save(expected_task_state=...) is one UPDATE.
+        let mut row = Some((version, inst.clone()));
         let result: Result<(), ServiceError> = async {
             if self.ctx.scenario.control.era == Era::Icehouse {
                 // Icehouse: the resource tracker's claim happens here, on the compute; a host
@@ -244,17 +245,21 @@ impl Compute {
                 }
             }
             let t = self.ctx.clock.now();
-            dbx::update_instance(db, uuid, &[None], |i| i.task_state = Some(TaskState::Networking)).await?;
+            let save = |row: Option<(u64, Instance)>, from: Option<TaskState>, to: Option<TaskState>| async move {
+                let expected = [from];
+                dbx::update_instance_known(db, uuid, row, &expected, move |i| i.task_state = to).await
+            };
+            row = Some(save(row.take(), None, Some(TaskState::Networking)).await?);
             let r = self.hv.allocate_network(&inst).await;
             self.ctx.metrics.record("compute.networking", self.ctx.clock.secs_since(t), r.is_ok());
             r?;
             let t = self.ctx.clock.now();
-            step(TaskState::Networking, Some(TaskState::BlockDeviceMapping)).await?;
+            row = Some(save(row.take(), Some(TaskState::Networking), Some(TaskState::BlockDeviceMapping)).await?);
             let r = self.hv.block_device_mapping(&inst).await;
             self.ctx.metrics.record("compute.block_device_mapping", self.ctx.clock.secs_since(t), r.is_ok());
             r?;
             let t = self.ctx.clock.now();
-            step(TaskState::BlockDeviceMapping, Some(TaskState::Spawning)).await?;
+            row = Some(save(row.take(), Some(TaskState::BlockDeviceMapping), Some(TaskState::Spawning)).await?);
             let r = self.hv.spawn(&inst, &spec.image).await;
             self.ctx.metrics.record("compute.spawn", self.ctx.clock.secs_since(t), r.is_ok());
             for (phase, secs) in r.as_ref().map(|p| p.as_slice()).unwrap_or(&[]) {
@@ -262,7 +267,7 @@ impl Compute {
             }
             r?;
             let now = self.ctx.clock.now_ms();
-            dbx::update_instance(db, uuid, &[Some(TaskState::Spawning)], |i| {
+            dbx::update_instance_known(db, uuid, row.take(), &[Some(TaskState::Spawning)], |i| {
                 i.vm_state = VmState::Active;
                 i.task_state = None;
                 i.power_state = PowerState::Running;

@@ -94,9 +94,27 @@ pub async fn update_instance(
     expected: &[Option<TaskState>],
     change: impl Fn(&mut Instance),
 ) -> Result<Instance, ServiceError> {
+    Ok(update_instance_known(db, uuid, None, expected, change).await?.1)
+}
+
+/// [`update_instance`] starting from `known`, the row as the caller last read or wrote it
+/// (version and value): the first attempt writes against it without reading first, one
+/// round trip as nova's `UPDATE ... WHERE task_state IN (...)` is; a conflict (somebody
+/// else wrote since) re-reads and re-checks. Returns the new version with the row.
+pub async fn update_instance_known(
+    db: &dyn Database,
+    uuid: &str,
+    mut known: Option<(u64, Instance)>,
+    expected: &[Option<TaskState>],
+    change: impl Fn(&mut Instance),
+) -> Result<(u64, Instance), ServiceError> {
     for _ in 0..CAS_RETRIES_MAX {
-        let Some((version, mut inst)) = get_instance(db, uuid).await? else {
-            return Err(ServiceError::NotFound(format!("instance {uuid}")));
+        let (version, mut inst) = match known.take() {
+            Some(row) => row,
+            None => match get_instance(db, uuid).await? {
+                Some(row) => row,
+                None => return Err(ServiceError::NotFound(format!("instance {uuid}"))),
+            },
         };
         if !expected.is_empty() && !expected.contains(&inst.task_state) {
             return Err(ServiceError::UnexpectedTaskState {
@@ -123,7 +141,10 @@ pub async fn update_instance(
             ops.push(Op::Put { table: Table::ProjectUsages, key, value: Record::ProjectUsage(usage), expect: uv });
         }
         match db.execute(ops).await {
-            Ok(_) => return Ok(inst),
+            Ok(results) => match results.first() {
+                Some(OpResult::Written(v)) => return Ok((*v, inst)),
+                _ => return Err(DbError::Backend(format!("instance {uuid}: a write returned no version")).into()),
+            },
             Err(DbError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }

@@ -70,8 +70,17 @@ impl Metrics {
         }
     }
 
-    pub fn explain(&self, request: &str, strategy: &str, decided: Vec<String>, explanation: Explanation) {
-        let why = if explanation.no_valid_host.is_some() { "no valid host" } else { "first decision" };
+    /// Records an explained decision; `no_valid_host` is the decision's outcome (the
+    /// explanation's own pipeline may differ for strategies that are not nova's).
+    pub fn explain(
+        &self,
+        request: &str,
+        no_valid_host: bool,
+        strategy: &str,
+        decided: Vec<String>,
+        explanation: Explanation,
+    ) {
+        let why = if no_valid_host { "no valid host" } else { "first decision" };
         let strategy = strategy.to_string();
         self.lock().explained.push(ExplainedDecision {
             request: request.to_string(),

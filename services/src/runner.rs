@@ -151,12 +151,14 @@ impl Workload {
         for pass in 0..passes {
             let (from, start_ms) = (self.ctx.metrics.marks(), self.ctx.clock.now_ms());
             self.clone().run_pass(pass).await;
-            if pass + 1 < passes {
-                self.delete_pass(pass).await;
-            }
+            // The window ends before the deletes between passes, so every pass's figures
+            // cover its boots alone.
             let window =
                 PassWindow { pass, start_ms, end_ms: self.ctx.clock.now_ms(), from, to: self.ctx.metrics.marks() };
             self.windows.lock().unwrap_or_else(|e| e.into_inner()).push(window);
+            if pass + 1 < passes {
+                self.delete_pass(pass).await;
+            }
         }
         let mut out = std::mem::take(&mut *self.results.lock().unwrap_or_else(|e| e.into_inner()));
         out.sort_by_key(|it| it.index);
@@ -180,8 +182,7 @@ impl Workload {
         for (index, uuid) in servers {
             let this = self.clone();
             handles.push(tokio::spawn(async move {
-                let tenant = &this.tenants[index as usize % this.tenants.len()];
-                let r = this.delete(tenant, &uuid).await;
+                let r = this.delete(this.tenant_of(index), &uuid).await;
                 this.ctx
                     .metrics
                     .count(if r.is_ok() { "workload.pass_deletes" } else { "workload.pass_deletes_failed" }, 1);
@@ -244,8 +245,14 @@ impl Workload {
         }
     }
 
+    /// The tenant of request `index`: every pass repeats the first pass's requests, in the
+    /// same projects.
+    fn tenant_of(&self, index: u32) -> &Tenant {
+        &self.tenants[(index % self.times.max(1)) as usize % self.tenants.len()]
+    }
+
     async fn iteration(&self, index: u32, pass: u32) {
-        let tenant = &self.tenants[index as usize % self.tenants.len()];
+        let tenant = self.tenant_of(index);
         let (flavor, image) = {
             // The first pass draws (in index order, as before passes existed); later passes
             // repeat its requests.

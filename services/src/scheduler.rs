@@ -327,7 +327,10 @@ impl Scheduler {
             };
             let complete = order.len() < k;
             let order: Vec<String> = order.into_iter().filter(|h| !tried.contains(h)).collect();
-            for (pos, host) in order.iter().enumerate() {
+            // A claim at `pos` returns the next alternates_max hosts as alternates: in a
+            // shortened order, claim only where those are all present.
+            let claimable = if complete { order.len() } else { order.len().saturating_sub(alternates_max) };
+            for (pos, host) in order.iter().enumerate().take(claimable) {
                 let claimed = skip_claim
                     || placement::claim(db, &self.ctx.metrics, &spec.instance_uuid, &spec.project, host, resources)
                         .await?
@@ -362,6 +365,10 @@ impl Scheduler {
             ))
         } else {
             match self.order_hosts(&spec, 1).await? {
+                Ok(order) if order.is_empty() => {
+                    self.ctx.metrics.count("no_valid_host", 1);
+                    Some("No valid host was found. The strategy returned no host".to_string())
+                }
                 Ok(order) => {
                     let host = order[0].clone();
                     if attempt > 1 {
@@ -449,7 +456,7 @@ impl Scheduler {
                 // The decision's NoValidHost is the one the run saw.
                 explanation.no_valid_host = Some(e.clone());
             }
-            metrics.explain(&spec.instance_uuid, strategy.name(), decided_hosts, explanation);
+            metrics.explain(&spec.instance_uuid, decided.is_err(), strategy.name(), decided_hosts, explanation);
         }
         Ok(match decided {
             Ok(order) => Ok(order.into_iter().map(|i| table.table.hosts()[i].node.host.clone()).collect()),
@@ -561,5 +568,132 @@ impl Scheduler {
         }
         let hosts = per_host.keys().cloned().collect();
         Ok((Some(g.policy), g.max_server_per_host, hosts, per_host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The live table against a table built afresh from the same rows: after usage, node,
+    //! service, liveness and group changes, both hold the same host states and decide alike.
+
+    use rand::{Rng, SeedableRng};
+    use stackbed_core::model::{Flavor, Image, Inventory, Provider, Resources};
+    use stackbed_core::store::{Row, Snapshot};
+    use stackbed_core::strategy;
+
+    use super::*;
+
+    fn node(host: &str, instances: u64) -> Arc<ComputeNode> {
+        Arc::new(ComputeNode {
+            host: host.into(),
+            vcpus: 16,
+            ram_mb: 65536,
+            disk_gb: 500,
+            hypervisor_type: "kvm".into(),
+            hypervisor_version: 9_000_000,
+            cpu_arch: "x86_64".into(),
+            vm_modes: vec!["hvm".into()],
+            num_instances: instances,
+            num_io_ops: 0,
+            stats: Default::default(),
+        })
+    }
+
+    fn inventories() -> [Inventory; 3] {
+        [Inventory::new(16, 0, 4.0), Inventory::new(65536, 512, 1.0), Inventory::new(500, 0, 1.0)]
+    }
+
+    fn provider_row(host: &str, used: Resources, version: u64) -> Row {
+        Row { version, value: Record::Provider(Provider { host: host.into(), inventories: inventories(), used }) }
+    }
+
+    fn cached(host: &str, version: u64, node: Arc<ComputeNode>, service: Option<ServiceView>) -> CachedHost {
+        let aggregates = HostAggregates::none();
+        CachedHost { host: host.into(), node_version: version, node, service, aggregates, ip: Some(1) }
+    }
+
+    /// What each row says, field by field (host states hold shared pointers, not values).
+    fn states(t: &HostTable) -> Vec<String> {
+        t.hosts()
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {:?} up={} disabled={} inv={:?} used={:?} failed={} group={}",
+                    h.node.host,
+                    h.node,
+                    h.service_up,
+                    h.service_disabled,
+                    h.inventories,
+                    h.used,
+                    h.failed_builds,
+                    h.group_members_here
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_synced_table_matches_a_fresh_one() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let names: Vec<String> = (0..40).map(|i| format!("host-{i:02}")).collect();
+        let mut providers = Snapshot::new();
+        let mut version = 1;
+        for n in &names {
+            providers.insert(n.clone(), provider_row(n, Resources::default(), version));
+            version += 1;
+        }
+        let service = |seen: u64, disabled: bool, failed: u32| {
+            Some(ServiceView { last_seen_ms: seen, disabled, failed_builds: failed })
+        };
+        let mut cache: Vec<CachedHost> = names.iter().map(|n| cached(n, 1, node(n, 0), service(0, false, 0))).collect();
+        let mut live = LiveTable::default();
+        let mut strategy = strategy::builtin("spread", &SchedulerConfig::default()).expect("built in");
+        let flavor = Flavor { name: "m1".into(), vcpus: 2, ram_mb: 4096, disk_gb: 20, extra_specs: Default::default() };
+        let image =
+            Image { name: "i".into(), size_mb: 10, disk_format: "qcow2".into(), properties: Default::default() };
+        let req = RequestView::new(&flavor, &image);
+        for round in 0..60u64 {
+            // Placement usage moves on a few hosts (a new row version each).
+            for _ in 0..rng.gen_range(0..6) {
+                let n = &names[rng.gen_range(0..names.len())];
+                let used = Resources::new(rng.gen_range(0..64), rng.gen_range(0..60000), rng.gen_range(0..400));
+                providers.insert(n.clone(), provider_row(n, used, version));
+                version += 1;
+            }
+            // Every few rounds the host cache refreshes: nodes, services and heartbeats change.
+            if round % 3 == 0 {
+                let mut next: Vec<CachedHost> = Vec::new();
+                for c in &cache {
+                    let changed = rng.gen_bool(0.2);
+                    let n = if changed { node(&c.host, rng.gen_range(0..30)) } else { c.node.clone() };
+                    let v = if changed { c.node_version + 1 } else { c.node_version };
+                    let s = service(rng.gen_range(0..round * 1000 + 1), rng.gen_bool(0.1), rng.gen_range(0..3));
+                    next.push(cached(&c.host, v, n, s));
+                }
+                cache = next;
+            }
+            let cache_arc = Arc::new(std::mem::take(&mut cache));
+            let now = round * 1000;
+            let mut members = BTreeMap::new();
+            if rng.gen_bool(0.5) {
+                members.insert(names[rng.gen_range(0..names.len())].clone(), rng.gen_range(1..4));
+            }
+            live.sync(&providers, &cache_arc, now, 30_000, &members);
+            let mut fresh = LiveTable::default();
+            fresh.sync(&providers, &cache_arc, now, 30_000, &members);
+            assert_eq!(states(&live.table), states(&fresh.table), "round {round}");
+            let seed = rng.gen();
+            let a = strategy.select_table(&live.table, &req, &mut rand::rngs::SmallRng::seed_from_u64(seed), 3);
+            let b = strategy.select_table(&fresh.table, &req, &mut rand::rngs::SmallRng::seed_from_u64(seed), 3);
+            assert_eq!(a.map_err(|e| e.reason), b.map_err(|e| e.reason), "round {round}");
+            // Keep the refreshed cache for the next round (the live table holds the Arc too).
+            cache = cache_arc.iter().map(|c| cached(&c.host, c.node_version, c.node.clone(), c.service)).collect();
+            if round % 3 != 2 {
+                // No refresh next round: hand the table the very same cache, as the service does.
+                let again = cache_arc.clone();
+                live.sync(&providers, &again, now + 1, 30_000, &members);
+                assert_eq!(states(&live.table), states(&fresh.table), "round {round}, same cache");
+            }
+        }
     }
 }

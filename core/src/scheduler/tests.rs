@@ -991,7 +991,7 @@ fn cidr_affinity_table() {
     ];
     for &(ip, cidr, host, inside) in cases {
         let net = parse_cidr(ip, cidr).unwrap_or_else(|e| panic!("{ip} {cidr}: {e}"));
-        let addr: std::net::IpAddr = host.parse().unwrap();
+        let addr: core::net::IpAddr = host.parse().unwrap();
         assert_eq!(net.contains(addr), inside, "{host} in {ip}{cidr} ({net})");
     }
     assert_eq!(parse_cidr("2001:db8:0:1::7", "/64").unwrap().to_string(), "2001:db8:0:1::/64");
