@@ -400,10 +400,15 @@ pub fn delete(path: &Path, name: &str) -> Result<Snapshot, Qcow2Error> {
         img.write(off, &table)?;
         off
     };
+    img.commit(&[(60, (snaps.len() as u32).to_be_bytes().to_vec()), (64, table_off.to_be_bytes().to_vec())])?;
+    // Only now, with the lowered refcounts and the shorter table on disk, may clusters the
+    // active disk alone holds get their COPIED flag back: setting it first and crashing
+    // before the commit would let QEMU write in place into clusters the snapshot still
+    // shares. A crash after the commit leaves flags unset, which costs copies, not data.
     let mut active = img.l1(img.h.l1_table_offset, img.h.l1_size)?;
     img.fix_copied_flags(&mut active)?;
     img.write_table(img.h.l1_table_offset, &active)?;
-    img.commit(&[(60, (snaps.len() as u32).to_be_bytes().to_vec()), (64, table_off.to_be_bytes().to_vec())])?;
+    img.file.sync_data().map_err(img.io())?;
     Ok(snap)
 }
 
