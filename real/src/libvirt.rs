@@ -325,11 +325,17 @@ fn wait_for_guest(
     uuid: &str,
     log: &Path,
     timeout: Duration,
+    closing: &std::sync::atomic::AtomicBool,
 ) -> Result<f64, HvError> {
     let t0 = Instant::now();
     loop {
+        if closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HvError::Abort(format!("guest {name}: the run ended while it booted")));
+        }
         let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(GUEST_ERROR)) {
+        // The marker at the start of a line: the guest's init reporting, not text it echoes
+        // from the drive (user_data may contain anything).
+        if let Some(line) = text.lines().find(|l| l.starts_with(GUEST_ERROR)) {
             return Err(HvError::Abort(format!("guest {name}: {}", line.trim())));
         }
         if text.contains(GUEST_READY) {
@@ -383,6 +389,9 @@ struct Shared {
     conn: Connect,
     /// Domains this host defined and has not undefined yet.
     defined: Mutex<BTreeSet<String>>,
+    /// Set by `destroy_all` when the run ends: a guest still booting stops waiting (its
+    /// thread cannot be cancelled otherwise) and is destroyed.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// One compute host's hypervisor: a libvirt connection.
@@ -407,7 +416,11 @@ impl LibvirtHypervisor {
             uri: uri.to_string(),
             kind,
             node: group.node(host),
-            shared: Arc::new(Shared { conn, defined: Mutex::new(BTreeSet::new()) }),
+            shared: Arc::new(Shared {
+                conn,
+                defined: Mutex::new(BTreeSet::new()),
+                closing: std::sync::atomic::AtomicBool::new(false),
+            }),
             images: None,
             guest: None,
         };
@@ -479,6 +492,7 @@ impl LibvirtHypervisor {
     /// Destroys and undefines every domain this host defined (end of a run). Returns the
     /// first error, after trying them all.
     pub async fn destroy_all(&self) -> Result<(), HvError> {
+        self.shared.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut first = Ok(());
         for name in self.domains() {
             let r = self.destroy_named(name).await;
@@ -609,7 +623,7 @@ impl Hypervisor for LibvirtHypervisor {
                 }
                 let mut p = vec![("define", define_s), ("start", t1.elapsed().as_secs_f64())];
                 if let (Some(g), Some(log)) = (&guest, &console) {
-                    match wait_for_guest(&dom, &name, &uuid, log, g.boot_timeout) {
+                    match wait_for_guest(&dom, &name, &uuid, log, g.boot_timeout, &s.closing) {
                         Ok(secs) => p.push(("guest_boot", secs)),
                         Err(e) => {
                             // As for a failed start: the reschedule finds nothing of this guest.
