@@ -104,7 +104,11 @@ pub fn generate_image(path: &Path, image: &Image) -> Result<DiskFormat, String> 
             image.name, image.disk_format
         )
     })?;
-    let size = image.size_mb.max(1) << 20;
+    let size = image
+        .size_mb
+        .max(1)
+        .checked_mul(1 << 20)
+        .ok_or_else(|| format!("image {}: size_mb {} is too large", image.name, image.size_mb))?;
     let pattern = image_pattern(&image.name);
     match format {
         DiskFormat::Raw => {
