@@ -157,14 +157,21 @@ impl Checker {
                     }
                 }
                 (Table::Instances, new) => {
-                    // Taken out and put back below: no copy of the previous row.
-                    let old = self.instances.remove(&w.key);
                     let Some(Record::Instance(new)) = new else {
+                        let old = self.instances.remove(&w.key);
                         self.violate("no_instance_lost", at_ms, seq, format!("instance row {} removed", w.key));
                         if let Some(o) = &old {
                             self.account(o, -1);
                         }
                         continue;
+                    };
+                    // One search: the new row takes the previous one's place (no copy of it).
+                    let old = match self.instances.get_mut(&w.key) {
+                        Some(slot) => Some(std::mem::replace(slot, new.clone())),
+                        None => {
+                            self.instances.insert(w.key.clone(), new.clone());
+                            None
+                        }
                     };
                     let to = (new.vm_state, new.task_state);
                     match &old {
@@ -216,7 +223,6 @@ impl Checker {
                             self.pending_by_time.remove(&(t, new.uuid.clone()));
                         }
                     }
-                    self.instances.insert(w.key.clone(), new.clone());
                 }
                 (Table::Providers, Some(Record::Provider(p))) => {
                     if let Some(why) = placement::over_capacity(p, &p.used) {

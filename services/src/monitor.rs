@@ -22,7 +22,7 @@ pub struct Monitor {
     first: FirstViolation,
     /// Committed writes per table, for the report.
     writes: std::collections::BTreeMap<&'static str, u64>,
-    /// The event line being hashed, reused across writes.
+    /// The event being hashed, reused across writes.
     line: Vec<u8>,
 }
 
@@ -30,22 +30,30 @@ pub type MonitorRef = Arc<Mutex<Monitor>>;
 
 /// One event-log line per write: time, commit, table/key and the new row (or DELETE).
 pub fn event_line(at_ms: Millis, seq: u64, table: &str, key: &str, new: Option<&Record>) -> String {
-    let mut out = Vec::new();
-    write_event_line(&mut out, at_ms, seq, table, key, new);
-    String::from_utf8(out).unwrap_or_default()
+    match new {
+        Some(r) => format!("{at_ms} #{seq} {table}/{key} {}", serde_json::to_string(r).unwrap_or_default()),
+        None => format!("{at_ms} #{seq} {table}/{key} DELETE"),
+    }
 }
 
-/// [`event_line`] appended to `out` (the monitor reuses one buffer for every write).
-fn write_event_line(out: &mut Vec<u8>, at_ms: Millis, seq: u64, table: &str, key: &str, new: Option<&Record>) {
-    use std::io::Write;
-    // Writes into a Vec cannot fail; a record that cannot serialise leaves the line empty
-    // after the key, as before.
-    let _ = write!(out, "{at_ms} #{seq} {table}/{key} ");
+/// One event as the digest hashes it: the same fields as [`event_line`] in a compact binary
+/// form (bincode of the record: no text formatting on the per-commit path), appended to
+/// `out`. The printed event lines stay JSON.
+fn write_event_record(out: &mut Vec<u8>, at_ms: Millis, seq: u64, table: &str, key: &str, new: Option<&Record>) {
+    out.extend_from_slice(&at_ms.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    for field in [table, key] {
+        out.extend_from_slice(&(field.len() as u64).to_le_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
     match new {
+        // Serialising into a Vec cannot fail for these records; were it to, the digest
+        // would still differ from a delete's (tag 1 against 0).
         Some(r) => {
-            let _ = serde_json::to_writer(&mut *out, r);
+            out.push(1);
+            let _ = bincode::serialize_into(&mut *out, r);
         }
-        None => out.extend_from_slice(b"DELETE"),
+        None => out.push(0),
     }
 }
 
@@ -63,7 +71,7 @@ impl Monitor {
     pub fn on_commit(&mut self, at_ms: Millis, commit: &Commit) {
         for w in &commit.writes {
             self.line.clear();
-            write_event_line(&mut self.line, at_ms, commit.seq, w.table.name(), &w.key, w.new.as_ref());
+            write_event_record(&mut self.line, at_ms, commit.seq, w.table.name(), &w.key, w.new.as_ref());
             self.digest.add(&self.line);
             *self.writes.entry(w.table.name()).or_default() += 1;
         }

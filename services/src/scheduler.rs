@@ -508,6 +508,8 @@ impl Scheduler {
         // Snapshots iterate in key order: the vector is sorted by host name, as the previous
         // one was, so reuse is a merge.
         let mut old = previous.iter().peekable();
+        // Services rows are keyed by host name too: a merge, not a lookup per host.
+        let mut svc = services.iter().peekable();
         let mut hosts = Vec::with_capacity(nodes.len());
         for (k, row) in nodes.iter() {
             let Record::ComputeNode(n) = &row.value else { continue };
@@ -516,8 +518,12 @@ impl Scheduler {
                 Some(c) if c.host == *k && c.node_version == row.version => c.node.clone(),
                 _ => Arc::new(n.clone()),
             };
-            let service = match services.get(k).map(|r| &r.value) {
-                Some(Record::Service(s)) => Some(ServiceView::of(s)),
+            while svc.next_if(|(sk, _)| *sk < k).is_some() {}
+            let service = match svc.peek() {
+                Some((sk, r)) if *sk == k => match &r.value {
+                    Record::Service(s) => Some(ServiceView::of(s)),
+                    _ => None,
+                },
                 _ => None,
             };
             let fixed = self.hosts.get(k);
