@@ -12,26 +12,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
 # qemu-utils (qemu-img, qemu-io) and genisoimage (isoinfo): the references the image tests
 # check the project's qcow2 images and config drives against.
 # qemu-system-x86, libvirt-daemon-system, linux-image-amd64, busybox-static, cpio, xz-utils: the
 # real guest (scripts/guest/build.sh) and the daemon that runs it.
-for pkg in libvirt-dev libsqlite3-dev pkg-config qemu-utils genisoimage \
-    qemu-system-x86 libvirt-daemon-system linux-image-amd64 busybox-static cpio xz-utils; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "== installing ${missing[*]} (needed by the real build)"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-# libvirtd for qemu:///system, started by hand (no systemd here); only its local socket.
+packages=(libvirt-dev libsqlite3-dev pkg-config qemu-utils genisoimage
+    qemu-system-x86 libvirt-daemon-system linux-image-amd64 busybox-static cpio xz-utils)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
+updated=""
+# Twice: installing one package can remove another. A machine with a backported qemu-utils
+# loses it when Debian's qemu-system-x86 comes in (their versions conflict); the second
+# round installs the matching qemu-utils.
+for _ in 1 2; do
+    missing=()
+    for pkg in "${packages[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -gt 0 ] || break
+    echo "== installing ${missing[*]} (needed by the real build)"
+    [ -n "$updated" ] || { $sudo apt-get update -qq; updated=1; }
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
+for tool in qemu-img qemu-io isoinfo qemu-system-x86_64; do
+    command -v "$tool" >/dev/null || { echo "FAILED: $tool is missing after the install" >&2; exit 1; }
+done
+
+# libvirtd for qemu:///system, started by hand (no systemd here); only its local socket.
 pgrep -x virtlogd >/dev/null || $sudo virtlogd -d
 pgrep -x libvirtd >/dev/null || $sudo libvirtd -d
 for _ in $(seq 1 50); do
