@@ -27,6 +27,15 @@ pub struct ExplainedDecision {
     pub explanation: Explanation,
 }
 
+/// [`ExplainedDecision::why`] for a decision's outcome.
+fn why(no_valid_host: bool) -> &'static str {
+    if no_valid_host {
+        "no valid host"
+    } else {
+        "first decision"
+    }
+}
+
 /// How many NoValidHost decisions a run's report explains (the first ones).
 pub const EXPLAINED_NO_VALID_HOST: usize = 3;
 
@@ -62,7 +71,7 @@ impl Metrics {
     /// decision of the run, and the first [`EXPLAINED_NO_VALID_HOST`] NoValidHosts.
     pub fn wants_explanation(&self, no_valid_host: bool) -> bool {
         let inner = self.lock();
-        let n = inner.explained.iter().filter(|e| (e.why == "no valid host") == no_valid_host).count();
+        let n = inner.explained.iter().filter(|e| e.why == why(no_valid_host)).count();
         if no_valid_host {
             n < EXPLAINED_NO_VALID_HOST
         } else {
@@ -80,7 +89,7 @@ impl Metrics {
         decided: Vec<String>,
         explanation: Explanation,
     ) {
-        let why = if no_valid_host { "no valid host" } else { "first decision" };
+        let why = why(no_valid_host);
         let strategy = strategy.to_string();
         self.lock().explained.push(ExplainedDecision {
             request: request.to_string(),

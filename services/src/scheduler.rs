@@ -59,6 +59,22 @@ impl ServiceView {
     }
 }
 
+impl CachedHost {
+    /// ComputeFilter's view: a services row seen within `down_after_ms`.
+    fn service_up(&self, now_ms: u64, down_after_ms: u64) -> bool {
+        self.service.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms)
+    }
+
+    /// A host without a services row counts as disabled.
+    fn service_disabled(&self) -> bool {
+        self.service.is_none_or(|s| s.disabled)
+    }
+
+    fn failed_builds(&self) -> u32 {
+        self.service.map_or(0, |s| s.failed_builds)
+    }
+}
+
 #[derive(Default)]
 struct HostCache {
     refreshed: Option<tokio::time::Instant>,
@@ -130,8 +146,7 @@ impl LiveTable {
             self.rebuild(providers, cached, now_ms, down_after_ms);
         }
         for (i, &at) in self.cache_index.iter().enumerate() {
-            let c = &cached[at];
-            let up = c.service.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms);
+            let up = cached[at].service_up(now_ms, down_after_ms);
             if self.table.hosts()[i].service_up != up {
                 self.table.update(i, |h| h.service_up = up);
             }
@@ -157,8 +172,7 @@ impl LiveTable {
         for (i, &at) in self.cache_index.iter().enumerate() {
             let c = &cached[at];
             let h = &self.table.hosts()[i];
-            let disabled = c.service.is_none_or(|s| s.disabled);
-            let failed = c.service.map_or(0, |s| s.failed_builds);
+            let (disabled, failed) = (c.service_disabled(), c.failed_builds());
             if !Arc::ptr_eq(&h.node, &c.node) || h.service_disabled != disabled || h.failed_builds != failed {
                 self.table.update(i, |h| {
                     h.node = c.node.clone();
@@ -214,14 +228,13 @@ impl LiveTable {
                 next += 1;
             }
             let Some(c) = cached.get(next).filter(|c| c.host == *key) else { continue };
-            let svc = c.service.as_ref();
             hosts.push(HostState {
                 node: c.node.clone(),
-                service_up: svc.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms),
-                service_disabled: svc.is_none_or(|s| s.disabled),
+                service_up: c.service_up(now_ms, down_after_ms),
+                service_disabled: c.service_disabled(),
                 inventories: p.inventories,
                 used: p.used,
-                failed_builds: svc.map_or(0, |s| s.failed_builds),
+                failed_builds: c.failed_builds(),
                 group_members_here: 0,
                 aggregates: c.aggregates.clone(),
                 host_ip: c.ip,
