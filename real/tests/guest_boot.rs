@@ -9,6 +9,8 @@
 //! with a loud message, unless `STACKBED_REQUIRE_GUEST` is set: then it fails.
 #![cfg(not(madsim))]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -16,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use stackbed_core::model::{Flavor, Instance};
 use stackbed_core::scenario::Scenario;
-use stackbed_core::states::{PowerState, TaskState, VmState};
 use stackbed_images::glance::ImageService;
 use stackbed_real::libvirt::{detect_accel, guest_report, GuestBoot, HostImages, LibvirtHypervisor};
 use stackbed_services::seams::Hypervisor;
@@ -51,23 +52,8 @@ fn workspace() -> PathBuf {
 }
 
 fn instance(uuid: &str, name: &str) -> Instance {
-    Instance {
-        uuid: uuid.into(),
-        name: name.into(),
-        project: "demo".into(),
-        user: "demo-user".into(),
-        flavor: Flavor { name: "m1.guest".into(), vcpus: 1, ram_mb: 256, disk_gb: 1, extra_specs: Default::default() },
-        image: "tiny".into(),
-        vm_state: VmState::Building,
-        task_state: Some(TaskState::Spawning),
-        power_state: PowerState::NoState,
-        host: Some("guest-host".into()),
-        created_at_ms: 0,
-        launched_at_ms: None,
-        deleted: false,
-        fault: None,
-        attempts: 1,
-    }
+    let flavor = Flavor { name: "m1.guest".into(), vcpus: 1, ram_mb: 256, disk_gb: 1, extra_specs: Default::default() };
+    common::spawning_instance(uuid, name, flavor, "tiny", "guest-host")
 }
 
 const SCENARIO: &str = r#"

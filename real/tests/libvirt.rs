@@ -2,11 +2,12 @@
 //! destroy, undefine, and libvirt errors mapped to reschedulable build failures.
 #![cfg(not(madsim))]
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use stackbed_core::model::{Flavor, Image, Instance};
 use stackbed_core::scenario::{HostGroup, Scenario};
-use stackbed_core::states::{PowerState, TaskState, VmState};
 use stackbed_real::libvirt::{detect_accel, domain_xml, Accel, LibvirtHypervisor, DEFAULT_URI};
 use stackbed_services::seams::{HvError, Hypervisor};
 use virt::connect::Connect;
@@ -47,23 +48,8 @@ fn group() -> HostGroup {
 }
 
 fn instance(name: &str, vcpus: u64, ram_mb: u64) -> Instance {
-    Instance {
-        uuid: name.to_string(),
-        name: name.to_string(),
-        project: "demo".into(),
-        user: "demo-user".into(),
-        flavor: Flavor { name: "f".into(), vcpus, ram_mb, disk_gb: 1, extra_specs: BTreeMap::new() },
-        image: "cirros".into(),
-        vm_state: VmState::Building,
-        task_state: Some(TaskState::Spawning),
-        power_state: PowerState::NoState,
-        host: Some("compute-1".into()),
-        created_at_ms: 0,
-        launched_at_ms: None,
-        deleted: false,
-        fault: None,
-        attempts: 1,
-    }
+    let flavor = Flavor { name: "f".into(), vcpus, ram_mb, disk_gb: 1, extra_specs: BTreeMap::new() };
+    common::spawning_instance(name, name, flavor, "cirros", "compute-1")
 }
 
 fn image() -> Image {
