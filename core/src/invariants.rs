@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::model::{Allocation, Millis, ProjectUsage, Provider, QuotaLimits, Record, Resources, Table};
 use crate::placement;
-use crate::states::{self, VmState};
+use crate::states::{self, TaskState, VmState};
 use crate::store::Commit;
 
 /// The invariants, by the names scenario files and reports use.
@@ -64,8 +64,16 @@ fn is_placed(i: &crate::model::Instance) -> bool {
     !i.deleted && i.vm_state != VmState::Error && i.vm_state != VmState::Deleted && i.host.is_some()
 }
 
+/// Whether an instance counts against its project's quota for `quota_respected`: live, not
+/// in ERROR, and past the conductor's recheck. nova creates the instance row first and then
+/// rechecks (counting it): two creates that raced past the API's check are both over quota
+/// for a moment, and the recheck puts them in ERROR before any compute sees them. An
+/// instance still scheduling has not passed the recheck yet.
 fn counts_for_quota(i: &crate::model::Instance) -> bool {
-    !i.deleted && i.vm_state != VmState::Error && i.vm_state != VmState::Deleted
+    !i.deleted
+        && i.vm_state != VmState::Error
+        && i.vm_state != VmState::Deleted
+        && !(i.vm_state == VmState::Building && i.task_state == Some(TaskState::Scheduling))
 }
 
 fn is_terminal(i: &crate::model::Instance) -> bool {
@@ -346,5 +354,78 @@ impl Checker {
     /// Accepted requests not yet terminal.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Flavor, Instance, Project};
+    use crate::states::PowerState;
+    use crate::store::Write;
+
+    fn instance(uuid: &str, vm_state: VmState, task_state: Option<TaskState>) -> Instance {
+        Instance {
+            uuid: uuid.into(),
+            name: uuid.into(),
+            project: "p".into(),
+            user: "u".into(),
+            flavor: Flavor { name: "m1.tiny".into(), vcpus: 1, ram_mb: 512, disk_gb: 1, extra_specs: BTreeMap::new() },
+            image: "cirros".into(),
+            vm_state,
+            task_state,
+            power_state: PowerState::NoState,
+            host: None,
+            created_at_ms: 0,
+            launched_at_ms: None,
+            deleted: false,
+            fault: None,
+            attempts: 1,
+        }
+    }
+
+    struct Run {
+        checker: Checker,
+        seq: u64,
+        rows: BTreeMap<String, Instance>,
+    }
+
+    impl Run {
+        fn new(instances: i64) -> Run {
+            let mut run = Run { checker: Checker::new(true, 600_000), seq: 0, rows: BTreeMap::new() };
+            let quota = QuotaLimits { instances, cores: -1, ram_mb: -1 };
+            let project = Record::Project(Project { id: "p".into(), name: "p".into(), quota });
+            run.commit(Table::Projects, "p", None, Some(project));
+            run
+        }
+        fn commit(&mut self, table: Table, key: &str, old: Option<Record>, new: Option<Record>) {
+            self.seq += 1;
+            let writes = vec![Write { table, key: key.into(), old, new }];
+            self.checker.on_commit(self.seq, &Commit { seq: self.seq, writes });
+        }
+        fn write(&mut self, i: Instance) {
+            let old = self.rows.insert(i.uuid.clone(), i.clone()).map(Record::Instance);
+            self.commit(Table::Instances, &i.uuid.clone(), old, Some(Record::Instance(i)));
+        }
+        fn quota_violations(&self) -> u64 {
+            self.checker.results().iter().find(|r| r.name == "quota_respected").map_or(0, |r| r.violations)
+        }
+    }
+
+    /// Two creates raced past the API's check: both rows exist over quota until the recheck
+    /// puts one in ERROR; only an instance past the recheck over quota is a violation.
+    #[test]
+    fn quota_counts_instances_past_the_recheck() {
+        let mut run = Run::new(1);
+        run.write(instance("a", VmState::Building, Some(TaskState::Scheduling)));
+        run.write(instance("b", VmState::Building, Some(TaskState::Scheduling)));
+        assert_eq!(run.quota_violations(), 0, "rows awaiting the recheck are not over quota yet");
+        run.write(instance("b", VmState::Error, None));
+        run.write(instance("a", VmState::Building, Some(TaskState::Spawning)));
+        assert_eq!(run.quota_violations(), 0);
+        // A recheck that let a second one through is caught once it builds.
+        run.write(instance("c", VmState::Building, Some(TaskState::Scheduling)));
+        run.write(instance("c", VmState::Building, Some(TaskState::Spawning)));
+        assert_eq!(run.quota_violations(), 1);
     }
 }
