@@ -1,6 +1,6 @@
 //! The simulated message broker: a node that owns named queues and routes messages between
-//! the services' endpoints, and the client side implementing the `Bus` seam over madsim's
-//! network. Semantics follow RabbitMQ as oslo.messaging uses it: a queue with several
+//! the services' connections, and the client side implementing the `Bus` seam over a simulated
+//! connection (`conn`). Semantics follow RabbitMQ as oslo.messaging uses it: a queue with several
 //! consumers delivers round-robin; messages to a queue nobody consumes wait in it; a call's
 //! reply travels through the caller's own reply queue.
 
@@ -11,14 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use madsim::net::Endpoint;
+use madsim::net::Sender;
 use tokio::sync::{mpsc, oneshot};
 
 use stackbed_services::metrics::Metrics;
 use stackbed_services::seams::{Bus, BusError, Incoming, ReplyTo, Rpc};
 
-/// The madsim message tag the bus uses.
-const TAG: u64 = 0xb05;
+use crate::conn;
 
 #[derive(Debug, Clone)]
 struct Delivery {
@@ -38,81 +37,79 @@ enum ToBroker {
 
 #[derive(Default)]
 struct Queue {
-    consumers: Vec<SocketAddr>,
+    /// Consuming connections, by number.
+    consumers: Vec<u64>,
     next: usize,
     backlog: VecDeque<Delivery>,
 }
 
-/// madsim charges every socket receive and send at least 1 ms of the calling task's time,
-/// so one receive loop tops out near 1,000 messages per simulated second. Endpoints that
-/// carry many messages therefore receive on several tasks, the way a server has several
-/// threads; each message still pays the simulated network latency.
-pub const SERVER_RECEIVERS: usize = 256;
-pub const CLIENT_RECEIVERS: usize = 16;
+#[derive(Default)]
+struct Broker {
+    queues: BTreeMap<String, Queue>,
+    conns: BTreeMap<u64, Arc<Sender>>,
+}
 
-/// Runs `handler` on every message arriving at `ep` for `tag`, from `receivers` tasks.
-/// Returns when every receiver stopped (the socket failed).
-pub async fn receive_on<F, Fut>(ep: Arc<Endpoint>, tag: u64, receivers: usize, handler: F)
-where
-    F: Fn(madsim::net::Payload, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut tasks = Vec::with_capacity(receivers);
-    for _ in 0..receivers {
-        let (ep, handler) = (ep.clone(), handler.clone());
-        tasks.push(tokio::spawn(async move {
-            while let Ok((payload, from)) = ep.recv_from_raw(tag).await {
-                handler(payload, from).await;
+impl Broker {
+    /// Routes `msg` from connection `from`; returns the deliveries to send.
+    fn route(&mut self, from: u64, msg: ToBroker) -> Vec<(Arc<Sender>, Delivery)> {
+        let mut out = Vec::new();
+        let mut push = |q: &mut Queue, d: Delivery, conns: &BTreeMap<u64, Arc<Sender>>| {
+            let c = q.consumers[q.next % q.consumers.len()];
+            q.next += 1;
+            if let Some(tx) = conns.get(&c) {
+                out.push((tx.clone(), d));
             }
-        }));
+        };
+        match msg {
+            ToBroker::Subscribe { queue } => {
+                let q = self.queues.entry(queue).or_default();
+                if !q.consumers.contains(&from) {
+                    q.consumers.push(from);
+                }
+                while let Some(d) = q.backlog.pop_front() {
+                    push(q, d, &self.conns);
+                }
+            }
+            ToBroker::Publish(d) => {
+                let q = self.queues.entry(d.queue.clone()).or_default();
+                if q.consumers.is_empty() {
+                    q.backlog.push_back(d);
+                } else {
+                    push(q, d, &self.conns);
+                }
+            }
+        }
+        out
     }
-    for t in tasks {
-        let _ = t.await;
+
+    /// A connection closed: its consumers go, as RabbitMQ cancels a closed channel's.
+    fn close(&mut self, conn: u64) {
+        self.conns.remove(&conn);
+        for q in self.queues.values_mut() {
+            q.consumers.retain(|&c| c != conn);
+        }
     }
 }
 
-/// The broker node's main loop. Returns only if its socket fails.
+/// The broker node's main loop: a connection per client. Returns only if its socket fails.
 pub async fn serve(addr: SocketAddr) -> io::Result<()> {
-    let ep = Arc::new(Endpoint::bind(addr).await?);
-    let queues: Arc<Mutex<BTreeMap<String, Queue>>> = Arc::default();
-    let sender = ep.clone();
-    receive_on(ep, TAG, SERVER_RECEIVERS, move |payload, from| {
-        let (queues, ep) = (queues.clone(), sender.clone());
+    let broker: Arc<Mutex<Broker>> = Arc::default();
+    let lock = |b: &Arc<Mutex<Broker>>| -> Arc<Mutex<Broker>> { b.clone() };
+    conn::accept_each(addr, move |id, tx, mut rx| {
+        let broker = lock(&broker);
+        broker.lock().unwrap_or_else(|e| e.into_inner()).conns.insert(id, Arc::new(tx));
         async move {
-            let Ok(msg) = payload.downcast::<ToBroker>() else { return };
-            // Decide under the lock, send after it: sends take simulated time.
-            let mut out = Vec::new();
-            {
-                let mut queues = queues.lock().unwrap_or_else(|e| e.into_inner());
-                match *msg {
-                    ToBroker::Subscribe { queue } => {
-                        let q = queues.entry(queue).or_default();
-                        if !q.consumers.contains(&from) {
-                            q.consumers.push(from);
-                        }
-                        while let Some(d) = q.backlog.pop_front() {
-                            out.push((q.consumers[q.next % q.consumers.len()], d));
-                            q.next += 1;
-                        }
-                    }
-                    ToBroker::Publish(d) => {
-                        let q = queues.entry(d.queue.clone()).or_default();
-                        if q.consumers.is_empty() {
-                            q.backlog.push_back(d);
-                        } else {
-                            out.push((q.consumers[q.next % q.consumers.len()], d));
-                            q.next += 1;
-                        }
-                    }
+            while let Some(msg) = conn::recv::<ToBroker>(&mut rx).await {
+                // Decide under the lock, send after it.
+                let out = broker.lock().unwrap_or_else(|e| e.into_inner()).route(id, *msg);
+                for (tx, d) in out {
+                    let _ = conn::send(&tx, d).await;
                 }
             }
-            for (dst, d) in out {
-                let _ = ep.send_to_raw(dst, TAG, Box::new(d)).await;
-            }
+            broker.lock().unwrap_or_else(|e| e.into_inner()).close(id);
         }
     })
-    .await;
-    Err(io::Error::new(io::ErrorKind::BrokenPipe, "broker socket closed"))
+    .await
 }
 
 #[derive(Default)]
@@ -124,8 +121,7 @@ struct ClientState {
 
 /// One service's connection to the broker.
 pub struct SimBus {
-    ep: Arc<Endpoint>,
-    broker: SocketAddr,
+    tx: Sender,
     reply_queue: String,
     state: Arc<Mutex<ClientState>>,
 }
@@ -133,14 +129,12 @@ pub struct SimBus {
 impl SimBus {
     /// Connects a client named `client` (unique per node: it names the reply queue).
     pub async fn connect(broker: SocketAddr, client: &str, metrics: Metrics) -> io::Result<Arc<SimBus>> {
-        let ep = Arc::new(Endpoint::bind("0.0.0.0:0").await?);
-        let reply_queue = format!("reply_{client}_{}", ep.local_addr()?.port());
+        let (tx, mut rx, port) = conn::connect(broker).await?;
+        let reply_queue = format!("reply_{client}_{port}");
         let state: Arc<Mutex<ClientState>> = Arc::default();
         let (rx_state, rq) = (state.clone(), reply_queue.clone());
-        tokio::spawn(receive_on(ep.clone(), TAG, CLIENT_RECEIVERS, move |payload, _| {
-            let (rx_state, rq, metrics) = (rx_state.clone(), rq.clone(), metrics.clone());
-            async move {
-                let Ok(d) = payload.downcast::<Delivery>() else { return };
+        tokio::spawn(async move {
+            while let Some(d) = conn::recv::<Delivery>(&mut rx).await {
                 let mut st = rx_state.lock().unwrap_or_else(|e| e.into_inner());
                 if d.queue == rq {
                     match d.correlation.and_then(|id| st.pending.remove(&id)) {
@@ -154,14 +148,14 @@ impl SimBus {
                     let _ = tx.send(Incoming { msg: d.msg, reply_to: d.reply_to });
                 }
             }
-        }));
-        let bus = Arc::new(SimBus { ep, broker, reply_queue: reply_queue.clone(), state });
+        });
+        let bus = Arc::new(SimBus { tx, reply_queue: reply_queue.clone(), state });
         bus.send(ToBroker::Subscribe { queue: reply_queue }).await?;
         Ok(bus)
     }
 
     async fn send(&self, msg: ToBroker) -> io::Result<()> {
-        self.ep.send_to_raw(self.broker, TAG, Box::new(msg)).await
+        conn::send(&self.tx, msg).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClientState> {

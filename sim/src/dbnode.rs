@@ -1,6 +1,6 @@
 //! The simulated database: a node that runs the in-memory transactional engine
 //! (`stackbed_core::store::MemStore`) and feeds every commit to the run monitor, and the
-//! client side implementing the `Database` seam over madsim's network.
+//! client side implementing the `Database` seam over a simulated connection (`conn`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use madsim::net::Endpoint;
+use madsim::net::Sender;
 use tokio::sync::oneshot;
 
 use stackbed_core::store::{DbError, MemStore, Op, OpResult};
@@ -17,9 +17,7 @@ use stackbed_services::clock::Clock;
 use stackbed_services::monitor::MonitorRef;
 use stackbed_services::seams::Database;
 
-use crate::broker::{receive_on, CLIENT_RECEIVERS, SERVER_RECEIVERS};
-
-const TAG: u64 = 0xdb;
+use crate::conn;
 
 /// How long a client waits for the database before reporting it unavailable.
 pub const DB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,33 +32,34 @@ struct Response {
     result: Result<Vec<OpResult>, DbError>,
 }
 
-/// The database node's main loop: one transaction at a time, in arrival order.
+/// The database node's main loop: one connection per client, one transaction at a time
+/// per connection, in arrival order. Returns only if its socket fails.
 pub async fn serve(addr: SocketAddr, monitor: MonitorRef, clock: Clock) -> io::Result<()> {
-    let ep = Arc::new(Endpoint::bind(addr).await?);
     let store = Arc::new(Mutex::new(MemStore::new()));
-    let sender = ep.clone();
-    receive_on(ep, TAG, SERVER_RECEIVERS, move |payload, from| {
-        let (store, monitor, ep) = (store.clone(), monitor.clone(), sender.clone());
+    conn::accept_each(addr, move |_, tx, mut rx| {
+        let (store, monitor) = (store.clone(), monitor.clone());
         async move {
-            let Ok(req) = payload.downcast::<Request>() else { return };
-            // Execute and observe under the store lock: commit order is observation order.
-            let result = {
-                let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-                match store.execute(req.ops) {
-                    Ok((results, commit)) => {
-                        if let Some(c) = commit {
-                            monitor.lock().unwrap_or_else(|e| e.into_inner()).on_commit(clock.now_ms(), &c);
+            while let Some(req) = conn::recv::<Request>(&mut rx).await {
+                // Execute and observe under the store lock: commit order is observation order.
+                let result = {
+                    let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+                    match store.execute(req.ops) {
+                        Ok((results, commit)) => {
+                            if let Some(c) = commit {
+                                monitor.lock().unwrap_or_else(|e| e.into_inner()).on_commit(clock.now_ms(), &c);
+                            }
+                            Ok(results)
                         }
-                        Ok(results)
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
+                };
+                if conn::send(&tx, Response { id: req.id, result }).await.is_err() {
+                    break;
                 }
-            };
-            let _ = ep.send_to_raw(from, TAG, Box::new(Response { id: req.id, result })).await;
+            }
         }
     })
-    .await;
-    Err(io::Error::new(io::ErrorKind::BrokenPipe, "database socket closed"))
+    .await
 }
 
 /// How often the run's sweeper fails the requests that have waited [`DB_TIMEOUT`]: a
@@ -109,29 +108,26 @@ impl DbClients {
 }
 
 pub struct SimDb {
-    ep: Arc<Endpoint>,
-    server: SocketAddr,
+    tx: Sender,
     state: Arc<Mutex<ClientState>>,
 }
 
 impl SimDb {
     /// Connects a client; `clients` is the run's sweeper, which enforces its timeouts.
     pub async fn connect(server: SocketAddr, clients: &DbClients) -> io::Result<Arc<SimDb>> {
-        let ep = Arc::new(Endpoint::bind("0.0.0.0:0").await?);
+        let (tx, mut rx, _) = conn::connect(server).await?;
         let state: Arc<Mutex<ClientState>> = Arc::default();
         clients.0.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&state));
         let rx_state = state.clone();
-        tokio::spawn(receive_on(ep.clone(), TAG, CLIENT_RECEIVERS, move |payload, _| {
-            let rx_state = rx_state.clone();
-            async move {
-                let Ok(resp) = payload.downcast::<Response>() else { return };
+        tokio::spawn(async move {
+            while let Some(resp) = conn::recv::<Response>(&mut rx).await {
                 let tx = rx_state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&resp.id);
                 if let Some((_, tx)) = tx {
                     let _ = tx.send(resp.result);
                 }
             }
-        }));
-        Ok(Arc::new(SimDb { ep, server, state }))
+        });
+        Ok(Arc::new(SimDb { tx, state }))
     }
 }
 
@@ -146,7 +142,7 @@ impl Database for SimDb {
             st.pending.insert(id, (tokio::time::Instant::now() + DB_TIMEOUT, tx));
             id
         };
-        if let Err(e) = self.ep.send_to_raw(self.server, TAG, Box::new(Request { id, ops })).await {
+        if let Err(e) = conn::send(&self.tx, Request { id, ops }).await {
             self.state.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&id);
             return Err(DbError::Unavailable(e.to_string()));
         }

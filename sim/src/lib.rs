@@ -8,6 +8,7 @@
 #![cfg(madsim)]
 
 pub mod broker;
+pub mod conn;
 pub mod dbnode;
 pub mod host;
 pub mod run;

@@ -17,6 +17,7 @@ use stackbed_services::monitor::Monitor;
 use stackbed_services::seams::BusRef;
 use stackbed_services::seams::Database;
 use stackbed_sim::broker::{self, SimBus};
+use stackbed_sim::conn;
 use stackbed_sim::dbnode::{self, DbClients, SimDb, DB_TIMEOUT, DB_TIMEOUT_SWEEP};
 
 const BROKER: &str = "10.9.0.1:5672";
@@ -64,11 +65,24 @@ fn a_silent_database_times_out() {
         let handle = Handle::current();
         let clients = DbClients::default();
         tokio::spawn(clients.clone().sweep());
+        // It accepts connections and reads every request, and answers none.
+        let silent = addr("10.9.9.9:3306");
+        handle
+            .create_node()
+            .ip(silent.ip())
+            .init(move || async move {
+                conn::accept_each(silent, |_, tx, mut rx| async move {
+                    while rx.recv().await.is_ok() {}
+                    drop(tx);
+                })
+                .await
+            })
+            .build();
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let client = handle.create_node().ip("10.9.1.2".parse().unwrap()).build();
         client
             .spawn(async move {
-                // Nothing listens at this address.
-                let db = SimDb::connect(addr("10.9.9.9:3306"), &clients).await.unwrap();
+                let db = SimDb::connect(silent, &clients).await.unwrap();
                 let t0 = tokio::time::Instant::now();
                 let res = db.execute(vec![Op::Get { table: Table::Users, key: "u".into() }]).await;
                 let waited = t0.elapsed();
