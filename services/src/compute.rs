@@ -129,12 +129,15 @@ impl Compute {
         let mut last_stats = (u64::MAX, u64::MAX);
         loop {
             self.ctx.clock.sleep(interval).await;
-            let node = self.node_row();
-            let stats = (node.num_instances, node.num_io_ops);
+            let stats = {
+                let l = self.local();
+                (l.instances, l.io_ops)
+            };
+            // The node row is written (and built) only when its stats changed.
             let extra = (stats != last_stats).then(|| Op::Put {
                 table: Table::ComputeNodes,
                 key: self.host.clone(),
-                value: Record::ComputeNode(node),
+                value: Record::ComputeNode(self.node_row()),
                 expect: Expect::Any,
             });
             if self.update_service(|s, now| s.last_seen_ms = now, extra).await.is_ok() {
