@@ -228,3 +228,38 @@ impl MemStore {
         self.tables.values().all(|t| t.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> Op {
+        Op::Put {
+            table: Table::Services,
+            key: key.into(),
+            value: Record::ProjectUsage(Default::default()),
+            expect: Expect::Any,
+        }
+    }
+
+    /// Short transactions compare pairs, long ones use a set: both refuse a key written
+    /// twice, wherever the second write is, and accept distinct keys and reads of one key.
+    #[test]
+    fn a_key_written_twice_is_refused_in_short_and_long_transactions() {
+        for len in [2, 3, 16, 17, 40] {
+            let distinct: Vec<Op> = (0..len).map(|i| put(&format!("k{i}"))).collect();
+            assert_eq!(validate_ops(&distinct), Ok(()), "{len} distinct keys");
+            for at in 1..len {
+                let mut ops = distinct.clone();
+                ops[at] = put("k0");
+                let err = validate_ops(&ops).expect_err("k0 twice");
+                assert!(err.to_string().contains("two writes to services/k0"), "{err}");
+            }
+            let mut reads = distinct.clone();
+            reads.push(Op::Get { table: Table::Services, key: "k0".into() });
+            assert_eq!(validate_ops(&reads), Ok(()), "a read of a written key is fine");
+        }
+        let other_table = vec![put("k"), Op::Delete { table: Table::Instances, key: "k".into(), expect: Expect::Any }];
+        assert_eq!(validate_ops(&other_table), Ok(()), "same key, other table");
+    }
+}
