@@ -12,15 +12,18 @@
 //! go through [`Disk::read`] instead, synchronously and while the other reads stay in flight.
 //!
 //! [`DepthReader::read_each`] reads into a pool of `depth` buffers that the reader owns: one
-//! allocation, 2 MiB-aligned with `MADV_HUGEPAGE`, so that a request's buffer is physically
-//! contiguous (a 1 MiB buffer of 4 KiB pages is 256 segments, more than a virtio disk's
-//! usual 254 per request, and the block layer splits it), and registered with the ring
-//! (`READ_FIXED`: the pages are pinned once, not per request). [`DepthReader::read_many`]
-//! reads into the caller's buffers (plain `READ`).
+//! allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`, so that a request's
+//! buffer is physically contiguous, and registered with the ring (`READ_FIXED`: the pages are
+//! pinned once, not per request). Physical contiguity is what makes the difference on a
+//! virtio disk: a 1 MiB buffer of scattered 4 KiB pages is up to 256 segments (more than
+//! virtio-blk's usual 254 per request, so the block layer splits it, and adjacent requests
+//! cannot be merged), one of a huge page is one. [`DepthReader::read_many`] reads into the
+//! caller's buffers (plain `READ`), with whatever pages they have.
 //!
 //! When the ring cannot be set up (seccomp, a kernel before 5.6, io_uring disabled) the reader
 //! falls back to `depth` threads, each with one blocking [`Disk::read`] in flight on a
-//! contiguous share of the requests; [`DepthReader::backend`] says which one runs and why.
+//! contiguous share of the requests (`read_each`: each into its own slot of the same pool);
+//! [`DepthReader::backend`] says which one runs and why.
 
 use std::alloc::Layout;
 use std::collections::VecDeque;
@@ -92,7 +95,8 @@ struct Pool {
 impl Pool {
     fn new(slots: usize, slot_len: usize) -> Pool {
         let slot_len = slot_len.max(1).next_multiple_of(4096);
-        let size = slots * slot_len;
+        // Whole huge pages: a huge page needs its 2 MiB-aligned range inside the advised area.
+        let size = (slots * slot_len).next_multiple_of(HUGE_PAGE);
         let layout = Layout::from_size_align(size, HUGE_PAGE).expect("buffer pool layout");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
@@ -168,7 +172,9 @@ impl Target for Buffers {
 struct Slots<'a, F> {
     reqs: &'a [(u64, usize)],
     pool: &'a Pool,
-    free: Vec<usize>,
+    /// Free slots, oldest first: requests in offset order then take slots in address order,
+    /// so that adjacent requests the block layer merges have adjacent buffers.
+    free: VecDeque<usize>,
     slot_of: Vec<usize>,
     done: F,
 }
@@ -181,7 +187,7 @@ impl<F: FnMut(usize, &[u8]) -> Result<(), DiskError>> Target for Slots<'_, F> {
         self.reqs[i]
     }
     fn begin(&mut self, i: usize) -> Option<(*mut u8, Option<u16>)> {
-        let slot = self.free.pop()?;
+        let slot = self.free.pop_front()?;
         self.slot_of[i] = slot;
         Some((self.pool.slot(slot), self.pool.registered.then_some(slot as u16)))
     }
@@ -191,7 +197,7 @@ impl<F: FnMut(usize, &[u8]) -> Result<(), DiskError>> Target for Slots<'_, F> {
         // nothing else writes it until it is freed below.
         let data = unsafe { std::slice::from_raw_parts(self.pool.slot(slot), self.reqs[i].1) };
         let r = (self.done)(i, data);
-        self.free.push(slot);
+        self.free.push_back(slot);
         r
     }
 }
@@ -252,10 +258,16 @@ impl<'d> DepthReader<'d> {
         self.prepare_pool(max_len);
         let pool = self.pool.take().expect("pool prepared");
         let mut target =
-            Slots { reqs, pool: &pool, free: (0..pool.slots).rev().collect(), slot_of: vec![0; reqs.len()], done };
+            Slots { reqs, pool: &pool, free: (0..pool.slots).collect(), slot_of: vec![0; reqs.len()], done };
         let r = self.run(&mut target);
         self.pool = Some(pool);
         r
+    }
+
+    /// Sets up [`DepthReader::read_each`]'s buffers for requests of up to `len` bytes now
+    /// rather than on its first call (which does it otherwise).
+    pub fn reserve(&mut self, len: usize) {
+        self.prepare_pool(len);
     }
 
     /// Makes sure the pool has `depth` slots of at least `len` bytes, registered if it can be.
@@ -263,14 +275,17 @@ impl<'d> DepthReader<'d> {
         if self.pool.as_ref().is_some_and(|p| p.slot_len >= len && p.slots == self.depth) {
             return;
         }
-        let Some(ring) = &self.ring else { return };
         if let Some(old) = self.pool.take() {
-            if old.registered {
+            if let (true, Some(ring)) = (old.registered, &self.ring) {
                 let _ = ring.submitter().unregister_buffers();
             }
             drop(old);
         }
         let mut pool = Pool::new(self.depth, len.max(self.disk.mem_align()));
+        let Some(ring) = &self.ring else {
+            self.pool = Some(pool);
+            return;
+        };
         // Registration needs slot lengths of at most 1 GiB and at most 16384 buffers.
         if pool.slot_len as u64 <= MAX_SEGMENT && pool.slots <= u16::MAX as usize {
             // SAFETY: the buffers live in `pool`, which stays registered only while it is
@@ -502,7 +517,7 @@ impl<'d> DepthReader<'d> {
 
     /// The thread path of [`DepthReader::read_each`]: a buffer per thread.
     fn threads_each(
-        &self,
+        &mut self,
         reqs: &[(u64, usize)],
         max_len: usize,
         done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
@@ -510,9 +525,10 @@ impl<'d> DepthReader<'d> {
         if reqs.is_empty() {
             return Ok(());
         }
+        self.prepare_pool(max_len);
+        let pool = self.pool.as_ref().expect("pool prepared");
         let per = reqs.len().div_ceil(self.depth);
         let disk = self.disk;
-        let align = disk.mem_align().max(4096);
         let done = Mutex::new(done);
         std::thread::scope(|s| {
             let handles: Vec<_> = reqs
@@ -520,10 +536,11 @@ impl<'d> DepthReader<'d> {
                 .enumerate()
                 .map(|(k, chunk)| {
                     let done = &done;
+                    // SAFETY: slot k (k < depth) is this thread's alone for the scope.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
                     s.spawn(move || -> Result<(), DiskError> {
-                        let mut buf = crate::disk::AlignedBuf::new(max_len, align);
                         for (j, &(o, len)) in chunk.iter().enumerate() {
-                            let b = &mut buf.as_mut_slice()[..len];
+                            let b = &mut buf[..len];
                             disk.read(b, o)?;
                             let mut f = done.lock().unwrap_or_else(|p| p.into_inner());
                             (*f)(k * per + j, b)?;
