@@ -286,7 +286,8 @@ impl<'d> DepthReader<'d> {
             self.pool = Some(pool);
             return;
         };
-        // Registration needs slot lengths of at most 1 GiB and at most 16384 buffers.
+        // Registered buffers are at most 1 GiB each and indexed by a u16; the kernel refuses
+        // what it cannot take, and the reads are then plain READ.
         if pool.slot_len as u64 <= MAX_SEGMENT && pool.slots <= u16::MAX as usize {
             // SAFETY: the buffers live in `pool`, which stays registered only while it is
             // alive: it is unregistered above before being dropped, and the ring (dropped
