@@ -6,8 +6,13 @@
 //!   microseconds per overlay;
 //! - 4 KiB random read/write and 1 MiB sequential read/write on raw, qcow2 and an empty
 //!   overlay reading through to its qcow2 base, at queue depth 1 and at qemu-img bench's
-//!   default depth (64): ours through imago (depth D = min(D, CPUs) threads sharing one open
-//!   image, each with one request in flight), QEMU's
+//!   default depth (64). Ours: reads with O_DIRECT, and warm random reads at depth 64, through
+//!   `stackbed_images::uring::DepthReader` (each request mapped through imago to host ranges,
+//!   D host reads in flight with io_uring in offset order, D buffers of the reader's pool:
+//!   2 MiB-aligned huge pages registered with the ring; threads if io_uring is unavailable,
+//!   and the row's note says so); the other rows through imago's blocking API from
+//!   min(D, CPUs) threads (D with O_DIRECT) sharing one open image, each with one request in
+//!   flight. The image is opened (and the reader set up) before the clock starts. QEMU's
 //!   through `qemu-img bench` (sequential, it reports its own run time) and `qemu-io` (random:
 //!   the same offsets as a command script on stdin, depth 64 as batches of 64 `aio_read`/
 //!   `aio_write` and an `aio_flush`; its process start-up, measured with an empty script on the
@@ -28,9 +33,11 @@
 //!
 //! Page cache and O_DIRECT are stated per row (`page_cache`, `o_direct`). The I/O grid runs
 //! twice: warm (every file read once before it is measured; ours buffered, QEMU's tools
-//! `-t writeback`), then with O_DIRECT on both sides (ours `OpenOptions::direct` with 4 KiB-aligned
-//! buffers and one thread per queue slot; QEMU's `-t none`), the files' pages dropped before
-//! each run. If the filesystem refuses O_DIRECT the second grid runs buffered from a dropped
+//! `-t writeback`), then with O_DIRECT on both sides (ours `OpenOptions::direct`: reads
+//! through the depth reader, writes from one thread per queue slot with 4 KiB-aligned buffers;
+//! QEMU's `-t none`, i.e. `qemu-img bench -c 1024 -d D -f FMT -s 1M -S 1M -t none FILE` for
+//! the sequential rows, aio=threads: a 64-worker pool doing preadv), the files' pages dropped
+//! before each run. If the filesystem refuses O_DIRECT the second grid runs buffered from a dropped
 //! page cache and every such row says so. Files live in the system's temporary directory and
 //! are removed afterwards.
 
@@ -43,6 +50,7 @@ use serde::Serialize;
 
 use stackbed_images::convert::{self, Durability};
 use stackbed_images::disk::{self, Disk, OpenOptions};
+use stackbed_images::uring::{Backend, DepthReader};
 use stackbed_images::{qcow2, qemu};
 
 /// Size of the images the I/O benchmarks run on.
@@ -306,7 +314,8 @@ fn offsets(pattern: Pattern, size: u64) -> Vec<u64> {
     }
 }
 
-/// Threads that serve queue depth `depth` on our side: imago's `sync` API blocks, so each
+/// Threads that serve queue depth `depth` on our side where the row does not use the depth
+/// reader (see [`read_at_depth`]): imago's `sync` API blocks, so each
 /// thread keeps one request in flight. On page-cache-resident data a request is CPU work
 /// (a copy), so more threads than CPUs only add switches: depth D uses min(D, CPUs) threads.
 /// With O_DIRECT a request waits on the device, not the CPU: depth D is D threads.
@@ -318,7 +327,9 @@ fn workers(depth: usize, mode: CacheMode) -> usize {
     }
 }
 
-/// Runs the ops on `threads` threads sharing one open image; returns ops per second.
+/// Runs the ops on `threads` threads sharing one open image; returns ops per second. The
+/// image is opened before the clock starts (QEMU's side: qemu-img bench times its run only,
+/// qemu-io's start-up is subtracted).
 fn ours_io(path: &Path, pattern: Pattern, offs: &[u64], threads: usize, direct: bool) -> Result<f64, String> {
     let d = Disk::open(path, OpenOptions { writable: pattern.write(), direct }).map_err(|e| e.to_string())?;
     let block = pattern.block() as usize;
@@ -353,6 +364,43 @@ fn ours_io(path: &Path, pattern: Pattern, offs: &[u64], threads: usize, direct: 
     })?;
     d.flush().map_err(|e| e.to_string())?;
     Ok(offs.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Reads the ops through `stackbed_images::uring::DepthReader` at queue depth `depth` (the
+/// requests in the order given, `depth` of them in flight, a buffer each, as qemu-img bench
+/// has); returns ops per second and what served them (io_uring, or threads where io_uring is
+/// unavailable). The image is opened and the reader's ring and buffers set up before the clock
+/// starts, as qemu-img bench allocates its buffers before its timer.
+fn ours_read_at_depth(
+    path: &Path,
+    pattern: Pattern,
+    offs: &[u64],
+    depth: usize,
+    direct: bool,
+) -> Result<(f64, Backend), String> {
+    let d = Disk::open(path, OpenOptions { writable: false, direct }).map_err(|e| e.to_string())?;
+    let block = pattern.block() as usize;
+    let mut reader = DepthReader::new(&d, depth);
+    reader.reserve(block);
+    let reqs: Vec<(u64, usize)> = offs.iter().map(|&o| (o, block)).collect();
+    let t = Instant::now();
+    reader.read_each(&reqs, |_, _| Ok(())).map_err(|e| e.to_string())?;
+    let rate = offs.len() as f64 / t.elapsed().as_secs_f64();
+    Ok((rate, reader.backend()))
+}
+
+/// Which read rows our side serves through `uring::DepthReader` (io_uring at the row's depth)
+/// rather than threads over `Disk::read`: every O_DIRECT read, and warm random reads at depth
+/// (measured faster there). Warm sequential reads are page-cache copies that two threads do
+/// faster than one ring; warm depth 1 is one blocking read; the `Dropped` fallback grid was
+/// not measured with it and keeps the threads.
+fn read_at_depth(pattern: Pattern, depth: usize, mode: CacheMode) -> bool {
+    !pattern.write()
+        && match mode {
+            CacheMode::Direct => true,
+            CacheMode::Warm => depth > 1 && pattern.random(),
+            CacheMode::Dropped => false,
+        }
 }
 
 fn fmt_of(path: &Path) -> &'static str {
@@ -460,10 +508,19 @@ fn bench_io(dir: &Path, raw: &Path, qcow2: &Path, mode: CacheMode, rows: &mut Ve
                 }
                 let ours_file = target("ours")?;
                 let repeats = if pattern.random() { 1 } else { SEQ_REPEATS };
+                let queued = read_at_depth(pattern, depth, mode);
                 let mut ours = 0f64;
+                let mut backend = None;
                 for _ in 0..repeats {
                     settle(&ours_file, mode)?;
-                    ours = ours.max(ours_io(&ours_file, pattern, &offs, workers(depth, mode), mode.direct())?);
+                    let rate = if queued {
+                        let (rate, b) = ours_read_at_depth(&ours_file, pattern, &offs, depth, mode.direct())?;
+                        backend = Some(b);
+                        rate
+                    } else {
+                        ours_io(&ours_file, pattern, &offs, workers(depth, mode), mode.direct())?
+                    };
+                    ours = ours.max(rate);
                 }
                 let qemu_file = target("qemu")?;
                 let (qemu, reference) = if pattern.random() {
@@ -487,12 +544,25 @@ fn bench_io(dir: &Path, raw: &Path, qcow2: &Path, mode: CacheMode, rows: &mut Ve
                         notes.push("allocating writes (copy-on-write from the base)".to_string());
                     }
                 }
-                if mode != CacheMode::Warm {
-                    notes.push(format!(
-                        "ours: {} threads, 4 KiB-aligned buffers{}",
-                        workers(depth, mode),
-                        if pattern.random() { format!("; {} requests per side", offs.len()) } else { String::new() }
-                    ));
+                let requests = if pattern.random() && mode != CacheMode::Warm {
+                    format!("; {} requests per side", offs.len())
+                } else {
+                    String::new()
+                };
+                match backend {
+                    Some(Backend::IoUring { registered_buffers }) => notes.push(format!(
+                        "ours: uring::DepthReader, io_uring with {depth} reads in flight in offset order, {depth} \
+                         2 MiB-aligned MADV_HUGEPAGE buffers{}{requests}",
+                        if registered_buffers { " registered with the ring (READ_FIXED)" } else { "" }
+                    )),
+                    Some(Backend::Threads { reason }) => notes.push(format!(
+                        "ours: uring::DepthReader fell back to {depth} threads, one blocking read each \
+                         (io_uring unavailable: {reason}){requests}"
+                    )),
+                    None if mode != CacheMode::Warm => {
+                        notes.push(format!("ours: {} threads, 4 KiB-aligned buffers{requests}", workers(depth, mode)))
+                    }
+                    None => {}
                 }
                 if mode == CacheMode::Dropped {
                     notes.push("the filesystem refused O_DIRECT: buffered I/O from a dropped page cache".into());

@@ -177,6 +177,7 @@ pub fn create_overlay_fast(path: &Path, backing: &Path, size: Option<u64>) -> Re
 pub struct Disk {
     access: FormatAccess<ImagoFile>,
     path: PathBuf,
+    direct: bool,
 }
 
 /// How an image is opened.
@@ -213,7 +214,7 @@ impl Disk {
                     .map_err(io_err("cannot open raw image", path))?,
             ),
         };
-        Ok(Disk { access, path: path.to_path_buf() })
+        Ok(Disk { access, path: path.to_path_buf(), direct: opts.direct })
     }
 
     pub fn size(&self) -> u64 {
@@ -222,6 +223,24 @@ impl Disk {
 
     pub fn mem_align(&self) -> usize {
         self.access.mem_align()
+    }
+
+    /// Offset and length alignment requests need to avoid bounce buffers (O_DIRECT).
+    pub fn req_align(&self) -> usize {
+        self.access.req_align()
+    }
+
+    /// Whether the image was opened with O_DIRECT.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn access(&self) -> &FormatAccess<ImagoFile> {
+        &self.access
     }
 
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {

@@ -10,6 +10,8 @@
 //! - [`glance`]: the image service: records, upload and download with SHA-256 verification.
 //! - [`cache`]: the compute host's `_base` cache: one download per image and host, optional
 //!   conversion to raw, an overlay per instance, removal of unused bases after an age.
+//! - [`uring`]: reads of a disk at a queue depth: guest ranges mapped to host ranges through
+//!   the format layer, host reads through io_uring (threads where io_uring is unavailable).
 //! - [`qemu`]: QEMU's tools as the reference (`qemu-img check`/`compare`/`info`, `qemu-io`).
 //!
 //! The crate is empty in simulator builds (`--cfg madsim`); the simulator's image costs live
@@ -24,3 +26,4 @@ pub mod glance;
 pub mod qcow2;
 pub mod qemu;
 pub mod snapshot;
+pub mod uring;

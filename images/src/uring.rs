@@ -1,0 +1,585 @@
+//! Reads at a queue depth: many guest reads of one [`Disk`] with up to `depth` host reads in
+//! flight, through io_uring.
+//!
+//! Each guest range is resolved to host file ranges through the format layer (imago's
+//! `get_mapping`, which walks the backing chain: identity for raw, the L2 tables for qcow2,
+//! the base for an overlay's unallocated clusters). Zero and unallocated ranges are filled with
+//! zeroes here; data ranges become io_uring reads on our own descriptors for the host files
+//! (opened by name, with O_DIRECT when the disk was). Requests are mapped and submitted in the
+//! order given, so a sequential list keeps the in-flight reads at adjacent host offsets, as
+//! QEMU's thread pool does. What cannot be read as a plain host range (compressed clusters,
+//! ranges not aligned for O_DIRECT, a host file without a name) and the rest of a short read
+//! go through [`Disk::read`] instead, synchronously and while the other reads stay in flight.
+//!
+//! [`DepthReader::read_each`] reads into a pool of `depth` buffers that the reader owns: one
+//! allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`, so that a request's
+//! buffer is physically contiguous, and registered with the ring (`READ_FIXED`: the pages are
+//! pinned once, not per request). Physical contiguity is what makes the difference on a
+//! virtio disk: a 1 MiB buffer of scattered 4 KiB pages is up to 256 segments (more than
+//! virtio-blk's usual 254 per request, so the block layer splits it, and adjacent requests
+//! cannot be merged), one of a huge page is one. [`DepthReader::read_many`] reads into the
+//! caller's buffers (plain `READ`), with whatever pages they have.
+//!
+//! When the ring cannot be set up (seccomp, a kernel before 5.6, io_uring disabled) the reader
+//! falls back to `depth` threads, each with one blocking [`Disk::read`] in flight on a
+//! contiguous share of the requests (`read_each`: each into its own slot of the same pool);
+//! [`DepthReader::backend`] says which one runs and why.
+
+use std::alloc::Layout;
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use imago::file::File as ImagoFile;
+use imago::{Mapping, Storage};
+use io_uring::{opcode, types, IoUring};
+
+use crate::disk::{io_err, Disk, DiskError};
+
+/// The largest host read put into one ring entry (its length is a `u32`).
+const MAX_SEGMENT: u64 = 1 << 30;
+/// The deepest queue a reader keeps (its ring's size).
+pub const MAX_DEPTH: usize = 4096;
+/// Alignment of the buffer pool: a transparent huge page.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// What serves a [`DepthReader`]'s reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring; `registered_buffers`: whether the buffer pool of [`DepthReader::read_each`]
+    /// is registered with the ring (`READ_FIXED`).
+    IoUring { registered_buffers: bool },
+    /// `depth` threads with one blocking read each, because io_uring could not be used.
+    Threads { reason: String },
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::IoUring { registered_buffers: true } => write!(f, "io_uring, registered buffers"),
+            Backend::IoUring { registered_buffers: false } => write!(f, "io_uring"),
+            Backend::Threads { reason } => write!(f, "threads (io_uring unavailable: {reason})"),
+        }
+    }
+}
+
+/// Reads of one disk with up to `depth` host reads in flight. See the module docs.
+pub struct DepthReader<'d> {
+    disk: &'d Disk,
+    depth: usize,
+    ring: Option<IoUring>,
+    reason: String,
+    /// Our descriptors for the host files, by the imago storage object they stand for.
+    files: Vec<HostFile>,
+    pool: Option<Pool>,
+}
+
+struct HostFile {
+    storage: *const ImagoFile,
+    /// `None`: the storage has no file name; its ranges go through `Disk::read`.
+    file: Option<std::fs::File>,
+}
+
+/// `slots` buffers of `slot_len` bytes in one allocation.
+struct Pool {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    slot_len: usize,
+    slots: usize,
+    registered: bool,
+}
+
+impl Pool {
+    fn new(slots: usize, slot_len: usize) -> Pool {
+        let slot_len = slot_len.max(1).next_multiple_of(4096);
+        // Whole huge pages: a huge page needs its 2 MiB-aligned range inside the advised area.
+        let size = (slots * slot_len).next_multiple_of(HUGE_PAGE);
+        let layout = Layout::from_size_align(size, HUGE_PAGE).expect("buffer pool layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // SAFETY: the range is the allocation just made. Advice only: failure changes nothing.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_HUGEPAGE) };
+        // SAFETY: within the allocation; the pages are touched now rather than during reads.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, size) };
+        Pool { ptr, layout, slot_len, slots, registered: false }
+    }
+
+    fn slot(&self, i: usize) -> *mut u8 {
+        debug_assert!(i < self.slots);
+        // SAFETY: slot i lies within the allocation.
+        unsafe { self.ptr.as_ptr().add(i * self.slot_len) }
+    }
+
+    fn iovecs(&self) -> Vec<libc::iovec> {
+        (0..self.slots).map(|i| libc::iovec { iov_base: self.slot(i).cast(), iov_len: self.slot_len }).collect()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `Pool::new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// A host read: `len` bytes at `host` in `files[file]` into `ptr`, for guest offset `guest`
+/// of request `req`.
+struct Segment {
+    req: usize,
+    file: usize,
+    host: u64,
+    guest: u64,
+    ptr: *mut u8,
+    len: usize,
+    fixed: Option<u16>,
+}
+
+/// Where request `i` reads to and what happens when it is complete.
+trait Target {
+    fn count(&self) -> usize;
+    fn request(&self, i: usize) -> (u64, usize);
+    /// The buffer for request `i` (and its registered index), or `None` when none is free
+    /// until an earlier request finishes.
+    fn begin(&mut self, i: usize) -> Option<(*mut u8, Option<u16>)>;
+    fn finish(&mut self, i: usize) -> Result<(), DiskError>;
+}
+
+/// Caller-owned buffers (borrowed by `read_many` for the whole run).
+struct Buffers {
+    reqs: Vec<(u64, *mut u8, usize)>,
+}
+
+impl Target for Buffers {
+    fn count(&self) -> usize {
+        self.reqs.len()
+    }
+    fn request(&self, i: usize) -> (u64, usize) {
+        (self.reqs[i].0, self.reqs[i].2)
+    }
+    fn begin(&mut self, i: usize) -> Option<(*mut u8, Option<u16>)> {
+        Some((self.reqs[i].1, None))
+    }
+    fn finish(&mut self, _: usize) -> Result<(), DiskError> {
+        Ok(())
+    }
+}
+
+/// The reader's pool: a slot per request in flight; `done` sees the bytes when it completes.
+struct Slots<'a, F> {
+    reqs: &'a [(u64, usize)],
+    pool: &'a Pool,
+    /// Free slots, oldest first: requests in offset order then take slots in address order,
+    /// so that adjacent requests the block layer merges have adjacent buffers.
+    free: VecDeque<usize>,
+    slot_of: Vec<usize>,
+    done: F,
+}
+
+impl<F: FnMut(usize, &[u8]) -> Result<(), DiskError>> Target for Slots<'_, F> {
+    fn count(&self) -> usize {
+        self.reqs.len()
+    }
+    fn request(&self, i: usize) -> (u64, usize) {
+        self.reqs[i]
+    }
+    fn begin(&mut self, i: usize) -> Option<(*mut u8, Option<u16>)> {
+        let slot = self.free.pop_front()?;
+        self.slot_of[i] = slot;
+        Some((self.pool.slot(slot), self.pool.registered.then_some(slot as u16)))
+    }
+    fn finish(&mut self, i: usize) -> Result<(), DiskError> {
+        let slot = self.slot_of[i];
+        // SAFETY: the slot's reads are all complete; it holds the request's `len` bytes and
+        // nothing else writes it until it is freed below.
+        let data = unsafe { std::slice::from_raw_parts(self.pool.slot(slot), self.reqs[i].1) };
+        let r = (self.done)(i, data);
+        self.free.push_back(slot);
+        r
+    }
+}
+
+impl<'d> DepthReader<'d> {
+    /// A reader for `disk` keeping up to `depth` (1 to [`MAX_DEPTH`]) host reads in flight. Never
+    /// fails: without io_uring it runs on threads (see [`DepthReader::backend`]).
+    pub fn new(disk: &'d Disk, depth: usize) -> DepthReader<'d> {
+        let depth = depth.clamp(1, MAX_DEPTH);
+        let (ring, reason) = match setup_ring(depth) {
+            Ok(ring) => (Some(ring), String::new()),
+            Err(e) => (None, e),
+        };
+        DepthReader { disk, depth, ring, reason, files: Vec::new(), pool: None }
+    }
+
+    /// A reader that uses the thread path even where io_uring works (for comparisons).
+    pub fn with_threads(disk: &'d Disk, depth: usize) -> DepthReader<'d> {
+        let reason = "threads asked for".to_string();
+        DepthReader { disk, depth: depth.max(1), ring: None, reason, files: Vec::new(), pool: None }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    pub fn backend(&self) -> Backend {
+        match &self.ring {
+            Some(_) => Backend::IoUring { registered_buffers: self.pool.as_ref().is_some_and(|p| p.registered) },
+            None => Backend::Threads { reason: self.reason.clone() },
+        }
+    }
+
+    /// Reads each `(offset, buf)`: exactly what [`Disk::read`] of each would give (zeroes
+    /// past the end of the disk). On an error the reads in flight are waited for, then the
+    /// first error is returned; the buffers' contents are then unspecified.
+    pub fn read_many(&mut self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
+        if self.ring.is_none() {
+            return self.threads_many(reqs);
+        }
+        let mut target = Buffers { reqs: reqs.iter_mut().map(|(o, b)| (*o, b.as_mut_ptr(), b.len())).collect() };
+        self.run(&mut target)
+    }
+
+    /// Reads `len` bytes at each `(offset, len)` into the reader's own buffers (one per
+    /// request in flight; see the module docs) and calls `done(i, bytes)` as request `i`
+    /// completes, in completion order. The bytes are what [`Disk::read`] would give. An error
+    /// from `done` stops the reads like a read error does.
+    pub fn read_each(
+        &mut self,
+        reqs: &[(u64, usize)],
+        done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
+    ) -> Result<(), DiskError> {
+        let max_len = reqs.iter().map(|r| r.1).max().unwrap_or(0);
+        if self.ring.is_none() {
+            return self.threads_each(reqs, max_len, done);
+        }
+        self.prepare_pool(max_len);
+        let pool = self.pool.take().expect("pool prepared");
+        let mut target =
+            Slots { reqs, pool: &pool, free: (0..pool.slots).collect(), slot_of: vec![0; reqs.len()], done };
+        let r = self.run(&mut target);
+        self.pool = Some(pool);
+        r
+    }
+
+    /// Sets up [`DepthReader::read_each`]'s buffers for requests of up to `len` bytes now
+    /// rather than on its first call (which does it otherwise).
+    pub fn reserve(&mut self, len: usize) {
+        self.prepare_pool(len);
+    }
+
+    /// Makes sure the pool has `depth` slots of at least `len` bytes, registered if it can be.
+    fn prepare_pool(&mut self, len: usize) {
+        if self.pool.as_ref().is_some_and(|p| p.slot_len >= len && p.slots == self.depth) {
+            return;
+        }
+        if let Some(old) = self.pool.take() {
+            if let (true, Some(ring)) = (old.registered, &self.ring) {
+                let _ = ring.submitter().unregister_buffers();
+            }
+            drop(old);
+        }
+        let mut pool = Pool::new(self.depth, len.max(self.disk.mem_align()));
+        let Some(ring) = &self.ring else {
+            self.pool = Some(pool);
+            return;
+        };
+        // Registered buffers are at most 1 GiB each and indexed by a u16; the kernel refuses
+        // what it cannot take, and the reads are then plain READ.
+        if pool.slot_len as u64 <= MAX_SEGMENT && pool.slots <= u16::MAX as usize {
+            // SAFETY: the buffers live in `pool`, which stays registered only while it is
+            // alive: it is unregistered above before being dropped, and the ring (dropped
+            // first, see the field order) goes with it.
+            pool.registered = unsafe { ring.submitter().register_buffers(&pool.iovecs()) }.is_ok();
+        }
+        self.pool = Some(pool);
+    }
+
+    /// The index in `files` for an imago storage object, opening it the first time.
+    fn file_for(&mut self, storage: &ImagoFile) -> Result<usize, DiskError> {
+        let key = storage as *const ImagoFile;
+        if let Some(i) = self.files.iter().position(|f| f.storage == key) {
+            return Ok(i);
+        }
+        let file = match storage.get_filename() {
+            Some(name) => {
+                let mut o = std::fs::OpenOptions::new();
+                o.read(true);
+                if self.disk.direct() {
+                    o.custom_flags(libc::O_DIRECT);
+                }
+                Some(o.open(&name).map_err(io_err("cannot open", &name))?)
+            }
+            None => None,
+        };
+        self.files.push(HostFile { storage: key, file });
+        Ok(self.files.len() - 1)
+    }
+
+    /// Maps request `req` (guest `offset`, `len` bytes into `ptr`): zero and special ranges
+    /// are done here; host reads are appended to `out`.
+    fn map(
+        &mut self,
+        req: usize,
+        offset: u64,
+        ptr: *mut u8,
+        len: usize,
+        fixed: Option<u16>,
+        out: &mut VecDeque<Segment>,
+    ) -> Result<(), DiskError> {
+        let disk = self.disk;
+        let (req_align, mem_align) = (disk.req_align() as u64, disk.mem_align());
+        let mut at = 0usize;
+        while at < len {
+            let guest = offset + at as u64;
+            // SAFETY: `ptr..ptr+len` is the request's buffer; this part of it has no read in
+            // flight (reads in flight cover only parts before `at`).
+            let rest = || unsafe { std::slice::from_raw_parts_mut(ptr.add(at), len - at) };
+            let (mapping, n) =
+                disk.access().get_mapping(guest, (len - at) as u64).map_err(io_err("read failed on", disk.path()))?;
+            let n = n.min(MAX_SEGMENT) as usize;
+            if n == 0 {
+                rest().fill(0);
+                break;
+            }
+            let piece = || &mut rest()[..n];
+            match mapping {
+                Mapping::Raw { storage, offset: host, .. } => {
+                    let p = ptr.wrapping_add(at);
+                    let aligned = host.is_multiple_of(req_align)
+                        && (n as u64).is_multiple_of(req_align)
+                        && (p as usize).is_multiple_of(mem_align);
+                    let file = self.file_for(storage)?;
+                    if aligned && self.files[file].file.is_some() {
+                        out.push_back(Segment { req, file, host, guest, ptr: p, len: n, fixed });
+                    } else {
+                        disk.read(piece(), guest)?;
+                    }
+                }
+                Mapping::Zero { .. } | Mapping::Eof { .. } => piece().fill(0),
+                // Compressed or otherwise encoded: the format driver reads it.
+                _ => disk.read(piece(), guest)?,
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, target: &mut dyn Target) -> Result<(), DiskError> {
+        let n = target.count();
+        let mut pending = vec![0usize; n];
+        let mut queue: VecDeque<Segment> = VecDeque::new();
+        let mut slab: Vec<Option<Segment>> = Vec::new();
+        let mut free_ids: Vec<usize> = Vec::new();
+        let mut in_flight = 0usize;
+        let mut next = 0usize;
+        let mut failed: Option<DiskError> = None;
+        let mut finished = 0usize;
+        let mut ring = self.ring.take().expect("run needs the ring");
+        let result = (|| -> Result<(), DiskError> {
+            loop {
+                // Fill the queue up to the depth, in request order.
+                while failed.is_none() && in_flight < self.depth {
+                    if let Some(seg) = queue.pop_front() {
+                        let fd = self.files[seg.file].file.as_ref().expect("segments have a file").as_raw_fd();
+                        let id = free_ids.pop().unwrap_or_else(|| {
+                            slab.push(None);
+                            slab.len() - 1
+                        });
+                        let entry = match seg.fixed {
+                            Some(index) => opcode::ReadFixed::new(types::Fd(fd), seg.ptr, seg.len as u32, index)
+                                .offset(seg.host)
+                                .build(),
+                            None => opcode::Read::new(types::Fd(fd), seg.ptr, seg.len as u32).offset(seg.host).build(),
+                        }
+                        .user_data(id as u64);
+                        slab[id] = Some(seg);
+                        // SAFETY: the buffer stays valid until the completion is reaped: the
+                        // caller's buffers are borrowed for the whole call and the pool is
+                        // alive, and every submitted entry is reaped before returning.
+                        if unsafe { ring.submission().push(&entry) }.is_err() {
+                            // Cannot happen: the ring has room for `depth` entries.
+                            slab[id] = None;
+                            failed = Some(DiskError::Invalid("depth reader: submission queue full".into()));
+                            break;
+                        }
+                        in_flight += 1;
+                        continue;
+                    }
+                    if next < n {
+                        let Some((ptr, fixed)) = target.begin(next) else { break };
+                        let (offset, len) = target.request(next);
+                        let before = queue.len();
+                        if let Err(e) = self.map(next, offset, ptr, len, fixed, &mut queue) {
+                            failed = Some(e);
+                            break;
+                        }
+                        pending[next] = queue.len() - before;
+                        if pending[next] == 0 {
+                            finished += 1;
+                            if let Err(e) = target.finish(next) {
+                                failed = Some(e);
+                            }
+                        }
+                        next += 1;
+                        continue;
+                    }
+                    break;
+                }
+                if in_flight == 0 {
+                    if failed.is_some() || finished == n {
+                        break;
+                    }
+                    if queue.is_empty() && next < n {
+                        // Nothing in flight and no buffer free cannot happen: buffers are
+                        // freed by completions.
+                        return Err(DiskError::Invalid("depth reader: no buffer free with nothing in flight".into()));
+                    }
+                    continue;
+                }
+                match ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => {
+                        // The kernel may still hold what was submitted: wait for it below.
+                        failed.get_or_insert(io_err("io_uring wait failed on", self.disk.path())(e));
+                    }
+                }
+                let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+                for (id, res) in done {
+                    let seg = slab[id as usize].take().expect("completion of a submitted read");
+                    free_ids.push(id as usize);
+                    in_flight -= 1;
+                    if failed.is_some() {
+                        continue;
+                    }
+                    if res < 0 {
+                        failed =
+                            Some(io_err("read failed on", self.disk.path())(std::io::Error::from_raw_os_error(-res)));
+                        continue;
+                    }
+                    let got = res as usize;
+                    if got < seg.len {
+                        // Short read (end of the host file, or an interrupted read): the rest
+                        // through the format driver, as `Disk::read` reads it.
+                        // SAFETY: this segment's read is complete; the part is not shared.
+                        let rest = unsafe { std::slice::from_raw_parts_mut(seg.ptr.add(got), seg.len - got) };
+                        if let Err(e) = self.disk.read(rest, seg.guest + got as u64) {
+                            failed = Some(e);
+                            continue;
+                        }
+                    }
+                    pending[seg.req] -= 1;
+                    if pending[seg.req] == 0 {
+                        finished += 1;
+                        if let Err(e) = target.finish(seg.req) {
+                            failed = Some(e);
+                        }
+                    }
+                }
+                if failed.is_some() && in_flight > 0 {
+                    // Reap everything before the buffers can go away.
+                    while in_flight > 0 {
+                        match ring.submit_and_wait(in_flight) {
+                            Ok(_) => {}
+                            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                            Err(_) => std::thread::yield_now(),
+                        }
+                        in_flight -= ring.completion().count();
+                    }
+                }
+            }
+            match failed.take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })();
+        self.ring = Some(ring);
+        result
+    }
+
+    /// The thread path of [`DepthReader::read_many`]: `depth` threads, a contiguous share each.
+    fn threads_many(&self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let per = reqs.len().div_ceil(self.depth);
+        let disk = self.disk;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .chunks_mut(per)
+                .map(|chunk| s.spawn(move || chunk.iter_mut().try_for_each(|(o, b)| disk.read(b, *o))))
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
+    /// The thread path of [`DepthReader::read_each`]: a buffer per thread.
+    fn threads_each(
+        &mut self,
+        reqs: &[(u64, usize)],
+        max_len: usize,
+        done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
+    ) -> Result<(), DiskError> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        self.prepare_pool(max_len);
+        let pool = self.pool.as_ref().expect("pool prepared");
+        let per = reqs.len().div_ceil(self.depth);
+        let disk = self.disk;
+        let done = Mutex::new(done);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .chunks(per)
+                .enumerate()
+                .map(|(k, chunk)| {
+                    let done = &done;
+                    // SAFETY: slot k (k < depth) is this thread's alone for the scope.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
+                    s.spawn(move || -> Result<(), DiskError> {
+                        for (j, &(o, len)) in chunk.iter().enumerate() {
+                            let b = &mut buf[..len];
+                            disk.read(b, o)?;
+                            let mut f = done.lock().unwrap_or_else(|p| p.into_inner());
+                            (*f)(k * per + j, b)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+}
+
+impl Drop for DepthReader<'_> {
+    fn drop(&mut self) {
+        // The ring before the pool it may have registered.
+        self.ring = None;
+    }
+}
+
+/// A ring with room for `depth` entries that can do `READ` and `READ_FIXED`.
+fn setup_ring(depth: usize) -> Result<IoUring, String> {
+    let entries = (depth.next_power_of_two() as u32).clamp(8, MAX_DEPTH as u32);
+    let ring = IoUring::new(entries).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| format!("io_uring probe: {e}"))?;
+    for (code, name) in [(opcode::Read::CODE, "READ"), (opcode::ReadFixed::CODE, "READ_FIXED")] {
+        if !probe.is_supported(code) {
+            return Err(format!("the kernel's io_uring has no {name}"));
+        }
+    }
+    Ok(ring)
+}
+
+impl Disk {
+    /// Reads each `(offset, buf)` with up to `depth` host reads in flight (see
+    /// [`DepthReader`]); the bytes are what [`Disk::read`] gives for each.
+    pub fn read_many(&self, reqs: &mut [(u64, &mut [u8])], depth: usize) -> Result<(), DiskError> {
+        DepthReader::new(self, depth).read_many(reqs)
+    }
+}
