@@ -9,8 +9,33 @@ pub const CANDIDATE_LIMIT: usize = 1000;
 /// Placement's `allocation_conflict_retry_count`.
 pub const CONFLICT_RETRIES_MAX: u32 = 10;
 
+/// Why a request cannot be allocated against a provider: the first resource class that
+/// refuses it, with the figures. Formatted only when shown, so a scan over many providers that
+/// do not fit costs no strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    /// Outside the inventory's [min_unit, max_unit].
+    Units { class: ResourceClass, amount: u64, min: u64, max: u64 },
+    /// Not a multiple of the inventory's step_size.
+    Step { class: ResourceClass, amount: u64, step: u64 },
+    /// More than the capacity left.
+    Capacity { class: ResourceClass, used: u64, amount: u64, capacity: u64 },
+}
+
+impl std::fmt::Display for Unfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Unfit::Units { class, amount, min, max } => write!(f, "{}: {amount} outside [{min}, {max}]", class.name()),
+            Unfit::Step { class, amount, step } => write!(f, "{}: {amount} not a multiple of {step}", class.name()),
+            Unfit::Capacity { class, used, amount, capacity } => {
+                write!(f, "{}: {used} used + {amount} requested > capacity {capacity}", class.name())
+            }
+        }
+    }
+}
+
 /// Why `resources` cannot be allocated against `provider`, or Ok.
-pub fn fits(provider: &Provider, resources: &Resources) -> Result<(), String> {
+pub fn fits(provider: &Provider, resources: &Resources) -> Result<(), Unfit> {
     for class in ResourceClass::ALL {
         let amount = resources.get(class);
         if amount == 0 {
@@ -18,14 +43,14 @@ pub fn fits(provider: &Provider, resources: &Resources) -> Result<(), String> {
         }
         let inv = &provider.inventories[class.index()];
         if amount < inv.min_unit || amount > inv.max_unit {
-            return Err(format!("{}: {amount} outside [{}, {}]", class.name(), inv.min_unit, inv.max_unit));
+            return Err(Unfit::Units { class, amount, min: inv.min_unit, max: inv.max_unit });
         }
         if inv.step_size > 1 && !amount.is_multiple_of(inv.step_size) {
-            return Err(format!("{}: {amount} not a multiple of {}", class.name(), inv.step_size));
+            return Err(Unfit::Step { class, amount, step: inv.step_size });
         }
         let used = provider.used.get(class);
         if used + amount > inv.capacity() {
-            return Err(format!("{}: {used} used + {amount} requested > capacity {}", class.name(), inv.capacity()));
+            return Err(Unfit::Capacity { class, used, amount, capacity: inv.capacity() });
         }
     }
     Ok(())
@@ -83,7 +108,7 @@ mod tests {
         let mut full = p.clone();
         full.used = Resources::new(15, 0, 0);
         assert!(fits(&full, &Resources::new(1, 1, 1)).is_ok());
-        assert!(fits(&full, &Resources::new(2, 1, 1)).unwrap_err().contains("VCPU"));
+        assert!(fits(&full, &Resources::new(2, 1, 1)).unwrap_err().to_string().contains("VCPU"));
     }
 
     #[test]

@@ -1346,7 +1346,7 @@ impl Workspace {
         }
         if self.survivors.is_empty() {
             // Slow path: name the step that left nothing, as nova's filter handler logs it.
-            return Err(explain_filters(hosts, req, config)
+            return Err(explain_filters(hosts, req, config, false)
                 .1
                 .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
         }
@@ -1577,12 +1577,15 @@ pub struct Explanation {
     pub cpu_topology: Result<CpuTopology, String>,
 }
 
-/// Filter step by step, recording reasons; also returns NoValidHost naming the first step
-/// that left no host.
+/// Filter step by step; also returns NoValidHost naming the first step that left no host.
+/// With `detail`, each step records the hosts it kept and those it rejected with the reason;
+/// without, it only counts (a NoValidHost's reason needs no more, and formatting a reason for
+/// each of thousands of hosts would cost more than the decision).
 fn explain_filters(
     hosts: &[HostState],
     req: &RequestView<'_>,
     config: &SchedulerConfig,
+    detail: bool,
 ) -> (Vec<FilterStep>, Option<NoValidHost>, Vec<usize>) {
     let prepared = Prepared::new(req, config);
     let name = |i: usize| hosts[i].node.host.clone();
@@ -1598,17 +1601,22 @@ fn explain_filters(
         let mut kept = Vec::new();
         for i in survivors {
             if kept.len() == config.candidate_limit {
-                step.rejected.push(Rejection { host: name(i), reason: "beyond the candidate limit".into() });
+                if detail {
+                    step.rejected.push(Rejection { host: name(i), reason: "beyond the candidate limit".into() });
+                }
                 continue;
             }
             let provider =
                 crate::model::Provider { host: String::new(), inventories: hosts[i].inventories, used: hosts[i].used };
             match crate::placement::fits(&provider, &resources) {
                 Ok(()) => kept.push(i),
-                Err(reason) => step.rejected.push(Rejection { host: name(i), reason }),
+                Err(unfit) if detail => step.rejected.push(Rejection { host: name(i), reason: unfit.to_string() }),
+                Err(_) => {}
             }
         }
-        step.kept = kept.iter().map(|&i| name(i)).collect();
+        if detail {
+            step.kept = kept.iter().map(|&i| name(i)).collect();
+        }
         let before = hosts.len();
         steps.push(step);
         survivors = kept;
@@ -1621,15 +1629,21 @@ fn explain_filters(
         let active = filter.active(&prepared, req, config);
         let mut step = FilterStep { filter: filter.name().into(), active, kept: vec![], rejected: vec![] };
         let before = survivors.len();
-        survivors.retain(|&i| {
-            let mut why = Reason(None);
-            let ok = !active || passes(filter, &prepared, &hosts[i], req, config, &mut why);
-            if !ok {
-                step.rejected.push(Rejection { host: name(i), reason: why.0.unwrap_or_default() });
-            }
-            ok
-        });
-        step.kept = survivors.iter().map(|&i| name(i)).collect();
+        if active && detail {
+            survivors.retain(|&i| {
+                let mut why = Reason(None);
+                let ok = passes(filter, &prepared, &hosts[i], req, config, &mut why);
+                if !ok {
+                    step.rejected.push(Rejection { host: name(i), reason: why.0.unwrap_or_default() });
+                }
+                ok
+            });
+        } else if active {
+            survivors.retain(|&i| passes(filter, &prepared, &hosts[i], req, config, &mut Quiet));
+        }
+        if detail {
+            step.kept = survivors.iter().map(|&i| name(i)).collect();
+        }
         steps.push(step);
         if survivors.is_empty() {
             let reason = format!("filter {} returned 0 of {before} hosts", filter.name());
@@ -1647,7 +1661,7 @@ pub fn explain(
     config: &SchedulerConfig,
     rng: &mut dyn RngCore,
 ) -> Explanation {
-    let (steps, nvh, survivors) = explain_filters(hosts, req, config);
+    let (steps, nvh, survivors) = explain_filters(hosts, req, config, true);
     let mut out = Explanation {
         flavor: req.flavor.name.clone(),
         image: req.image.name.clone(),

@@ -39,7 +39,7 @@ pub async fn claim(
             return Ok(ClaimOutcome::DoesNotFit(format!("no resource provider {host}")));
         };
         if let Err(why) = fits(&p, &resources) {
-            return Ok(ClaimOutcome::DoesNotFit(why));
+            return Ok(ClaimOutcome::DoesNotFit(why.to_string()));
         }
         p.used = p.used.add(&resources);
         let ops = vec![

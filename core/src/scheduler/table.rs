@@ -391,7 +391,7 @@ impl Workspace {
         }
         let n = self.table_filter(table, req, config);
         if n == 0 {
-            return Err(explain_filters(hosts, req, config)
+            return Err(explain_filters(hosts, req, config, false)
                 .1
                 .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
         }
