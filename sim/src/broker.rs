@@ -94,9 +94,8 @@ impl Broker {
 /// The broker node's main loop: a connection per client. Returns only if its socket fails.
 pub async fn serve(addr: SocketAddr) -> io::Result<()> {
     let broker: Arc<Mutex<Broker>> = Arc::default();
-    let lock = |b: &Arc<Mutex<Broker>>| -> Arc<Mutex<Broker>> { b.clone() };
     conn::accept_each(addr, move |id, tx, mut rx| {
-        let broker = lock(&broker);
+        let broker = broker.clone();
         broker.lock().unwrap_or_else(|e| e.into_inner()).conns.insert(id, Arc::new(tx));
         async move {
             while let Some(msg) = conn::recv::<ToBroker>(&mut rx).await {
