@@ -20,6 +20,10 @@
 //! cannot be merged), one of a huge page is one. [`DepthReader::read_many`] reads into the
 //! caller's buffers (plain `READ`), with whatever pages they have.
 //!
+//! Every way out of a call (its result, an error, a panic in `done` or in imago) first waits
+//! for the reads in flight: no buffer is freed or handed back while the kernel may still write
+//! into it.
+//!
 //! When the ring cannot be set up (seccomp, a kernel before 5.6, io_uring disabled) the reader
 //! falls back to `depth` threads, each with one blocking [`Disk::read`] in flight on a
 //! contiguous share of the requests (`read_each`: each into its own slot of the same pool);
@@ -28,10 +32,11 @@
 use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::ptr::NonNull;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use imago::file::File as ImagoFile;
 use imago::{Mapping, Storage};
@@ -45,6 +50,9 @@ const MAX_SEGMENT: u64 = 1 << 30;
 pub const MAX_DEPTH: usize = 4096;
 /// Alignment of the buffer pool: a transparent huge page.
 const HUGE_PAGE: usize = 2 << 20;
+/// How many times in a row waiting for the last reads in flight may fail (a millisecond apart)
+/// before the process is aborted rather than free buffers the kernel may still write.
+const MAX_DRAIN_FAILURES: u32 = 10_000;
 
 /// What serves a [`DepthReader`]'s reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,19 +76,66 @@ impl fmt::Display for Backend {
 
 /// Reads of one disk with up to `depth` host reads in flight. See the module docs.
 pub struct DepthReader<'d> {
-    disk: &'d Disk,
     depth: usize,
-    ring: Option<IoUring>,
+    /// Dropped before `pool`, which it may have registered (fields drop in order).
+    ring: Option<Ring>,
     reason: String,
-    /// Our descriptors for the host files, by the imago storage object they stand for.
-    files: Vec<HostFile>,
+    files: HostFiles<'d>,
     pool: Option<Pool>,
 }
 
-struct HostFile {
-    storage: *const ImagoFile,
+/// The ring, and how many reads pushed to it the kernel may still be doing.
+struct Ring {
+    uring: IoUring,
+    in_flight: usize,
+}
+
+impl Ring {
+    /// Waits for every read in flight (submitting those not submitted yet): once it returns,
+    /// their buffers may be freed. When waiting keeps failing it aborts the process: returning
+    /// would let the kernel write into freed memory.
+    fn drain(&mut self) {
+        let mut failures = 0;
+        loop {
+            self.in_flight = self.in_flight.saturating_sub(self.uring.completion().count());
+            if self.in_flight == 0 {
+                return;
+            }
+            match self.uring.submit_and_wait(1) {
+                Ok(_) => failures = 0,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    failures += 1;
+                    if failures == MAX_DRAIN_FAILURES {
+                        eprintln!(
+                            "stackbed depth reader: {} io_uring reads still in flight and waiting for them fails \
+                             ({e}); aborting rather than freeing their buffers",
+                            self.in_flight
+                        );
+                        std::process::abort();
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+/// Drains the ring when dropped: a run that ends early, with an error or a panic unwinding
+/// through it, leaves no read behind that could write into buffers freed next.
+struct Draining<'a>(&'a mut Ring);
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.0.drain();
+    }
+}
+
+/// The disk, and our descriptors for its host files by the imago storage object they stand for.
+struct HostFiles<'d> {
+    disk: &'d Disk,
     /// `None`: the storage has no file name; its ranges go through `Disk::read`.
-    file: Option<std::fs::File>,
+    files: Vec<(*const ImagoFile, Option<std::fs::File>)>,
 }
 
 /// `slots` buffers of `slot_len` bytes in one allocation.
@@ -208,16 +263,22 @@ impl<'d> DepthReader<'d> {
     pub fn new(disk: &'d Disk, depth: usize) -> DepthReader<'d> {
         let depth = depth.clamp(1, MAX_DEPTH);
         let (ring, reason) = match setup_ring(depth) {
-            Ok(ring) => (Some(ring), String::new()),
+            Ok(uring) => (Some(Ring { uring, in_flight: 0 }), String::new()),
             Err(e) => (None, e),
         };
-        DepthReader { disk, depth, ring, reason, files: Vec::new(), pool: None }
+        DepthReader { depth, ring, reason, files: HostFiles { disk, files: Vec::new() }, pool: None }
     }
 
     /// A reader that uses the thread path even where io_uring works (for comparisons).
     pub fn with_threads(disk: &'d Disk, depth: usize) -> DepthReader<'d> {
         let reason = "threads asked for".to_string();
-        DepthReader { disk, depth: depth.max(1), ring: None, reason, files: Vec::new(), pool: None }
+        DepthReader {
+            depth: depth.max(1),
+            ring: None,
+            reason,
+            files: HostFiles { disk, files: Vec::new() },
+            pool: None,
+        }
     }
 
     pub fn depth(&self) -> usize {
@@ -231,37 +292,39 @@ impl<'d> DepthReader<'d> {
         }
     }
 
+    /// Host reads submitted to the ring and not yet reaped. Always 0 between calls, also after
+    /// a call that panicked: every call waits for its reads before it returns or unwinds.
+    pub fn in_flight(&self) -> usize {
+        self.ring.as_ref().map_or(0, |r| r.in_flight)
+    }
+
     /// Reads each `(offset, buf)`: exactly what [`Disk::read`] of each would give (zeroes
     /// past the end of the disk). On an error the reads in flight are waited for, then the
     /// first error is returned; the buffers' contents are then unspecified.
     pub fn read_many(&mut self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
-        if self.ring.is_none() {
-            return self.threads_many(reqs);
-        }
+        let Some(ring) = &mut self.ring else { return self.threads_many(reqs) };
         let mut target = Buffers { reqs: reqs.iter_mut().map(|(o, b)| (*o, b.as_mut_ptr(), b.len())).collect() };
-        self.run(&mut target)
+        run(ring, &mut self.files, self.depth, &mut target)
     }
 
     /// Reads `len` bytes at each `(offset, len)` into the reader's own buffers (one per
     /// request in flight; see the module docs) and calls `done(i, bytes)` as request `i`
     /// completes, in completion order. The bytes are what [`Disk::read`] would give. An error
-    /// from `done` stops the reads like a read error does.
+    /// from `done` stops the reads like a read error does, and `done` is not called again.
     pub fn read_each(
         &mut self,
         reqs: &[(u64, usize)],
         done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
     ) -> Result<(), DiskError> {
-        let max_len = reqs.iter().map(|r| r.1).max().unwrap_or(0);
-        if self.ring.is_none() {
-            return self.threads_each(reqs, max_len, done);
+        if reqs.is_empty() {
+            return Ok(());
         }
+        let max_len = reqs.iter().map(|r| r.1).max().unwrap_or(0);
         self.prepare_pool(max_len);
-        let pool = self.pool.take().expect("pool prepared");
-        let mut target =
-            Slots { reqs, pool: &pool, free: (0..pool.slots).collect(), slot_of: vec![0; reqs.len()], done };
-        let r = self.run(&mut target);
-        self.pool = Some(pool);
-        r
+        let pool = self.pool.as_ref().expect("pool prepared");
+        let Some(ring) = &mut self.ring else { return self.threads_each(reqs, done) };
+        let mut target = Slots { reqs, pool, free: (0..pool.slots).collect(), slot_of: vec![0; reqs.len()], done };
+        run(ring, &mut self.files, self.depth, &mut target)
     }
 
     /// Sets up [`DepthReader::read_each`]'s buffers for requests of up to `len` bytes now
@@ -277,30 +340,86 @@ impl<'d> DepthReader<'d> {
         }
         if let Some(old) = self.pool.take() {
             if let (true, Some(ring)) = (old.registered, &self.ring) {
-                let _ = ring.submitter().unregister_buffers();
+                let _ = ring.uring.submitter().unregister_buffers();
             }
             drop(old);
         }
-        let mut pool = Pool::new(self.depth, len.max(self.disk.mem_align()));
-        let Some(ring) = &self.ring else {
-            self.pool = Some(pool);
-            return;
-        };
+        let mut pool = Pool::new(self.depth, len.max(self.files.disk.mem_align()));
         // Registered buffers are at most 1 GiB each and indexed by a u16; the kernel refuses
         // what it cannot take, and the reads are then plain READ.
-        if pool.slot_len as u64 <= MAX_SEGMENT && pool.slots <= u16::MAX as usize {
-            // SAFETY: the buffers live in `pool`, which stays registered only while it is
-            // alive: it is unregistered above before being dropped, and the ring (dropped
-            // first, see the field order) goes with it.
-            pool.registered = unsafe { ring.submitter().register_buffers(&pool.iovecs()) }.is_ok();
+        if let Some(ring) = &self.ring {
+            if pool.slot_len as u64 <= MAX_SEGMENT && pool.slots <= u16::MAX as usize {
+                // SAFETY: the buffers live in `pool`, which stays registered only while it is
+                // alive: it is unregistered above before being dropped, and the ring (dropped
+                // first, see the field order) goes with it. No read is in flight between calls.
+                pool.registered = unsafe { ring.uring.submitter().register_buffers(&pool.iovecs()) }.is_ok();
+            }
         }
         self.pool = Some(pool);
     }
 
+    /// The thread path of [`DepthReader::read_many`]: `depth` threads, a contiguous share each.
+    fn threads_many(&self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let per = reqs.len().div_ceil(self.depth);
+        let disk = self.files.disk;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .chunks_mut(per)
+                .map(|chunk| s.spawn(move || chunk.iter_mut().try_for_each(|(o, b)| disk.read(b, *o))))
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
+    /// The thread path of [`DepthReader::read_each`]: a slot of the pool per thread.
+    fn threads_each(
+        &self,
+        reqs: &[(u64, usize)],
+        done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
+    ) -> Result<(), DiskError> {
+        let pool = self.pool.as_ref().expect("pool prepared");
+        let per = reqs.len().div_ceil(self.depth);
+        let disk = self.files.disk;
+        let done = Mutex::new(done);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .chunks(per)
+                .enumerate()
+                .map(|(k, chunk)| {
+                    let done = &done;
+                    // SAFETY: slot k (k < depth) is this thread's alone for the scope.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
+                    s.spawn(move || -> Result<(), DiskError> {
+                        for (j, &(o, len)) in chunk.iter().enumerate() {
+                            let b = &mut buf[..len];
+                            disk.read(b, o)?;
+                            let mut f = done.lock().unwrap_or_else(|p| p.into_inner());
+                            (*f)(k * per + j, b)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+}
+
+impl Drop for DepthReader<'_> {
+    fn drop(&mut self) {
+        // The ring before the pool it may have registered.
+        self.ring = None;
+    }
+}
+
+impl<'d> HostFiles<'d> {
     /// The index in `files` for an imago storage object, opening it the first time.
-    fn file_for(&mut self, storage: &ImagoFile) -> Result<usize, DiskError> {
+    fn index(&mut self, storage: &ImagoFile) -> Result<usize, DiskError> {
         let key = storage as *const ImagoFile;
-        if let Some(i) = self.files.iter().position(|f| f.storage == key) {
+        if let Some(i) = self.files.iter().position(|f| f.0 == key) {
             return Ok(i);
         }
         let file = match storage.get_filename() {
@@ -314,8 +433,12 @@ impl<'d> DepthReader<'d> {
             }
             None => None,
         };
-        self.files.push(HostFile { storage: key, file });
+        self.files.push((key, file));
         Ok(self.files.len() - 1)
+    }
+
+    fn fd(&self, i: usize) -> RawFd {
+        self.files[i].1.as_ref().expect("segments have a file").as_raw_fd()
     }
 
     /// Maps request `req` (guest `offset`, `len` bytes into `ptr`): zero and special ranges
@@ -351,8 +474,8 @@ impl<'d> DepthReader<'d> {
                     let aligned = host.is_multiple_of(req_align)
                         && (n as u64).is_multiple_of(req_align)
                         && (p as usize).is_multiple_of(mem_align);
-                    let file = self.file_for(storage)?;
-                    if aligned && self.files[file].file.is_some() {
+                    let file = self.index(storage)?;
+                    if aligned && self.files[file].1.is_some() {
                         out.push_back(Segment { req, file, host, guest, ptr: p, len: n, fixed });
                     } else {
                         disk.read(piece(), guest)?;
@@ -366,200 +489,104 @@ impl<'d> DepthReader<'d> {
         }
         Ok(())
     }
+}
 
-    fn run(&mut self, target: &mut dyn Target) -> Result<(), DiskError> {
-        let n = target.count();
-        let mut pending = vec![0usize; n];
-        let mut queue: VecDeque<Segment> = VecDeque::new();
-        let mut slab: Vec<Option<Segment>> = Vec::new();
-        let mut free_ids: Vec<usize> = Vec::new();
-        let mut in_flight = 0usize;
-        let mut next = 0usize;
-        let mut failed: Option<DiskError> = None;
-        let mut finished = 0usize;
-        let mut ring = self.ring.take().expect("run needs the ring");
-        let result = (|| -> Result<(), DiskError> {
-            loop {
-                // Fill the queue up to the depth, in request order.
-                while failed.is_none() && in_flight < self.depth {
-                    if let Some(seg) = queue.pop_front() {
-                        let fd = self.files[seg.file].file.as_ref().expect("segments have a file").as_raw_fd();
-                        let id = free_ids.pop().unwrap_or_else(|| {
-                            slab.push(None);
-                            slab.len() - 1
-                        });
-                        let entry = match seg.fixed {
-                            Some(index) => opcode::ReadFixed::new(types::Fd(fd), seg.ptr, seg.len as u32, index)
-                                .offset(seg.host)
-                                .build(),
-                            None => opcode::Read::new(types::Fd(fd), seg.ptr, seg.len as u32).offset(seg.host).build(),
-                        }
-                        .user_data(id as u64);
-                        slab[id] = Some(seg);
-                        // SAFETY: the buffer stays valid until the completion is reaped: the
-                        // caller's buffers are borrowed for the whole call and the pool is
-                        // alive, and every submitted entry is reaped before returning.
-                        if unsafe { ring.submission().push(&entry) }.is_err() {
-                            // Cannot happen: the ring has room for `depth` entries.
-                            slab[id] = None;
-                            failed = Some(DiskError::Invalid("depth reader: submission queue full".into()));
-                            break;
-                        }
-                        in_flight += 1;
-                        continue;
-                    }
-                    if next < n {
-                        let Some((ptr, fixed)) = target.begin(next) else { break };
-                        let (offset, len) = target.request(next);
-                        let before = queue.len();
-                        if let Err(e) = self.map(next, offset, ptr, len, fixed, &mut queue) {
-                            failed = Some(e);
-                            break;
-                        }
-                        pending[next] = queue.len() - before;
-                        if pending[next] == 0 {
-                            finished += 1;
-                            if let Err(e) = target.finish(next) {
-                                failed = Some(e);
-                            }
-                        }
-                        next += 1;
-                        continue;
-                    }
-                    break;
+/// Reads `target`'s requests with up to `depth` host reads in flight on `ring`. However it
+/// ends (done, an error, a panic), the reads in flight are waited for first.
+fn run(ring: &mut Ring, files: &mut HostFiles<'_>, depth: usize, target: &mut dyn Target) -> Result<(), DiskError> {
+    let draining = Draining(ring);
+    let ring = &mut *draining.0;
+    let disk = files.disk;
+    let n = target.count();
+    // Host reads not yet complete, by request.
+    let mut pending = vec![0usize; n];
+    // Mapped host reads not yet submitted, in request order.
+    let mut queue: VecDeque<Segment> = VecDeque::new();
+    // Submitted host reads, by the id in their entry's user data.
+    let mut slab: Vec<Option<Segment>> = Vec::new();
+    let mut free_ids: Vec<usize> = Vec::new();
+    let mut next = 0usize;
+    let mut finished = 0usize;
+    loop {
+        // Fill the queue up to the depth, in request order.
+        while ring.in_flight < depth {
+            if let Some(seg) = queue.pop_front() {
+                let fd = types::Fd(files.fd(seg.file));
+                let id = free_ids.pop().unwrap_or_else(|| {
+                    slab.push(None);
+                    slab.len() - 1
+                });
+                let entry = match seg.fixed {
+                    Some(index) => opcode::ReadFixed::new(fd, seg.ptr, seg.len as u32, index).offset(seg.host).build(),
+                    None => opcode::Read::new(fd, seg.ptr, seg.len as u32).offset(seg.host).build(),
                 }
-                if in_flight == 0 {
-                    if failed.is_some() || finished == n {
-                        break;
-                    }
-                    if queue.is_empty() && next < n {
-                        // Nothing in flight and no buffer free cannot happen: buffers are
-                        // freed by completions.
-                        return Err(DiskError::Invalid("depth reader: no buffer free with nothing in flight".into()));
-                    }
-                    continue;
-                }
-                match ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => {
-                        // The kernel may still hold what was submitted: wait for it below.
-                        failed.get_or_insert(io_err("io_uring wait failed on", self.disk.path())(e));
-                    }
-                }
-                let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
-                for (id, res) in done {
-                    let seg = slab[id as usize].take().expect("completion of a submitted read");
-                    free_ids.push(id as usize);
-                    in_flight -= 1;
-                    if failed.is_some() {
-                        continue;
-                    }
-                    if res < 0 {
-                        failed =
-                            Some(io_err("read failed on", self.disk.path())(std::io::Error::from_raw_os_error(-res)));
-                        continue;
-                    }
-                    let got = res as usize;
-                    if got < seg.len {
-                        // Short read (end of the host file, or an interrupted read): the rest
-                        // through the format driver, as `Disk::read` reads it.
-                        // SAFETY: this segment's read is complete; the part is not shared.
-                        let rest = unsafe { std::slice::from_raw_parts_mut(seg.ptr.add(got), seg.len - got) };
-                        if let Err(e) = self.disk.read(rest, seg.guest + got as u64) {
-                            failed = Some(e);
-                            continue;
-                        }
-                    }
-                    pending[seg.req] -= 1;
-                    if pending[seg.req] == 0 {
-                        finished += 1;
-                        if let Err(e) = target.finish(seg.req) {
-                            failed = Some(e);
-                        }
-                    }
-                }
-                if failed.is_some() && in_flight > 0 {
-                    // Reap everything before the buffers can go away.
-                    while in_flight > 0 {
-                        match ring.submit_and_wait(in_flight) {
-                            Ok(_) => {}
-                            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                            Err(_) => std::thread::yield_now(),
-                        }
-                        in_flight -= ring.completion().count();
-                    }
-                }
+                .user_data(id as u64);
+                // SAFETY: the buffer stays valid until the completion is reaped: the caller's
+                // buffers are borrowed and the pool is not touched for the whole call, and
+                // `draining` reaps every read before the call ends, however it ends.
+                unsafe { ring.uring.submission().push(&entry) }
+                    .map_err(|_| DiskError::Invalid("depth reader: submission queue full".into()))?;
+                slab[id] = Some(seg);
+                ring.in_flight += 1;
+                continue;
             }
-            match failed.take() {
-                Some(e) => Err(e),
-                None => Ok(()),
+            if next == n {
+                break;
             }
-        })();
-        self.ring = Some(ring);
-        result
-    }
-
-    /// The thread path of [`DepthReader::read_many`]: `depth` threads, a contiguous share each.
-    fn threads_many(&self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
-        if reqs.is_empty() {
+            let Some((ptr, fixed)) = target.begin(next) else { break };
+            let (offset, len) = target.request(next);
+            let before = queue.len();
+            files.map(next, offset, ptr, len, fixed, &mut queue)?;
+            pending[next] = queue.len() - before;
+            next += 1;
+            if pending[next - 1] == 0 {
+                finished += 1;
+                target.finish(next - 1)?;
+            }
+        }
+        if finished == n {
             return Ok(());
         }
-        let per = reqs.len().div_ceil(self.depth);
-        let disk = self.disk;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .chunks_mut(per)
-                .map(|chunk| s.spawn(move || chunk.iter_mut().try_for_each(|(o, b)| disk.read(b, *o))))
-                .collect();
-            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
-    }
-
-    /// The thread path of [`DepthReader::read_each`]: a buffer per thread.
-    fn threads_each(
-        &mut self,
-        reqs: &[(u64, usize)],
-        max_len: usize,
-        done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
-    ) -> Result<(), DiskError> {
-        if reqs.is_empty() {
-            return Ok(());
+        if ring.in_flight == 0 {
+            // Cannot happen: requests not finished have reads in flight or a buffer to come,
+            // and buffers are freed by completions.
+            return Err(DiskError::Invalid("depth reader: requests left with nothing in flight".into()));
         }
-        self.prepare_pool(max_len);
-        let pool = self.pool.as_ref().expect("pool prepared");
-        let per = reqs.len().div_ceil(self.depth);
-        let disk = self.disk;
-        let done = Mutex::new(done);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .chunks(per)
-                .enumerate()
-                .map(|(k, chunk)| {
-                    let done = &done;
-                    // SAFETY: slot k (k < depth) is this thread's alone for the scope.
-                    let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
-                    s.spawn(move || -> Result<(), DiskError> {
-                        for (j, &(o, len)) in chunk.iter().enumerate() {
-                            let b = &mut buf[..len];
-                            disk.read(b, o)?;
-                            let mut f = done.lock().unwrap_or_else(|p| p.into_inner());
-                            (*f)(k * per + j, b)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
+        match ring.uring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(io_err("io_uring wait failed on", disk.path())(e)),
+        }
+        let done: Vec<(u64, i32)> = ring.uring.completion().map(|c| (c.user_data(), c.result())).collect();
+        // Reaped: no longer in flight, whatever happens to them below.
+        ring.in_flight -= done.len();
+        for (id, res) in done {
+            let seg = slab[id as usize].take().expect("completion of a submitted read");
+            free_ids.push(id as usize);
+            complete(disk, &seg, res)?;
+            pending[seg.req] -= 1;
+            if pending[seg.req] == 0 {
+                finished += 1;
+                target.finish(seg.req)?;
+            }
+        }
     }
 }
 
-impl Drop for DepthReader<'_> {
-    fn drop(&mut self) {
-        // The ring before the pool it may have registered.
-        self.ring = None;
+/// Finishes a host read the kernel completed with `res`: a short read (the end of the host
+/// file, or an interrupted read) is read on through the format driver, as [`Disk::read`]
+/// reads it; an error is returned.
+fn complete(disk: &Disk, seg: &Segment, res: i32) -> Result<(), DiskError> {
+    if res < 0 {
+        return Err(io_err("read failed on", disk.path())(std::io::Error::from_raw_os_error(-res)));
     }
+    let got = (res as usize).min(seg.len);
+    if got < seg.len {
+        // SAFETY: this segment's read is complete; the part is not shared.
+        let rest = unsafe { std::slice::from_raw_parts_mut(seg.ptr.add(got), seg.len - got) };
+        disk.read(rest, seg.guest + got as u64)?;
+    }
+    Ok(())
 }
 
 /// A ring with room for `depth` entries that can do `READ` and `READ_FIXED`.

@@ -9,6 +9,7 @@
 #![cfg(not(madsim))]
 
 use std::os::unix::fs::FileExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use stackbed_images::disk::{self, AlignedBuf, Disk, DiskError, OpenOptions};
@@ -332,4 +333,62 @@ fn many_requests_at_depth_keep_order_and_count() {
     // An error from the callback stops the run and is returned.
     let r = reader.read_each(&reqs, |i, _| if i == 100 { Err(DiskError::Invalid("stop".into())) } else { Ok(()) });
     assert!(matches!(r, Err(DiskError::Invalid(ref m)) if m == "stop"), "{r:?}");
+}
+
+/// A raw disk of `len` bytes of `pattern(seed)`, and those bytes.
+fn raw_disk(dir: &Path, name: &str, seed: u64, len: usize) -> (Disk, Vec<u8>) {
+    let p = dir.join(name);
+    let data = pattern(seed, len);
+    std::fs::write(&p, &data).unwrap();
+    (Disk::open(&p, OpenOptions::default()).unwrap(), data)
+}
+
+#[test]
+fn a_panic_in_done_waits_for_the_reads_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = raw_disk(dir.path(), "d.raw", 13, 16 << 20);
+    // O_DIRECT where the filesystem has it: reads from the page cache tend to complete as
+    // they are submitted, O_DIRECT ones stay in flight while the first completions are seen.
+    let direct = disk::o_direct_supported(dir.path()).is_ok();
+    let d = if direct { Disk::open(d.path(), OpenOptions { writable: false, direct }).unwrap() } else { d };
+    let reqs: Vec<(u64, usize)> = (0..256).map(|i| ((i * (128 << 10)) % (16 << 20), 128 << 10)).collect();
+    for (name, mut reader) in readers(&d, 64) {
+        let backend = reader.backend();
+        for n in [1, 5, 64] {
+            // Panics on the n-th completion, with up to 63 other reads in flight.
+            let mut calls = 0;
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                reader.read_each(&reqs, |_, _| {
+                    calls += 1;
+                    assert!(calls != n, "done panics on completion {n}");
+                    Ok(())
+                })
+            }));
+            assert!(r.is_err(), "{name}: the panic in done goes on to the caller");
+            // Every read was waited for before the panic went on, and the reader keeps its ring.
+            assert_eq!(reader.in_flight(), 0, "{name} panic at {n}: reads left in flight");
+            assert_eq!(std::mem::discriminant(&reader.backend()), std::mem::discriminant(&backend), "{name}");
+            // Memory allocated now is not written by a read left behind, and the reader reads
+            // correctly on: into its own buffers, then into the caller's.
+            let mut fresh: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 256 << 10]).collect();
+            let mut count = 0;
+            reader
+                .read_each(&reqs, |i, b| {
+                    count += 1;
+                    let o = reqs[i].0 as usize;
+                    assert!(b == &data[o..o + b.len()], "{name}: request {i} differs after the panic");
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(count, reqs.len());
+            let mut many: Vec<(u64, &mut [u8])> =
+                fresh.iter_mut().enumerate().map(|(i, b)| (i as u64 * (256 << 10), &mut b[..])).collect();
+            reader.read_many(&mut many).unwrap();
+            for (i, b) in fresh.iter().enumerate() {
+                let o = i * (256 << 10);
+                assert!(b[..] == data[o..o + b.len()], "{name}: read_many request {i} differs after the panic");
+            }
+            assert_eq!(reader.in_flight(), 0);
+        }
+    }
 }
