@@ -11,14 +11,17 @@
 //! ranges not aligned for O_DIRECT, a host file without a name) and the rest of a short read
 //! go through [`Disk::read`] instead, synchronously and while the other reads stay in flight.
 //!
-//! [`DepthReader::read_each`] reads into a pool of `depth` buffers that the reader owns: one
-//! allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`, so that a request's
-//! buffer is physically contiguous, and registered with the ring (`READ_FIXED`: the pages are
-//! pinned once, not per request). Physical contiguity is what makes the difference on a
-//! virtio disk: a 1 MiB buffer of scattered 4 KiB pages is up to 256 segments (more than
-//! virtio-blk's usual 254 per request, so the block layer splits it, and adjacent requests
-//! cannot be merged), one of a huge page is one. [`DepthReader::read_many`] reads into the
-//! caller's buffers (plain `READ`), with whatever pages they have.
+//! [`DepthReader::read_each`] reads into a pool of buffers that the reader owns, one per
+//! request in flight: one allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`,
+//! so that a request's buffer is physically contiguous, and registered with the ring
+//! (`READ_FIXED`: the pages are pinned once, not per request). Physical contiguity is what
+//! makes the difference on a virtio disk: a 1 MiB buffer of scattered 4 KiB pages is up to 256
+//! segments (more than virtio-blk's usual 254 per request, so the block layer splits it, and
+//! adjacent requests cannot be merged), one of a huge page is one. The pool has at most
+//! `depth` buffers, no more than there are requests, and takes at most [`MAX_POOL`] bytes:
+//! with longer requests it has fewer buffers, so fewer reads in flight; a request longer than
+//! that is an error. [`DepthReader::read_many`] reads into the caller's buffers (plain
+//! `READ`), with whatever pages they have.
 //!
 //! Every way out of a call (its result, an error, a panic in `done` or in imago) first waits
 //! for the reads in flight: no buffer is freed or handed back while the kernel may still write
@@ -48,6 +51,9 @@ use crate::disk::{io_err, Disk, DiskError};
 const MAX_SEGMENT: u64 = 1 << 30;
 /// The deepest queue a reader keeps (its ring's size).
 pub const MAX_DEPTH: usize = 4096;
+/// The most memory [`DepthReader::read_each`]'s buffer pool takes, and so the longest request
+/// it reads.
+pub const MAX_POOL: usize = 1 << 30;
 /// Alignment of the buffer pool: a transparent huge page.
 const HUGE_PAGE: usize = 2 << 20;
 /// How many times in a row waiting for the last reads in flight may fail (a millisecond apart)
@@ -148,19 +154,21 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(slots: usize, slot_len: usize) -> Pool {
-        let slot_len = slot_len.max(1).next_multiple_of(4096);
+    /// `slot_len` is a multiple of 4096. Fails (rather than aborting) when the memory is not
+    /// there or the size does not fit.
+    fn new(slots: usize, slot_len: usize) -> std::io::Result<Pool> {
+        let oom = || std::io::Error::from(std::io::ErrorKind::OutOfMemory);
         // Whole huge pages: a huge page needs its 2 MiB-aligned range inside the advised area.
-        let size = (slots * slot_len).next_multiple_of(HUGE_PAGE);
-        let layout = Layout::from_size_align(size, HUGE_PAGE).expect("buffer pool layout");
+        let size = slots.checked_mul(slot_len).and_then(|s| s.checked_next_multiple_of(HUGE_PAGE));
+        let size = size.filter(|&s| s > 0).ok_or_else(oom)?;
+        let layout = Layout::from_size_align(size, HUGE_PAGE).map_err(|_| oom())?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) }).ok_or_else(oom)?;
         // SAFETY: the range is the allocation just made. Advice only: failure changes nothing.
         unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_HUGEPAGE) };
         // SAFETY: within the allocation; the pages are touched now rather than during reads.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, size) };
-        Pool { ptr, layout, slot_len, slots, registered: false }
+        Ok(Pool { ptr, layout, slot_len, slots, registered: false })
     }
 
     fn slot(&self, i: usize) -> *mut u8 {
@@ -310,7 +318,9 @@ impl<'d> DepthReader<'d> {
     /// Reads `len` bytes at each `(offset, len)` into the reader's own buffers (one per
     /// request in flight; see the module docs) and calls `done(i, bytes)` as request `i`
     /// completes, in completion order. The bytes are what [`Disk::read`] would give. An error
-    /// from `done` stops the reads like a read error does, and `done` is not called again.
+    /// from `done` stops the reads like a read error does, and `done` is not called again. A
+    /// request longer than [`MAX_POOL`] bytes, or buffers that cannot be allocated, are an
+    /// error before any read.
     pub fn read_each(
         &mut self,
         reqs: &[(u64, usize)],
@@ -320,7 +330,7 @@ impl<'d> DepthReader<'d> {
             return Ok(());
         }
         let max_len = reqs.iter().map(|r| r.1).max().unwrap_or(0);
-        self.prepare_pool(max_len);
+        self.prepare_pool(max_len, reqs.len())?;
         let pool = self.pool.as_ref().expect("pool prepared");
         let Some(ring) = &mut self.ring else { return self.threads_each(reqs, done) };
         let mut target = Slots { reqs, pool, free: (0..pool.slots).collect(), slot_of: vec![0; reqs.len()], done };
@@ -329,14 +339,23 @@ impl<'d> DepthReader<'d> {
 
     /// Sets up [`DepthReader::read_each`]'s buffers for requests of up to `len` bytes now
     /// rather than on its first call (which does it otherwise).
-    pub fn reserve(&mut self, len: usize) {
-        self.prepare_pool(len);
+    pub fn reserve(&mut self, len: usize) -> Result<(), DiskError> {
+        self.prepare_pool(len, self.depth)
     }
 
-    /// Makes sure the pool has `depth` slots of at least `len` bytes, registered if it can be.
-    fn prepare_pool(&mut self, len: usize) {
-        if self.pool.as_ref().is_some_and(|p| p.slot_len >= len && p.slots == self.depth) {
-            return;
+    /// Makes sure the pool has a slot of at least `len` bytes for each of `count` requests in
+    /// flight (at most `depth`, and at most [`MAX_POOL`] bytes in all), registered if it can be.
+    fn prepare_pool(&mut self, len: usize, count: usize) -> Result<(), DiskError> {
+        let disk = self.files.disk;
+        let slot_len = len.max(disk.mem_align()).max(1).checked_next_multiple_of(4096).filter(|&l| l <= MAX_POOL);
+        let Some(slot_len) = slot_len else {
+            return Err(DiskError::Invalid(format!(
+                "depth reader: a request of {len} bytes is longer than its buffers can be ({MAX_POOL} bytes)"
+            )));
+        };
+        let slots = count.min(self.depth).min(MAX_POOL / slot_len).max(1);
+        if self.pool.as_ref().is_some_and(|p| p.slot_len >= slot_len && p.slots >= slots) {
+            return Ok(());
         }
         if let Some(old) = self.pool.take() {
             if let (true, Some(ring)) = (old.registered, &self.ring) {
@@ -344,7 +363,7 @@ impl<'d> DepthReader<'d> {
             }
             drop(old);
         }
-        let mut pool = Pool::new(self.depth, len.max(self.files.disk.mem_align()));
+        let mut pool = Pool::new(slots, slot_len).map_err(io_err("cannot allocate read buffers for", disk.path()))?;
         // Registered buffers are at most 1 GiB each and indexed by a u16; the kernel refuses
         // what it cannot take, and the reads are then plain READ.
         if let Some(ring) = &self.ring {
@@ -356,6 +375,7 @@ impl<'d> DepthReader<'d> {
             }
         }
         self.pool = Some(pool);
+        Ok(())
     }
 
     /// The thread path of [`DepthReader::read_many`]: `depth` threads, a contiguous share each.
@@ -381,7 +401,7 @@ impl<'d> DepthReader<'d> {
         done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
     ) -> Result<(), DiskError> {
         let pool = self.pool.as_ref().expect("pool prepared");
-        let per = reqs.len().div_ceil(self.depth);
+        let per = reqs.len().div_ceil(pool.slots);
         let disk = self.files.disk;
         let done = Mutex::new(done);
         std::thread::scope(|s| {
@@ -390,7 +410,8 @@ impl<'d> DepthReader<'d> {
                 .enumerate()
                 .map(|(k, chunk)| {
                     let done = &done;
-                    // SAFETY: slot k (k < depth) is this thread's alone for the scope.
+                    // SAFETY: slot k (k < pool.slots, as there are at most that many chunks) is
+                    // this thread's alone for the scope.
                     let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
                     s.spawn(move || -> Result<(), DiskError> {
                         for (j, &(o, len)) in chunk.iter().enumerate() {

@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use stackbed_images::disk::{self, AlignedBuf, Disk, DiskError, OpenOptions};
-use stackbed_images::uring::{Backend, DepthReader};
+use stackbed_images::uring::{Backend, DepthReader, MAX_POOL};
 
 const CLUSTER: u64 = 65536;
 
@@ -390,5 +390,38 @@ fn a_panic_in_done_waits_for_the_reads_in_flight() {
             }
             assert_eq!(reader.in_flight(), 0);
         }
+    }
+}
+
+#[test]
+fn oversized_requests_are_errors_not_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = raw_disk(dir.path(), "d.raw", 17, 1 << 20);
+    // Longer than the pool may be, as long as depth x it overflows, and lengths whose rounding
+    // to pages overflows: each an error, before any allocation or read.
+    let huge = [MAX_POOL + 1, (8u64 << 30) as usize, usize::MAX / 64 + 1, usize::MAX - 100, usize::MAX];
+    for (name, mut reader) in readers(&d, 64) {
+        for len in huge {
+            let r = reader.read_each(&[(0, 4096), (0, len)], |_, _| panic!("{name}: no request may complete"));
+            assert!(matches!(r, Err(DiskError::Invalid(_))), "{name} length {len}: {r:?}");
+            assert!(reader.reserve(len).is_err(), "{name}: reserve({len})");
+        }
+        // A request much longer than the disk, at depth 64, and one whose offset is near the
+        // end of the offset space: what Disk::read gives (the data, then zeroes).
+        for (o, len) in [(0u64, 3 << 20), (u64::MAX - 10, 4096), (1000, 5000)] {
+            let mut want = vec![0u8; len];
+            d.read(&mut want, o).unwrap();
+            let mut got = None;
+            reader
+                .read_each(&[(o, len)], |_, b| {
+                    got = Some(b.to_vec());
+                    Ok(())
+                })
+                .unwrap();
+            assert!(got.as_deref() == Some(&want[..]), "{name}: ({o}, {len}) differs");
+        }
+        let mut b = [0u8; 10];
+        reader.read_many(&mut [(0, &mut b[..])]).unwrap();
+        assert_eq!(b[..], data[..10], "{name}: read_many after the errors");
     }
 }
