@@ -4,12 +4,14 @@
 //! Each guest range is resolved to host file ranges through the format layer (imago's
 //! `get_mapping`, which walks the backing chain: identity for raw, the L2 tables for qcow2,
 //! the base for an overlay's unallocated clusters). Zero and unallocated ranges are filled with
-//! zeroes here; data ranges become io_uring reads on our own descriptors for the host files
-//! (opened by name, with O_DIRECT when the disk was). Requests are mapped and submitted in the
-//! order given, so a sequential list keeps the in-flight reads at adjacent host offsets, as
-//! QEMU's thread pool does. What cannot be read as a plain host range (compressed clusters,
-//! ranges not aligned for O_DIRECT, a host file without a name) and the rest of a short read
-//! go through [`Disk::read`] instead, synchronously and while the other reads stay in flight.
+//! zeroes here; data ranges become io_uring reads on the descriptors imago opened for the host
+//! files (duplicates that [`Disk::open`] keeps: a file is never reopened by name, which after a
+//! rename or a change of directory could be another file). Requests are mapped and submitted
+//! in the order given, so a sequential list keeps the in-flight reads at adjacent host
+//! offsets, as QEMU's thread pool does. What cannot be read as a plain host range (compressed
+//! clusters, ranges not aligned for O_DIRECT, a host file the disk kept no descriptor for) and
+//! the rest of a short read go through [`Disk::read`] instead, synchronously and while the
+//! other reads stay in flight.
 //!
 //! [`DepthReader::read_each`] reads into a pool of buffers that the reader owns, one per
 //! request in flight: one allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`,
@@ -36,7 +38,6 @@ use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -137,11 +138,11 @@ impl Drop for Draining<'_> {
     }
 }
 
-/// The disk, and our descriptors for its host files by the imago storage object they stand for.
+/// The disk, and the descriptors its reads go to by the imago storage object they stand for.
 struct HostFiles<'d> {
     disk: &'d Disk,
-    /// `None`: the storage has no file name; its ranges go through `Disk::read`.
-    files: Vec<(*const ImagoFile, Option<std::fs::File>)>,
+    /// `None`: the disk kept no descriptor for the storage; its ranges go through `Disk::read`.
+    files: Vec<(*const ImagoFile, Option<&'d std::fs::File>)>,
 }
 
 /// `slots` buffers of `slot_len` bytes in one allocation.
@@ -437,29 +438,20 @@ impl Drop for DepthReader<'_> {
 }
 
 impl<'d> HostFiles<'d> {
-    /// The index in `files` for an imago storage object, opening it the first time.
-    fn index(&mut self, storage: &ImagoFile) -> Result<usize, DiskError> {
+    /// The index in `files` for an imago storage object: the descriptor the disk kept for the
+    /// file of that name when it was opened (see `Disk::host_file`).
+    fn index(&mut self, storage: &ImagoFile) -> usize {
         let key = storage as *const ImagoFile;
         if let Some(i) = self.files.iter().position(|f| f.0 == key) {
-            return Ok(i);
+            return i;
         }
-        let file = match storage.get_filename() {
-            Some(name) => {
-                let mut o = std::fs::OpenOptions::new();
-                o.read(true);
-                if self.disk.direct() {
-                    o.custom_flags(libc::O_DIRECT);
-                }
-                Some(o.open(&name).map_err(io_err("cannot open", &name))?)
-            }
-            None => None,
-        };
+        let file = storage.get_filename().and_then(|name| self.disk.host_file(&name));
         self.files.push((key, file));
-        Ok(self.files.len() - 1)
+        self.files.len() - 1
     }
 
     fn fd(&self, i: usize) -> RawFd {
-        self.files[i].1.as_ref().expect("segments have a file").as_raw_fd()
+        self.files[i].1.expect("segments have a file").as_raw_fd()
     }
 
     /// Maps request `req` (guest `offset`, `len` bytes into `ptr`): zero and special ranges
@@ -495,7 +487,7 @@ impl<'d> HostFiles<'d> {
                     let aligned = host.is_multiple_of(req_align)
                         && (n as u64).is_multiple_of(req_align)
                         && (p as usize).is_multiple_of(mem_align);
-                    let file = self.index(storage)?;
+                    let file = self.index(storage);
                     if aligned && self.files[file].1.is_some() {
                         out.push_back(Segment { req, file, host, guest, ptr: p, len: n, fixed });
                     } else {

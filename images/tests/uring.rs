@@ -425,3 +425,55 @@ fn oversized_requests_are_errors_not_aborts() {
         assert_eq!(b[..], data[..10], "{name}: read_many after the errors");
     }
 }
+
+/// Reads `reqs` with every reader at depth 8: each must equal `want`.
+fn check_reads(d: &Disk, reqs: &[(u64, usize)], want: &[Vec<u8>], what: &str) {
+    for (name, mut reader) in readers(d, 8) {
+        let mut seen = vec![Vec::new(); reqs.len()];
+        reader
+            .read_each(reqs, |i, b| {
+                seen[i] = b.to_vec();
+                Ok(())
+            })
+            .unwrap();
+        assert!(seen == want, "{what}: {name} read_each read another file");
+        let mut bufs: Vec<Vec<u8>> = reqs.iter().map(|r| vec![0u8; r.1]).collect();
+        let mut many: Vec<(u64, &mut [u8])> = reqs.iter().zip(&mut bufs).map(|(r, b)| (r.0, &mut b[..])).collect();
+        reader.read_many(&mut many).unwrap();
+        assert!(bufs == want, "{what}: {name} read_many read another file");
+    }
+}
+
+#[test]
+fn a_renamed_and_replaced_file_is_still_the_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let reqs: Vec<(u64, usize)> = (0..32).map(|i| (i * CLUSTER, CLUSTER as usize)).collect();
+    // A raw disk moved away, another file put at its name.
+    let p = dir.path().join("d.raw");
+    let (d, _) = raw_disk(dir.path(), "d.raw", 23, 4 << 20);
+    let want = expected(&d, &reqs);
+    std::fs::rename(&p, dir.path().join("moved.raw")).unwrap();
+    std::fs::write(&p, pattern(24, 4 << 20)).unwrap();
+    check_reads(&d, &reqs, &want, "raw");
+    // An overlay open while an external snapshot moves it and puts a new empty overlay at
+    // its name: the open disk still reads the old file.
+    let base = dir.path().join("base.qcow2");
+    scattered_qcow2(&base, 4 << 20, 25);
+    let top = dir.path().join("top.qcow2");
+    disk::create_overlay(&top, &base).unwrap();
+    {
+        let d = Disk::open(&top, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(26, 8 * CLUSTER as usize), 0).unwrap();
+        d.flush().unwrap();
+    }
+    let d = Disk::open(&top, OpenOptions::default()).unwrap();
+    let want = expected(&d, &reqs);
+    disk::external_snapshot(&top, &dir.path().join("snap.qcow2")).unwrap();
+    {
+        // Written through the new overlay: a reader reopening by name would see this.
+        let d = Disk::open(&top, OpenOptions { writable: true, direct: false }).unwrap();
+        d.write(&pattern(27, 8 * CLUSTER as usize), 0).unwrap();
+        d.flush().unwrap();
+    }
+    check_reads(&d, &reqs, &want, "overlay after external_snapshot");
+}
