@@ -9,9 +9,9 @@
 //! rename or a change of directory could be another file). Requests are mapped and submitted
 //! in the order given, so a sequential list keeps the in-flight reads at adjacent host
 //! offsets, as QEMU's thread pool does. What cannot be read as a plain host range (compressed
-//! clusters, ranges not aligned for O_DIRECT, a host file the disk kept no descriptor for) and
-//! the rest of a short read go through [`Disk::read`] instead, synchronously and while the
-//! other reads stay in flight.
+//! clusters, ranges not aligned for O_DIRECT, a host file the disk kept no descriptor for), the
+//! rest of a short read and a read the kernel gives back with `EAGAIN` or `EINTR` go through
+//! [`Disk::read`] instead, synchronously and while the other reads stay in flight.
 //!
 //! [`DepthReader::read_each`] reads into a pool of buffers that the reader owns, one per
 //! request in flight: one allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`,
@@ -57,6 +57,9 @@ pub const MAX_DEPTH: usize = 4096;
 pub const MAX_POOL: usize = 1 << 30;
 /// Alignment of the buffer pool: a transparent huge page.
 const HUGE_PAGE: usize = 2 << 20;
+/// How many times in a row waiting for completions may fail with `EBUSY` or `EAGAIN` (a
+/// millisecond apart) before a call gives up.
+const MAX_RETRIES: u32 = 100;
 /// How many times in a row waiting for the last reads in flight may fail (a millisecond apart)
 /// before the process is aborted rather than free buffers the kernel may still write.
 const MAX_DRAIN_FAILURES: u32 = 10_000;
@@ -520,6 +523,7 @@ fn run(ring: &mut Ring, files: &mut HostFiles<'_>, depth: usize, target: &mut dy
     let mut free_ids: Vec<usize> = Vec::new();
     let mut next = 0usize;
     let mut finished = 0usize;
+    let mut retries = 0;
     loop {
         // Fill the queue up to the depth, in request order.
         while ring.in_flight < depth {
@@ -566,8 +570,15 @@ fn run(ring: &mut Ring, files: &mut HostFiles<'_>, depth: usize, target: &mut dy
             return Err(DiskError::Invalid("depth reader: requests left with nothing in flight".into()));
         }
         match ring.uring.submit_and_wait(1) {
-            Ok(_) => {}
+            Ok(_) => retries = 0,
+            // A signal: reap what is there and wait again.
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            // Completions to reap first (EBUSY), or the kernel short of memory for the moment
+            // (EAGAIN): reap and try again, a bounded number of times.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) && retries < MAX_RETRIES => {
+                retries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
             Err(e) => return Err(io_err("io_uring wait failed on", disk.path())(e)),
         }
         let done: Vec<(u64, i32)> = ring.uring.completion().map(|c| (c.user_data(), c.result())).collect();
@@ -587,13 +598,14 @@ fn run(ring: &mut Ring, files: &mut HostFiles<'_>, depth: usize, target: &mut dy
 }
 
 /// Finishes a host read the kernel completed with `res`: a short read (the end of the host
-/// file, or an interrupted read) is read on through the format driver, as [`Disk::read`]
-/// reads it; an error is returned.
+/// file) and a read given back with `EAGAIN` or `EINTR` are read on through the format driver,
+/// as [`Disk::read`] reads them; another error is returned.
 fn complete(disk: &Disk, seg: &Segment, res: i32) -> Result<(), DiskError> {
-    if res < 0 {
-        return Err(io_err("read failed on", disk.path())(std::io::Error::from_raw_os_error(-res)));
-    }
-    let got = (res as usize).min(seg.len);
+    let got = match res {
+        0.. => (res as usize).min(seg.len),
+        _ if res == -libc::EAGAIN || res == -libc::EINTR => 0,
+        _ => return Err(io_err("read failed on", disk.path())(std::io::Error::from_raw_os_error(-res))),
+    };
     if got < seg.len {
         // SAFETY: this segment's read is complete; the part is not shared.
         let rest = unsafe { std::slice::from_raw_parts_mut(seg.ptr.add(got), seg.len - got) };
@@ -621,5 +633,34 @@ impl Disk {
     /// [`DepthReader`]); the bytes are what [`Disk::read`] gives for each.
     pub fn read_many(&self, reqs: &mut [(u64, &mut [u8])], depth: usize) -> Result<(), DiskError> {
         DepthReader::new(self, depth).read_many(reqs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::OpenOptions;
+
+    #[test]
+    fn transient_completion_errors_are_read_through_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.raw");
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let disk = Disk::open(&p, OpenOptions::default()).unwrap();
+        let want = &data[4096..4096 + 8192];
+        // Completions of a read of 8 KiB at 4 KiB: given back (EAGAIN, EINTR), short (0 or
+        // 100 bytes read, which are in the buffer already), whole.
+        for (res, already) in [(-libc::EAGAIN, 0), (-libc::EINTR, 0), (0, 0), (100, 100), (8192, 8192)] {
+            let mut buf = vec![0u8; 8192];
+            buf[..already].copy_from_slice(&want[..already]);
+            let seg =
+                Segment { req: 0, file: 0, host: 4096, guest: 4096, ptr: buf.as_mut_ptr(), len: 8192, fixed: None };
+            complete(&disk, &seg, res).unwrap();
+            assert!(buf == want, "completion {res}");
+        }
+        let mut buf = vec![0u8; 8192];
+        let seg = Segment { req: 0, file: 0, host: 4096, guest: 4096, ptr: buf.as_mut_ptr(), len: 8192, fixed: None };
+        assert!(matches!(complete(&disk, &seg, -libc::EIO), Err(DiskError::Io { .. })));
     }
 }
