@@ -32,13 +32,15 @@
 //! When the ring cannot be set up (seccomp, a kernel before 5.6, io_uring disabled) the reader
 //! falls back to `depth` threads, each with one blocking [`Disk::read`] in flight on a
 //! contiguous share of the requests (`read_each`: each into its own slot of the same pool);
-//! [`DepthReader::backend`] says which one runs and why.
+//! [`DepthReader::backend`] says which one runs and why. There too, once a read fails or
+//! `done` returns an error (or panics), no further read starts and `done` is not called again.
 
 use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -389,10 +391,23 @@ impl<'d> DepthReader<'d> {
         }
         let per = reqs.len().div_ceil(self.depth);
         let disk = self.files.disk;
+        // Set by the first failure: the other threads start no further read.
+        let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             let handles: Vec<_> = reqs
                 .chunks_mut(per)
-                .map(|chunk| s.spawn(move || chunk.iter_mut().try_for_each(|(o, b)| disk.read(b, *o))))
+                .map(|chunk| {
+                    let stop = &stop;
+                    s.spawn(move || {
+                        for (o, b) in chunk {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            disk.read(b, *o).inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+                        }
+                        Ok(())
+                    })
+                })
                 .collect();
             handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         })
@@ -408,21 +423,32 @@ impl<'d> DepthReader<'d> {
         let per = reqs.len().div_ceil(pool.slots);
         let disk = self.files.disk;
         let done = Mutex::new(done);
+        // Set by the first failed read or error from `done`: the other threads start no
+        // further read and no longer call `done`. A panic in `done` poisons the lock, which
+        // stops them too.
+        let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             let handles: Vec<_> = reqs
                 .chunks(per)
                 .enumerate()
                 .map(|(k, chunk)| {
-                    let done = &done;
+                    let (done, stop) = (&done, &stop);
                     // SAFETY: slot k (k < pool.slots, as there are at most that many chunks) is
                     // this thread's alone for the scope.
                     let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
                     s.spawn(move || -> Result<(), DiskError> {
                         for (j, &(o, len)) in chunk.iter().enumerate() {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
                             let b = &mut buf[..len];
-                            disk.read(b, o)?;
-                            let mut f = done.lock().unwrap_or_else(|p| p.into_inner());
-                            (*f)(k * per + j, b)?;
+                            disk.read(b, o).inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+                            let Ok(mut f) = done.lock() else { break };
+                            // Checked again under the lock: another call may have failed meanwhile.
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            (*f)(k * per + j, b).inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
                         }
                         Ok(())
                     })

@@ -477,3 +477,22 @@ fn a_renamed_and_replaced_file_is_still_the_one_read() {
     }
     check_reads(&d, &reqs, &want, "overlay after external_snapshot");
 }
+
+#[test]
+fn done_is_not_called_after_it_returned_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, _) = raw_disk(dir.path(), "d.raw", 29, 4 << 20);
+    let reqs: Vec<(u64, usize)> = (0..512).map(|i| (i * 8192, 8192)).collect();
+    for (name, mut reader) in readers(&d, 8) {
+        let mut calls = 0;
+        let r = reader.read_each(&reqs, |_, _| {
+            calls += 1;
+            if calls == 3 {
+                return Err(DiskError::Invalid("stop".into()));
+            }
+            Ok(())
+        });
+        assert!(matches!(r, Err(DiskError::Invalid(ref m)) if m == "stop"), "{name}: {r:?}");
+        assert_eq!(calls, 3, "{name}: done called again after its error");
+    }
+}
