@@ -381,7 +381,7 @@ fn ours_read_at_depth(
     let d = Disk::open(path, OpenOptions { writable: false, direct }).map_err(|e| e.to_string())?;
     let block = pattern.block() as usize;
     let mut reader = DepthReader::new(&d, depth);
-    reader.reserve(block);
+    reader.reserve(block).map_err(|e| e.to_string())?;
     let reqs: Vec<(u64, usize)> = offs.iter().map(|&o| (o, block)).collect();
     let t = Instant::now();
     reader.read_each(&reqs, |_, _| Ok(())).map_err(|e| e.to_string())?;

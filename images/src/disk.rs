@@ -1,17 +1,21 @@
 //! Disk images through imago (sync mode): qcow2 creation, overlays backed by a base image,
 //! reads and writes through backing chains of any depth, external snapshots.
 //!
-//! imago does the qcow2 work here; this module only picks the format, names the backing file
-//! and maps errors to [`DiskError`].
+//! imago does the qcow2 work here; this module only picks the format, names the backing file,
+//! maps errors to [`DiskError`] and opens the image's files (as imago would) to keep a
+//! descriptor of each for the depth reader (`uring`).
 
+use std::cell::RefCell;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use imago::file::File as ImagoFile;
+use imago::format::gate::ImplicitOpenGate;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{
-    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, Storage, StorageCreateOptions,
-    StorageOpenOptions,
+    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage, StorageCreateOptions, StorageOpenOptions,
 };
 use thiserror::Error;
 
@@ -178,6 +182,39 @@ pub struct Disk {
     access: FormatAccess<ImagoFile>,
     path: PathBuf,
     direct: bool,
+    /// A duplicate of each descriptor imago opened for the image and its backing chain, by
+    /// the name imago knows the file by: the depth reader (`uring`) reads the files through
+    /// these rather than reopening them by name, which after a rename (an external snapshot)
+    /// or a change of directory (a relative name) can be another file.
+    host_files: Vec<(PathBuf, std::fs::File)>,
+}
+
+/// Opens every file of an image as imago's own `File::open` does (read, write when asked,
+/// O_DIRECT when asked), keeping a duplicate of each descriptor.
+#[derive(Clone, Default)]
+struct KeepDescriptors(Rc<RefCell<Vec<(PathBuf, std::fs::File)>>>);
+
+impl ImplicitOpenGate<ImagoFile> for KeepDescriptors {
+    fn open_format<F: FormatDriverBuilder<ImagoFile>>(
+        &mut self,
+        builder: F,
+    ) -> std::io::Result<FormatAccess<ImagoFile>> {
+        Ok(FormatAccess::new(builder.open(self.clone())?))
+    }
+
+    fn open_storage(&mut self, opts: StorageOpenOptions) -> std::io::Result<ImagoFile> {
+        let Some(name) = opts.get_filename().map(Path::to_path_buf) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "Filename required"));
+        };
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(opts.get_writable());
+        if opts.get_direct() {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let file = o.open(&name)?;
+        self.0.borrow_mut().push((name, file.try_clone()?));
+        ImagoFile::from_open_file(file, opts)
+    }
 }
 
 /// How an image is opened.
@@ -198,23 +235,25 @@ impl Disk {
             Header::read(path)?.check_tables_within(len)?;
         }
         let storage = StorageOpenOptions::new().direct(opts.direct);
+        let files = KeepDescriptors::default();
         let access = match format {
             DiskFormat::Qcow2 => FormatAccess::new(
                 Qcow2::<ImagoFile>::builder_path(path)
                     .write(opts.writable)
                     .storage_open_options(storage)
-                    .open(PermissiveImplicitOpenGate::default())
+                    .open(files.clone())
                     .map_err(io_err("cannot open qcow2 image", path))?,
             ),
             DiskFormat::Raw => FormatAccess::new(
                 Raw::<ImagoFile>::builder_path(path)
                     .write(opts.writable)
                     .storage_open_options(storage)
-                    .open(PermissiveImplicitOpenGate::default())
+                    .open(files.clone())
                     .map_err(io_err("cannot open raw image", path))?,
             ),
         };
-        Ok(Disk { access, path: path.to_path_buf(), direct: opts.direct })
+        let host_files = files.0.take();
+        Ok(Disk { access, path: path.to_path_buf(), direct: opts.direct, host_files })
     }
 
     pub fn size(&self) -> u64 {
@@ -241,6 +280,16 @@ impl Disk {
 
     pub(crate) fn access(&self) -> &FormatAccess<ImagoFile> {
         &self.access
+    }
+
+    /// The descriptor imago opened for the file it knows as `name` (a duplicate, kept when the
+    /// disk was opened); `None` when there is none, or more than one by that name.
+    pub(crate) fn host_file(&self, name: &Path) -> Option<&std::fs::File> {
+        let mut found = self.host_files.iter().filter(|(n, _)| n == name);
+        match (found.next(), found.next()) {
+            (Some((_, file)), None) => Some(file),
+            _ => None,
+        }
     }
 
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {

@@ -4,34 +4,45 @@
 //! Each guest range is resolved to host file ranges through the format layer (imago's
 //! `get_mapping`, which walks the backing chain: identity for raw, the L2 tables for qcow2,
 //! the base for an overlay's unallocated clusters). Zero and unallocated ranges are filled with
-//! zeroes here; data ranges become io_uring reads on our own descriptors for the host files
-//! (opened by name, with O_DIRECT when the disk was). Requests are mapped and submitted in the
-//! order given, so a sequential list keeps the in-flight reads at adjacent host offsets, as
-//! QEMU's thread pool does. What cannot be read as a plain host range (compressed clusters,
-//! ranges not aligned for O_DIRECT, a host file without a name) and the rest of a short read
-//! go through [`Disk::read`] instead, synchronously and while the other reads stay in flight.
+//! zeroes here; data ranges become io_uring reads on the descriptors imago opened for the host
+//! files (duplicates that [`Disk::open`] keeps: a file is never reopened by name, which after a
+//! rename or a change of directory could be another file). Requests are mapped and submitted
+//! in the order given, so a sequential list keeps the in-flight reads at adjacent host
+//! offsets, as QEMU's thread pool does. What cannot be read as a plain host range (compressed
+//! clusters, ranges not aligned for O_DIRECT, a host file the disk kept no descriptor for), the
+//! rest of a short read and a read the kernel gives back with `EAGAIN` or `EINTR` go through
+//! [`Disk::read`] instead, synchronously and while the other reads stay in flight.
 //!
-//! [`DepthReader::read_each`] reads into a pool of `depth` buffers that the reader owns: one
-//! allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`, so that a request's
-//! buffer is physically contiguous, and registered with the ring (`READ_FIXED`: the pages are
-//! pinned once, not per request). Physical contiguity is what makes the difference on a
-//! virtio disk: a 1 MiB buffer of scattered 4 KiB pages is up to 256 segments (more than
-//! virtio-blk's usual 254 per request, so the block layer splits it, and adjacent requests
-//! cannot be merged), one of a huge page is one. [`DepthReader::read_many`] reads into the
-//! caller's buffers (plain `READ`), with whatever pages they have.
+//! [`DepthReader::read_each`] reads into a pool of buffers that the reader owns, one per
+//! request in flight: one allocation in whole 2 MiB-aligned huge pages with `MADV_HUGEPAGE`,
+//! so that a request's buffer is physically contiguous, and registered with the ring
+//! (`READ_FIXED`: the pages are pinned once, not per request). Physical contiguity is what
+//! makes the difference on a virtio disk: a 1 MiB buffer of scattered 4 KiB pages is up to 256
+//! segments (more than virtio-blk's usual 254 per request, so the block layer splits it, and
+//! adjacent requests cannot be merged), one of a huge page is one. The pool has at most
+//! `depth` buffers, no more than there are requests, and takes at most [`MAX_POOL`] bytes:
+//! with longer requests it has fewer buffers, so fewer reads in flight; a request longer than
+//! that is an error. [`DepthReader::read_many`] reads into the caller's buffers (plain
+//! `READ`), with whatever pages they have.
+//!
+//! Every way out of a call (its result, an error, a panic in `done` or in imago) first waits
+//! for the reads in flight: no buffer is freed or handed back while the kernel may still write
+//! into it.
 //!
 //! When the ring cannot be set up (seccomp, a kernel before 5.6, io_uring disabled) the reader
 //! falls back to `depth` threads, each with one blocking [`Disk::read`] in flight on a
 //! contiguous share of the requests (`read_each`: each into its own slot of the same pool);
-//! [`DepthReader::backend`] says which one runs and why.
+//! [`DepthReader::backend`] says which one runs and why. There too, once a read fails or
+//! `done` returns an error (or panics), no further read starts and `done` is not called again.
 
 use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use imago::file::File as ImagoFile;
 use imago::{Mapping, Storage};
@@ -43,8 +54,17 @@ use crate::disk::{io_err, Disk, DiskError};
 const MAX_SEGMENT: u64 = 1 << 30;
 /// The deepest queue a reader keeps (its ring's size).
 pub const MAX_DEPTH: usize = 4096;
+/// The most memory [`DepthReader::read_each`]'s buffer pool takes, and so the longest request
+/// it reads.
+pub const MAX_POOL: usize = 1 << 30;
 /// Alignment of the buffer pool: a transparent huge page.
 const HUGE_PAGE: usize = 2 << 20;
+/// How many times in a row waiting for completions may fail with `EBUSY` or `EAGAIN` (a
+/// millisecond apart) before a call gives up.
+const MAX_RETRIES: u32 = 100;
+/// How many times in a row waiting for the last reads in flight may fail (a millisecond apart)
+/// before the process is aborted rather than free buffers the kernel may still write.
+const MAX_DRAIN_FAILURES: u32 = 10_000;
 
 /// What serves a [`DepthReader`]'s reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,19 +88,66 @@ impl fmt::Display for Backend {
 
 /// Reads of one disk with up to `depth` host reads in flight. See the module docs.
 pub struct DepthReader<'d> {
-    disk: &'d Disk,
     depth: usize,
-    ring: Option<IoUring>,
+    /// Dropped before `pool`, which it may have registered (fields drop in order).
+    ring: Option<Ring>,
     reason: String,
-    /// Our descriptors for the host files, by the imago storage object they stand for.
-    files: Vec<HostFile>,
+    files: HostFiles<'d>,
     pool: Option<Pool>,
 }
 
-struct HostFile {
-    storage: *const ImagoFile,
-    /// `None`: the storage has no file name; its ranges go through `Disk::read`.
-    file: Option<std::fs::File>,
+/// The ring, and how many reads pushed to it the kernel may still be doing.
+struct Ring {
+    uring: IoUring,
+    in_flight: usize,
+}
+
+impl Ring {
+    /// Waits for every read in flight (submitting those not submitted yet): once it returns,
+    /// their buffers may be freed. When waiting keeps failing it aborts the process: returning
+    /// would let the kernel write into freed memory.
+    fn drain(&mut self) {
+        let mut failures = 0;
+        loop {
+            self.in_flight = self.in_flight.saturating_sub(self.uring.completion().count());
+            if self.in_flight == 0 {
+                return;
+            }
+            match self.uring.submit_and_wait(1) {
+                Ok(_) => failures = 0,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    failures += 1;
+                    if failures == MAX_DRAIN_FAILURES {
+                        eprintln!(
+                            "stackbed depth reader: {} io_uring reads still in flight and waiting for them fails \
+                             ({e}); aborting rather than freeing their buffers",
+                            self.in_flight
+                        );
+                        std::process::abort();
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+/// Drains the ring when dropped: a run that ends early, with an error or a panic unwinding
+/// through it, leaves no read behind that could write into buffers freed next.
+struct Draining<'a>(&'a mut Ring);
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.0.drain();
+    }
+}
+
+/// The disk, and the descriptors its reads go to by the imago storage object they stand for.
+struct HostFiles<'d> {
+    disk: &'d Disk,
+    /// `None`: the disk kept no descriptor for the storage; its ranges go through `Disk::read`.
+    files: Vec<(*const ImagoFile, Option<&'d std::fs::File>)>,
 }
 
 /// `slots` buffers of `slot_len` bytes in one allocation.
@@ -93,19 +160,21 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(slots: usize, slot_len: usize) -> Pool {
-        let slot_len = slot_len.max(1).next_multiple_of(4096);
+    /// `slot_len` is a multiple of 4096. Fails (rather than aborting) when the memory is not
+    /// there or the size does not fit.
+    fn new(slots: usize, slot_len: usize) -> std::io::Result<Pool> {
+        let oom = || std::io::Error::from(std::io::ErrorKind::OutOfMemory);
         // Whole huge pages: a huge page needs its 2 MiB-aligned range inside the advised area.
-        let size = (slots * slot_len).next_multiple_of(HUGE_PAGE);
-        let layout = Layout::from_size_align(size, HUGE_PAGE).expect("buffer pool layout");
+        let size = slots.checked_mul(slot_len).and_then(|s| s.checked_next_multiple_of(HUGE_PAGE));
+        let size = size.filter(|&s| s > 0).ok_or_else(oom)?;
+        let layout = Layout::from_size_align(size, HUGE_PAGE).map_err(|_| oom())?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) }).ok_or_else(oom)?;
         // SAFETY: the range is the allocation just made. Advice only: failure changes nothing.
         unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_HUGEPAGE) };
         // SAFETY: within the allocation; the pages are touched now rather than during reads.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, size) };
-        Pool { ptr, layout, slot_len, slots, registered: false }
+        Ok(Pool { ptr, layout, slot_len, slots, registered: false })
     }
 
     fn slot(&self, i: usize) -> *mut u8 {
@@ -208,16 +277,22 @@ impl<'d> DepthReader<'d> {
     pub fn new(disk: &'d Disk, depth: usize) -> DepthReader<'d> {
         let depth = depth.clamp(1, MAX_DEPTH);
         let (ring, reason) = match setup_ring(depth) {
-            Ok(ring) => (Some(ring), String::new()),
+            Ok(uring) => (Some(Ring { uring, in_flight: 0 }), String::new()),
             Err(e) => (None, e),
         };
-        DepthReader { disk, depth, ring, reason, files: Vec::new(), pool: None }
+        DepthReader { depth, ring, reason, files: HostFiles { disk, files: Vec::new() }, pool: None }
     }
 
     /// A reader that uses the thread path even where io_uring works (for comparisons).
     pub fn with_threads(disk: &'d Disk, depth: usize) -> DepthReader<'d> {
         let reason = "threads asked for".to_string();
-        DepthReader { disk, depth: depth.max(1), ring: None, reason, files: Vec::new(), pool: None }
+        DepthReader {
+            depth: depth.max(1),
+            ring: None,
+            reason,
+            files: HostFiles { disk, files: Vec::new() },
+            pool: None,
+        }
     }
 
     pub fn depth(&self) -> usize {
@@ -231,91 +306,181 @@ impl<'d> DepthReader<'d> {
         }
     }
 
+    /// Host reads submitted to the ring and not yet reaped. Always 0 between calls, also after
+    /// a call that panicked: every call waits for its reads before it returns or unwinds.
+    pub fn in_flight(&self) -> usize {
+        self.ring.as_ref().map_or(0, |r| r.in_flight)
+    }
+
     /// Reads each `(offset, buf)`: exactly what [`Disk::read`] of each would give (zeroes
     /// past the end of the disk). On an error the reads in flight are waited for, then the
     /// first error is returned; the buffers' contents are then unspecified.
     pub fn read_many(&mut self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
-        if self.ring.is_none() {
-            return self.threads_many(reqs);
-        }
+        let Some(ring) = &mut self.ring else { return self.threads_many(reqs) };
         let mut target = Buffers { reqs: reqs.iter_mut().map(|(o, b)| (*o, b.as_mut_ptr(), b.len())).collect() };
-        self.run(&mut target)
+        run(ring, &mut self.files, self.depth, &mut target)
     }
 
     /// Reads `len` bytes at each `(offset, len)` into the reader's own buffers (one per
     /// request in flight; see the module docs) and calls `done(i, bytes)` as request `i`
     /// completes, in completion order. The bytes are what [`Disk::read`] would give. An error
-    /// from `done` stops the reads like a read error does.
+    /// from `done` stops the reads like a read error does, and `done` is not called again. A
+    /// request longer than [`MAX_POOL`] bytes, or buffers that cannot be allocated, are an
+    /// error before any read.
     pub fn read_each(
         &mut self,
         reqs: &[(u64, usize)],
         done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
     ) -> Result<(), DiskError> {
-        let max_len = reqs.iter().map(|r| r.1).max().unwrap_or(0);
-        if self.ring.is_none() {
-            return self.threads_each(reqs, max_len, done);
+        if reqs.is_empty() {
+            return Ok(());
         }
-        self.prepare_pool(max_len);
-        let pool = self.pool.take().expect("pool prepared");
-        let mut target =
-            Slots { reqs, pool: &pool, free: (0..pool.slots).collect(), slot_of: vec![0; reqs.len()], done };
-        let r = self.run(&mut target);
-        self.pool = Some(pool);
-        r
+        let max_len = reqs.iter().map(|r| r.1).max().unwrap_or(0);
+        self.prepare_pool(max_len, reqs.len())?;
+        let pool = self.pool.as_ref().expect("pool prepared");
+        let Some(ring) = &mut self.ring else { return self.threads_each(reqs, done) };
+        let mut target = Slots { reqs, pool, free: (0..pool.slots).collect(), slot_of: vec![0; reqs.len()], done };
+        run(ring, &mut self.files, self.depth, &mut target)
     }
 
     /// Sets up [`DepthReader::read_each`]'s buffers for requests of up to `len` bytes now
     /// rather than on its first call (which does it otherwise).
-    pub fn reserve(&mut self, len: usize) {
-        self.prepare_pool(len);
+    pub fn reserve(&mut self, len: usize) -> Result<(), DiskError> {
+        self.prepare_pool(len, self.depth)
     }
 
-    /// Makes sure the pool has `depth` slots of at least `len` bytes, registered if it can be.
-    fn prepare_pool(&mut self, len: usize) {
-        if self.pool.as_ref().is_some_and(|p| p.slot_len >= len && p.slots == self.depth) {
-            return;
+    /// Makes sure the pool has a slot of at least `len` bytes for each of `count` requests in
+    /// flight (at most `depth`, and at most [`MAX_POOL`] bytes in all), registered if it can be.
+    fn prepare_pool(&mut self, len: usize, count: usize) -> Result<(), DiskError> {
+        let disk = self.files.disk;
+        let slot_len = len.max(disk.mem_align()).max(1).checked_next_multiple_of(4096).filter(|&l| l <= MAX_POOL);
+        let Some(slot_len) = slot_len else {
+            return Err(DiskError::Invalid(format!(
+                "depth reader: a request of {len} bytes is longer than its buffers can be ({MAX_POOL} bytes)"
+            )));
+        };
+        let slots = count.min(self.depth).min(MAX_POOL / slot_len).max(1);
+        if self.pool.as_ref().is_some_and(|p| p.slot_len >= slot_len && p.slots >= slots) {
+            return Ok(());
         }
         if let Some(old) = self.pool.take() {
             if let (true, Some(ring)) = (old.registered, &self.ring) {
-                let _ = ring.submitter().unregister_buffers();
+                let _ = ring.uring.submitter().unregister_buffers();
             }
             drop(old);
         }
-        let mut pool = Pool::new(self.depth, len.max(self.disk.mem_align()));
-        let Some(ring) = &self.ring else {
-            self.pool = Some(pool);
-            return;
-        };
+        let mut pool = Pool::new(slots, slot_len).map_err(io_err("cannot allocate read buffers for", disk.path()))?;
         // Registered buffers are at most 1 GiB each and indexed by a u16; the kernel refuses
         // what it cannot take, and the reads are then plain READ.
-        if pool.slot_len as u64 <= MAX_SEGMENT && pool.slots <= u16::MAX as usize {
-            // SAFETY: the buffers live in `pool`, which stays registered only while it is
-            // alive: it is unregistered above before being dropped, and the ring (dropped
-            // first, see the field order) goes with it.
-            pool.registered = unsafe { ring.submitter().register_buffers(&pool.iovecs()) }.is_ok();
+        if let Some(ring) = &self.ring {
+            if pool.slot_len as u64 <= MAX_SEGMENT && pool.slots <= u16::MAX as usize {
+                // SAFETY: the buffers live in `pool`, which stays registered only while it is
+                // alive: it is unregistered above before being dropped, and the ring (dropped
+                // first, see the field order) goes with it. No read is in flight between calls.
+                pool.registered = unsafe { ring.uring.submitter().register_buffers(&pool.iovecs()) }.is_ok();
+            }
         }
         self.pool = Some(pool);
+        Ok(())
     }
 
-    /// The index in `files` for an imago storage object, opening it the first time.
-    fn file_for(&mut self, storage: &ImagoFile) -> Result<usize, DiskError> {
-        let key = storage as *const ImagoFile;
-        if let Some(i) = self.files.iter().position(|f| f.storage == key) {
-            return Ok(i);
+    /// The thread path of [`DepthReader::read_many`]: `depth` threads, a contiguous share each.
+    fn threads_many(&self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
+        if reqs.is_empty() {
+            return Ok(());
         }
-        let file = match storage.get_filename() {
-            Some(name) => {
-                let mut o = std::fs::OpenOptions::new();
-                o.read(true);
-                if self.disk.direct() {
-                    o.custom_flags(libc::O_DIRECT);
-                }
-                Some(o.open(&name).map_err(io_err("cannot open", &name))?)
-            }
-            None => None,
-        };
-        self.files.push(HostFile { storage: key, file });
-        Ok(self.files.len() - 1)
+        let per = reqs.len().div_ceil(self.depth);
+        let disk = self.files.disk;
+        // Set by the first failure: the other threads start no further read.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .chunks_mut(per)
+                .map(|chunk| {
+                    let stop = &stop;
+                    s.spawn(move || {
+                        for (o, b) in chunk {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            disk.read(b, *o).inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
+    /// The thread path of [`DepthReader::read_each`]: a slot of the pool per thread.
+    fn threads_each(
+        &self,
+        reqs: &[(u64, usize)],
+        done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
+    ) -> Result<(), DiskError> {
+        let pool = self.pool.as_ref().expect("pool prepared");
+        let per = reqs.len().div_ceil(pool.slots);
+        let disk = self.files.disk;
+        let done = Mutex::new(done);
+        // Set by the first failed read or error from `done`: the other threads start no
+        // further read and no longer call `done`. A panic in `done` poisons the lock, which
+        // stops them too.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .chunks(per)
+                .enumerate()
+                .map(|(k, chunk)| {
+                    let (done, stop) = (&done, &stop);
+                    // SAFETY: slot k (k < pool.slots, as there are at most that many chunks) is
+                    // this thread's alone for the scope.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
+                    s.spawn(move || -> Result<(), DiskError> {
+                        for (j, &(o, len)) in chunk.iter().enumerate() {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            let b = &mut buf[..len];
+                            disk.read(b, o).inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+                            let Ok(mut f) = done.lock() else { break };
+                            // Checked again under the lock: another call may have failed meanwhile.
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            (*f)(k * per + j, b).inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+}
+
+impl Drop for DepthReader<'_> {
+    fn drop(&mut self) {
+        // The ring before the pool it may have registered.
+        self.ring = None;
+    }
+}
+
+impl<'d> HostFiles<'d> {
+    /// The index in `files` for an imago storage object: the descriptor the disk kept for the
+    /// file of that name when it was opened (see `Disk::host_file`).
+    fn index(&mut self, storage: &ImagoFile) -> usize {
+        let key = storage as *const ImagoFile;
+        if let Some(i) = self.files.iter().position(|f| f.0 == key) {
+            return i;
+        }
+        let file = storage.get_filename().and_then(|name| self.disk.host_file(&name));
+        self.files.push((key, file));
+        self.files.len() - 1
+    }
+
+    fn fd(&self, i: usize) -> RawFd {
+        self.files[i].1.expect("segments have a file").as_raw_fd()
     }
 
     /// Maps request `req` (guest `offset`, `len` bytes into `ptr`): zero and special ranges
@@ -351,8 +516,8 @@ impl<'d> DepthReader<'d> {
                     let aligned = host.is_multiple_of(req_align)
                         && (n as u64).is_multiple_of(req_align)
                         && (p as usize).is_multiple_of(mem_align);
-                    let file = self.file_for(storage)?;
-                    if aligned && self.files[file].file.is_some() {
+                    let file = self.index(storage);
+                    if aligned && self.files[file].1.is_some() {
                         out.push_back(Segment { req, file, host, guest, ptr: p, len: n, fixed });
                     } else {
                         disk.read(piece(), guest)?;
@@ -366,200 +531,113 @@ impl<'d> DepthReader<'d> {
         }
         Ok(())
     }
+}
 
-    fn run(&mut self, target: &mut dyn Target) -> Result<(), DiskError> {
-        let n = target.count();
-        let mut pending = vec![0usize; n];
-        let mut queue: VecDeque<Segment> = VecDeque::new();
-        let mut slab: Vec<Option<Segment>> = Vec::new();
-        let mut free_ids: Vec<usize> = Vec::new();
-        let mut in_flight = 0usize;
-        let mut next = 0usize;
-        let mut failed: Option<DiskError> = None;
-        let mut finished = 0usize;
-        let mut ring = self.ring.take().expect("run needs the ring");
-        let result = (|| -> Result<(), DiskError> {
-            loop {
-                // Fill the queue up to the depth, in request order.
-                while failed.is_none() && in_flight < self.depth {
-                    if let Some(seg) = queue.pop_front() {
-                        let fd = self.files[seg.file].file.as_ref().expect("segments have a file").as_raw_fd();
-                        let id = free_ids.pop().unwrap_or_else(|| {
-                            slab.push(None);
-                            slab.len() - 1
-                        });
-                        let entry = match seg.fixed {
-                            Some(index) => opcode::ReadFixed::new(types::Fd(fd), seg.ptr, seg.len as u32, index)
-                                .offset(seg.host)
-                                .build(),
-                            None => opcode::Read::new(types::Fd(fd), seg.ptr, seg.len as u32).offset(seg.host).build(),
-                        }
-                        .user_data(id as u64);
-                        slab[id] = Some(seg);
-                        // SAFETY: the buffer stays valid until the completion is reaped: the
-                        // caller's buffers are borrowed for the whole call and the pool is
-                        // alive, and every submitted entry is reaped before returning.
-                        if unsafe { ring.submission().push(&entry) }.is_err() {
-                            // Cannot happen: the ring has room for `depth` entries.
-                            slab[id] = None;
-                            failed = Some(DiskError::Invalid("depth reader: submission queue full".into()));
-                            break;
-                        }
-                        in_flight += 1;
-                        continue;
-                    }
-                    if next < n {
-                        let Some((ptr, fixed)) = target.begin(next) else { break };
-                        let (offset, len) = target.request(next);
-                        let before = queue.len();
-                        if let Err(e) = self.map(next, offset, ptr, len, fixed, &mut queue) {
-                            failed = Some(e);
-                            break;
-                        }
-                        pending[next] = queue.len() - before;
-                        if pending[next] == 0 {
-                            finished += 1;
-                            if let Err(e) = target.finish(next) {
-                                failed = Some(e);
-                            }
-                        }
-                        next += 1;
-                        continue;
-                    }
-                    break;
+/// Reads `target`'s requests with up to `depth` host reads in flight on `ring`. However it
+/// ends (done, an error, a panic), the reads in flight are waited for first.
+fn run(ring: &mut Ring, files: &mut HostFiles<'_>, depth: usize, target: &mut dyn Target) -> Result<(), DiskError> {
+    let draining = Draining(ring);
+    let ring = &mut *draining.0;
+    let disk = files.disk;
+    let n = target.count();
+    // Host reads not yet complete, by request.
+    let mut pending = vec![0usize; n];
+    // Mapped host reads not yet submitted, in request order.
+    let mut queue: VecDeque<Segment> = VecDeque::new();
+    // Submitted host reads, by the id in their entry's user data.
+    let mut slab: Vec<Option<Segment>> = Vec::new();
+    let mut free_ids: Vec<usize> = Vec::new();
+    let mut next = 0usize;
+    let mut finished = 0usize;
+    let mut retries = 0;
+    loop {
+        // Fill the queue up to the depth, in request order.
+        while ring.in_flight < depth {
+            if let Some(seg) = queue.pop_front() {
+                let fd = types::Fd(files.fd(seg.file));
+                let id = free_ids.pop().unwrap_or_else(|| {
+                    slab.push(None);
+                    slab.len() - 1
+                });
+                let entry = match seg.fixed {
+                    Some(index) => opcode::ReadFixed::new(fd, seg.ptr, seg.len as u32, index).offset(seg.host).build(),
+                    None => opcode::Read::new(fd, seg.ptr, seg.len as u32).offset(seg.host).build(),
                 }
-                if in_flight == 0 {
-                    if failed.is_some() || finished == n {
-                        break;
-                    }
-                    if queue.is_empty() && next < n {
-                        // Nothing in flight and no buffer free cannot happen: buffers are
-                        // freed by completions.
-                        return Err(DiskError::Invalid("depth reader: no buffer free with nothing in flight".into()));
-                    }
-                    continue;
-                }
-                match ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => {
-                        // The kernel may still hold what was submitted: wait for it below.
-                        failed.get_or_insert(io_err("io_uring wait failed on", self.disk.path())(e));
-                    }
-                }
-                let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
-                for (id, res) in done {
-                    let seg = slab[id as usize].take().expect("completion of a submitted read");
-                    free_ids.push(id as usize);
-                    in_flight -= 1;
-                    if failed.is_some() {
-                        continue;
-                    }
-                    if res < 0 {
-                        failed =
-                            Some(io_err("read failed on", self.disk.path())(std::io::Error::from_raw_os_error(-res)));
-                        continue;
-                    }
-                    let got = res as usize;
-                    if got < seg.len {
-                        // Short read (end of the host file, or an interrupted read): the rest
-                        // through the format driver, as `Disk::read` reads it.
-                        // SAFETY: this segment's read is complete; the part is not shared.
-                        let rest = unsafe { std::slice::from_raw_parts_mut(seg.ptr.add(got), seg.len - got) };
-                        if let Err(e) = self.disk.read(rest, seg.guest + got as u64) {
-                            failed = Some(e);
-                            continue;
-                        }
-                    }
-                    pending[seg.req] -= 1;
-                    if pending[seg.req] == 0 {
-                        finished += 1;
-                        if let Err(e) = target.finish(seg.req) {
-                            failed = Some(e);
-                        }
-                    }
-                }
-                if failed.is_some() && in_flight > 0 {
-                    // Reap everything before the buffers can go away.
-                    while in_flight > 0 {
-                        match ring.submit_and_wait(in_flight) {
-                            Ok(_) => {}
-                            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                            Err(_) => std::thread::yield_now(),
-                        }
-                        in_flight -= ring.completion().count();
-                    }
-                }
+                .user_data(id as u64);
+                // SAFETY: the buffer stays valid until the completion is reaped: the caller's
+                // buffers are borrowed and the pool is not touched for the whole call, and
+                // `draining` reaps every read before the call ends, however it ends.
+                unsafe { ring.uring.submission().push(&entry) }
+                    .map_err(|_| DiskError::Invalid("depth reader: submission queue full".into()))?;
+                slab[id] = Some(seg);
+                ring.in_flight += 1;
+                continue;
             }
-            match failed.take() {
-                Some(e) => Err(e),
-                None => Ok(()),
+            if next == n {
+                break;
             }
-        })();
-        self.ring = Some(ring);
-        result
-    }
-
-    /// The thread path of [`DepthReader::read_many`]: `depth` threads, a contiguous share each.
-    fn threads_many(&self, reqs: &mut [(u64, &mut [u8])]) -> Result<(), DiskError> {
-        if reqs.is_empty() {
+            let Some((ptr, fixed)) = target.begin(next) else { break };
+            let (offset, len) = target.request(next);
+            let before = queue.len();
+            files.map(next, offset, ptr, len, fixed, &mut queue)?;
+            pending[next] = queue.len() - before;
+            next += 1;
+            if pending[next - 1] == 0 {
+                finished += 1;
+                target.finish(next - 1)?;
+            }
+        }
+        if finished == n {
             return Ok(());
         }
-        let per = reqs.len().div_ceil(self.depth);
-        let disk = self.disk;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .chunks_mut(per)
-                .map(|chunk| s.spawn(move || chunk.iter_mut().try_for_each(|(o, b)| disk.read(b, *o))))
-                .collect();
-            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
-    }
-
-    /// The thread path of [`DepthReader::read_each`]: a buffer per thread.
-    fn threads_each(
-        &mut self,
-        reqs: &[(u64, usize)],
-        max_len: usize,
-        done: impl FnMut(usize, &[u8]) -> Result<(), DiskError> + Send,
-    ) -> Result<(), DiskError> {
-        if reqs.is_empty() {
-            return Ok(());
+        if ring.in_flight == 0 {
+            // Cannot happen: requests not finished have reads in flight or a buffer to come,
+            // and buffers are freed by completions.
+            return Err(DiskError::Invalid("depth reader: requests left with nothing in flight".into()));
         }
-        self.prepare_pool(max_len);
-        let pool = self.pool.as_ref().expect("pool prepared");
-        let per = reqs.len().div_ceil(self.depth);
-        let disk = self.disk;
-        let done = Mutex::new(done);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .chunks(per)
-                .enumerate()
-                .map(|(k, chunk)| {
-                    let done = &done;
-                    // SAFETY: slot k (k < depth) is this thread's alone for the scope.
-                    let buf = unsafe { std::slice::from_raw_parts_mut(pool.slot(k), pool.slot_len) };
-                    s.spawn(move || -> Result<(), DiskError> {
-                        for (j, &(o, len)) in chunk.iter().enumerate() {
-                            let b = &mut buf[..len];
-                            disk.read(b, o)?;
-                            let mut f = done.lock().unwrap_or_else(|p| p.into_inner());
-                            (*f)(k * per + j, b)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
+        match ring.uring.submit_and_wait(1) {
+            Ok(_) => retries = 0,
+            // A signal: reap what is there and wait again.
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            // Completions to reap first (EBUSY), or the kernel short of memory for the moment
+            // (EAGAIN): reap and try again, a bounded number of times.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) && retries < MAX_RETRIES => {
+                retries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(io_err("io_uring wait failed on", disk.path())(e)),
+        }
+        let done: Vec<(u64, i32)> = ring.uring.completion().map(|c| (c.user_data(), c.result())).collect();
+        // Reaped: no longer in flight, whatever happens to them below.
+        ring.in_flight -= done.len();
+        for (id, res) in done {
+            let seg = slab[id as usize].take().expect("completion of a submitted read");
+            free_ids.push(id as usize);
+            complete(disk, &seg, res)?;
+            pending[seg.req] -= 1;
+            if pending[seg.req] == 0 {
+                finished += 1;
+                target.finish(seg.req)?;
+            }
+        }
     }
 }
 
-impl Drop for DepthReader<'_> {
-    fn drop(&mut self) {
-        // The ring before the pool it may have registered.
-        self.ring = None;
+/// Finishes a host read the kernel completed with `res`: a short read (the end of the host
+/// file) and a read given back with `EAGAIN` or `EINTR` are read on through the format driver,
+/// as [`Disk::read`] reads them; another error is returned.
+fn complete(disk: &Disk, seg: &Segment, res: i32) -> Result<(), DiskError> {
+    let got = match res {
+        0.. => (res as usize).min(seg.len),
+        _ if res == -libc::EAGAIN || res == -libc::EINTR => 0,
+        _ => return Err(io_err("read failed on", disk.path())(std::io::Error::from_raw_os_error(-res))),
+    };
+    if got < seg.len {
+        // SAFETY: this segment's read is complete; the part is not shared.
+        let rest = unsafe { std::slice::from_raw_parts_mut(seg.ptr.add(got), seg.len - got) };
+        disk.read(rest, seg.guest + got as u64)?;
     }
+    Ok(())
 }
 
 /// A ring with room for `depth` entries that can do `READ` and `READ_FIXED`.
@@ -581,5 +659,34 @@ impl Disk {
     /// [`DepthReader`]); the bytes are what [`Disk::read`] gives for each.
     pub fn read_many(&self, reqs: &mut [(u64, &mut [u8])], depth: usize) -> Result<(), DiskError> {
         DepthReader::new(self, depth).read_many(reqs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::OpenOptions;
+
+    #[test]
+    fn transient_completion_errors_are_read_through_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.raw");
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let disk = Disk::open(&p, OpenOptions::default()).unwrap();
+        let want = &data[4096..4096 + 8192];
+        // Completions of a read of 8 KiB at 4 KiB: given back (EAGAIN, EINTR), short (0 or
+        // 100 bytes read, which are in the buffer already), whole.
+        for (res, already) in [(-libc::EAGAIN, 0), (-libc::EINTR, 0), (0, 0), (100, 100), (8192, 8192)] {
+            let mut buf = vec![0u8; 8192];
+            buf[..already].copy_from_slice(&want[..already]);
+            let seg =
+                Segment { req: 0, file: 0, host: 4096, guest: 4096, ptr: buf.as_mut_ptr(), len: 8192, fixed: None };
+            complete(&disk, &seg, res).unwrap();
+            assert!(buf == want, "completion {res}");
+        }
+        let mut buf = vec![0u8; 8192];
+        let seg = Segment { req: 0, file: 0, host: 4096, guest: 4096, ptr: buf.as_mut_ptr(), len: 8192, fixed: None };
+        assert!(matches!(complete(&disk, &seg, -libc::EIO), Err(DiskError::Io { .. })));
     }
 }
