@@ -35,7 +35,6 @@
 //! [`DepthReader::backend`] says which one runs and why. There too, once a read fails or
 //! `done` returns an error (or panics), no further read starts and `done` is not called again.
 
-use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
@@ -152,8 +151,11 @@ struct HostFiles<'d> {
 
 /// `slots` buffers of `slot_len` bytes in one allocation.
 struct Pool {
+    /// The 2 MiB-aligned start of the buffers, inside `map`.
     ptr: NonNull<u8>,
-    layout: Layout,
+    /// The whole mapping (with the slack that aligning took), for munmap.
+    map: NonNull<u8>,
+    map_len: usize,
     slot_len: usize,
     slots: usize,
     registered: bool,
@@ -162,19 +164,41 @@ struct Pool {
 impl Pool {
     /// `slot_len` is a multiple of 4096. Fails (rather than aborting) when the memory is not
     /// there or the size does not fit.
+    ///
+    /// The memory comes straight from the kernel (an anonymous mapping), not from the global
+    /// allocator: an allocator may hand out pages it has already touched as 4 KiB pages, and
+    /// MADV_HUGEPAGE does not turn those into a huge page. A fresh mapping, advised before
+    /// its first touch, gets huge pages when the kernel has them.
     fn new(slots: usize, slot_len: usize) -> std::io::Result<Pool> {
         let oom = || std::io::Error::from(std::io::ErrorKind::OutOfMemory);
         // Whole huge pages: a huge page needs its 2 MiB-aligned range inside the advised area.
         let size = slots.checked_mul(slot_len).and_then(|s| s.checked_next_multiple_of(HUGE_PAGE));
         let size = size.filter(|&s| s > 0).ok_or_else(oom)?;
-        let layout = Layout::from_size_align(size, HUGE_PAGE).map_err(|_| oom())?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) }).ok_or_else(oom)?;
-        // SAFETY: the range is the allocation just made. Advice only: failure changes nothing.
+        // One huge page of slack, to start on a 2 MiB boundary.
+        let map_len = size.checked_add(HUGE_PAGE).ok_or_else(oom)?;
+        // SAFETY: a new private anonymous mapping; no existing memory is affected.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let map = NonNull::new(raw.cast::<u8>()).ok_or_else(oom)?;
+        let skip = (raw as usize).next_multiple_of(HUGE_PAGE) - raw as usize;
+        // SAFETY: skip < HUGE_PAGE and skip + size <= map_len: within the mapping.
+        let ptr = unsafe { map.add(skip) };
+        // SAFETY: the range lies in the mapping. Advice only: failure changes nothing.
         unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_HUGEPAGE) };
-        // SAFETY: within the allocation; the pages are touched now rather than during reads.
+        // SAFETY: within the mapping; the pages are touched now rather than during reads.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, size) };
-        Ok(Pool { ptr, layout, slot_len, slots, registered: false })
+        Ok(Pool { ptr, map, map_len, slot_len, slots, registered: false })
     }
 
     fn slot(&self, i: usize) -> *mut u8 {
@@ -190,8 +214,8 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // SAFETY: allocated in `Pool::new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        // SAFETY: the mapping made in `Pool::new`, unmapped once.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
     }
 }
 
