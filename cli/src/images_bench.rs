@@ -377,7 +377,7 @@ fn ours_read_at_depth(
     offs: &[u64],
     depth: usize,
     direct: bool,
-) -> Result<(f64, Backend), String> {
+) -> Result<(f64, Backend, Option<(u64, u64)>), String> {
     let d = Disk::open(path, OpenOptions { writable: false, direct }).map_err(|e| e.to_string())?;
     let block = pattern.block() as usize;
     let mut reader = DepthReader::new(&d, depth);
@@ -386,7 +386,7 @@ fn ours_read_at_depth(
     let t = Instant::now();
     reader.read_each(&reqs, |_, _| Ok(())).map_err(|e| e.to_string())?;
     let rate = offs.len() as f64 / t.elapsed().as_secs_f64();
-    Ok((rate, reader.backend()))
+    Ok((rate, reader.backend(), reader.pool_huge_pages()))
 }
 
 /// Which read rows our side serves through `uring::DepthReader` (io_uring at the row's depth)
@@ -511,11 +511,13 @@ fn bench_io(dir: &Path, raw: &Path, qcow2: &Path, mode: CacheMode, rows: &mut Ve
                 let queued = read_at_depth(pattern, depth, mode);
                 let mut ours = 0f64;
                 let mut backend = None;
+                let mut huge = None;
                 for _ in 0..repeats {
                     settle(&ours_file, mode)?;
                     let rate = if queued {
-                        let (rate, b) = ours_read_at_depth(&ours_file, pattern, &offs, depth, mode.direct())?;
+                        let (rate, b, h) = ours_read_at_depth(&ours_file, pattern, &offs, depth, mode.direct())?;
                         backend = Some(b);
+                        huge = h;
                         rate
                     } else {
                         ours_io(&ours_file, pattern, &offs, workers(depth, mode), mode.direct())?
@@ -552,8 +554,12 @@ fn bench_io(dir: &Path, raw: &Path, qcow2: &Path, mode: CacheMode, rows: &mut Ve
                 match backend {
                     Some(Backend::IoUring { registered_buffers }) => notes.push(format!(
                         "ours: uring::DepthReader, io_uring with {depth} reads in flight in offset order, {depth} \
-                         2 MiB-aligned MADV_HUGEPAGE buffers{}{requests}",
-                        if registered_buffers { " registered with the ring (READ_FIXED)" } else { "" }
+                         2 MiB-aligned MADV_HUGEPAGE buffers{}{}{requests}",
+                        if registered_buffers { " registered with the ring (READ_FIXED)" } else { "" },
+                        match huge {
+                            Some((h, size)) => format!(" ({h} of {size} KiB in huge pages)"),
+                            None => " (huge pages: unknown)".into(),
+                        }
                     )),
                     Some(Backend::Threads { reason }) => notes.push(format!(
                         "ours: uring::DepthReader fell back to {depth} threads, one blocking read each \

@@ -330,6 +330,31 @@ impl<'d> DepthReader<'d> {
         }
     }
 
+    /// How much of the buffer pool of [`DepthReader::read_each`] the kernel backs with huge
+    /// pages, and the pool's size, in KiB (from /proc/self/smaps); `None` before the pool is
+    /// set up or where smaps cannot be read. Huge pages are what make a buffer one segment.
+    pub fn pool_huge_pages(&self) -> Option<(u64, u64)> {
+        let pool = self.pool.as_ref()?;
+        let (start, end) = (pool.map.as_ptr() as usize, pool.map.as_ptr() as usize + pool.map_len);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut in_pool = false;
+        let (mut huge, mut size) = (0, 0);
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let first = words.next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-').filter(|(a, _)| !a.ends_with(':')) {
+                // A mapping's header: the pool is one mapping, or a few after the kernel split it.
+                let parse = |x: &str| usize::from_str_radix(x, 16).ok();
+                in_pool = matches!((parse(a), parse(b)), (Some(a), Some(b)) if a >= start && b <= end);
+            } else if in_pool && first == "AnonHugePages:" {
+                huge += words.next()?.parse::<u64>().ok()?;
+            } else if in_pool && first == "Size:" {
+                size += words.next()?.parse::<u64>().ok()?;
+            }
+        }
+        Some((huge, size))
+    }
+
     /// Host reads submitted to the ring and not yet reaped. Always 0 between calls, also after
     /// a call that panicked: every call waits for its reads before it returns or unwinds.
     pub fn in_flight(&self) -> usize {

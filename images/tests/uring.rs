@@ -496,3 +496,18 @@ fn done_is_not_called_after_it_returned_an_error() {
         assert_eq!(calls, 3, "{name}: done called again after its error");
     }
 }
+
+/// The pool's huge-page report finds the pool's mapping: its size covers the buffers (the
+/// kernel may or may not have given huge pages, so only the bound is checked).
+#[test]
+fn the_pool_reports_its_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, _) = raw_disk(dir.path(), "huge.raw", 5, 4 << 20);
+    for (what, mut r) in readers(&d, 3) {
+        assert_eq!(r.pool_huge_pages(), None, "{what}: no pool yet");
+        r.reserve(1 << 20).unwrap();
+        let (huge, size) = r.pool_huge_pages().unwrap_or_else(|| panic!("{what}: pool not found in smaps"));
+        assert!(size >= 3 * 1024, "{what}: pool of {size} KiB for three 1 MiB buffers");
+        assert!(huge <= size, "{what}: {huge} KiB huge of {size} KiB");
+    }
+}
