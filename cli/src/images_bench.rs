@@ -371,13 +371,22 @@ fn ours_io(path: &Path, pattern: Pattern, offs: &[u64], threads: usize, direct: 
 /// has); returns ops per second and what served them (io_uring, or threads where io_uring is
 /// unavailable). The image is opened and the reader's ring and buffers set up before the clock
 /// starts, as qemu-img bench allocates its buffers before its timer.
+/// One run of our side through the depth reader.
+struct DepthRun {
+    /// Requests per second.
+    rate: f64,
+    backend: Backend,
+    /// KiB of the buffer pool in huge pages, and the pool's KiB.
+    huge_pages: Option<(u64, u64)>,
+}
+
 fn ours_read_at_depth(
     path: &Path,
     pattern: Pattern,
     offs: &[u64],
     depth: usize,
     direct: bool,
-) -> Result<(f64, Backend, Option<(u64, u64)>), String> {
+) -> Result<DepthRun, String> {
     let d = Disk::open(path, OpenOptions { writable: false, direct }).map_err(|e| e.to_string())?;
     let block = pattern.block() as usize;
     let mut reader = DepthReader::new(&d, depth);
@@ -386,7 +395,7 @@ fn ours_read_at_depth(
     let t = Instant::now();
     reader.read_each(&reqs, |_, _| Ok(())).map_err(|e| e.to_string())?;
     let rate = offs.len() as f64 / t.elapsed().as_secs_f64();
-    Ok((rate, reader.backend(), reader.pool_huge_pages()))
+    Ok(DepthRun { rate, backend: reader.backend(), huge_pages: reader.pool_huge_pages() })
 }
 
 /// Which read rows our side serves through `uring::DepthReader` (io_uring at the row's depth)
@@ -515,10 +524,10 @@ fn bench_io(dir: &Path, raw: &Path, qcow2: &Path, mode: CacheMode, rows: &mut Ve
                 for _ in 0..repeats {
                     settle(&ours_file, mode)?;
                     let rate = if queued {
-                        let (rate, b, h) = ours_read_at_depth(&ours_file, pattern, &offs, depth, mode.direct())?;
-                        backend = Some(b);
-                        huge = h;
-                        rate
+                        let run = ours_read_at_depth(&ours_file, pattern, &offs, depth, mode.direct())?;
+                        backend = Some(run.backend);
+                        huge = run.huge_pages;
+                        run.rate
                     } else {
                         ours_io(&ours_file, pattern, &offs, workers(depth, mode), mode.direct())?
                     };
