@@ -156,6 +156,8 @@ struct Pool {
     /// The whole mapping (with the slack that aligning took), for munmap.
     map: NonNull<u8>,
     map_len: usize,
+    /// The buffers' length from `ptr`: whole huge pages, advised MADV_HUGEPAGE.
+    size: usize,
     slot_len: usize,
     slots: usize,
     registered: bool,
@@ -198,7 +200,7 @@ impl Pool {
         unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_HUGEPAGE) };
         // SAFETY: within the mapping; the pages are touched now rather than during reads.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, size) };
-        Ok(Pool { ptr, map, map_len, slot_len, slots, registered: false })
+        Ok(Pool { ptr, map, map_len, size, slot_len, slots, registered: false })
     }
 
     fn slot(&self, i: usize) -> *mut u8 {
@@ -335,7 +337,7 @@ impl<'d> DepthReader<'d> {
     /// set up or where smaps cannot be read. Huge pages are what make a buffer one segment.
     pub fn pool_huge_pages(&self) -> Option<(u64, u64)> {
         let pool = self.pool.as_ref()?;
-        let (start, end) = (pool.map.as_ptr() as usize, pool.map.as_ptr() as usize + pool.map_len);
+        let (start, end) = (pool.ptr.as_ptr() as usize, pool.ptr.as_ptr() as usize + pool.size);
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         let mut in_pool = false;
         let (mut huge, mut size) = (0, 0);
@@ -343,7 +345,7 @@ impl<'d> DepthReader<'d> {
             let mut words = line.split_whitespace();
             let first = words.next().unwrap_or("");
             if let Some((a, b)) = first.split_once('-').filter(|(a, _)| !a.ends_with(':')) {
-                // A mapping's header: the pool is one mapping, or a few after the kernel split it.
+                // A mapping's header: the advised range is a mapping of its own (or a few).
                 let parse = |x: &str| usize::from_str_radix(x, 16).ok();
                 in_pool = matches!((parse(a), parse(b)), (Some(a), Some(b)) if a >= start && b <= end);
             } else if in_pool && first == "AnonHugePages:" {
