@@ -275,11 +275,9 @@ impl Checker {
 
     /// Requests accepted more than the liveness bound ago that are still not terminal.
     pub fn check_deadlines(&mut self, now_ms: Millis, seq: u64) {
-        while let Some((created, uuid)) = self.pending_by_time.first().cloned() {
-            if now_ms <= created + self.liveness_bound_ms {
-                break;
-            }
-            self.pending_by_time.remove(&(created, uuid.clone()));
+        // Called after every commit: look at the oldest without copying it.
+        while self.pending_by_time.first().is_some_and(|(created, _)| now_ms > created + self.liveness_bound_ms) {
+            let Some((created, uuid)) = self.pending_by_time.pop_first() else { break };
             self.pending.remove(&uuid);
             let state = self
                 .instances
