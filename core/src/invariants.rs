@@ -397,13 +397,23 @@ mod tests {
             run
         }
         fn commit(&mut self, table: Table, key: &str, old: Option<Record>, new: Option<Record>) {
+            self.commit_at(self.seq + 1, table, key, old, new);
+        }
+        fn commit_at(&mut self, at_ms: Millis, table: Table, key: &str, old: Option<Record>, new: Option<Record>) {
             self.seq += 1;
             let writes = vec![Write { table, key: key.into(), old, new }];
-            self.checker.on_commit(self.seq, &Commit { seq: self.seq, writes });
+            self.checker.on_commit(at_ms, &Commit { seq: self.seq, writes });
         }
         fn write(&mut self, i: Instance) {
+            self.write_at(self.seq + 1, i);
+        }
+        fn write_at(&mut self, at_ms: Millis, i: Instance) {
             let old = self.rows.insert(i.uuid.clone(), i.clone()).map(Record::Instance);
-            self.commit(Table::Instances, &i.uuid.clone(), old, Some(Record::Instance(i)));
+            self.commit_at(at_ms, Table::Instances, &i.uuid.clone(), old, Some(Record::Instance(i)));
+        }
+        fn violations(&self, name: &str) -> (u64, Option<Violation>) {
+            let r = self.checker.results().into_iter().find(|r| r.name == name).expect("an invariant");
+            (r.violations, r.first)
         }
         fn quota_violations(&self) -> u64 {
             self.checker.results().iter().find(|r| r.name == "quota_respected").map_or(0, |r| r.violations)
@@ -425,5 +435,25 @@ mod tests {
         run.write(instance("c", VmState::Building, Some(TaskState::Scheduling)));
         run.write(instance("c", VmState::Building, Some(TaskState::Spawning)));
         assert_eq!(run.quota_violations(), 1);
+    }
+
+    /// A request still not terminal after the liveness bound is reported once, at the first
+    /// commit past its deadline; one that became terminal in time is not.
+    #[test]
+    fn a_request_past_the_liveness_bound_is_reported_once() {
+        let mut run = Run { checker: Checker::new(true, 1_000), seq: 0, rows: BTreeMap::new() };
+        run.write_at(0, instance("slow", VmState::Building, Some(TaskState::Scheduling)));
+        run.write_at(10, instance("quick", VmState::Building, Some(TaskState::Scheduling)));
+        run.write_at(500, instance("quick", VmState::Active, None));
+        run.write_at(1_000, instance("other", VmState::Building, Some(TaskState::Scheduling)));
+        assert_eq!(run.violations("requests_terminal").0, 0, "at the bound, not past it");
+        run.write_at(1_001, instance("other", VmState::Active, None));
+        let (count, first) = run.violations("requests_terminal");
+        assert_eq!(count, 1);
+        let first = first.expect("the violation");
+        assert!(first.detail.contains("request slow accepted at 0 ms"), "{}", first.detail);
+        assert_eq!(first.at_ms, 1_001);
+        run.write_at(5_000, instance("slow", VmState::Active, None));
+        assert_eq!(run.violations("requests_terminal").0, 1, "reported once");
     }
 }
