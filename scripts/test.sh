@@ -53,9 +53,10 @@ echo "== lints (real build, then simulator build)"
 cargo clippy --release --target-dir target/real --workspace --all-targets -q -- -D warnings
 cargo sim-clippy --workspace --all-targets -q -- -D warnings
 
-echo "== tests, real build (tokio, SQLite, libvirt test:///default, a real QEMU guest)"
+echo "== tests, real build (tokio, SQLite, libvirt test:///default, a real QEMU guest, io_uring)"
 scripts/guest/build.sh target/guest >/dev/null
-STACKBED_REQUIRE_GUEST=1 cargo real-test --workspace
+# Neither the guest boot nor the io_uring reads may skip here: this machine has both.
+STACKBED_REQUIRE_GUEST=1 STACKBED_REQUIRE_URING=1 cargo real-test --workspace
 
 echo "== real guests end to end: scenarios/real-guest.toml through the control plane"
 out=$(cargo real run scenarios/real-guest.toml --seed 1 --report-dir target/real-guest)
