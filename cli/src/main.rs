@@ -328,6 +328,7 @@ fn cmd_compare(
     let results = std::sync::Mutex::new(Vec::new());
     let failed = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicUsize::new(0);
+    let started = std::time::Instant::now(); // wall clock, outside the simulations
     progress_of("runs", 0, total, 0);
     // Each run is its own simulation with its own runtime; runs share nothing, so running
     // them on several threads changes no result.
@@ -345,7 +346,11 @@ fn cmd_compare(
                     world::NAME,
                     path.display()
                 );
-                let outcome = world::run(&opts);
+                // Each run's report is written here, on the run's thread, not after all runs.
+                let outcome = world::run(&opts).and_then(|r| {
+                    let file = dir.join(&strategy).join(format!("seed-{}", r.seed)).join("report.json");
+                    write_json(&file, &r).map(|()| r)
+                });
                 if !matches!(&outcome, Ok(r) if r.passed) {
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -365,7 +370,6 @@ fn cmd_compare(
         if let Some(text) = report.failure_text() {
             eprint!("{text}");
         }
-        write_json(&dir.join(&strategy).join(format!("seed-{}", report.seed)).join("report.json"), &*report)?;
         figures.push(compare::figures(&strategy, &base, &report));
         latencies.entry(strategy.clone()).or_default().extend(compare::boot_latencies(&report));
         if !first_reports.iter().any(|(s, _)| *s == strategy) {
@@ -374,6 +378,7 @@ fn cmd_compare(
     }
     let comparison = compare::summarize(&base.scenario.name, &rev, &strategies, &seed_list, figures);
     print!("{}", compare::render(&comparison));
+    println!("{total} runs on {} threads in {:.1} s wall", jobs.min(total), started.elapsed().as_secs_f64());
     let [json, csv, util_svg, cdf_svg] = compare::outputs(&dir);
     write_json(&json, &comparison)?;
     std::fs::write(&csv, compare::csv(&comparison)).map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
