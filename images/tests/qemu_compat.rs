@@ -12,22 +12,11 @@ use stackbed_images::disk::{self, Disk, OpenOptions};
 use stackbed_images::qcow2::{self, Qcow2Error};
 use stackbed_images::qemu;
 
+mod common;
+use common::pattern;
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Deterministic bytes (xorshift) so failures reproduce.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A raw file with data, explicitly written zeroes and holes, and a size that is not a

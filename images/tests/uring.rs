@@ -15,21 +15,10 @@ use std::path::Path;
 use stackbed_images::disk::{self, AlignedBuf, Disk, DiskError, OpenOptions};
 use stackbed_images::uring::{Backend, DepthReader, MAX_POOL};
 
-const CLUSTER: u64 = 65536;
+mod common;
+use common::pattern;
 
-/// Deterministic bytes (xorshift) so failures reproduce.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+const CLUSTER: u64 = 65536;
 
 struct Rng(u64);
 impl Rng {
