@@ -5,6 +5,7 @@
 pub mod cpu_topology;
 pub mod dist;
 pub mod extra_specs;
+pub mod faults;
 pub mod image_model;
 pub mod invariants;
 pub mod model;

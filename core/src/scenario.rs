@@ -130,6 +130,34 @@ pub struct SeedRange {
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     pub hosts: Vec<HostGroup>,
+    /// Worker processes per control service. nova's defaults are the controller's CPU count
+    /// (`osapi_compute_workers`, `[conductor] workers`, `[scheduler] workers`); a simulated
+    /// controller counts as one core, so one worker each unless the scenario says more.
+    #[serde(default)]
+    pub workers: Workers,
+}
+
+/// `[topology.workers]`: how many processes of each control service run, each on its own
+/// simulated node with its own connections and RNG stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workers {
+    #[serde(default = "one_u32")]
+    pub api: u32,
+    #[serde(default = "one_u32")]
+    pub conductor: u32,
+    #[serde(default = "one_u32")]
+    pub scheduler: u32,
+    #[serde(default = "one_u32")]
+    pub placement: u32,
+    #[serde(default = "one_u32")]
+    pub keystone: u32,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers { api: 1, conductor: 1, scheduler: 1, placement: 1, keystone: 1 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -384,6 +412,84 @@ pub struct Control {
     /// nova's consecutive_build_service_disable_threshold (0 disables the feature).
     #[serde(default = "default_disable_threshold")]
     pub consecutive_build_service_disable_threshold: u32,
+    /// nova's `instance_build_timeout` (0: off, nova's default): a compute's periodic task
+    /// puts its own instances still building after this long in ERROR.
+    #[serde(default = "zero_dur")]
+    pub instance_build_timeout: Dur,
+    /// nova's call monitoring for long calls (Stein and later): select_destinations waits up
+    /// to `long_rpc_timeout`, and fails after `rpc_response_timeout` without a heartbeat from
+    /// the server (which sends one every half of it). Off: the pre-Stein behaviour, the call
+    /// times out after `rpc_response_timeout` however busy the scheduler is.
+    #[serde(default = "yes")]
+    pub rpc_call_monitoring: bool,
+    /// oslo.messaging `amqp_durable_queues`: queues declared durable and messages sent
+    /// persistent, so they survive a broker restart. Upstream default false.
+    #[serde(default)]
+    pub amqp_durable_queues: bool,
+    /// When an RPC server acks a message: oslo's default `before_dispatch` (at most once: a
+    /// server that dies mid-request never sees it again) or `after_dispatch` (at least once:
+    /// redelivered after a crash, filtered by the last 16 msg_ids).
+    #[serde(default)]
+    pub rpc_ack: RpcAck,
+    /// oslo.messaging `heartbeat_timeout_threshold` (60 s) and `heartbeat_rate` (3): a
+    /// connection with no traffic for the threshold is dead; checked threshold/rate often.
+    #[serde(default = "default_heartbeat_threshold")]
+    pub heartbeat_timeout_threshold: Dur,
+    #[serde(default = "default_heartbeat_rate")]
+    pub heartbeat_rate: u32,
+    /// oslo.messaging reconnect backoff: `rabbit_retry_interval` (1 s) growing by
+    /// `rabbit_retry_backoff` (2 s) up to `rabbit_interval_max` (30 s).
+    #[serde(default = "default_retry_interval")]
+    pub rabbit_retry_interval: Dur,
+    #[serde(default = "default_retry_backoff")]
+    pub rabbit_retry_backoff: Dur,
+    #[serde(default = "default_interval_max")]
+    pub rabbit_interval_max: Dur,
+    /// oslo.db pool: `max_pool_size` (5) kept connections and `max_overflow` (50) more.
+    #[serde(default = "default_pool_size")]
+    pub db_max_pool_size: usize,
+    #[serde(default = "default_pool_overflow")]
+    pub db_max_overflow: usize,
+    /// nova's `wrap_db_retry(max_retries=5, retry_on_deadlock=True)` on its hot writes.
+    #[serde(default = "default_db_retries")]
+    pub db_max_retries: u32,
+}
+
+/// When an RPC server acknowledges a message (see [`Control::rpc_ack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpcAck {
+    #[default]
+    BeforeDispatch,
+    AfterDispatch,
+}
+
+fn zero_dur() -> Dur {
+    Dur(Duration::ZERO)
+}
+fn default_heartbeat_threshold() -> Dur {
+    Dur::secs(60)
+}
+fn default_heartbeat_rate() -> u32 {
+    3
+}
+fn default_retry_interval() -> Dur {
+    Dur::secs(1)
+}
+fn default_retry_backoff() -> Dur {
+    Dur::secs(2)
+}
+fn default_interval_max() -> Dur {
+    Dur::secs(30)
+}
+fn default_pool_size() -> usize {
+    5
+}
+fn default_pool_overflow() -> usize {
+    50
+}
+fn default_db_retries() -> u32 {
+    5
 }
 
 fn default_era() -> Era {
@@ -434,6 +540,18 @@ impl Default for Control {
             rpc_response_timeout: default_rpc_timeout(),
             long_rpc_timeout: default_long_rpc_timeout(),
             consecutive_build_service_disable_threshold: 10,
+            instance_build_timeout: zero_dur(),
+            rpc_call_monitoring: true,
+            amqp_durable_queues: false,
+            rpc_ack: RpcAck::BeforeDispatch,
+            heartbeat_timeout_threshold: default_heartbeat_threshold(),
+            heartbeat_rate: default_heartbeat_rate(),
+            rabbit_retry_interval: default_retry_interval(),
+            rabbit_retry_backoff: default_retry_backoff(),
+            rabbit_interval_max: default_interval_max(),
+            db_max_pool_size: default_pool_size(),
+            db_max_overflow: default_pool_overflow(),
+            db_max_retries: default_db_retries(),
         }
     }
 }
@@ -634,6 +752,12 @@ pub enum PlantedBug {
     SchedulerSkipsClaim,
     /// The conductor skips the quota re-check and the API skips its check.
     QuotaNotChecked,
+    /// A restarted nova-compute skips `init_host`'s recovery of interrupted builds.
+    ComputeSkipsInitHost,
+    /// RPC servers ack after dispatch but forget the duplicate-message filter.
+    AckAfterDispatchWithoutDupFilter,
+    /// The database retry wrapper also retries writes whose commit is in doubt.
+    RetryNonIdempotentWrites,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
