@@ -13,13 +13,14 @@ use crate::states::{self, TaskState, VmState};
 use crate::store::Commit;
 
 /// The invariants, by the names scenario files and reports use.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "no_instance_lost",
     "no_overcommit",
     "allocations_match_instances",
     "quota_respected",
     "legal_transitions",
     "requests_terminal",
+    "guests_match_instances",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -349,6 +350,45 @@ impl Checker {
 }
 
 impl Checker {
+    /// After healing, against what the hypervisors run (`guests`: host to instance uuids):
+    /// every guest belongs to an instance that is not deleted and is on that host (no
+    /// orphan), and every ACTIVE instance has exactly one guest, on its host (nothing booted
+    /// twice, nothing lost). A guest of an instance in ERROR on its host is not an orphan:
+    /// nova leaves it until the instance is deleted.
+    pub fn check_guests(&mut self, now_ms: Millis, guests: &BTreeMap<String, Vec<String>>) {
+        let mut hosts_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (host, uuids) in guests {
+            for uuid in uuids {
+                hosts_of.entry(uuid.as_str()).or_default().push(host.as_str());
+                match self.instances.get(uuid) {
+                    Some(i) if !i.deleted && i.host.as_deref() == Some(host.as_str()) => {}
+                    Some(i) => problems.push(format!(
+                        "guest {uuid} runs on {host} but its instance is {} on {}",
+                        if i.deleted { "deleted".to_string() } else { i.vm_state.to_string() },
+                        i.host.as_deref().unwrap_or("no host")
+                    )),
+                    None => problems.push(format!("guest {uuid} runs on {host} without an instance (orphan)")),
+                }
+            }
+        }
+        for (uuid, i) in &self.instances {
+            if i.deleted || i.vm_state != VmState::Active {
+                continue;
+            }
+            let on = hosts_of.get(uuid.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let host = i.host.as_deref().unwrap_or("no host");
+            match on {
+                [h] if *h == host => {}
+                [] => problems.push(format!("ACTIVE instance {uuid} on {host} has no guest")),
+                many => problems.push(format!("ACTIVE instance {uuid} on {host} has guests on {}", many.join(", "))),
+            }
+        }
+        for detail in problems {
+            self.violate("guests_match_instances", now_ms, 0, detail);
+        }
+    }
+
     /// Accepted requests not yet terminal.
     pub fn pending_count(&self) -> usize {
         self.pending.len()

@@ -96,6 +96,9 @@ pub fn legal_transition(from: StatePair, to: StatePair) -> bool {
         ((Building, Some(Networking | BlockDeviceMapping | Spawning) | None), (Building, Some(Scheduling))) => true,
         // Any failure while building ends in ERROR with no task.
         ((Building, _), (Error, None)) => true,
+        // The power-state sync finds an ACTIVE instance's guest gone (the host lost power)
+        // and stops it, as `_sync_instance_power_state` does.
+        ((Active, None), (Stopped, None)) => true,
         // Delete: any state except an ongoing delete may start one; it ends in deleted.
         ((_, t), (v, Some(Deleting))) if t != Some(Deleting) && v == from.0 => true,
         ((_, Some(Deleting)), (Deleted, None)) => true,
@@ -143,5 +146,7 @@ mod tests {
         assert!(legal_transition((Error, None), (Error, Some(Deleting))));
         assert!(legal_transition((Active, Some(Deleting)), (Deleted, None)));
         assert!(!legal_transition((Active, Some(Deleting)), (Error, Some(Deleting))));
+        assert!(legal_transition((Active, None), (Stopped, None)), "power sync after a power-off");
+        assert!(!legal_transition((Stopped, None), (Active, None)), "nothing starts a stopped guest");
     }
 }

@@ -657,6 +657,25 @@ impl Hypervisor for LibvirtHypervisor {
         self.remove_instance_files(instance).await;
         Ok(())
     }
+
+    /// Every domain libvirt has, running or defined, whose name is an instance's
+    /// (`server-<uuid>`, as nova-compute names them here): libvirt, not this process, is the
+    /// record, so a restarted compute finds the guests its predecessor started.
+    async fn list_instance_uuids(&self) -> Result<Vec<String>, HvError> {
+        self.blocking(|s| {
+            let domains = s.conn.list_all_domains(0).map_err(|e| libvirt_error("list", "domains", &e))?;
+            let mut uuids = Vec::new();
+            for dom in domains {
+                let name = dom.get_name().map_err(|e| libvirt_error("name of", "a domain", &e))?;
+                if let Some(uuid) = name.strip_prefix("server-") {
+                    uuids.push(uuid.to_string());
+                }
+            }
+            uuids.sort();
+            Ok(uuids)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -185,7 +185,12 @@ pub fn run_with(opts: &RunOptions, cfg: &RealConfig) -> Result<Report, String> {
     }
     let (ctx, data, monitor, hypervisor) = outcome?;
     let wall_s = wall.elapsed().as_secs_f64();
-    Ok(Report::build(&ctx, &monitor, data, ReportContext { opts, world: "real", hypervisor, wall_s }))
+    Ok(Report::build(
+        &ctx,
+        &monitor,
+        data,
+        ReportContext { opts, world: "real", hypervisor, wall_s, faults: Default::default() },
+    ))
 }
 
 /// What the report calls the hypervisor: libvirt's domain type, with TCG named.
@@ -283,6 +288,8 @@ async fn run_services(
         metrics: metrics.clone(),
         scenario: scenario.clone(),
         seed: opts.seed,
+        node: node.to_string(),
+        incarnation: 0,
     };
     let failures: Failures = Arc::default();
     let mut tasks = vec![
@@ -298,7 +305,7 @@ async fn run_services(
 
     let api_ctx = ctx("nova-api");
     let api = Arc::new(Api::new(api_ctx.clone()));
-    let mut data = drive(api_ctx.clone(), api, monitor.clone()).await;
+    let mut data = drive(api_ctx.clone(), api, monitor.clone(), None).await;
 
     for t in &tasks {
         t.abort();

@@ -148,8 +148,9 @@ impl Api {
     fn new_uuid(&self, project: &str) -> String {
         let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
         *n += 1;
-        // Deterministic ids: the project and a counter are as unique as a UUID here.
-        format!("{project}-{:06}", *n)
+        // Deterministic ids: the project, the worker's node and incarnation, and a counter
+        // are as unique as a UUID here, across workers and restarts.
+        format!("{project}-{}-{:06}", self.ctx.id_prefix(), *n)
     }
 
     /// POST /servers. Returns the new server's id (202 Accepted).

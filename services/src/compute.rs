@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use stackbed_core::model::{ComputeNode, Instance, Inventory, Provider, Record, RequestSpec, ServiceRecord, Table};
-use stackbed_core::scenario::{Era, HostGroup};
+use stackbed_core::scenario::{Era, HostGroup, PlantedBug};
 use stackbed_core::states::{PowerState, TaskState, VmState};
 use stackbed_core::store::{DbError, Expect, Op, Row};
 
@@ -15,6 +15,10 @@ use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
 use crate::placement;
 use crate::seams::{HvError, HvRef, Incoming, Rpc};
+
+/// How often the build-timeout periodic task runs (nova's periodic tasks without a spacing
+/// run every `periodic_interval_max`, 60 s).
+pub const BUILD_TIMEOUT_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn topic(host: &str) -> String {
     format!("compute.{host}")
@@ -166,8 +170,15 @@ impl Compute {
     }
 
     pub async fn run(self) -> Result<(), ServiceError> {
+        self.restore_service_row().await?;
         self.register().await?;
+        if self.ctx.scenario.debug.plant_bug != Some(PlantedBug::ComputeSkipsInitHost) {
+            self.init_host().await?;
+        }
         let this = Arc::new(self);
+        if !this.ctx.scenario.control.instance_build_timeout.0.is_zero() {
+            tokio::spawn(this.clone().build_timeout_loop());
+        }
         tokio::spawn(this.clone().heartbeat_loop());
         let mut rx = this.ctx.bus.consume(&topic(&this.host)).await?;
         while let Some(Incoming { msg, .. }) = rx.recv().await {
@@ -184,6 +195,130 @@ impl Compute {
             });
         }
         Ok(())
+    }
+
+    /// A restarted service keeps what the database says of it: the services row's disabled
+    /// state and reason survive (an operator's `openstack compute service set --disable`
+    /// does); the failed-build streak is nova-compute's memory and starts again at 0.
+    async fn restore_service_row(&self) -> Result<(), ServiceError> {
+        if let Some(Row { value: Record::Service(old), .. }) =
+            dbx::get(&*self.ctx.db, Table::Services, &self.host).await?
+        {
+            let mut s = self.service.lock().await;
+            s.disabled = old.disabled;
+            s.disabled_reason = old.disabled_reason;
+        }
+        Ok(())
+    }
+
+    /// nova's `init_host` at (re)start, before the service consumes anything:
+    /// - `_init_instance` for each instance the database puts on this host: one left
+    ///   building (vm_state building, or a build task_state) goes to ERROR and gives its
+    ///   allocation back; an interrupted delete is finished; an ACTIVE instance whose guest
+    ///   the hypervisor no longer has (the host lost power) is stopped, as the power-state
+    ///   sync does; the others are counted on the host again;
+    /// - `_error_out_instances_whose_build_was_interrupted`: instances still building that
+    ///   hold an allocation on this host but never got `host` set (the compute died between
+    ///   the claim and taking the build up) go to ERROR too.
+    ///
+    /// Guests of instances put in ERROR stay on the hypervisor, as nova leaves them until
+    /// the instance is deleted.
+    async fn init_host(&self) -> Result<(), ServiceError> {
+        let db = &*self.ctx.db;
+        let guests: std::collections::BTreeSet<String> = self.hv.list_instance_uuids().await?.into_iter().collect();
+        let mut handled = std::collections::BTreeSet::new();
+        let mut active = 0;
+        for (uuid, row) in dbx::scan(db, Table::Instances, "").await? {
+            let Record::Instance(inst) = row.value else { continue };
+            if inst.deleted || inst.host.as_deref() != Some(self.host.as_str()) {
+                continue;
+            }
+            handled.insert(uuid.clone());
+            let building = inst.vm_state == VmState::Building
+                || matches!(
+                    inst.task_state,
+                    Some(
+                        TaskState::Scheduling
+                            | TaskState::Networking
+                            | TaskState::BlockDeviceMapping
+                            | TaskState::Spawning
+                    )
+                );
+            if inst.task_state == Some(TaskState::Deleting) {
+                self.ctx.metrics.count("compute.init_host.deletes_finished", 1);
+                self.terminate(&uuid).await?;
+            } else if building {
+                self.error_out(&uuid, "Instance failed to spawn correctly: nova-compute restarted during the build")
+                    .await?;
+                self.ctx.metrics.count("compute.init_host.builds_errored", 1);
+            } else if inst.vm_state == VmState::Active && !guests.contains(&uuid) {
+                dbx::update_instance(db, &uuid, &[None], |i| {
+                    i.vm_state = VmState::Stopped;
+                    i.power_state = PowerState::Shutdown;
+                })
+                .await?;
+                self.ctx.metrics.count("compute.init_host.guests_lost", 1);
+            } else if inst.vm_state == VmState::Active {
+                active += 1;
+            }
+        }
+        self.local().instances = active;
+        for (uuid, row) in dbx::scan(db, Table::Allocations, "").await? {
+            let Record::Allocation(a) = row.value else { continue };
+            if a.host != self.host || handled.contains(&uuid) {
+                continue;
+            }
+            if let Some((_, inst)) = dbx::get_instance(db, &uuid).await? {
+                if inst.vm_state == VmState::Building && inst.host.is_none() && !inst.deleted {
+                    self.error_out(
+                        &uuid,
+                        "Instance build was interrupted: nova-compute restarted before it took it up",
+                    )
+                    .await?;
+                    self.ctx.metrics.count("compute.init_host.interrupted_builds_errored", 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a building instance in ERROR with `fault` and gives its allocation back.
+    async fn error_out(&self, uuid: &str, fault: &str) -> Result<(), ServiceError> {
+        let db = &*self.ctx.db;
+        let res = dbx::update_instance(db, uuid, &[], |i| {
+            if i.vm_state == VmState::Building {
+                i.vm_state = VmState::Error;
+                i.task_state = None;
+                i.fault = Some(fault.to_string());
+            }
+        })
+        .await?;
+        if res.vm_state == VmState::Error {
+            placement::release(db, &self.ctx.metrics, uuid).await?;
+        }
+        Ok(())
+    }
+
+    /// nova's `_check_instance_build_time` periodic task (with `instance_build_timeout` set):
+    /// this host's instances still building after the timeout go to ERROR.
+    async fn build_timeout_loop(self: Arc<Self>) {
+        let timeout_ms = self.ctx.scenario.control.instance_build_timeout.ms();
+        loop {
+            self.ctx.clock.sleep(BUILD_TIMEOUT_CHECK).await;
+            let Ok(rows) = dbx::scan(&*self.ctx.db, Table::Instances, "").await else { continue };
+            let now = self.ctx.clock.now_ms();
+            for (uuid, row) in rows {
+                let Record::Instance(inst) = row.value else { continue };
+                if inst.vm_state == VmState::Building
+                    && !inst.deleted
+                    && inst.host.as_deref() == Some(self.host.as_str())
+                    && now.saturating_sub(inst.created_at_ms) > timeout_ms
+                    && self.error_out(&uuid, "Instance build timed out. Set to error state.").await.is_ok()
+                {
+                    self.ctx.metrics.count("compute.build_timeouts", 1);
+                }
+            }
+        }
     }
 
     fn instance_lock(&self, uuid: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -18,13 +18,31 @@ pub struct Ctx {
     pub metrics: Metrics,
     pub scenario: Arc<Scenario>,
     pub seed: u64,
+    /// The node (process) this service runs as: `nova-scheduler-2`, `compute-7`, `rally`.
+    pub node: String,
+    /// How many times this node has started before (0 on the first start): a restarted
+    /// process is a new incarnation, and ids it makes must not repeat its predecessor's.
+    pub incarnation: u32,
 }
 
 impl Ctx {
-    /// A seeded RNG private to one service, so that its draws do not depend on how the
-    /// other services interleave. Same seed and name, same stream.
+    /// A seeded RNG private to one service of one node, so that its draws do not depend on
+    /// how the other services interleave, and two workers of a service draw different
+    /// streams. Same seed, node and name, same stream.
     pub fn rng(&self, name: &str) -> SmallRng {
+        SmallRng::seed_from_u64(self.seed ^ fnv1a(format!("{}/{name}", self.node).as_bytes()))
+    }
+
+    /// A seeded RNG that every node of the deployment draws alike: for what a deployment
+    /// shares between its workers (keystone's key repository).
+    pub fn deployment_rng(&self, name: &str) -> SmallRng {
         SmallRng::seed_from_u64(self.seed ^ fnv1a(name.as_bytes()))
+    }
+
+    /// A prefix that makes ids unique across workers and restarts: the node and its
+    /// incarnation (`nova-api-1.0`).
+    pub fn id_prefix(&self) -> String {
+        format!("{}.{}", self.node, self.incarnation)
     }
 }
 

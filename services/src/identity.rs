@@ -69,8 +69,9 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(ctx: Ctx) -> Identity {
+        // Every keystone worker reads the same key repository.
         let mut key = [0u8; 32];
-        ctx.rng("keystone-fernet-key").fill_bytes(&mut key);
+        ctx.deployment_rng("keystone-fernet-key").fill_bytes(&mut key);
         Identity { ctx, keys: KeyRing::new(key) }
     }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use stackbed_core::invariants::{Checker, InvariantResult, Violation};
 use stackbed_core::model::{Millis, Record};
+use stackbed_core::states::TaskState;
 use stackbed_core::stats::EventDigest;
 use stackbed_core::store::Commit;
 
@@ -16,8 +17,26 @@ pub struct FirstViolation {
     pub event: Vec<String>,
 }
 
+/// A task-state trigger that fired: the fault it starts (its index in the schedule), the
+/// instance that reached the state and the host it was on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    pub fault: usize,
+    pub instance: String,
+    pub host: Option<String>,
+}
+
+/// Fault triggers on instance task states, counted over commits.
+struct Triggers {
+    /// (fault index, state, nth, reached so far).
+    waiting: Vec<(usize, TaskState, u32, u32)>,
+    /// Fires at most once per trigger, so it holds at most `waiting.len()` messages.
+    tx: tokio::sync::mpsc::UnboundedSender<Fired>,
+}
+
 pub struct Monitor {
     checker: Checker,
+    triggers: Option<Triggers>,
     digest: EventDigest,
     first: FirstViolation,
     /// Committed writes per table, for the report.
@@ -61,6 +80,7 @@ impl Monitor {
     pub fn new(quota_recheck: bool, liveness_bound_ms: Millis) -> MonitorRef {
         Arc::new(Mutex::new(Monitor {
             checker: Checker::new(quota_recheck, liveness_bound_ms),
+            triggers: None,
             digest: EventDigest::default(),
             first: FirstViolation::default(),
             writes: Default::default(),
@@ -68,7 +88,48 @@ impl Monitor {
         }))
     }
 
+    /// Reports on the returned channel when the `nth` instance reaches a task state, for
+    /// each `(fault index, state, nth)`: the fault executor's task-state triggers.
+    pub fn watch_task_states(
+        &mut self,
+        triggers: Vec<(usize, TaskState, u32)>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Fired> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let waiting = triggers.into_iter().map(|(i, s, n)| (i, s, n.max(1), 0)).collect();
+        self.triggers = Some(Triggers { waiting, tx });
+        rx
+    }
+
+    fn fire_triggers(&mut self, commit: &Commit) {
+        let Some(t) = &mut self.triggers else { return };
+        for w in &commit.writes {
+            let Some(Record::Instance(new)) = &w.new else { continue };
+            let Some(state) = new.task_state else { continue };
+            let was = match &w.old {
+                Some(Record::Instance(old)) => old.task_state,
+                _ => None,
+            };
+            if was == Some(state) {
+                continue;
+            }
+            t.waiting.retain_mut(|(fault, s, nth, reached)| {
+                if *s != state {
+                    return true;
+                }
+                *reached += 1;
+                if reached < nth {
+                    return true;
+                }
+                let fired = Fired { fault: *fault, instance: new.uuid.clone(), host: new.host.clone() };
+                // The executor may be gone at the end of a run; nothing is owed to it then.
+                let _ = t.tx.send(fired);
+                false
+            });
+        }
+    }
+
     pub fn on_commit(&mut self, at_ms: Millis, commit: &Commit) {
+        self.fire_triggers(commit);
         for w in &commit.writes {
             self.line.clear();
             write_event_record(&mut self.line, at_ms, commit.seq, w.table.name(), &w.key, w.new.as_ref());
@@ -96,6 +157,13 @@ impl Monitor {
 
     pub fn check_quiet(&mut self, now_ms: Millis) {
         self.checker.check_quiet(now_ms);
+        self.note_first(now_ms);
+    }
+
+    /// The guests every hypervisor runs, against the instances (see
+    /// `Checker::check_guests`); after the quiet checks.
+    pub fn check_guests(&mut self, now_ms: Millis, guests: &std::collections::BTreeMap<String, Vec<String>>) {
+        self.checker.check_guests(now_ms, guests);
         self.note_first(now_ms);
     }
 

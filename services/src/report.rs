@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use stackbed_core::invariants::InvariantResult;
 use stackbed_core::model::{Provider, Record, Resources, Table};
@@ -38,8 +39,10 @@ fn lock(m: &MonitorRef) -> std::sync::MutexGuard<'_, crate::monitor::Monitor> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs the workload against `api`, waits for quiet, runs the quiet checks.
-pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
+/// Runs the workload against `api`, waits for quiet, runs the quiet checks. `submitted`
+/// is told when the workload has been submitted (the fault executor's heal phase starts
+/// then at the latest), before the wait for every request to become terminal.
+pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef, submitted: Option<oneshot::Sender<()>>) -> RunData {
     let workload = Workload::new(ctx.clone(), api);
     let mut aborted = None;
     let mut iterations = Vec::new();
@@ -58,6 +61,10 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef) -> RunData {
             }
         }
         sampler.abort();
+    }
+    if let Some(tx) = submitted {
+        // The executor outlives the workload; if it is gone, nothing is owed to it.
+        let _ = tx.send(());
     }
     // Quiet: every accepted request terminal, bounded by the liveness bound.
     let t0 = ctx.clock.now();
@@ -256,6 +263,9 @@ pub struct Report {
     pub db_writes: BTreeMap<&'static str, u64>,
     pub simulated_s: f64,
     pub wall_s: f64,
+    /// The fault schedule resolved for this seed and what the executor applied of it.
+    #[serde(skip_serializing_if = "FaultsReport::is_empty")]
+    pub faults: FaultsReport,
     pub passed: bool,
     pub replay: String,
 }
@@ -266,6 +276,33 @@ pub struct ReportContext<'a> {
     pub world: &'static str,
     pub hypervisor: String,
     pub wall_s: f64,
+    /// The faults the world ran (the real world runs none yet).
+    pub faults: FaultsReport,
+}
+
+/// One thing the fault executor did, as it did it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppliedFault {
+    pub at_ms: u64,
+    /// `start`, `end` (its duration ran out) or `heal` (the heal phase ended it).
+    pub event: &'static str,
+    /// The action and its targets, as [`stackbed_core::faults::ResolvedFault`] prints them.
+    pub fault: String,
+}
+
+/// The resolved fault schedule of the run's seed and what was applied of it, in order.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultsReport {
+    pub schedule: stackbed_core::faults::FaultSchedule,
+    pub applied: Vec<AppliedFault>,
+    /// When the heal phase began (every fault cleared, every node back), if it did.
+    pub healed_at_ms: Option<u64>,
+}
+
+impl FaultsReport {
+    fn is_empty(&self) -> bool {
+        self.schedule.is_empty() && self.applied.is_empty()
+    }
 }
 
 impl Report {
@@ -329,6 +366,7 @@ impl Report {
             db_writes: m.writes_by_table(),
             simulated_s: data.simulated_ms as f64 / 1000.0,
             wall_s: rc.wall_s,
+            faults: rc.faults,
             passed,
             replay: rc.opts.replay.clone(),
         }
@@ -379,6 +417,12 @@ impl Report {
         out += "\n";
         out += &self.render_passes();
         out += &self.render_explained();
+        if !self.faults.is_empty() {
+            out += &format!("{}\n", self.faults.schedule);
+            for a in &self.faults.applied {
+                out += &format!("  {:>9.1}s {:<5} {}\n", a.at_ms as f64 / 1000.0, a.event, a.fault);
+            }
+        }
         let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out += &format!("counters: {}\n", if counters.is_empty() { "-".to_string() } else { counters.join(" ") });
         let states: Vec<String> = self.final_states.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -498,6 +542,9 @@ impl Report {
             return None;
         }
         let mut out = format!("FAILED: scenario {} seed {}\n", self.scenario, self.seed);
+        if !self.faults.schedule.is_empty() {
+            out += &format!("{}\n", self.faults.schedule);
+        }
         if let Some(v) = &self.first_violation.violation {
             out += &format!(
                 "first violation: {} at {} ms (commit #{}): {}\n",

@@ -174,6 +174,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// guest, wait for network-vif-plugged and for the guest to come up.
     async fn spawn(&self, instance: &Instance, image: &Image) -> Result<PhaseTimings, HvError>;
     async fn destroy(&self, instance: &Instance) -> Result<(), HvError>;
+    /// The uuids of the guests the hypervisor runs or keeps defined (nova's
+    /// `driver.list_instance_uuids`): what survives a nova-compute restart, because libvirt
+    /// keeps its domains when the service dies; a host power-off loses them.
+    async fn list_instance_uuids(&self) -> Result<Vec<String>, HvError>;
 }
 
 pub type HvRef = Arc<dyn Hypervisor>;

@@ -12,7 +12,7 @@
 //! `image_download`, `image_verify`, `image_convert` (for the boot that fetched) and
 //! `image_overlay`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ use stackbed_core::model::{ComputeNode, Image, Instance};
 use stackbed_core::scenario::HostModel;
 use stackbed_services::seams::{HvError, Hypervisor, PhaseTimings};
 
+use crate::knobs::NodeCell;
+
 /// One `_base` entry: the download every boot of the image waits on, and who uses it.
 struct Base {
     cell: Arc<OnceCell<()>>,
@@ -40,8 +42,43 @@ struct Bases {
     users: BTreeMap<String, String>,
 }
 
+/// The guests a host runs, kept outside the nova-compute process: a service restart keeps
+/// them (libvirt keeps its domains), a power-off ([`GuestTable::power_off`]) loses them. The
+/// run's registry holds one per host and gives it to every incarnation of the host's compute.
+#[derive(Clone, Default)]
+pub struct GuestTable(Arc<Mutex<BTreeSet<String>>>);
+
+impl GuestTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // Every critical section is one insert, remove, clear or copy: a panic inside one
+        // cannot leave the set half-changed.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The uuids of the guests this host runs, in order.
+    pub fn list(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// The host lost power: every guest is gone.
+    pub fn power_off(&self) {
+        self.lock().clear();
+    }
+
+    fn started(&self, uuid: &str) {
+        self.lock().insert(uuid.to_string());
+    }
+
+    fn destroyed(&self, uuid: &str) {
+        self.lock().remove(uuid);
+    }
+}
+
 pub struct SimHost {
     node: ComputeNode,
+    guests: GuestTable,
+    /// The faults in force on this host (slow, hypervisor errors).
+    knobs: NodeCell,
     model: HostModel,
     rng: Mutex<SmallRng>,
     image_cache: Mutex<BTreeMap<String, Arc<OnceCell<()>>>>,
@@ -50,9 +87,11 @@ pub struct SimHost {
 }
 
 impl SimHost {
-    pub fn new(node: ComputeNode, model: HostModel, rng: SmallRng) -> SimHost {
+    pub fn new(node: ComputeNode, model: HostModel, rng: SmallRng, guests: GuestTable, knobs: NodeCell) -> SimHost {
         SimHost {
             node,
+            guests,
+            knobs,
             model,
             rng: Mutex::new(rng),
             image_cache: Mutex::new(BTreeMap::new()),
@@ -67,7 +106,7 @@ impl SimHost {
 
     fn jittered(&self, secs: f64) -> Duration {
         let f = self.model.images.jitter(&mut *self.rng.lock().unwrap_or_else(|e| e.into_inner()));
-        Duration::from_secs_f64((secs * f).max(0.0))
+        Duration::from_secs_f64((secs * f * self.knobs.get().slow).max(0.0))
     }
 
     async fn sleep_s(&self, secs: f64) -> f64 {
@@ -140,8 +179,9 @@ impl SimHost {
     }
 
     fn draw(&self, d: &Dist) -> Duration {
+        let slow = self.knobs.get().slow;
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        Duration::from_secs_f64(d.sample(&mut *rng))
+        Duration::from_secs_f64(d.sample(&mut *rng) * slow)
     }
 
     async fn phase(&self, d: &Dist) -> f64 {
@@ -179,7 +219,7 @@ impl Hypervisor for SimHost {
         if self.model.images.enabled {
             let mut phases = PhaseTimings::new();
             self.modelled_image(instance, image, &mut phases).await;
-            return self.start_guest(phases).await;
+            return self.start_guest(instance, phases).await;
         }
         let t0 = tokio::time::Instant::now();
         if self.model.image_cache {
@@ -198,29 +238,37 @@ impl Hypervisor for SimHost {
             self.phase(&self.model.image_fetch).await;
         }
         let fetch = t0.elapsed().as_secs_f64();
-        self.start_guest(vec![("image_fetch", fetch)]).await
+        self.start_guest(instance, vec![("image_fetch", fetch)]).await
     }
 
     async fn destroy(&self, instance: &Instance) -> Result<(), HvError> {
+        self.guests.destroyed(&instance.uuid);
         self.release_base(instance);
         self.phase(&self.model.destroy).await;
         Ok(())
     }
+
+    async fn list_instance_uuids(&self) -> Result<Vec<String>, HvError> {
+        Ok(self.guests.list())
+    }
 }
 
 impl SimHost {
-    /// Define and start, the failure draw, vif-plugged and guest boot, after `phases`.
-    async fn start_guest(&self, mut phases: PhaseTimings) -> Result<PhaseTimings, HvError> {
+    /// Define and start, the failure draw, vif-plugged and guest boot, after `phases`. The
+    /// guest exists from its start on: a compute killed while waiting for vif-plugged or
+    /// the boot leaves it behind, as libvirt would.
+    async fn start_guest(&self, instance: &Instance, mut phases: PhaseTimings) -> Result<PhaseTimings, HvError> {
         let start = self.phase(&self.model.spawn).await;
         let failed = {
             let p = self.model.spawn_failure_probability;
             p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).gen_bool(p)
         };
-        if failed {
+        if failed || self.knobs.hypervisor_error() {
             return Err(HvError::Reschedule(
                 "libvirtError: internal error: process exited while connecting to monitor".into(),
             ));
         }
+        self.guests.started(&instance.uuid);
         let vif = self.phase(&self.model.vif_plugged).await;
         let boot = self.phase(&self.model.guest_boot).await;
         phases.extend([("define_start", start), ("vif_plugged", vif), ("guest_boot", boot)]);

@@ -8,9 +8,12 @@
 #![cfg(madsim)]
 
 pub mod broker;
+pub mod chaos;
 pub mod conn;
 pub mod dbnode;
 pub mod host;
+pub mod knobs;
+pub mod nodes;
 pub mod run;
 
 pub use run::run;

@@ -1,12 +1,16 @@
-//! One simulated run: build the madsim runtime from the seed, start every node, drive the
-//! workload, report.
+//! One simulated run: build the madsim runtime from the seed, register every node of the
+//! deployment (`stackbed_core::faults::nodes`), run the fault schedule against them, drive
+//! the workload from the client node, report.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::runtime::{Handle, Runtime};
+use tokio::sync::oneshot;
 
+use stackbed_core::faults::{self, FaultSchedule, Trigger};
 use stackbed_services::api::Api;
 use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
@@ -19,14 +23,18 @@ use stackbed_services::report::{drive, Report, ReportContext, RunOptions};
 use stackbed_services::scheduler::Scheduler;
 
 use crate::broker::{self, SimBus};
+use crate::chaos::Chaos;
 use crate::dbnode::{self, DbClients, SimDb};
-use crate::host::SimHost;
+use crate::host::{GuestTable, SimHost};
+use crate::knobs::Knobs;
+use crate::nodes::{Incarnations, Registry};
 
 const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5672);
 const DATABASE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 3306);
+const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
 
-/// Node addresses: infrastructure in 10.0.0.0/24, control services in 10.0.1.0/24,
-/// compute hosts from 10.1.0.1 upwards.
+/// Node addresses: infrastructure and the client in 10.0.0.0/24, control services from
+/// 10.0.1.1 upwards, compute hosts from 10.1.0.1 upwards.
 fn ip(net: u8, n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, net + (n >> 16) as u8, (n >> 8) as u8, n as u8))
 }
@@ -41,7 +49,7 @@ struct World {
 }
 
 impl World {
-    async fn ctx(&self, node: &str) -> std::io::Result<Ctx> {
+    async fn ctx(&self, node: &str, incarnation: u32) -> std::io::Result<Ctx> {
         let bus = SimBus::connect(BROKER, node, self.metrics.clone()).await?;
         let db = SimDb::connect(DATABASE, &self.db_clients).await?;
         Ok(Ctx {
@@ -51,40 +59,63 @@ impl World {
             metrics: self.metrics.clone(),
             scenario: self.opts.scenario.clone(),
             seed: self.opts.seed,
+            node: node.to_string(),
+            incarnation,
         })
     }
 }
 
-/// Starts a node whose init connects to broker and database and runs `service`.
-fn service_node<F, Fut>(handle: &Handle, name: &str, addr: IpAddr, world: &World, service: F)
-where
+/// Registers a node whose init connects to broker and database and runs `service`.
+fn service_node<F, Fut>(
+    reg: &mut Registry,
+    name: &str,
+    group: &str,
+    addr: IpAddr,
+    guests: Option<GuestTable>,
+    world: &World,
+    service: F,
+) where
     F: Fn(Ctx) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let world = world.clone();
     let service = Arc::new(service);
     let node = name.to_string();
-    handle
-        .create_node()
-        .name(name)
-        .ip(addr)
-        .init(move || {
-            let world = world.clone();
-            let service = service.clone();
-            let node = node.clone();
-            async move {
-                match world.ctx(&node).await {
-                    Ok(ctx) => service(ctx).await,
-                    Err(e) => world.metrics.count(&format!("node_connect_errors.{e}"), 1),
-                }
+    reg.add(name, group, addr, guests, move |incarnations: Incarnations| {
+        let world = world.clone();
+        let service = service.clone();
+        let node = node.clone();
+        async move {
+            match world.ctx(&node, incarnations.next()).await {
+                Ok(ctx) => service(ctx).await,
+                Err(e) => world.metrics.count(&format!("node_connect_errors.{e}"), 1),
             }
-        })
-        .build();
+        }
+    });
+}
+
+/// The task-state triggers of a schedule, for the monitor.
+fn task_state_triggers(schedule: &FaultSchedule) -> Vec<(usize, stackbed_core::states::TaskState, u32)> {
+    let mut out = Vec::new();
+    for (i, f) in schedule.faults.iter().enumerate() {
+        if let Trigger::TaskState { state, nth } = f.trigger {
+            out.push((i, state, nth));
+        }
+    }
+    out
+}
+
+/// The faults this run's seed resolves to. Scenario files cannot declare faults yet (the
+/// schema is being added); until then every run has none.
+fn fault_schedule(_opts: &RunOptions) -> Result<FaultSchedule, String> {
+    Ok(FaultSchedule::default())
 }
 
 /// Runs the scenario once under the simulator with `opts.seed`.
 pub fn run(opts: &RunOptions) -> Result<Report, String> {
     let wall = std::time::Instant::now(); // wall clock, outside the simulation
+    let schedule = fault_schedule(opts)?;
+    let check_guests = schedule.phases.heal || schedule.is_empty();
     let rt = Runtime::with_seed_and_config(opts.seed, madsim::Config::default());
     let report = rt.block_on({
         let opts = opts.clone();
@@ -95,68 +126,103 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             let scenario = opts.scenario.clone();
             let monitor: MonitorRef =
                 Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
+            let triggers =
+                monitor.lock().unwrap_or_else(|e| e.into_inner()).watch_task_states(task_state_triggers(&schedule));
             let db_clients = DbClients::default();
             tokio::spawn(db_clients.clone().sweep());
+            let knobs = Knobs::new(opts.seed);
             let world = World { opts: opts.clone(), clock, metrics: metrics.clone(), db_clients };
+            let mut reg = Registry::new(handle.clone());
 
+            reg.add(faults::BROKER, faults::BROKER, BROKER.ip(), None, |_| async {
+                let _ = broker::serve(BROKER).await;
+            });
             let m = monitor.clone();
-            handle
-                .create_node()
-                .name("rabbitmq")
-                .ip(BROKER.ip())
-                .init(|| async { broker::serve(BROKER).await })
-                .build();
-            handle
-                .create_node()
-                .name("mysql")
-                .ip(DATABASE.ip())
-                .init(move || {
-                    let m = m.clone();
-                    async move { dbnode::serve(DATABASE, m, clock).await }
-                })
-                .build();
+            reg.add(faults::DATABASE, faults::DATABASE, DATABASE.ip(), None, move |_| {
+                let m = m.clone();
+                async move {
+                    let _ = dbnode::serve(DATABASE, m, clock).await;
+                }
+            });
             // Let the broker and database bind before anyone sends to them.
             tokio::time::sleep(Duration::from_millis(100)).await;
 
-            service_node(&handle, "keystone", ip(0, 257), &world, |ctx| async move {
-                let _ = Identity::new(ctx).run().await;
-            });
-            service_node(&handle, "nova-conductor", ip(0, 258), &world, |ctx| async move {
-                let _ = Conductor::new(ctx).run().await;
-            });
-            service_node(&handle, "nova-scheduler", ip(0, 259), &world, |ctx| async move {
-                let _ = Scheduler::new(ctx).run().await;
-            });
-            for (i, (name, group)) in scenario.hosts().into_iter().enumerate() {
-                let node = group.node(&name);
-                let group = group.clone();
-                let model = scenario.model.clone();
-                service_node(&handle, &name, ip(1, i as u32 + 1), &world, move |ctx| {
-                    let hv =
-                        Arc::new(SimHost::new(node.clone(), model.clone(), ctx.rng(&format!("host-{}", node.host))));
-                    let compute = Compute::new(ctx, hv, group.clone());
-                    async move {
-                        let _ = compute.run().await;
+            let hosts: BTreeMap<String, _> = scenario.hosts().into_iter().collect();
+            let (mut control, mut computes) = (0u32, 0u32);
+            for node in faults::nodes(&scenario) {
+                let (name, group) = (node.name.as_str(), node.group.as_str());
+                match group {
+                    faults::KEYSTONE => {
+                        control += 1;
+                        service_node(&mut reg, name, group, ip(0, 256 + control), None, &world, |ctx| async move {
+                            let _ = Identity::new(ctx).run().await;
+                        })
                     }
-                });
+                    faults::NOVA_CONDUCTOR => {
+                        control += 1;
+                        service_node(&mut reg, name, group, ip(0, 256 + control), None, &world, |ctx| async move {
+                            let _ = Conductor::new(ctx).run().await;
+                        })
+                    }
+                    faults::NOVA_SCHEDULER => {
+                        control += 1;
+                        service_node(&mut reg, name, group, ip(0, 256 + control), None, &world, |ctx| async move {
+                            let _ = Scheduler::new(ctx).run().await;
+                        })
+                    }
+                    faults::COMPUTE => {
+                        computes += 1;
+                        let Some(group_decl) = hosts.get(name) else { continue };
+                        let hv_node = group_decl.node(name);
+                        let group_decl = (*group_decl).clone();
+                        let model = scenario.model.clone();
+                        let guests = GuestTable::default();
+                        let (g, cell) = (guests.clone(), knobs.node(name));
+                        service_node(&mut reg, name, group, ip(1, computes), Some(guests), &world, move |ctx| {
+                            let rng = ctx.rng(&format!("host-{}", hv_node.host));
+                            let hv =
+                                Arc::new(SimHost::new(hv_node.clone(), model.clone(), rng, g.clone(), cell.clone()));
+                            let compute = Compute::new(ctx, hv, group_decl.clone());
+                            async move {
+                                let _ = compute.run().await;
+                            }
+                        });
+                    }
+                    // nova-api and placement run inside the client's calls until they are
+                    // services of their own.
+                    _ => {}
+                }
             }
 
-            let api_node = handle.create_node().name("nova-api").ip(ip(0, 260)).build();
+            let chaos = Chaos::new(schedule, reg, knobs, clock, metrics.clone());
+            let log = chaos.log();
+            let (submitted_tx, submitted_rx) = oneshot::channel();
+            let (done_tx, done_rx) = oneshot::channel();
+            let executor = tokio::spawn(chaos.run(triggers, submitted_rx, done_rx));
+
+            let client = handle.create_node().name(faults::CLIENT).ip(CLIENT_IP).build();
             let (w, m) = (world.clone(), monitor.clone());
-            let outcome = api_node
+            let outcome = client
                 .spawn(async move {
-                    let ctx = w.ctx("nova-api").await.map_err(|e| format!("nova-api cannot connect: {e}"))?;
+                    let ctx = w.ctx(faults::CLIENT, 0).await.map_err(|e| format!("the client cannot connect: {e}"))?;
                     let api = Arc::new(Api::new(ctx.clone()));
-                    let data = drive(ctx.clone(), api, m.clone()).await;
+                    let data = drive(ctx.clone(), api, m.clone(), Some(submitted_tx)).await;
                     Ok::<_, String>((ctx, data))
                 })
                 .await
-                .map_err(|e| format!("nova-api task failed: {e}"))?;
+                .map_err(|e| format!("the client task failed: {e}"))?;
+            let _ = done_tx.send(());
+            let chaos = executor.await.map_err(|e| format!("the fault executor failed: {e}"))?;
             let (ctx, data) = outcome?;
-            Ok::<_, String>((ctx, data, monitor))
+            if check_guests {
+                let guests = chaos.registry().guests();
+                monitor.lock().unwrap_or_else(|e| e.into_inner()).check_guests(clock.now_ms(), &guests);
+            }
+            let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Ok::<_, String>((ctx, data, monitor, faults))
         }
     });
-    let (ctx, data, monitor) = report?;
+    let (ctx, data, monitor, faults) = report?;
     Ok(Report::build(
         &ctx,
         &monitor,
@@ -166,6 +232,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             world: "sim",
             hypervisor: "sim".into(),
             wall_s: wall.elapsed().as_secs_f64(), // wall clock
+            faults,
         },
     ))
 }
