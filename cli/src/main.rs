@@ -19,6 +19,7 @@ mod images_bench;
 
 mod compare;
 mod explain;
+mod sweep;
 
 #[cfg(madsim)]
 mod world {
@@ -86,6 +87,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run many seeds in parallel child processes: a progress bar, failing seeds grouped by
+    /// the violated invariant (or abort reason) with a replay command each, and a JSON summary
+    /// (reports/<scenario name>/sweep/sweep.json) that `sweep-merge` merges across shards.
+    Sweep(sweep::SweepArgs),
+    /// Merge the JSON summaries of several sweeps (shards) of one scenario and revision.
+    SweepMerge(sweep::MergeArgs),
+    /// Internal: runs seeds for `sweep`, one JSON line each.
+    #[command(hide = true)]
+    SweepChild(sweep::ChildArgs),
     /// Parse and validate a scenario without running it.
     Check { scenario: PathBuf },
     /// Measure speed. With scenarios (default: scenarios/quickstart.toml and
@@ -503,6 +513,9 @@ fn main() -> ExitCode {
             }
             Ok(true)
         }),
+        Command::Sweep(args) => sweep::sweep(args),
+        Command::SweepMerge(args) => sweep::merge_files(args),
+        Command::SweepChild(args) => sweep::child(args),
         Command::Check { scenario } => load(&scenario).map(|s| {
             println!(
                 "{}: ok ({} hosts, {} boots)",
