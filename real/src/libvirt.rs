@@ -666,7 +666,7 @@ impl Hypervisor for LibvirtHypervisor {
             let domains = s.conn.list_all_domains(0).map_err(|e| libvirt_error("list", "domains", &e))?;
             let mut uuids = Vec::new();
             for dom in domains {
-                let name = dom.get_name().map_err(|e| libvirt_error("name of", "a domain", &e))?;
+                let name = dom.name().map_err(|e| libvirt_error("name of", "a domain", &e))?;
                 if let Some(uuid) = name.strip_prefix("server-") {
                     uuids.push(uuid.to_string());
                 }

@@ -277,14 +277,14 @@ async fn run_services(
     let metrics = Metrics::default();
     let scenario = opts.scenario.clone();
     let monitor: MonitorRef = Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
-    let sqlite = SqliteDb::open(db_path, clock).map_err(|e| format!("cannot open the database {db_path}: {e}"))?;
+    let sqlite = SqliteDb::open(db_path, clock.clone()).map_err(|e| format!("cannot open the database {db_path}: {e}"))?;
     sqlite.observe(monitor.clone());
     let db: Db = Arc::new(sqlite);
     let broker = InProcBroker::with_metrics(metrics.clone());
     let ctx = |node: &str| Ctx {
         bus: broker.client(node),
         db: db.clone(),
-        clock,
+        clock: clock.clone(),
         metrics: metrics.clone(),
         scenario: scenario.clone(),
         seed: opts.seed,

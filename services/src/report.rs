@@ -51,9 +51,9 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef, submitted: Opti
         aborted = Some(e);
     } else {
         let sampler = tokio::spawn(sample_utilisation(ctx.clone(), samples.clone()));
-        match tokio::time::timeout(ctx.scenario.scenario.time_limit.0, workload.clone().run()).await {
-            Ok(its) => iterations = its,
-            Err(_) => {
+        match ctx.clock.timeout(ctx.scenario.scenario.time_limit.0, workload.clone().run()).await {
+            Some(its) => iterations = its,
+            None => {
                 aborted = Some(format!(
                     "time limit {:?} reached before the workload finished",
                     ctx.scenario.scenario.time_limit.0

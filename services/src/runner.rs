@@ -233,7 +233,7 @@ impl Workload {
                 for (i, row) in self.ctx.scenario.trace.iter().take(times as usize).enumerate() {
                     let at = start + Duration::from_secs_f64(row.arrival_s);
                     if at > self.ctx.clock.now() {
-                        tokio::time::sleep_until(at).await;
+                        self.ctx.clock.sleep_until(at).await;
                     }
                     let (this, row) = (self.clone(), *row);
                     handles.push(tokio::spawn(async move { this.trace_request(i as u32, row).await }));

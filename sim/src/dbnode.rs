@@ -37,7 +37,7 @@ struct Response {
 pub async fn serve(addr: SocketAddr, monitor: MonitorRef, clock: Clock) -> io::Result<()> {
     let store = Arc::new(Mutex::new(MemStore::new()));
     conn::accept_each(addr, move |_, tx, mut rx| {
-        let (store, monitor) = (store.clone(), monitor.clone());
+        let (store, monitor, clock) = (store.clone(), monitor.clone(), clock.clone());
         async move {
             while let Some(req) = conn::recv::<Request>(&mut rx).await {
                 // Execute and observe under the store lock: commit order is observation order.

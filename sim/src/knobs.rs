@@ -10,6 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use stackbed_core::faults::FaultAction;
+use stackbed_services::clock::Skew;
 use stackbed_services::ctx::fnv1a;
 
 /// What is in force on one node.
@@ -39,6 +40,8 @@ impl Default for NodeKnobs {
 
 struct Cell {
     knobs: NodeKnobs,
+    /// The node's clock error, read by the node's clock.
+    skew: Skew,
     /// The node's own stream for the knobs' draws, so they replay with the seed.
     rng: SmallRng,
 }
@@ -65,6 +68,11 @@ impl NodeCell {
 
     pub fn get(&self) -> NodeKnobs {
         self.lock().knobs
+    }
+
+    /// The node's clock error, for its clock (`Clock::skewed`).
+    pub fn skew(&self) -> Skew {
+        self.lock().skew.clone()
     }
 
     /// The fate of the next message this node sends.
@@ -117,7 +125,11 @@ impl Knobs {
         self.lock()
             .entry(name.to_string())
             .or_insert_with(|| {
-                NodeCell(Arc::new(Mutex::new(Cell { knobs: NodeKnobs::default(), rng: SmallRng::seed_from_u64(seed) })))
+                NodeCell(Arc::new(Mutex::new(Cell {
+                    knobs: NodeKnobs::default(),
+                    skew: Skew::default(),
+                    rng: SmallRng::seed_from_u64(seed),
+                })))
             })
             .clone()
     }
@@ -133,6 +145,7 @@ impl Knobs {
             FaultAction::Duplicate { rate } => k.duplicate_rate = rate,
             FaultAction::Slow { multiplier } => k.slow = multiplier,
             FaultAction::HypervisorErrors { rate } => k.hypervisor_error_rate = rate,
+            FaultAction::ClockSkew { offset_ms, drift_ppm } => c.skew.set(offset_ms, drift_ppm),
             _ => {}
         }
     }
@@ -148,6 +161,7 @@ impl Knobs {
             FaultAction::Duplicate { .. } => k.duplicate_rate = d.duplicate_rate,
             FaultAction::Slow { .. } => k.slow = d.slow,
             FaultAction::HypervisorErrors { .. } => k.hypervisor_error_rate = d.hypervisor_error_rate,
+            FaultAction::ClockSkew { .. } => c.skew.clear(),
             _ => {}
         }
     }
@@ -155,7 +169,9 @@ impl Knobs {
     /// The heal phase: nothing in force anywhere.
     pub fn clear_all(&self) {
         for cell in self.lock().values() {
-            cell.lock().knobs = NodeKnobs::default();
+            let mut c = cell.lock();
+            c.knobs = NodeKnobs::default();
+            c.skew.clear();
         }
     }
 }

@@ -46,6 +46,7 @@ struct World {
     clock: Clock,
     metrics: Metrics,
     db_clients: DbClients,
+    knobs: Knobs,
 }
 
 impl World {
@@ -55,7 +56,7 @@ impl World {
         Ok(Ctx {
             bus,
             db,
-            clock: self.clock,
+            clock: self.clock.skewed(self.knobs.node(node).skew()),
             metrics: self.metrics.clone(),
             scenario: self.opts.scenario.clone(),
             seed: self.opts.seed,
@@ -131,15 +132,21 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             let db_clients = DbClients::default();
             tokio::spawn(db_clients.clone().sweep());
             let knobs = Knobs::new(opts.seed);
-            let world = World { opts: opts.clone(), clock, metrics: metrics.clone(), db_clients };
+            let world = World {
+                opts: opts.clone(),
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+                db_clients,
+                knobs: knobs.clone(),
+            };
             let mut reg = Registry::new(handle.clone());
 
             reg.add(faults::BROKER, faults::BROKER, BROKER.ip(), None, |_| async {
                 let _ = broker::serve(BROKER).await;
             });
-            let m = monitor.clone();
+            let (m, c) = (monitor.clone(), clock.clone());
             reg.add(faults::DATABASE, faults::DATABASE, DATABASE.ip(), None, move |_| {
-                let m = m.clone();
+                let (m, clock) = (m.clone(), c.clone());
                 async move {
                     let _ = dbnode::serve(DATABASE, m, clock).await;
                 }
@@ -194,7 +201,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 }
             }
 
-            let chaos = Chaos::new(schedule, reg, knobs, clock, metrics.clone());
+            let chaos = Chaos::new(schedule, reg, knobs, clock.clone(), metrics.clone());
             let log = chaos.log();
             let (submitted_tx, submitted_rx) = oneshot::channel();
             let (done_tx, done_rx) = oneshot::channel();

@@ -38,7 +38,7 @@ fn simulated_database_node_conforms() {
                 .create_node()
                 .ip(addr(DATABASE).ip())
                 .init(move || {
-                    let m = monitor.clone();
+                    let (m, clock) = (monitor.clone(), clock.clone());
                     async move { dbnode::serve(addr(DATABASE), m, clock).await }
                 })
                 .build();
