@@ -68,7 +68,12 @@ impl Clock {
     }
 
     pub fn secs_since(&self, t: tokio::time::Instant) -> f64 {
-        t.elapsed().as_secs_f64()
+        self.since(t).as_secs_f64()
+    }
+
+    /// How long ago `t` was (a monotonic interval: skew does not touch it).
+    pub fn since(&self, t: tokio::time::Instant) -> Duration {
+        t.elapsed()
     }
 
     pub async fn sleep(&self, d: Duration) {

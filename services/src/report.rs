@@ -68,7 +68,7 @@ pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef, submitted: Opti
     }
     // Quiet: every accepted request terminal, bounded by the liveness bound.
     let t0 = ctx.clock.now();
-    while lock(&monitor).pending_requests() > 0 && t0.elapsed() < ctx.scenario.workload.liveness_bound.0 {
+    while lock(&monitor).pending_requests() > 0 && ctx.clock.since(t0) < ctx.scenario.workload.liveness_bound.0 {
         ctx.clock.sleep(Duration::from_secs(1)).await;
     }
     let now = ctx.clock.now_ms();

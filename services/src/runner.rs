@@ -124,7 +124,7 @@ impl Workload {
             if have >= want {
                 return Ok(());
             }
-            if t0.elapsed() > wait {
+            if self.ctx.clock.since(t0) > wait {
                 return Err(format!("only {have} of {want} compute services registered within {wait:?}"));
             }
             self.ctx.clock.sleep(Duration::from_millis(500)).await;
@@ -357,7 +357,7 @@ impl Workload {
                 Err(e) if e.code >= 500 => {}
                 Err(e) => return Err(e.to_string()),
             }
-            if t0.elapsed() > w.liveness_bound.0 {
+            if self.ctx.clock.since(t0) > w.liveness_bound.0 {
                 return Err(format!("server {uuid} not ACTIVE within {:?}", w.liveness_bound.0));
             }
             self.ctx.clock.sleep(w.poll_interval.0).await;
@@ -370,7 +370,7 @@ impl Workload {
         loop {
             match self.with_token(tenant, |t| async move { self.api.delete_server(&t, uuid).await }).await {
                 Ok(()) => break,
-                Err(e) if e.code == 409 && t0.elapsed() < w.liveness_bound.0 => {
+                Err(e) if e.code == 409 && self.ctx.clock.since(t0) < w.liveness_bound.0 => {
                     self.ctx.clock.sleep(w.poll_interval.0).await
                 }
                 Err(e) => return Err(e.to_string()),
@@ -382,7 +382,7 @@ impl Workload {
                 Ok(None) => return Ok(()),
                 _ => {}
             }
-            if t0.elapsed() > w.liveness_bound.0 {
+            if self.ctx.clock.since(t0) > w.liveness_bound.0 {
                 return Err(format!("server {uuid} not deleted within {:?}", w.liveness_bound.0));
             }
             self.ctx.clock.sleep(w.poll_interval.0).await;

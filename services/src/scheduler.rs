@@ -501,7 +501,7 @@ impl Scheduler {
     async fn host_cache(&self) -> Result<Arc<Vec<CachedHost>>, ServiceError> {
         let previous = {
             let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if c.refreshed.is_some_and(|t| t.elapsed() < HOST_STATE_REFRESH) {
+            if c.refreshed.is_some_and(|t| self.ctx.clock.since(t) < HOST_STATE_REFRESH) {
                 return Ok(c.hosts.clone());
             }
             c.hosts.clone()

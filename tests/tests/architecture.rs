@@ -98,6 +98,32 @@ fn simulated_code_has_no_nondeterminism_sources() {
     }
 }
 
+/// Every time read and wait in the services goes through the clock seam
+/// (`services/src/clock.rs`), so a node's clock can be skewed and one place swaps real and
+/// simulated time. The conformance suites, which run against the seams from outside any
+/// service, may wait on tokio directly.
+#[test]
+fn services_read_time_only_through_the_clock_seam() {
+    for file in rust_files("services/src") {
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "clock.rs" || name.contains("conformance") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for word in ["tokio::time::sleep", "tokio::time::timeout", "Instant::now", ".elapsed()", "sleep_until("] {
+                let via_clock = word == "sleep_until(" && line.contains("clock.sleep_until(");
+                assert!(
+                    via_clock || !line.contains(word),
+                    "{}:{}: `{word}` reads time around the clock seam; use `ctx.clock`",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn shipped_scenarios_parse() {
     let dir = root().join("scenarios");
