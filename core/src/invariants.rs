@@ -460,6 +460,39 @@ mod tests {
         }
     }
 
+    /// The guests after healing, table-driven: (instances as (uuid, vm_state, host, deleted),
+    /// guests per host, the violations expected as substrings).
+    #[test]
+    fn guests_match_instances_after_healing() {
+        type Inst = (&'static str, VmState, Option<&'static str>, bool);
+        let check = |instances: &[Inst], guests: &[(&str, &[&str])], expect: &[&str]| {
+            let mut run = Run::new(-1);
+            for &(uuid, vm, host, deleted) in instances {
+                let mut i = instance(uuid, vm, None);
+                i.host = host.map(str::to_string);
+                i.deleted = deleted;
+                run.write(i);
+            }
+            let guests: BTreeMap<String, Vec<String>> =
+                guests.iter().map(|(h, g)| (h.to_string(), g.iter().map(|u| u.to_string()).collect())).collect();
+            run.checker.check_guests(1_000, &guests);
+            let (n, first) = run.violations("guests_match_instances");
+            assert_eq!(n as usize, expect.len(), "{instances:?} {guests:?}: {first:?}");
+            if let (Some(want), Some(v)) = (expect.first(), first) {
+                assert!(v.detail.contains(want), "{} should say {want}", v.detail);
+            }
+        };
+        use VmState::*;
+        check(&[("a", Active, Some("h1"), false)], &[("h1", &["a"])], &[]);
+        check(&[("a", Active, Some("h1"), false)], &[("h1", &[])], &["ACTIVE instance a on h1 has no guest"]);
+        check(&[("a", Active, Some("h1"), false)], &[("h1", &["a"]), ("h2", &["a"])], &["runs on h2", "guests on"]);
+        check(&[], &[("h1", &["x"])], &["guest x runs on h1 without an instance (orphan)"]);
+        check(&[("a", Deleted, Some("h1"), true)], &[("h1", &["a"])], &["its instance is deleted"]);
+        // nova leaves the guest of an instance that went to ERROR on its host.
+        check(&[("a", Error, Some("h1"), false)], &[("h1", &["a"])], &[]);
+        check(&[("a", Stopped, Some("h1"), false)], &[("h1", &[])], &[]);
+    }
+
     /// Two creates raced past the API's check: both rows exist over quota until the recheck
     /// puts one in ERROR; only an instance past the recheck over quota is a violation.
     #[test]
