@@ -349,9 +349,28 @@ impl Compute {
         let db = &*self.ctx.db;
         let uuid = &spec.instance_uuid;
         let host = self.host.clone();
+        let Some(found) = dbx::get_instance(db, uuid).await? else {
+            return Err(ServiceError::NotFound(format!("instance {uuid}")));
+        };
+        match (found.1.vm_state, found.1.task_state) {
+            (_, Some(TaskState::Deleting)) => {}
+            // nova checks only the task state here, so an instance that init_host put in
+            // ERROR while this build waited in the queue would go back to BUILDING (task
+            // None passes); a redelivered build of an ACTIVE instance would build it again.
+            // stackbed refuses both and counts them.
+            (VmState::Building, Some(TaskState::Scheduling) | None) => {}
+            (VmState::Building, Some(_)) => {
+                self.ctx.metrics.count("compute.build_already_in_progress", 1);
+                return Ok(false);
+            }
+            (vm_state, _) => {
+                self.ctx.metrics.count(&format!("compute.build_refused.{vm_state}"), 1);
+                return Ok(false);
+            }
+        }
         // _do_build_and_run_instance: (building, None) expecting (scheduling, None).
         let (version, inst) =
-            match dbx::update_instance_known(db, uuid, None, &[Some(TaskState::Scheduling), None], |i| {
+            match dbx::update_instance_known(db, uuid, Some(found), &[Some(TaskState::Scheduling), None], |i| {
                 i.vm_state = VmState::Building;
                 i.task_state = None;
                 i.host = Some(host.clone());
