@@ -11,6 +11,7 @@ pub mod broker;
 pub mod conn;
 pub mod dbnode;
 pub mod host;
+pub mod http;
 pub mod run;
 
 pub use run::run;

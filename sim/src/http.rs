@@ -1,0 +1,201 @@
+//! The `Http` seam over the simulated network (`conn`): each HTTP service's workers listen
+//! on their own node's address (keystone on 5000, placement on 8778, nova-api on 8774);
+//! a client reaches a service through its endpoint list, as through a load balancer's VIP.
+//!
+//! Policy (small on purpose): one connection per request (HTTP/1.1 without keep-alive).
+//! A client takes the endpoints round-robin from a cursor of its own per service and,
+//! when a connection is refused (the worker is dead, or its link clogged), tries the next
+//! one, each endpoint at most once per request, as HAProxy's `redispatch` and
+//! keystoneauth's connect retries do. A reset (the worker died mid-request) or a timeout
+//! is returned to the caller and never retried: the request may have run. A clogged link
+//! after the connection was made holds the messages (TCP retransmits) until the request's
+//! timeout.
+//!
+//! Server side: each connection is served in a task of its own; at most
+//! [`REQUESTS_IN_FLIGHT_MAX`] requests per worker run at once, the rest wait accepted (the
+//! listen backlog). Killing the node drops those tasks, so the client's `recv` ends: a reset.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use stackbed_core::faults;
+use stackbed_core::scenario::Scenario;
+use stackbed_services::clock::Clock;
+use stackbed_services::seams::{
+    HandlerRef, Http, HttpError, HttpRequest, HttpResponse, RequestIds, KEYSTONE, NOVA_API, PLACEMENT,
+};
+
+use crate::conn;
+
+/// Requests one worker serves at once: eventlet's wsgi pool size in nova-api
+/// (`wsgi_default_pool_size`, 1000), used for every service here.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1000;
+
+/// The port a service listens on.
+pub fn port(service: &str) -> u16 {
+    match service {
+        KEYSTONE => 5000,
+        PLACEMENT => 8778,
+        NOVA_API => 8774,
+        _ => 8000,
+    }
+}
+
+/// The client node's address (the Rally-style runner, `faults::CLIENT`).
+pub const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 5, 1));
+
+/// The HTTP workers of a scenario's deployment, in `faults::nodes` order: (node name,
+/// service, address). Keystone workers are 10.0.2.i, placement 10.0.3.i, nova-api 10.0.4.i
+/// (i from 1; at most 254 workers per service).
+pub fn workers(scenario: &Scenario) -> Vec<(String, &'static str, IpAddr)> {
+    let mut seen: BTreeMap<&str, u8> = BTreeMap::new();
+    let mut out = Vec::new();
+    for node in faults::nodes(scenario) {
+        let (service, net) = match node.group.as_str() {
+            faults::KEYSTONE => (KEYSTONE, 2),
+            faults::PLACEMENT => (PLACEMENT, 3),
+            faults::NOVA_API => (NOVA_API, 4),
+            _ => continue,
+        };
+        let i = seen.entry(service).or_insert(0);
+        *i = i.saturating_add(1).min(254);
+        out.push((node.name, service, IpAddr::V4(Ipv4Addr::new(10, 0, net, *i))));
+    }
+    out
+}
+
+/// Every service's endpoints: (worker node, address), in worker order.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints(BTreeMap<String, Vec<(String, SocketAddr)>>);
+
+impl Endpoints {
+    /// The endpoints of a scenario's HTTP workers.
+    pub fn of(scenario: &Scenario) -> Endpoints {
+        let mut e = Endpoints::default();
+        for (node, service, ip) in workers(scenario) {
+            e.add(service, &node, ip);
+        }
+        e
+    }
+
+    /// Adds `node` at `ip` as an endpoint of `service`.
+    pub fn add(&mut self, service: &str, node: &str, ip: IpAddr) {
+        self.0.entry(service.to_string()).or_default().push((node.to_string(), SocketAddr::new(ip, port(service))));
+    }
+
+    fn of_service(&self, service: &str) -> &[(String, SocketAddr)] {
+        self.0.get(service).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// One node's HTTP stack.
+pub struct SimHttp {
+    ip: IpAddr,
+    endpoints: Arc<Endpoints>,
+    ids: RequestIds,
+    /// Round-robin cursor per service.
+    cursors: Mutex<BTreeMap<String, usize>>,
+}
+
+impl SimHttp {
+    /// The stack of `node` at `ip`; request ids carry the node name and the start instant.
+    pub fn new(node: &str, ip: IpAddr, endpoints: Arc<Endpoints>, clock: Clock) -> Arc<SimHttp> {
+        Arc::new(SimHttp {
+            ip,
+            endpoints,
+            ids: RequestIds::new(node, clock.now_ms()),
+            cursors: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn next_cursor(&self, service: &str) -> usize {
+        let mut c = self.cursors.lock().expect("http cursor lock poisoned: a panic while holding it");
+        let n = c.entry(service.to_string()).or_insert(0);
+        *n = n.wrapping_add(1);
+        *n - 1
+    }
+}
+
+#[async_trait]
+impl Http for SimHttp {
+    async fn request(&self, service: &str, mut req: HttpRequest, timeout: Duration) -> Result<HttpResponse, HttpError> {
+        req.request_id = self.ids.next_id();
+        let endpoints = self.endpoints.of_service(service);
+        let start = self.next_cursor(service);
+        let (method, path) = (req.method.name(), req.path.clone());
+        for k in 0..endpoints.len() {
+            let (node, addr) = &endpoints[(start + k) % endpoints.len()];
+            // Refused (dead worker, clogged link) or no local port: the next endpoint.
+            let Ok((tx, mut rx, _)) = conn::connect(*addr).await else { continue };
+            let reset = || HttpError::ConnectionReset {
+                service: service.to_string(),
+                endpoint: node.clone(),
+                method,
+                path: path.clone(),
+            };
+            if conn::send(&tx, req).await.is_err() {
+                return Err(reset());
+            }
+            return match tokio::time::timeout(timeout, conn::recv::<HttpResponse>(&mut rx)).await {
+                Ok(Some(resp)) => Ok(*resp),
+                Ok(None) => Err(reset()),
+                Err(_) => Err(HttpError::Timeout {
+                    service: service.to_string(),
+                    method,
+                    path,
+                    timeout_ms: timeout.as_millis() as u64,
+                }),
+            };
+        }
+        Err(HttpError::ConnectionRefused { service: service.to_string(), endpoints: endpoints.len() })
+    }
+
+    async fn serve(&self, service: &str, handler: HandlerRef) -> Result<(), HttpError> {
+        let addr = SocketAddr::new(self.ip, port(service));
+        let pool = Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
+        let res: io::Result<()> = conn::accept_each(addr, move |_, tx, mut rx| {
+            let (handler, pool) = (handler.clone(), pool.clone());
+            async move {
+                let Some(req) = conn::recv::<HttpRequest>(&mut rx).await else { return };
+                let Ok(_permit) = pool.acquire_owned().await else { return };
+                let request_id = req.request_id.clone();
+                let mut resp = handler.handle(*req).await;
+                resp.request_id = request_id;
+                // A client that went away (timed out) reads nothing: nothing to do.
+                let _ = conn::send(&tx, resp).await;
+            }
+        })
+        .await;
+        res.map_err(|e| HttpError::CannotServe { service: service.to_string(), reason: e.to_string() })
+    }
+}
+
+/// Waits until every service in `services` has an endpoint accepting connections (Rally
+/// checks its deployment before it starts), at most `wait`; names the first one missing.
+pub async fn wait_for_services(endpoints: &Endpoints, services: &[&str], wait: Duration) -> Result<(), String> {
+    let t0 = tokio::time::Instant::now();
+    for service in services {
+        loop {
+            let mut up = false;
+            for (_, addr) in endpoints.of_service(service) {
+                if conn::connect(*addr).await.is_ok() {
+                    up = true;
+                    break;
+                }
+            }
+            if up {
+                break;
+            }
+            if t0.elapsed() > wait {
+                return Err(format!("{service} accepted no connection within {wait:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
