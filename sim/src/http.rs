@@ -25,7 +25,11 @@ use async_trait::async_trait;
 
 use stackbed_core::faults;
 use stackbed_core::scenario::Scenario;
+use stackbed_services::api::Api;
 use stackbed_services::clock::Clock;
+use stackbed_services::ctx::Ctx;
+use stackbed_services::identity::Identity;
+use stackbed_services::placement::Placement;
 use stackbed_services::seams::{
     HandlerRef, Http, HttpError, HttpRequest, HttpResponse, RequestIds, KEYSTONE, NOVA_API, PLACEMENT,
 };
@@ -51,7 +55,9 @@ pub const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 5, 1));
 
 /// The HTTP workers of a scenario's deployment, in `faults::nodes` order: (node name,
 /// service, address). Keystone workers are 10.0.2.i, placement 10.0.3.i, nova-api 10.0.4.i
-/// (i from 1; at most 254 workers per service).
+/// (i from 1). Limit: 254 workers per service; the scenario does not bound the counts yet,
+/// and workers past the 254th would share its address (their `serve` fails to bind and
+/// counts `service_failed.*`).
 pub fn workers(scenario: &Scenario) -> Vec<(String, &'static str, IpAddr)> {
     let mut seen: BTreeMap<&str, u8> = BTreeMap::new();
     let mut out = Vec::new();
@@ -172,6 +178,19 @@ impl Http for SimHttp {
         })
         .await;
         res.map_err(|e| HttpError::CannotServe { service: service.to_string(), reason: e.to_string() })
+    }
+}
+
+/// Runs the HTTP service `service` (keystone, placement or nova-api) on a worker node.
+pub async fn serve_worker(service: &'static str, ctx: Ctx) {
+    let res = match service {
+        KEYSTONE => Identity::new(ctx.clone()).run().await,
+        PLACEMENT => Placement::new(ctx.clone()).run().await,
+        NOVA_API => Api::new(ctx.clone()).run().await,
+        _ => return,
+    };
+    if let Err(e) = res {
+        ctx.metrics.count(&format!("service_failed.{service}.{e}"), 1);
     }
 }
 

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use madsim::runtime::{Handle, Runtime};
 
-use stackbed_services::api::Api;
+use stackbed_services::api::NovaClient;
 use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
 use stackbed_services::conductor::Conductor;
 use stackbed_services::ctx::Ctx;
-use stackbed_services::identity::Identity;
 use stackbed_services::metrics::Metrics;
 use stackbed_services::monitor::{Monitor, MonitorRef};
 use stackbed_services::report::{drive, Report, ReportContext, RunOptions};
@@ -21,6 +20,7 @@ use stackbed_services::scheduler::Scheduler;
 use crate::broker::{self, SimBus};
 use crate::dbnode::{self, DbClients, SimDb};
 use crate::host::SimHost;
+use crate::http::{self, Endpoints, SimHttp};
 
 const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5672);
 const DATABASE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 3306);
@@ -38,15 +38,17 @@ struct World {
     clock: Clock,
     metrics: Metrics,
     db_clients: DbClients,
+    endpoints: Arc<Endpoints>,
 }
 
 impl World {
-    async fn ctx(&self, node: &str) -> std::io::Result<Ctx> {
+    async fn ctx(&self, node: &str, ip: IpAddr) -> std::io::Result<Ctx> {
         let bus = SimBus::connect(BROKER, node, self.metrics.clone()).await?;
         let db = SimDb::connect(DATABASE, &self.db_clients).await?;
         Ok(Ctx {
             bus,
             db,
+            http: SimHttp::new(node, ip, self.endpoints.clone(), self.clock),
             clock: self.clock,
             metrics: self.metrics.clone(),
             scenario: self.opts.scenario.clone(),
@@ -73,7 +75,7 @@ where
             let service = service.clone();
             let node = node.clone();
             async move {
-                match world.ctx(&node).await {
+                match world.ctx(&node, addr).await {
                     Ok(ctx) => service(ctx).await,
                     Err(e) => world.metrics.count(&format!("node_connect_errors.{e}"), 1),
                 }
@@ -97,7 +99,8 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
             let db_clients = DbClients::default();
             tokio::spawn(db_clients.clone().sweep());
-            let world = World { opts: opts.clone(), clock, metrics: metrics.clone(), db_clients };
+            let endpoints = Arc::new(Endpoints::of(&scenario));
+            let world = World { opts: opts.clone(), clock, metrics: metrics.clone(), db_clients, endpoints };
 
             let m = monitor.clone();
             handle
@@ -118,9 +121,10 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             // Let the broker and database bind before anyone sends to them.
             tokio::time::sleep(Duration::from_millis(100)).await;
 
-            service_node(&handle, "keystone", ip(0, 257), &world, |ctx| async move {
-                let _ = Identity::new(ctx).run().await;
-            });
+            // keystone, placement and nova-api workers, each on its own node (http.rs).
+            for (name, service, addr) in http::workers(&scenario) {
+                service_node(&handle, &name, addr, &world, move |ctx| http::serve_worker(service, ctx));
+            }
             service_node(&handle, "nova-conductor", ip(0, 258), &world, |ctx| async move {
                 let _ = Conductor::new(ctx).run().await;
             });
@@ -141,17 +145,21 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 });
             }
 
-            let api_node = handle.create_node().name("nova-api").ip(ip(0, 260)).build();
+            // The Rally-style runner on a client node of its own: killing nova-api does not
+            // kill the workload, which reaches nova-api and keystone over HTTP.
+            let client = handle.create_node().name(stackbed_core::faults::CLIENT).ip(http::CLIENT_IP).build();
             let (w, m) = (world.clone(), monitor.clone());
-            let outcome = api_node
+            let outcome = client
                 .spawn(async move {
-                    let ctx = w.ctx("nova-api").await.map_err(|e| format!("nova-api cannot connect: {e}"))?;
-                    let api = Arc::new(Api::new(ctx.clone()));
-                    let data = drive(ctx.clone(), api, m.clone()).await;
+                    let node = stackbed_core::faults::CLIENT;
+                    let ctx = w.ctx(node, http::CLIENT_IP).await.map_err(|e| format!("{node} cannot connect: {e}"))?;
+                    let services = [stackbed_services::seams::KEYSTONE, stackbed_services::seams::NOVA_API];
+                    http::wait_for_services(&w.endpoints, &services, Duration::from_secs(60)).await?;
+                    let data = drive(ctx.clone(), NovaClient::new(ctx.http.clone()), m.clone()).await;
                     Ok::<_, String>((ctx, data))
                 })
                 .await
-                .map_err(|e| format!("nova-api task failed: {e}"))?;
+                .map_err(|e| format!("{} task failed: {e}", stackbed_core::faults::CLIENT))?;
             let (ctx, data) = outcome?;
             Ok::<_, String>((ctx, data, monitor))
         }
