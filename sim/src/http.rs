@@ -2,14 +2,19 @@
 //! on their own node's address (keystone on 5000, placement on 8778, nova-api on 8774);
 //! a client reaches a service through its endpoint list, as through a load balancer's VIP.
 //!
-//! Policy (small on purpose): one connection per request (HTTP/1.1 without keep-alive).
-//! A client takes the endpoints round-robin from a cursor of its own per service and,
-//! when a connection is refused (the worker is dead, or its link clogged), tries the next
-//! one, each endpoint at most once per request, as HAProxy's `redispatch` and
-//! keystoneauth's connect retries do. A reset (the worker died mid-request) or a timeout
-//! is returned to the caller and never retried: the request may have run. A clogged link
-//! after the connection was made holds the messages (TCP retransmits) until the request's
-//! timeout.
+//! Policy (small on purpose): HTTP/1.1 keep-alive without pipelining, one request at a
+//! time per connection; a client keeps up to [`IDLE_CONNECTIONS_MAX`] idle connections
+//! per endpoint (requests' pool size) and opens a new one when none is idle. A client takes
+//! the endpoints round-robin from a cursor of its own per service and, when a connection
+//! is refused (the worker is dead, or its link clogged), tries the next one, each endpoint
+//! at most once per request, as HAProxy's `redispatch` and keystoneauth's connect retries
+//! do. An idle connection found dead when the request is sent (its worker died or
+//! restarted) is dropped and a new one opened, as urllib3 does with a stale pooled
+//! connection. A reset (the worker died mid-request) or a timeout is returned to the caller
+//! and never retried: the request may have run. A clogged link after the connection was
+//! made holds the messages (TCP retransmits) until the request's timeout. A request's
+//! timeout is one simulator timer, left queued after the answer (madsim's timers cannot be
+//! cancelled).
 //!
 //! Server side: each connection is served in a task of its own; at most
 //! [`REQUESTS_IN_FLIGHT_MAX`] requests per worker run at once, the rest wait accepted (the
@@ -39,6 +44,11 @@ use crate::conn;
 /// Requests one worker serves at once: eventlet's wsgi pool size in nova-api
 /// (`wsgi_default_pool_size`, 1000), used for every service here.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 1000;
+
+/// Idle keep-alive connections a client keeps per endpoint (requests' `pool_maxsize`).
+pub const IDLE_CONNECTIONS_MAX: usize = 10;
+
+type Connection = (madsim::net::Sender, madsim::net::Receiver);
 
 /// The port a service listens on.
 pub fn port(service: &str) -> u16 {
@@ -106,6 +116,8 @@ pub struct SimHttp {
     ids: RequestIds,
     /// Round-robin cursor per service.
     cursors: Mutex<BTreeMap<String, usize>>,
+    /// Idle keep-alive connections per endpoint.
+    idle: Mutex<BTreeMap<SocketAddr, Vec<Connection>>>,
 }
 
 impl SimHttp {
@@ -116,7 +128,38 @@ impl SimHttp {
             endpoints,
             ids: RequestIds::new(node, clock.now_ms()),
             cursors: Mutex::new(BTreeMap::new()),
+            idle: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, Vec<Connection>>> {
+        self.idle.lock().expect("http pool lock poisoned: a panic while holding it")
+    }
+
+    /// Sends `req` on an idle connection to `addr` or, when none is idle or the idle ones
+    /// are dead, on a new one. `None`: the endpoint refused the connection.
+    async fn send(&self, addr: SocketAddr, req: HttpRequest) -> Option<Connection> {
+        loop {
+            let Some((tx, rx)) = self.idle().get_mut(&addr).and_then(Vec::pop) else { break };
+            // A dead connection fails the send at once: the worker died or restarted.
+            if tx.send(Box::new(req.clone())).await.is_ok() {
+                return Some((tx, rx));
+            }
+        }
+        let (tx, rx, _) = conn::connect(addr).await.ok()?;
+        // Just accepted, so a send can only fail if the worker died this instant: the
+        // caller's recv then reports the reset.
+        let _ = conn::send(&tx, req).await;
+        Some((tx, rx))
+    }
+
+    /// Keeps a connection whose request was answered, up to the pool's size.
+    fn keep(&self, addr: SocketAddr, connection: Connection) {
+        let mut idle = self.idle();
+        let list = idle.entry(addr).or_default();
+        if list.len() < IDLE_CONNECTIONS_MAX {
+            list.push(connection);
+        }
     }
 
     fn next_cursor(&self, service: &str) -> usize {
@@ -137,19 +180,18 @@ impl Http for SimHttp {
         for k in 0..endpoints.len() {
             let (node, addr) = &endpoints[(start + k) % endpoints.len()];
             // Refused (dead worker, clogged link) or no local port: the next endpoint.
-            let Ok((tx, mut rx, _)) = conn::connect(*addr).await else { continue };
-            let reset = || HttpError::ConnectionReset {
-                service: service.to_string(),
-                endpoint: node.clone(),
-                method,
-                path: path.clone(),
-            };
-            if conn::send(&tx, req).await.is_err() {
-                return Err(reset());
-            }
+            let Some((tx, mut rx)) = self.send(*addr, req.clone()).await else { continue };
             return match tokio::time::timeout(timeout, conn::recv::<HttpResponse>(&mut rx)).await {
-                Ok(Some(resp)) => Ok(*resp),
-                Ok(None) => Err(reset()),
+                Ok(Some(resp)) => {
+                    self.keep(*addr, (tx, rx));
+                    Ok(*resp)
+                }
+                Ok(None) => Err(HttpError::ConnectionReset {
+                    service: service.to_string(),
+                    endpoint: node.clone(),
+                    method,
+                    path,
+                }),
                 Err(_) => Err(HttpError::Timeout {
                     service: service.to_string(),
                     method,
@@ -167,13 +209,18 @@ impl Http for SimHttp {
         let res: io::Result<()> = conn::accept_each(addr, move |_, tx, mut rx| {
             let (handler, pool) = (handler.clone(), pool.clone());
             async move {
-                let Some(req) = conn::recv::<HttpRequest>(&mut rx).await else { return };
-                let Ok(_permit) = pool.acquire_owned().await else { return };
-                let request_id = req.request_id.clone();
-                let mut resp = handler.handle(*req).await;
-                resp.request_id = request_id;
-                // A client that went away (timed out) reads nothing: nothing to do.
-                let _ = conn::send(&tx, resp).await;
+                // Keep-alive: the connection's requests one after the other, until the
+                // client closes it (or a response cannot be sent: it went away).
+                while let Some(req) = conn::recv::<HttpRequest>(&mut rx).await {
+                    let Ok(permit) = pool.clone().acquire_owned().await else { return };
+                    let request_id = req.request_id.clone();
+                    let mut resp = handler.handle(*req).await;
+                    drop(permit);
+                    resp.request_id = request_id;
+                    if conn::send(&tx, resp).await.is_err() {
+                        return;
+                    }
+                }
             }
         })
         .await;
