@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stackbed_services::api::Api;
+use stackbed_services::api::{Api, NovaClient};
 use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
 use stackbed_services::conductor::Conductor;
@@ -24,6 +24,7 @@ use stackbed_services::dbx::ServiceError;
 use stackbed_services::identity::Identity;
 use stackbed_services::metrics::Metrics;
 use stackbed_services::monitor::{Monitor, MonitorRef};
+use stackbed_services::placement::Placement;
 use stackbed_services::report::{drive, Report, ReportContext, RunData, RunOptions};
 use stackbed_services::scheduler::Scheduler;
 use stackbed_services::seams::{Db, HvRef, Hypervisor};
@@ -33,6 +34,7 @@ use stackbed_images::disk::DiskFormat;
 use stackbed_images::glance::{ImageService, NewImage};
 
 use crate::bus::InProcBroker;
+use crate::http::InProcNet;
 use crate::libvirt::{GuestBoot, HostImages, LibvirtHypervisor, DEFAULT_URI, IMAGES_DIR_ENV};
 use crate::sqlite::SqliteDb;
 
@@ -277,13 +279,16 @@ async fn run_services(
     let metrics = Metrics::default();
     let scenario = opts.scenario.clone();
     let monitor: MonitorRef = Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
-    let sqlite = SqliteDb::open(db_path, clock.clone()).map_err(|e| format!("cannot open the database {db_path}: {e}"))?;
+    let sqlite =
+        SqliteDb::open(db_path, clock.clone()).map_err(|e| format!("cannot open the database {db_path}: {e}"))?;
     sqlite.observe(monitor.clone());
     let db: Db = Arc::new(sqlite);
     let broker = InProcBroker::with_metrics(metrics.clone());
+    let net = InProcNet::new();
     let ctx = |node: &str| Ctx {
         bus: broker.client(node),
         db: db.clone(),
+        http: net.client(node, clock.clone()),
         clock: clock.clone(),
         metrics: metrics.clone(),
         scenario: scenario.clone(),
@@ -293,19 +298,34 @@ async fn run_services(
     };
     let failures: Failures = Arc::default();
     let mut tasks = vec![
-        spawn_service("keystone", &metrics, &failures, Identity::new(ctx("keystone")).run()),
         spawn_service("nova-conductor", &metrics, &failures, Conductor::new(ctx("nova-conductor")).run()),
         spawn_service("nova-scheduler", &metrics, &failures, Scheduler::new(ctx("nova-scheduler")).run()),
     ];
+    // The HTTP services' workers (the scenario's `[topology.workers]`), served in-process.
+    let workers = scenario.topology.workers;
+    for i in 1..=workers.keystone {
+        let name = format!("keystone-{i}");
+        tasks.push(spawn_service(&name, &metrics, &failures, Identity::new(ctx(&name)).run()));
+    }
+    for i in 1..=workers.placement {
+        let name = format!("placement-{i}");
+        tasks.push(spawn_service(&name, &metrics, &failures, Placement::new(ctx(&name)).run()));
+    }
+    for i in 1..=workers.api {
+        let name = format!("nova-api-{i}");
+        tasks.push(spawn_service(&name, &metrics, &failures, Api::new(ctx(&name)).run()));
+    }
     for (hv, group) in hosts {
         let host = hv.node_info().host;
         let compute = Compute::new(ctx(&host), hv.clone() as HvRef, group.clone());
         tasks.push(spawn_service(&host, &metrics, &failures, compute.run()));
     }
 
-    let api_ctx = ctx("nova-api");
-    let api = Arc::new(Api::new(api_ctx.clone()));
-    let mut data = drive(api_ctx.clone(), api, monitor.clone(), None).await;
+    // The workload is a client of nova-api and keystone, as Rally is.
+    let api_ctx = ctx(stackbed_core::faults::CLIENT);
+    let services = [stackbed_services::seams::KEYSTONE, stackbed_services::seams::NOVA_API];
+    net.wait_for(&services, Duration::from_secs(60)).await?;
+    let mut data = drive(api_ctx.clone(), NovaClient::new(api_ctx.http.clone()), monitor.clone(), None).await;
 
     for t in &tasks {
         t.abort();

@@ -22,3 +22,34 @@ async fn in_process_bus_conforms() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn in_process_http_conforms() {
+    use stackbed_real::http::InProcNet;
+    use stackbed_services::clock::Clock;
+    use stackbed_services::seams::HandlerRef;
+
+    let net = InProcNet::new();
+    let clock = Clock::start();
+    let start = |worker: String, handler: HandlerRef| {
+        let http = net.client(&worker, clock.clone());
+        let task = tokio::spawn(async move {
+            let _ = http.serve(conformance::HTTP_SERVICE, handler).await;
+        });
+        let net = net.clone();
+        async move {
+            // Serving starts when the task first runs.
+            let before = net.endpoints(conformance::HTTP_SERVICE);
+            while net.endpoints(conformance::HTTP_SERVICE) == before {
+                tokio::task::yield_now().await;
+            }
+            let stop: conformance::Stop = Box::new(move || task.abort());
+            stop
+        }
+    };
+    conformance::http(start, |name| {
+        let http = net.client(&name, clock.clone());
+        async move { http }
+    })
+    .await;
+}

@@ -17,7 +17,10 @@ use stackbed_core::token::TokenPayload;
 
 use crate::ctx::Ctx;
 use crate::dbx::{self, get, ServiceError};
-use crate::seams::Rpc;
+use crate::identity::TOKENS_PATH;
+use crate::seams::{
+    Body, HttpError, HttpHandler, HttpRef, HttpRequest, HttpResponse, Method, Rpc, HTTP_TIMEOUT, KEYSTONE, NOVA_API,
+};
 
 /// keystonemiddleware's token_cache_time default.
 pub const TOKEN_CACHE_MS: Millis = 300_000;
@@ -86,18 +89,8 @@ impl Api {
         }
     }
 
-    /// POST /v3/auth/tokens, through the bus to keystone.
-    pub async fn authenticate(&self, user: &str, password: &str, project: &str) -> Result<String, ApiError> {
-        let msg = Rpc::Authenticate { user: user.into(), password: password.into(), project: project.into() };
-        match self.ctx.bus.call(crate::identity::TOPIC, msg, self.ctx.scenario.control.rpc_response_timeout.0).await {
-            Ok(Rpc::Token(t)) => Ok(t),
-            Ok(Rpc::Error(e)) => Err(ApiError::new(401, e)),
-            Ok(other) => Err(ApiError::new(500, format!("keystone answered {}", other.method()))),
-            Err(e) => Err(ApiError::new(503, e.to_string())),
-        }
-    }
-
-    /// keystonemiddleware: validate with keystone, cache the answer for 300 s.
+    /// keystonemiddleware: validate with keystone (GET /v3/auth/tokens over HTTP), cache
+    /// the answer for 300 s.
     async fn credentials(&self, token: &str) -> Result<Credentials, ApiError> {
         let now = self.ctx.clock.now_ms();
         let cached = {
@@ -110,16 +103,15 @@ impl Api {
         let payload = match cached {
             Some(p) => p,
             None => {
-                let msg = Rpc::ValidateToken { token: token.to_string() };
-                let p = match self
-                    .ctx
-                    .bus
-                    .call(crate::identity::TOPIC, msg, self.ctx.scenario.control.rpc_response_timeout.0)
-                    .await
-                {
-                    Ok(Rpc::TokenInfo(p)) => p,
-                    Ok(Rpc::Error(e)) => return Err(ApiError::new(401, format!("token rejected: {e}"))),
-                    Ok(other) => return Err(ApiError::new(500, format!("keystone answered {}", other.method()))),
+                let req = HttpRequest::new(Method::Get, TOKENS_PATH, Body::SubjectToken(token.to_string()));
+                let p = match self.ctx.http.request(KEYSTONE, req, HTTP_TIMEOUT).await {
+                    Ok(HttpResponse { status: 200, body: Body::TokenInfo(p), .. }) => p,
+                    Ok(HttpResponse { status, body, .. }) if (400..500).contains(&status) => {
+                        return Err(ApiError::new(401, format!("token rejected: {}", message(&body))))
+                    }
+                    Ok(r) => {
+                        return Err(ApiError::new(503, format!("keystone answered {}: {}", r.status, message(&r.body))))
+                    }
                     Err(e) => return Err(ApiError::new(503, e.to_string())),
                 };
                 let mut cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -399,6 +391,143 @@ impl Api {
             }
         }
         Ok(())
+    }
+}
+
+/// The text of an error body (or the body's kind).
+fn message(body: &Body) -> String {
+    match body {
+        Body::Error(m) => m.clone(),
+        other => format!("{other:?}").chars().take(80).collect(),
+    }
+}
+
+impl Api {
+    /// Serves nova's compute API until the node goes away.
+    pub async fn run(self) -> Result<(), ServiceError> {
+        let http = self.ctx.http.clone();
+        http.serve(NOVA_API, std::sync::Arc::new(self)).await?;
+        Ok(())
+    }
+}
+
+fn answer<T>(res: Result<T, ApiError>, status: u16, body: impl FnOnce(T) -> Body) -> HttpResponse {
+    match res {
+        Ok(v) => HttpResponse::new(status, body(v)),
+        Err(e) => HttpResponse::error(e.code, e.message),
+    }
+}
+
+/// The routes of nova's compute API that stackbed serves.
+#[async_trait::async_trait]
+impl HttpHandler for Api {
+    async fn handle(&self, req: HttpRequest) -> HttpResponse {
+        let Some(token) = req.auth_token.clone() else {
+            return HttpResponse::error(401, "The request you have made requires authentication.");
+        };
+        let id = req.path.strip_prefix("/servers/").filter(|id| !id.is_empty() && !id.contains('/'));
+        match (req.method, req.path.as_str(), id, req.body) {
+            (Method::Post, "/servers", _, Body::CreateServer { name, flavor, image, server_group }) => {
+                let create = CreateServer { name, flavor, image, server_group };
+                answer(self.create_server(&token, &create).await, 202, Body::Created)
+            }
+            (Method::Get, "/servers", _, _) => answer(self.list_servers(&token).await, 200, Body::Servers),
+            (Method::Get, _, Some(id), _) => answer(self.show_server(&token, id).await, 200, Body::Server),
+            (Method::Delete, _, Some(id), _) => answer(self.delete_server(&token, id).await, 204, |()| Body::Empty),
+            (Method::Post, "/os-server-groups", _, Body::CreateServerGroup { name, policy }) => {
+                answer(self.create_server_group(&token, &name, policy).await, 200, Body::Created)
+            }
+            (method, path, _, _) => HttpResponse::error(404, format!("nova-api has no {} {path}", method.name())),
+        }
+    }
+}
+
+/// A client of nova's compute API and of keystone's token API over HTTP (python-novaclient
+/// and keystoneauth, as Rally uses them). A request that gets no response is an error of
+/// code 0 (not an HTTP status): the caller sees connection refused, reset or timeout.
+#[derive(Clone)]
+pub struct NovaClient {
+    http: HttpRef,
+}
+
+fn no_response(e: HttpError) -> ApiError {
+    ApiError::new(0, e.to_string())
+}
+
+impl NovaClient {
+    pub fn new(http: HttpRef) -> NovaClient {
+        NovaClient { http }
+    }
+
+    async fn call(&self, service: &str, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+        let resp = self.http.request(service, req, HTTP_TIMEOUT).await.map_err(no_response)?;
+        if resp.is_success() {
+            Ok(resp)
+        } else {
+            Err(ApiError::new(resp.status, message(&resp.body)))
+        }
+    }
+
+    /// POST /v3/auth/tokens: a project-scoped token for the user.
+    pub async fn authenticate(&self, user: &str, password: &str, project: &str) -> Result<String, ApiError> {
+        let body = Body::PasswordAuth { user: user.into(), password: password.into(), project: project.into() };
+        match self.call(KEYSTONE, HttpRequest::new(Method::Post, TOKENS_PATH, body)).await?.body {
+            Body::SubjectToken(t) => Ok(t),
+            other => Err(ApiError::new(500, format!("keystone answered {}", message(&other)))),
+        }
+    }
+
+    /// POST /servers (202): the new server's id.
+    pub async fn create_server(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
+        let body = Body::CreateServer {
+            name: req.name.clone(),
+            flavor: req.flavor.clone(),
+            image: req.image.clone(),
+            server_group: req.server_group.clone(),
+        };
+        match self.call(NOVA_API, HttpRequest::new(Method::Post, "/servers", body).with_token(token)).await?.body {
+            Body::Created(id) => Ok(id),
+            other => Err(ApiError::new(500, format!("nova-api answered {}", message(&other)))),
+        }
+    }
+
+    /// POST /os-server-groups: the new group's id.
+    pub async fn create_server_group(
+        &self,
+        token: &str,
+        name: &str,
+        policy: stackbed_core::model::GroupPolicy,
+    ) -> Result<String, ApiError> {
+        let body = Body::CreateServerGroup { name: name.into(), policy };
+        let req = HttpRequest::new(Method::Post, "/os-server-groups", body).with_token(token);
+        match self.call(NOVA_API, req).await?.body {
+            Body::Created(id) => Ok(id),
+            other => Err(ApiError::new(500, format!("nova-api answered {}", message(&other)))),
+        }
+    }
+
+    /// GET /servers/{id}.
+    pub async fn show_server(&self, token: &str, uuid: &str) -> Result<ServerView, ApiError> {
+        let req = HttpRequest::new(Method::Get, format!("/servers/{uuid}"), Body::Empty).with_token(token);
+        match self.call(NOVA_API, req).await?.body {
+            Body::Server(v) => Ok(v),
+            other => Err(ApiError::new(500, format!("nova-api answered {}", message(&other)))),
+        }
+    }
+
+    /// GET /servers.
+    pub async fn list_servers(&self, token: &str) -> Result<Vec<ServerView>, ApiError> {
+        let req = HttpRequest::new(Method::Get, "/servers", Body::Empty).with_token(token);
+        match self.call(NOVA_API, req).await?.body {
+            Body::Servers(v) => Ok(v),
+            other => Err(ApiError::new(500, format!("nova-api answered {}", message(&other)))),
+        }
+    }
+
+    /// DELETE /servers/{id} (204).
+    pub async fn delete_server(&self, token: &str, uuid: &str) -> Result<(), ApiError> {
+        let req = HttpRequest::new(Method::Delete, format!("/servers/{uuid}"), Body::Empty).with_token(token);
+        self.call(NOVA_API, req).await.map(|_| ())
     }
 }
 

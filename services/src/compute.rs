@@ -13,7 +13,7 @@ use stackbed_core::store::{DbError, Expect, Op, Row};
 
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
-use crate::placement;
+use crate::placement::{self, PlacementClient};
 use crate::seams::{HvError, HvRef, Incoming, Rpc};
 
 /// How often the build-timeout periodic task runs (nova's periodic tasks without a spacing
@@ -57,6 +57,7 @@ pub struct Compute {
     /// The service row as this compute last wrote it (nova's Service object): only this
     /// compute writes it, so updates are a write of the whole row, serialised by the lock.
     service: tokio::sync::Mutex<ServiceRecord>,
+    placement: PlacementClient,
 }
 
 impl Compute {
@@ -71,7 +72,8 @@ impl Compute {
             disabled_reason: None,
             failed_builds: 0,
         });
-        Compute { ctx, hv, host, group, builds, local: Mutex::new(Local::default()), service }
+        let placement = PlacementClient::new(&ctx, &format!("compute-{host}"));
+        Compute { ctx, hv, host, group, builds, local: Mutex::new(Local::default()), service, placement }
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -380,7 +382,7 @@ impl Compute {
                 Ok(row) => row,
                 Err(e @ ServiceError::UnexpectedTaskState { .. }) => {
                     // Deleted meanwhile: give the claim back, terminate finishes the delete.
-                    placement::release(db, &self.ctx.metrics, uuid).await?;
+                    self.placement.release(uuid).await?;
                     self.ctx.metrics.count("compute.build_aborted_by_delete", 1);
                     return Err(e);
                 }
@@ -393,9 +395,7 @@ impl Compute {
             if self.ctx.scenario.control.era == Era::Icehouse {
                 // Icehouse: the resource tracker's claim happens here, on the compute; a host
                 // that cannot take the instance reschedules it (ComputeResourcesUnavailable).
-                let claim =
-                    placement::claim(db, &self.ctx.metrics, uuid, &spec.project, &self.host, spec.flavor.resources())
-                        .await?;
+                let claim = self.placement.claim(uuid, &spec.project, &self.host, spec.flavor.resources()).await?;
                 if let placement::ClaimOutcome::DoesNotFit(why) = claim {
                     self.ctx.metrics.count("compute.claim_failures", 1);
                     return Err(HvError::Reschedule(format!("Insufficient compute resources: {why}")).into());
@@ -462,7 +462,7 @@ impl Compute {
                 )
                 .await?;
                 // Unclaim before the cast, so the conductor can claim an alternate.
-                placement::release(db, &self.ctx.metrics, uuid).await?;
+                self.placement.release(uuid).await?;
                 let mut spec = spec.clone();
                 spec.tried_hosts.push(self.host.clone());
                 let failure = format!("{}: {why}", self.host);
@@ -481,7 +481,7 @@ impl Compute {
                     i.fault = Some(format!("BuildAbortException: {why}"));
                 })
                 .await?;
-                placement::release(db, &self.ctx.metrics, uuid).await?;
+                self.placement.release(uuid).await?;
                 Ok(false)
             }
             Err(e @ ServiceError::UnexpectedTaskState { .. }) => {
@@ -542,7 +542,7 @@ impl Compute {
             i.deleted = true;
         })
         .await?;
-        placement::release(&*self.ctx.db, &self.ctx.metrics, uuid).await?;
+        self.placement.release(uuid).await?;
         self.ctx.metrics.record("compute.terminate", self.ctx.clock.secs_since(t), r.is_ok());
         let mut l = self.local();
         if was_active {

@@ -10,13 +10,14 @@ use stackbed_core::store::{Op, Row};
 
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
-use crate::placement::{self, ClaimOutcome};
+use crate::placement::{ClaimOutcome, PlacementClient};
 use crate::seams::{Incoming, Rpc};
 
 pub const TOPIC: &str = "conductor";
 
 pub struct Conductor {
     ctx: Ctx,
+    placement: PlacementClient,
 }
 
 pub fn new_instance(
@@ -47,7 +48,8 @@ pub fn new_instance(
 
 impl Conductor {
     pub fn new(ctx: Ctx) -> Conductor {
-        Conductor { ctx }
+        let placement = PlacementClient::new(&ctx, "conductor");
+        Conductor { ctx, placement }
     }
 
     pub async fn run(self) -> Result<(), ServiceError> {
@@ -119,7 +121,7 @@ impl Conductor {
         let (host, alternates) = (hosts[0].clone(), hosts[1..].to_vec());
         // The user may have deleted the server while it was being scheduled.
         if dbx::get(&*self.ctx.db, Table::BuildRequests, &spec.instance_uuid).await?.is_none() {
-            placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
+            self.placement.release(&spec.instance_uuid).await?;
             return Ok(());
         }
         let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Building, Some(TaskState::Scheduling), None);
@@ -128,7 +130,7 @@ impl Conductor {
             && self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked)
         {
             if let Some(e) = self.recheck_quota(&spec).await? {
-                placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
+                self.placement.release(&spec.instance_uuid).await?;
                 dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
                     i.vm_state = VmState::Error;
                     i.task_state = None;
@@ -188,15 +190,8 @@ impl Conductor {
         }
         while !alternates.is_empty() {
             let host = alternates.remove(0);
-            let outcome = placement::claim(
-                &*self.ctx.db,
-                &self.ctx.metrics,
-                &spec.instance_uuid,
-                &spec.project,
-                &host,
-                spec.flavor.resources(),
-            )
-            .await?;
+            let outcome =
+                self.placement.claim(&spec.instance_uuid, &spec.project, &host, spec.flavor.resources()).await?;
             if outcome != ClaimOutcome::Claimed {
                 continue;
             }
@@ -207,7 +202,7 @@ impl Conductor {
                 .await;
             if let Err(e) = recorded {
                 // The instance moved on (deleted, say): give the claim back.
-                placement::release(&*self.ctx.db, &self.ctx.metrics, &spec.instance_uuid).await?;
+                self.placement.release(&spec.instance_uuid).await?;
                 return Err(e);
             }
             self.ctx.bus.cast(&crate::compute::topic(&host), Rpc::BuildAndRunInstance { spec, alternates }).await?;
@@ -234,6 +229,7 @@ fn error_kind(e: &ServiceError) -> &'static str {
         ServiceError::Db(_) => "db",
         ServiceError::Bus(_) => "bus",
         ServiceError::Hypervisor(_) => "hypervisor",
+        ServiceError::Http(_) => "http",
         ServiceError::UnexpectedTaskState { .. } => "unexpected_task_state",
         ServiceError::NotFound(_) => "not_found",
         ServiceError::Corrupt(_) => "corrupt",

@@ -9,7 +9,10 @@ use std::time::Duration;
 use stackbed_core::model::{ProjectUsage, Record, Table};
 use stackbed_core::store::{DbError, Expect, Op, OpResult};
 
-use crate::seams::{BusError, BusRef, Database, Rpc};
+use crate::seams::{
+    Body, BusError, BusRef, Database, HandlerRef, HttpError, HttpHandler, HttpRef, HttpRequest, HttpResponse, Method,
+    Rpc,
+};
 
 fn usage(n: u64) -> Record {
     Record::ProjectUsage(ProjectUsage { instances: n, cores: n, ram_mb: n })
@@ -176,4 +179,98 @@ where
         .await
         .expect_err("no reply");
     assert!(matches!(err, BusError::Timeout { .. }), "{err:?}");
+}
+
+/// The service name and worker nodes the HTTP suite serves; a world's harness registers
+/// these endpoints (in this order) before it runs the suite.
+pub const HTTP_SERVICE: &str = "conformance";
+pub const HTTP_WORKERS: [&str; 2] = ["conformance-1", "conformance-2"];
+
+/// How long the suite's slow requests take to answer.
+pub const HTTP_SLOW: Duration = Duration::from_secs(5);
+
+/// Answers `<worker>:<path>` with 200; `/slow` after [`HTTP_SLOW`].
+struct Echo(String);
+
+#[async_trait::async_trait]
+impl HttpHandler for Echo {
+    async fn handle(&self, req: HttpRequest) -> HttpResponse {
+        if req.path == "/slow" {
+            tokio::time::sleep(HTTP_SLOW).await;
+        }
+        HttpResponse::new(200, Body::Created(format!("{}:{}", self.0, req.path)))
+    }
+}
+
+/// Stops a server started by the harness (kills its node, aborts its task).
+pub type Stop = Box<dyn FnOnce() + Send>;
+
+/// The HTTP seam: refused without a server, status, body and request ids, round-robin over
+/// the endpoints, failover when one stops, timeout, reset of a request in flight when its
+/// server stops. `start(worker, handler)` serves [`HTTP_SERVICE`] on that worker and returns
+/// how to stop it; `client(name)` is a client node's stack.
+pub async fn http<S, SFut, C, CFut>(start: S, client: C)
+where
+    S: Fn(String, HandlerRef) -> SFut,
+    SFut: Future<Output = Stop>,
+    C: Fn(String) -> CFut,
+    CFut: Future<Output = HttpRef>,
+{
+    let timeout = Duration::from_secs(10);
+    let get = |path: &str| HttpRequest::new(Method::Get, path, Body::Empty);
+    let body = |r: Result<HttpResponse, HttpError>| match r {
+        Ok(HttpResponse { status: 200, body: Body::Created(b), .. }) => b,
+        other => panic!("expected 200 from an echo server, got {other:?}"),
+    };
+    let a = client("client-a".into()).await;
+    let b = client("client-b".into()).await;
+
+    let err = a.request(HTTP_SERVICE, get("/x"), timeout).await.expect_err("no server: no response");
+    assert!(matches!(err, HttpError::ConnectionRefused { .. }), "no server listening: refused, got {err:?}");
+
+    let [w1, w2] = HTTP_WORKERS.map(String::from);
+    let stop1 = start(w1.clone(), std::sync::Arc::new(Echo(w1.clone()))).await;
+    let r1 = a.request(HTTP_SERVICE, get("/x"), timeout).await.expect("one server: answered");
+    let r2 = a.request(HTTP_SERVICE, get("/y"), timeout).await.expect("answered");
+    let r3 = b.request(HTTP_SERVICE, get("/z"), timeout).await.expect("answered");
+    assert_eq!(r1.body, Body::Created(format!("{w1}:/x")), "the handler's status and body reach the client");
+    let ids = [&r1.request_id, &r2.request_id, &r3.request_id];
+    assert!(ids.iter().all(|id| id.starts_with("req-")), "request ids are req-...: {ids:?}");
+    assert!(r1.request_id.contains("client-a") && r3.request_id.contains("client-b"), "ids name the caller: {ids:?}");
+    let distinct: BTreeSet<&String> = ids.into_iter().collect();
+    assert_eq!(distinct.len(), 3, "request ids are unique across requests and callers");
+
+    // Two workers: round-robin, each endpoint in turn.
+    let stop2 = start(w2.clone(), std::sync::Arc::new(Echo(w2.clone()))).await;
+    let mut served = BTreeSet::new();
+    let mut per_worker = [0, 0];
+    for _ in 0..4 {
+        let got = body(a.request(HTTP_SERVICE, get("/rr"), timeout).await);
+        per_worker[usize::from(got.starts_with(&w2))] += 1;
+        served.insert(got);
+    }
+    assert_eq!(per_worker, [2, 2], "round-robin over two live endpoints: {served:?}");
+
+    // A slow answer past the timeout.
+    let err = a.request(HTTP_SERVICE, get("/slow"), Duration::from_millis(500)).await.expect_err("too slow");
+    assert!(matches!(err, HttpError::Timeout { .. }), "slow handler: timeout, got {err:?}");
+
+    // One worker stops: every request is answered by the other. (A stop may take effect at
+    // the stopped task's next scheduling: give it a moment.)
+    stop2();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        let got = body(a.request(HTTP_SERVICE, get("/after"), timeout).await);
+        assert_eq!(got, format!("{w1}:/after"), "request {i} after {w2} stopped: failover to {w1}");
+    }
+
+    // The last worker stops while a request runs there: the request is reset.
+    let c = a.clone();
+    let in_flight = tokio::spawn(async move { c.request(HTTP_SERVICE, get("/slow"), Duration::from_secs(30)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop1();
+    let err = in_flight.await.expect("the request task").expect_err("its server stopped");
+    assert!(matches!(err, HttpError::ConnectionReset { .. }), "server stopped mid-request: reset, got {err:?}");
+    let err = b.request(HTTP_SERVICE, get("/x"), timeout).await.expect_err("no server left");
+    assert!(matches!(err, HttpError::ConnectionRefused { .. }), "every worker gone: refused, got {err:?}");
 }

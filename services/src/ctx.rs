@@ -8,12 +8,14 @@ use stackbed_core::scenario::Scenario;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::seams::{BusRef, Db};
+use crate::seams::{BusRef, Db, HttpRef};
 
 #[derive(Clone)]
 pub struct Ctx {
     pub bus: BusRef,
     pub db: Db,
+    /// The node's HTTP stack (keystone, placement, nova-api; clients and servers).
+    pub http: HttpRef,
     pub clock: Clock,
     pub metrics: Metrics,
     pub scenario: Arc<Scenario>,

@@ -7,7 +7,7 @@ use stackbed_core::model::{Instance, ProjectUsage, Record, Table};
 use stackbed_core::states::TaskState;
 use stackbed_core::store::{DbError, Expect, Op, OpResult, Row};
 
-use crate::seams::{BusError, Database, HvError};
+use crate::seams::{BusError, Database, HttpError, HvError};
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ServiceError {
@@ -17,6 +17,9 @@ pub enum ServiceError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Hypervisor(#[from] HvError),
+    /// An HTTP call got no response (placement, keystone).
+    #[error(transparent)]
+    Http(#[from] HttpError),
     /// nova's UnexpectedTaskStateError (UnexpectedDeletingTaskStateError when deleting).
     #[error("instance {uuid}: unexpected task state: expecting {expected:?} but the actual state is {found:?}")]
     UnexpectedTaskState { uuid: String, expected: Vec<Option<TaskState>>, found: Option<TaskState> },

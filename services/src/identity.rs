@@ -1,5 +1,6 @@
 //! Keystone: projects, users and role assignments in the database; tokens signed with a
-//! key ring and validated offline (see `stackbed_core::token`).
+//! key ring and validated offline (see `stackbed_core::token`). Served over HTTP (the
+//! `Http` seam), never the bus: POST /v3/auth/tokens issues, GET /v3/auth/tokens validates.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +15,10 @@ use stackbed_core::scenario::Scenario;
 
 use crate::ctx::Ctx;
 use crate::dbx::{get, ServiceError};
-use crate::seams::{Incoming, Rpc};
+use crate::seams::{Body, HttpHandler, HttpRequest, HttpResponse, Method, KEYSTONE};
 
-pub const TOPIC: &str = "keystone";
+/// The path of keystone's token API.
+pub const TOKENS_PATH: &str = "/v3/auth/tokens";
 
 pub fn password_hash(password: &str) -> String {
     Sha256::digest(password.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -96,40 +98,36 @@ impl Identity {
         }))
     }
 
-    pub async fn handle(&self, msg: Rpc) -> Rpc {
-        match msg {
-            Rpc::Authenticate { user, password, project } => {
+    /// Bootstraps, then serves keystone's API until the node goes away. Every worker
+    /// derives the same key ring (one shared fernet key repository, as deployments sync it).
+    pub async fn run(self) -> Result<(), ServiceError> {
+        bootstrap(&self.ctx).await?;
+        let http = self.ctx.http.clone();
+        http.serve(KEYSTONE, std::sync::Arc::new(self)).await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpHandler for Identity {
+    async fn handle(&self, req: HttpRequest) -> HttpResponse {
+        match (req.method, req.path.as_str(), req.body) {
+            (Method::Post, TOKENS_PATH, Body::PasswordAuth { user, password, project }) => {
                 let t0 = self.ctx.clock.now();
                 let res = self.authenticate(&user, &password, &project).await;
                 self.ctx.metrics.record("keystone.authenticate", self.ctx.clock.secs_since(t0), res.is_ok());
                 match res {
-                    Ok(t) => Rpc::Token(t),
-                    Err(e) => Rpc::Error(e),
+                    Ok(t) => HttpResponse::new(201, Body::SubjectToken(t)),
+                    Err(e) => HttpResponse::error(401, e),
                 }
             }
-            Rpc::ValidateToken { token } => match self.keys.validate(&token, self.ctx.clock.now_ms()) {
-                Ok(p) => Rpc::TokenInfo(p),
-                Err(e) => Rpc::Error(format!("404 {e}")),
-            },
-            other => Rpc::Error(format!("keystone has no method {}", other.method())),
-        }
-    }
-
-    /// Bootstraps, then serves the keystone topic until the bus goes away.
-    pub async fn run(self) -> Result<(), ServiceError> {
-        bootstrap(&self.ctx).await?;
-        let mut rx = self.ctx.bus.consume(TOPIC).await?;
-        let this = std::sync::Arc::new(self);
-        while let Some(Incoming { msg, reply_to }) = rx.recv().await {
-            let this = this.clone();
-            tokio::spawn(async move {
-                let out = this.handle(msg).await;
-                if let Some(to) = reply_to {
-                    // A reply that cannot be sent is the caller's timeout to handle.
-                    let _ = this.ctx.bus.reply(to, out).await;
+            (Method::Get, TOKENS_PATH, Body::SubjectToken(token)) => {
+                match self.keys.validate(&token, self.ctx.clock.now_ms()) {
+                    Ok(p) => HttpResponse::new(200, Body::TokenInfo(p)),
+                    Err(e) => HttpResponse::error(404, e.to_string()),
                 }
-            });
+            }
+            (method, path, _) => HttpResponse::error(404, format!("keystone has no {} {path}", method.name())),
         }
-        Ok(())
     }
 }

@@ -1,20 +1,38 @@
-//! Placement's storage side: providers and allocations in the database, every write a
-//! compare-and-swap on the provider generation (the row version), conflicts retried up to
-//! placement's `allocation_conflict_retry_count`.
+//! Placement, a service of its own: its storage side (providers and allocations in the
+//! database, every write a compare-and-swap on the provider generation (the row version),
+//! conflicts retried up to placement's `allocation_conflict_retry_count`), the `Placement`
+//! service serving that over HTTP, and the `PlacementClient` the scheduler, conductor and
+//! compute call it through (nova's report client).
+//!
+//! The compute's provider registration stays a database write of the compute (it is not
+//! routed through placement's API yet), and so does the report's utilisation sampler.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::Rng;
 
 use stackbed_core::model::{Allocation, Provider, Record, Resources, Table};
 use stackbed_core::placement::{fits, CONFLICT_RETRIES_MAX};
-use stackbed_core::store::{DbError, Expect, Op, Row};
+use stackbed_core::store::{DbError, Expect, Op, Row, Snapshot};
 
-use crate::dbx::{get, ServiceError};
+use crate::clock::Clock;
+use crate::ctx::Ctx;
+use crate::dbx::{self, get, ServiceError};
 use crate::metrics::Metrics;
-use crate::seams::Database;
+use crate::seams::{
+    Body, Database, HttpError, HttpHandler, HttpRef, HttpRequest, HttpResponse, Method, HTTP_TIMEOUT, PLACEMENT,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     Claimed,
     /// The provider cannot take the request (any more): try another host.
     DoesNotFit(String),
+    /// Generation conflicts outlasted `allocation_conflict_retry_count` (placement's 409
+    /// `placement.concurrent_update`): the caller may try again.
+    ConcurrentUpdate(String),
 }
 
 async fn provider(db: &dyn Database, host: &str) -> Result<Option<(u64, Provider)>, ServiceError> {
@@ -74,7 +92,7 @@ pub async fn claim(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(ClaimOutcome::DoesNotFit(format!("{host}: generation conflicts exceeded {CONFLICT_RETRIES_MAX} retries")))
+    Ok(ClaimOutcome::ConcurrentUpdate(format!("{host}: generation conflicts exceeded {CONFLICT_RETRIES_MAX} retries")))
 }
 
 /// DELETE /allocations/{consumer}. Idempotent: no allocation, nothing to do.
@@ -111,4 +129,170 @@ pub async fn release(db: &dyn Database, metrics: &Metrics, consumer: &str) -> Re
         }
     }
     Err(DbError::Backend(format!("releasing {consumer}: conflicts kept coming")).into())
+}
+
+// ---------------------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------------------
+
+/// GET /allocation_candidates.
+pub const CANDIDATES_PATH: &str = "/allocation_candidates";
+const ALLOCATIONS_PREFIX: &str = "/allocations/";
+
+/// One placement worker: the API over the database.
+pub struct Placement {
+    ctx: Ctx,
+}
+
+impl Placement {
+    pub fn new(ctx: Ctx) -> Placement {
+        Placement { ctx }
+    }
+
+    /// Serves placement's API until the node goes away.
+    pub async fn run(self) -> Result<(), ServiceError> {
+        let http = self.ctx.http.clone();
+        http.serve(PLACEMENT, Arc::new(self)).await?;
+        Ok(())
+    }
+}
+
+fn server_error(e: ServiceError) -> HttpResponse {
+    HttpResponse::error(503, e.to_string())
+}
+
+#[async_trait::async_trait]
+impl HttpHandler for Placement {
+    async fn handle(&self, req: HttpRequest) -> HttpResponse {
+        let (db, metrics) = (&*self.ctx.db, &self.ctx.metrics);
+        let consumer = req.path.strip_prefix(ALLOCATIONS_PREFIX).filter(|c| !c.is_empty());
+        match (req.method, req.path.as_str(), consumer, req.body) {
+            // Every provider, as the scheduler's shared snapshot: the scheduler applies the
+            // capacity check itself (the candidates' limit and filtering are its strategy's).
+            (Method::Get, CANDIDATES_PATH, _, _) => match dbx::snapshot(db, Table::Providers).await {
+                Ok(s) => HttpResponse::new(200, Body::Providers(s)),
+                Err(e) => server_error(e.into()),
+            },
+            (Method::Put, _, Some(consumer), Body::Allocation { project, host, resources }) => {
+                match claim(db, metrics, consumer, &project, &host, resources).await {
+                    Ok(ClaimOutcome::Claimed) => HttpResponse::new(204, Body::Empty),
+                    Ok(ClaimOutcome::DoesNotFit(why)) => HttpResponse::error(409, why),
+                    Ok(ClaimOutcome::ConcurrentUpdate(why)) => {
+                        HttpResponse::error(409, format!("{CONCURRENT_UPDATE}: {why}"))
+                    }
+                    Err(e) => server_error(e),
+                }
+            }
+            (Method::Delete, _, Some(consumer), _) => match release(db, metrics, consumer).await {
+                Ok(true) => HttpResponse::new(204, Body::Empty),
+                Ok(false) => HttpResponse::error(404, format!("No allocations for consumer '{consumer}'")),
+                Err(e) => server_error(e),
+            },
+            (method, path, _, _) => HttpResponse::error(404, format!("placement has no {} {path}", method.name())),
+        }
+    }
+}
+
+/// The error code of placement's 409 for a generation conflict (the only 409 worth a retry).
+pub const CONCURRENT_UPDATE: &str = "placement.concurrent_update";
+
+// ---------------------------------------------------------------------------------------
+// The client (nova's scheduler/client/report.py)
+// ---------------------------------------------------------------------------------------
+
+/// Attempts of a write that placement refused with `placement.concurrent_update`: nova's
+/// `@retries` decorator tries 4 times, sleeping uniform(0, 2 x attempt) seconds before each
+/// (0 before the first). Connection failures are not retried by it (`@safe_connect` logs
+/// "Placement API service is not responding" and the call fails); the endpoint list's
+/// failover to another worker is the only retry they get.
+pub const REPORT_CLIENT_ATTEMPTS: u32 = 4;
+
+pub struct PlacementClient {
+    http: HttpRef,
+    metrics: Metrics,
+    clock: Clock,
+    rng: Mutex<SmallRng>,
+}
+
+impl PlacementClient {
+    /// `name`: the caller's RNG stream (the jitter of the retries).
+    pub fn new(ctx: &Ctx, name: &str) -> PlacementClient {
+        let rng = Mutex::new(ctx.rng(&format!("placement-client-{name}")));
+        PlacementClient { http: ctx.http.clone(), metrics: ctx.metrics.clone(), clock: ctx.clock.clone(), rng }
+    }
+
+    async fn request(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let res = self.http.request(PLACEMENT, req, HTTP_TIMEOUT).await;
+        if res.is_err() {
+            self.metrics.count("placement_client.no_response", 1);
+        }
+        res
+    }
+
+    /// GET /allocation_candidates: placement's providers. `Err`: the scheduler's NoValidHost
+    /// reason (nova: "Got no allocation candidates from the Placement API").
+    pub async fn candidates(&self) -> Result<Snapshot, String> {
+        match self.request(HttpRequest::new(Method::Get, CANDIDATES_PATH, Body::Empty)).await {
+            Ok(HttpResponse { status: 200, body: Body::Providers(s), .. }) => Ok(s),
+            Ok(r) => Err(format!("placement answered {} to GET {CANDIDATES_PATH}: {:?}", r.status, r.body)),
+            Err(e) => Err(format!("Got no allocation candidates from the Placement API: {e}")),
+        }
+    }
+
+    /// PUT /allocations/{consumer}. A claim without a response is a claim that failed, as
+    /// nova's `claim_resources` returns False then (it may still have been made: a reset
+    /// or timeout after the write leaves an allocation the caller does not know of).
+    pub async fn claim(
+        &self,
+        consumer: &str,
+        project: &str,
+        host: &str,
+        resources: Resources,
+    ) -> Result<ClaimOutcome, ServiceError> {
+        let body = Body::Allocation { project: project.into(), host: host.into(), resources };
+        let req = HttpRequest::new(Method::Put, format!("{ALLOCATIONS_PREFIX}{consumer}"), body);
+        let mut last = String::new();
+        for attempt in 0..REPORT_CLIENT_ATTEMPTS {
+            self.jitter(attempt).await;
+            match self.request(req.clone()).await {
+                Ok(r) if r.is_success() => return Ok(ClaimOutcome::Claimed),
+                Ok(HttpResponse { status: 409, body: Body::Error(why), .. }) if why.starts_with(CONCURRENT_UPDATE) => {
+                    self.metrics.count("placement_client.concurrent_update_retries", 1);
+                    last = why;
+                }
+                Ok(HttpResponse { status: 409, body: Body::Error(why), .. }) => {
+                    return Ok(ClaimOutcome::DoesNotFit(why))
+                }
+                Ok(r) => return Ok(ClaimOutcome::DoesNotFit(format!("placement answered {}: {:?}", r.status, r.body))),
+                Err(e) => return Ok(ClaimOutcome::DoesNotFit(format!("Placement API service is not responding: {e}"))),
+            }
+        }
+        Ok(ClaimOutcome::DoesNotFit(format!("out of retries: {last}")))
+    }
+
+    /// DELETE /allocations/{consumer}: true when there was one. No response is an error
+    /// (nova's AllocationDeleteFailed).
+    pub async fn release(&self, consumer: &str) -> Result<bool, ServiceError> {
+        let req = HttpRequest::new(Method::Delete, format!("{ALLOCATIONS_PREFIX}{consumer}"), Body::Empty);
+        match self.request(req).await? {
+            r if r.is_success() => Ok(true),
+            HttpResponse { status: 404, .. } => Ok(false),
+            r => Err(DbError::Backend(format!(
+                "placement answered {} to DELETE allocations/{consumer}: {:?}",
+                r.status, r.body
+            ))
+            .into()),
+        }
+    }
+
+    async fn jitter(&self, attempt: u32) {
+        if attempt == 0 {
+            return;
+        }
+        let secs = {
+            let mut rng = self.rng.lock().expect("placement client rng lock poisoned: a panic while drawing");
+            rng.gen_range(0.0..=2.0 * attempt as f64)
+        };
+        self.clock.sleep(Duration::from_secs_f64(secs)).await;
+    }
 }

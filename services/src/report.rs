@@ -13,7 +13,7 @@ use stackbed_core::model::{Provider, Record, Resources, Table};
 use stackbed_core::scenario::Runner;
 use stackbed_core::stats::{self, ActionSummary, UtilSample};
 
-use crate::api::Api;
+use crate::api::NovaClient;
 use crate::ctx::Ctx;
 use crate::metrics::ExplainedDecision;
 use crate::monitor::{FirstViolation, MonitorRef};
@@ -39,10 +39,10 @@ fn lock(m: &MonitorRef) -> std::sync::MutexGuard<'_, crate::monitor::Monitor> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs the workload against `api`, waits for quiet, runs the quiet checks. `submitted`
-/// is told when the workload has been submitted (the fault executor's heal phase starts
-/// then at the latest), before the wait for every request to become terminal.
-pub async fn drive(ctx: Ctx, api: Arc<Api>, monitor: MonitorRef, submitted: Option<oneshot::Sender<()>>) -> RunData {
+/// Runs the workload against nova-api through `api`, waits for quiet, runs the quiet checks.
+/// `submitted` is told when the workload has been submitted (the fault executor's heal phase
+/// starts then at the latest), before the wait for every request to become terminal.
+pub async fn drive(ctx: Ctx, api: NovaClient, monitor: MonitorRef, submitted: Option<oneshot::Sender<()>>) -> RunData {
     let workload = Workload::new(ctx.clone(), api);
     let mut aborted = None;
     let mut iterations = Vec::new();

@@ -17,7 +17,7 @@ use serde::Serialize;
 use stackbed_core::model::{Flavor, Image, Record, Table};
 use stackbed_core::scenario::{Action, Runner};
 
-use crate::api::{Api, ApiError, CreateServer};
+use crate::api::{ApiError, CreateServer, NovaClient};
 use crate::ctx::Ctx;
 use crate::dbx;
 
@@ -42,7 +42,8 @@ struct Tenant {
 
 pub struct Workload {
     ctx: Ctx,
-    api: Arc<Api>,
+    /// nova's and keystone's APIs over HTTP, as Rally's clients reach them.
+    api: NovaClient,
     tenants: Vec<Tenant>,
     rng: Mutex<SmallRng>,
     results: Mutex<Vec<Iteration>>,
@@ -78,7 +79,7 @@ fn pick(rng: &mut SmallRng, weights: &BTreeMap<String, f64>) -> String {
 }
 
 impl Workload {
-    pub fn new(ctx: Ctx, api: Arc<Api>) -> Arc<Workload> {
+    pub fn new(ctx: Ctx, api: NovaClient) -> Arc<Workload> {
         let tenants = crate::identity::tenants(&ctx.scenario)
             .into_iter()
             .map(|(p, u, password)| Tenant {

@@ -19,7 +19,7 @@ use stackbed_core::strategy::{self, Strategy};
 
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
-use crate::placement::{self, ClaimOutcome};
+use crate::placement::{ClaimOutcome, PlacementClient};
 use crate::seams::{Incoming, Rpc};
 
 pub const TOPIC: &str = "scheduler";
@@ -262,6 +262,7 @@ pub struct Scheduler {
     decider: Mutex<Decider>,
     cache: Mutex<HostCache>,
     hosts: HashMap<String, StaticHost>,
+    placement: PlacementClient,
 }
 
 impl Scheduler {
@@ -284,7 +285,8 @@ impl Scheduler {
                 (name, StaticHost { aggregates, ip: host_ip(i) })
             })
             .collect();
-        Scheduler { ctx, config, decider, cache: Mutex::default(), hosts }
+        let placement = PlacementClient::new(&ctx, "scheduler");
+        Scheduler { ctx, config, decider, cache: Mutex::default(), hosts, placement }
     }
 
     /// Serves select_destinations, up to [`EXECUTOR_POOL_SIZE`] requests at once as nova's
@@ -322,7 +324,6 @@ impl Scheduler {
     }
 
     pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
-        let db = &*self.ctx.db;
         let resources = spec.flavor.resources();
         let alternates_max = self.config.max_attempts.saturating_sub(1) as usize;
         let skip_claim = self.ctx.scenario.debug.plant_bug == Some(PlantedBug::SchedulerSkipsClaim);
@@ -345,8 +346,7 @@ impl Scheduler {
             let claimable = if complete { order.len() } else { order.len().saturating_sub(alternates_max) };
             for (pos, host) in order.iter().enumerate().take(claimable) {
                 let claimed = skip_claim
-                    || placement::claim(db, &self.ctx.metrics, &spec.instance_uuid, &spec.project, host, resources)
-                        .await?
+                    || self.placement.claim(&spec.instance_uuid, &spec.project, host, resources).await?
                         == ClaimOutcome::Claimed;
                 if claimed {
                     let mut out = vec![host.clone()];
@@ -419,10 +419,12 @@ impl Scheduler {
     /// providers and the cached host rows: allocation candidates in the current era, every
     /// host in Icehouse's. `Err` is NoValidHost's reason.
     async fn order_hosts(&self, spec: &RequestSpec, k: usize) -> Result<Result<Vec<String>, String>, ServiceError> {
-        let db = &*self.ctx.db;
         // Placement's view is read fresh for every request (claims depend on it), as one
-        // shared snapshot: the rows are read, not copied.
-        let snapshot = dbx::snapshot(db, Table::Providers).await?;
+        // shared snapshot: the rows are read, not copied, even over HTTP.
+        let snapshot = match self.placement.candidates().await {
+            Ok(s) => s,
+            Err(reason) => return Ok(Err(reason)),
+        };
         let cached = self.host_cache().await?;
         let (group_policy, group_max, group_hosts, members_per_host) = self.group_state(spec).await?;
         // Hints and zone: the scenario's workload sends the same ones with every request.

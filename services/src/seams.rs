@@ -181,3 +181,191 @@ pub trait Hypervisor: Send + Sync + 'static {
 }
 
 pub type HvRef = Arc<dyn Hypervisor>;
+
+// ---------------------------------------------------------------------------------------
+// HTTP (request/response): the REST calls of OpenStack (clients to nova-api, nova-api to
+// keystone, scheduler, conductor and compute to placement). Only nova's internal RPC goes
+// through the bus.
+// ---------------------------------------------------------------------------------------
+
+/// The HTTP services, by the name their endpoints are registered under (the node group
+/// names of `stackbed_core::faults`).
+pub const KEYSTONE: &str = "keystone";
+pub const PLACEMENT: &str = "placement";
+pub const NOVA_API: &str = "nova-api";
+
+/// Every request waits at most this long for its response. keystoneauth's `timeout`, which
+/// nova's `[placement]` and `[keystone_authtoken]` (`http_connect_timeout`) leave unset by
+/// default, means no timeout at all; stackbed bounds every request instead (a stated limit,
+/// not nova's behaviour), so a request to a partitioned service fails instead of hanging.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// Request and response bodies, typed (the JSON documents the APIs exchange). In the
+/// simulator they travel by value, never serialised.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Empty,
+    /// An error document: the message of a 4xx or 5xx.
+    Error(String),
+    // keystone
+    /// POST /v3/auth/tokens, the password method scoped to a project.
+    PasswordAuth {
+        user: String,
+        password: String,
+        project: String,
+    },
+    /// The X-Subject-Token header: the token issued (POST) or to validate (GET).
+    SubjectToken(String),
+    /// GET /v3/auth/tokens: the validated token.
+    TokenInfo(TokenPayload),
+    // placement
+    /// GET /allocation_candidates: every resource provider as one shared snapshot of the
+    /// providers table (passed by value, not copied: the scheduler filters it itself).
+    Providers(stackbed_core::store::Snapshot),
+    /// PUT /allocations/{consumer}: the consumer's resources on one provider.
+    Allocation {
+        project: String,
+        host: String,
+        resources: stackbed_core::model::Resources,
+    },
+    // nova
+    /// POST /servers.
+    CreateServer {
+        name: String,
+        flavor: String,
+        image: String,
+        server_group: Option<String>,
+    },
+    /// POST /os-server-groups.
+    CreateServerGroup {
+        name: String,
+        policy: stackbed_core::model::GroupPolicy,
+    },
+    /// The id of what a POST created.
+    Created(String),
+    Server(crate::api::ServerView),
+    Servers(Vec<crate::api::ServerView>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    /// `req-<caller node>-<boot>-<n>` (X-OpenStack-Request-ID); the client sets it.
+    pub request_id: String,
+    pub method: Method,
+    pub path: String,
+    /// X-Auth-Token.
+    pub auth_token: Option<String>,
+    pub body: Body,
+}
+
+impl HttpRequest {
+    pub fn new(method: Method, path: impl Into<String>, body: Body) -> HttpRequest {
+        HttpRequest { request_id: String::new(), method, path: path.into(), auth_token: None, body }
+    }
+
+    pub fn with_token(mut self, token: &str) -> HttpRequest {
+        self.auth_token = Some(token.to_string());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The request's id, echoed as the server logged it.
+    pub request_id: String,
+    pub body: Body,
+}
+
+impl HttpResponse {
+    pub fn new(status: u16, body: Body) -> HttpResponse {
+        HttpResponse { status, request_id: String::new(), body }
+    }
+
+    pub fn error(status: u16, message: impl Into<String>) -> HttpResponse {
+        HttpResponse::new(status, Body::Error(message.into()))
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// What a client sees when no response comes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HttpError {
+    /// Every endpoint of the service refused the connection (or none is registered).
+    #[error("{service}: connection refused by every endpoint ({endpoints} tried)")]
+    ConnectionRefused { service: String, endpoints: usize },
+    /// The connection broke before the response (the server died mid-request): the request
+    /// may or may not have been executed.
+    #[error("{service}: connection reset by {endpoint} during {method} {path}")]
+    ConnectionReset { service: String, endpoint: String, method: &'static str, path: String },
+    /// No response within the request's timeout: it may or may not have been executed.
+    #[error("{service}: no response to {method} {path} within {timeout_ms} ms")]
+    Timeout { service: String, method: &'static str, path: String, timeout_ms: u64 },
+    /// The server side could not start (its address is taken, say).
+    #[error("cannot serve {service}: {reason}")]
+    CannotServe { service: String, reason: String },
+}
+
+/// Serves one service's requests: one call per request, concurrently.
+#[async_trait]
+pub trait HttpHandler: Send + Sync + 'static {
+    async fn handle(&self, req: HttpRequest) -> HttpResponse;
+}
+
+pub type HandlerRef = Arc<dyn HttpHandler>;
+
+/// A node's HTTP stack: the client side, through the service's endpoint list (a load
+/// balancer in front of the workers: round-robin over the endpoints, the next one tried on
+/// a refused connection; a reset or a timeout is returned, never retried, since the request
+/// may have run), and the server side for the services this node runs.
+#[async_trait]
+pub trait Http: Send + Sync + 'static {
+    /// Sends `req` (its request id set by the client) and waits at most `timeout`.
+    async fn request(&self, service: &str, req: HttpRequest, timeout: Duration) -> Result<HttpResponse, HttpError>;
+    /// Serves `service` on this node with `handler` until the node goes away; returns only
+    /// if the service cannot be served (address in use, say).
+    async fn serve(&self, service: &str, handler: HandlerRef) -> Result<(), HttpError>;
+}
+
+pub type HttpRef = Arc<dyn Http>;
+
+/// Request ids unique across callers and restarts: the caller's node name, the instant
+/// (ms) its HTTP stack started, and a counter.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new(node: &str, started_ms: u64) -> RequestIds {
+        RequestIds { prefix: format!("req-{node}-{started_ms}"), next: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    pub fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        format!("{}-{n}", self.prefix)
+    }
+}

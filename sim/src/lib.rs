@@ -1,8 +1,8 @@
 //! stackbed-sim: the simulated seams and the deterministic runner (madsim).
 //!
 //! Every service of the control plane runs, unchanged, on its own simulated node: a broker
-//! node (RabbitMQ's role), a database node (MySQL's role), keystone, conductor, scheduler,
-//! api and one node per compute host whose hypervisor is a latency and failure model.
+//! node (RabbitMQ's role), a database node (MySQL's role), keystone, placement, conductor,
+//! scheduler, nova-api workers, the Rally-style client and one node per compute host whose hypervisor is a latency and failure model.
 //! Time, network and randomness come from the seed: same seed, same run, byte for byte.
 //! Only built with `--cfg madsim` (`cargo sim ...`).
 #![cfg(madsim)]
@@ -12,6 +12,7 @@ pub mod chaos;
 pub mod conn;
 pub mod dbnode;
 pub mod host;
+pub mod http;
 pub mod knobs;
 pub mod nodes;
 pub mod run;

@@ -11,12 +11,11 @@ use madsim::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
 use stackbed_core::faults::{self, FaultSchedule, Trigger};
-use stackbed_services::api::Api;
+use stackbed_services::api::NovaClient;
 use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
 use stackbed_services::conductor::Conductor;
 use stackbed_services::ctx::Ctx;
-use stackbed_services::identity::Identity;
 use stackbed_services::metrics::Metrics;
 use stackbed_services::monitor::{Monitor, MonitorRef};
 use stackbed_services::report::{drive, Report, ReportContext, RunOptions};
@@ -26,15 +25,15 @@ use crate::broker::{self, SimBus};
 use crate::chaos::Chaos;
 use crate::dbnode::{self, DbClients, SimDb};
 use crate::host::{GuestTable, SimHost};
+use crate::http::{self, Endpoints, SimHttp};
 use crate::knobs::Knobs;
 use crate::nodes::{Incarnations, Registry};
 
 const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5672);
 const DATABASE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 3306);
-const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
 
-/// Node addresses: infrastructure and the client in 10.0.0.0/24, control services from
-/// 10.0.1.1 upwards, compute hosts from 10.1.0.1 upwards.
+/// Node addresses: infrastructure in 10.0.0.0/24, conductors and schedulers from
+/// 10.0.1.1, compute hosts from 10.1.0.1 upwards (HTTP workers and the client: `http.rs`).
 fn ip(net: u8, n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, net + (n >> 16) as u8, (n >> 8) as u8, n as u8))
 }
@@ -47,15 +46,17 @@ struct World {
     metrics: Metrics,
     db_clients: DbClients,
     knobs: Knobs,
+    endpoints: Arc<Endpoints>,
 }
 
 impl World {
-    async fn ctx(&self, node: &str, incarnation: u32) -> std::io::Result<Ctx> {
+    async fn ctx(&self, node: &str, incarnation: u32, ip: IpAddr) -> std::io::Result<Ctx> {
         let bus = SimBus::connect(BROKER, node, self.metrics.clone()).await?;
         let db = SimDb::connect(DATABASE, &self.db_clients).await?;
         Ok(Ctx {
             bus,
             db,
+            http: SimHttp::new(node, ip, self.endpoints.clone(), self.clock.clone()),
             clock: self.clock.skewed(self.knobs.node(node).skew()),
             metrics: self.metrics.clone(),
             scenario: self.opts.scenario.clone(),
@@ -87,7 +88,7 @@ fn service_node<F, Fut>(
         let service = service.clone();
         let node = node.clone();
         async move {
-            match world.ctx(&node, incarnations.next()).await {
+            match world.ctx(&node, incarnations.next(), addr).await {
                 Ok(ctx) => service(ctx).await,
                 Err(e) => world.metrics.count(&format!("node_connect_errors.{e}"), 1),
             }
@@ -138,6 +139,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 metrics: metrics.clone(),
                 db_clients,
                 knobs: knobs.clone(),
+                endpoints: Arc::new(Endpoints::of(&scenario)),
             };
             let mut reg = Registry::new(handle.clone());
 
@@ -155,16 +157,19 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             tokio::time::sleep(Duration::from_millis(100)).await;
 
             let hosts: BTreeMap<String, _> = scenario.hosts().into_iter().collect();
+            // keystone, placement and nova-api workers serve HTTP at their own addresses.
+            let http_workers: BTreeMap<String, (&'static str, IpAddr)> =
+                http::workers(&scenario).into_iter().map(|(name, service, ip)| (name, (service, ip))).collect();
             let (mut control, mut computes) = (0u32, 0u32);
             for node in faults::nodes(&scenario) {
                 let (name, group) = (node.name.as_str(), node.group.as_str());
+                if let Some(&(service, addr)) = http_workers.get(name) {
+                    service_node(&mut reg, name, group, addr, None, &world, move |ctx| {
+                        http::serve_worker(service, ctx)
+                    });
+                    continue;
+                }
                 match group {
-                    faults::KEYSTONE => {
-                        control += 1;
-                        service_node(&mut reg, name, group, ip(0, 256 + control), None, &world, |ctx| async move {
-                            let _ = Identity::new(ctx).run().await;
-                        })
-                    }
                     faults::NOVA_CONDUCTOR => {
                         control += 1;
                         service_node(&mut reg, name, group, ip(0, 256 + control), None, &world, |ctx| async move {
@@ -195,9 +200,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                             }
                         });
                     }
-                    // nova-api and placement run inside the client's calls until they are
-                    // services of their own.
-                    _ => {}
+                    other => unreachable!("faults::nodes names no group {other} without a service here"),
                 }
             }
 
@@ -207,17 +210,23 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             let (done_tx, done_rx) = oneshot::channel();
             let executor = tokio::spawn(chaos.run(triggers, submitted_rx, done_rx));
 
-            let client = handle.create_node().name(faults::CLIENT).ip(CLIENT_IP).build();
+            // The Rally-style runner on a client node of its own: killing nova-api does not
+            // kill the workload, which reaches nova-api and keystone over HTTP.
+            let client = handle.create_node().name(faults::CLIENT).ip(http::CLIENT_IP).build();
             let (w, m) = (world.clone(), monitor.clone());
             let outcome = client
                 .spawn(async move {
-                    let ctx = w.ctx(faults::CLIENT, 0).await.map_err(|e| format!("the client cannot connect: {e}"))?;
-                    let api = Arc::new(Api::new(ctx.clone()));
-                    let data = drive(ctx.clone(), api, m.clone(), Some(submitted_tx)).await;
+                    let node = faults::CLIENT;
+                    let ctx =
+                        w.ctx(node, 0, http::CLIENT_IP).await.map_err(|e| format!("{node} cannot connect: {e}"))?;
+                    let services = [stackbed_services::seams::KEYSTONE, stackbed_services::seams::NOVA_API];
+                    http::wait_for_services(&w.endpoints, &services, Duration::from_secs(60)).await?;
+                    let nova = NovaClient::new(ctx.http.clone());
+                    let data = drive(ctx.clone(), nova, m.clone(), Some(submitted_tx)).await;
                     Ok::<_, String>((ctx, data))
                 })
                 .await
-                .map_err(|e| format!("the client task failed: {e}"))?;
+                .map_err(|e| format!("{} task failed: {e}", faults::CLIENT))?;
             let _ = done_tx.send(());
             let chaos = executor.await.map_err(|e| format!("the fault executor failed: {e}"))?;
             let (ctx, data) = outcome?;
