@@ -177,8 +177,9 @@ impl FaultSchedule {
     }
 }
 
+/// Exact seconds (`60s`, `0.25s`, `50.812s`): the printed schedule is the one that runs.
 fn secs(ms: Millis) -> String {
-    format!("{:.1}s", ms as f64 / 1000.0)
+    format!("{}s", ms as f64 / 1000.0)
 }
 
 impl fmt::Display for ResolvedFault {

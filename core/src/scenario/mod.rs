@@ -13,11 +13,17 @@ use crate::dist::Dist;
 use crate::model::{Aggregate, Flavor, Image, QuotaLimits, SchedulerHints};
 use crate::scheduler::{FilterKind, HostAggregates, SchedulerConfig, WeigherKind};
 
+mod overrides;
+mod schedule;
 mod spans;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use overrides::{apply_overrides, Override};
+pub use schedule::{
+    FaultDecl, FaultKind, Heal, Offset, PhasesDecl, RandomFaults, RangeValue, Ranged, MAX_RANDOM_FAULTS,
+};
 use spans::{field_at, line_col, span_of};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -100,6 +106,19 @@ pub struct Scenario {
     /// instance (see `docs/real-guest.md`); the simulator ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<Guest>,
+    /// Scheduled faults (`[[faults]]`); see `schedule.rs` and [`Scenario::fault_schedule`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultDecl>,
+    /// Faults drawn per seed in the chaos phase (`[random_faults]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_faults: Option<RandomFaults>,
+    /// Chaos, heal and the liveness bound (`[phases]`).
+    #[serde(default, skip_serializing_if = "PhasesDecl::is_default")]
+    pub phases: PhasesDecl,
+    /// The `--set KEY=VALUE` overrides applied to the file, in order (`Scenario::load_with`);
+    /// never read from the file, written to report.json so a replay can repeat them.
+    #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// The trace the runner replays (`runner.kind = "trace"`), loaded with the scenario.
     #[serde(skip)]
     pub trace: Vec<crate::trace::TraceRow>,
@@ -805,6 +824,11 @@ fn default_guest_uri() -> String {
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        Scenario::load_with(path, &[])
+    }
+
+    /// Reads a scenario file, applies `--set` overrides to it, and validates the result.
+    pub fn load_with(path: &Path, overrides: &[Override]) -> Result<Scenario, ScenarioError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
             file: file.clone(),
@@ -813,7 +837,7 @@ impl Scenario {
             field: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
-        let mut scenario = Scenario::parse(&file, &text)?;
+        let mut scenario = Scenario::parse_with(&file, &text, overrides)?;
         if let Some(g) = &mut scenario.guest {
             let dir = path.parent().unwrap_or(Path::new("."));
             for p in [&mut g.kernel, &mut g.initrd] {
@@ -846,9 +870,33 @@ impl Scenario {
         self.trace = rows;
     }
 
+    /// [`Scenario::parse`] after applying `overrides` (see `overrides.rs`). An error in a
+    /// field an override set says so; the overrides are kept in [`Scenario::overrides`].
+    pub fn parse_with(file: &str, text: &str, overrides: &[Override]) -> Result<Scenario, ScenarioError> {
+        let edited = apply_overrides(text, overrides).map_err(|(field, message)| ScenarioError {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            field,
+            message,
+        })?;
+        let mut scenario = Scenario::parse(file, &edited).map_err(|mut e| {
+            let set_here = overrides.iter().rev().find(|o| {
+                let f = o.field();
+                e.field == f || e.field.starts_with(&format!("{f}.")) || f.starts_with(&format!("{}.", e.field))
+            });
+            if let Some(o) = set_here {
+                e.message = format!("{} (set by --set {o})", e.message);
+            }
+            e
+        })?;
+        scenario.overrides = overrides.iter().map(Override::to_string).collect();
+        Ok(scenario)
+    }
+
     /// Parses and validates scenario text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let (line, column) = line_col(text, offset);
             // serde names a missing field only in its message: take it from there.
@@ -866,6 +914,11 @@ impl Scenario {
             };
             ScenarioError { file: file.to_string(), line, column, field, message }
         })?;
+        // `[phases] liveness_bound` wins over `workload.liveness_bound`: the services read
+        // the latter, so the former is copied there.
+        if let Some(bound) = scenario.phases.liveness_bound {
+            scenario.workload.liveness_bound = bound;
+        }
         scenario.validate().map_err(|(field, message)| {
             let offset = span_of(text, &field).unwrap_or(0);
             let (line, column) = line_col(text, offset);

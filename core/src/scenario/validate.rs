@@ -112,6 +112,7 @@ impl Scenario {
         ] {
             d.validate().map_err(|m| (format!("model.{name}"), m))?;
         }
+        self.validate_faults()?;
         Ok(())
     }
 
