@@ -7,6 +7,7 @@
 //! and nothing else in the run (services, network) shares these streams.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use rand::rngs::SmallRng;
@@ -745,6 +746,9 @@ fn resolve_random(all: &[NodeName], r: &RandomFaults, seed: u64, chaos_ms: u64) 
             pool.clone()
         };
         let per_ms = per_minute / 60_000.0;
+        // A node is not hit again by the same kind while its last event lasts: a second
+        // kill of a dead node would be no fault at all.
+        let mut busy_until: BTreeMap<&str, u64> = BTreeMap::new();
         let mut t = 0.0_f64;
         loop {
             // Exponential gaps between events: a Poisson process at `per_minute`.
@@ -752,7 +756,16 @@ fn resolve_random(all: &[NodeName], r: &RandomFaults, seed: u64, chaos_ms: u64) 
             if t >= chaos_ms as f64 || out.len() as f64 >= MAX_RANDOM_FAULTS {
                 break;
             }
-            let node = pick(&eligible, &mut rng);
+            let at_ms = t as u64;
+            let free: Vec<&NodeName> = eligible
+                .iter()
+                .copied()
+                .filter(|n| busy_until.get(n.name.as_str()).is_none_or(|u| *u <= at_ms))
+                .collect();
+            if free.is_empty() {
+                continue;
+            }
+            let node = pick(&free, &mut rng);
             let action = match kind {
                 FaultKind::Kill => FaultAction::Kill,
                 FaultKind::Restart => FaultAction::Restart,
@@ -770,9 +783,10 @@ fn resolve_random(all: &[NodeName], r: &RandomFaults, seed: u64, chaos_ms: u64) 
                 other => return Err(format!("{source}: {} is not a random event", other.name())),
             };
             let duration_ms = (!kind.instant()).then(|| r.duration.draw(&mut rng).ms());
+            busy_until.insert(&node.name, at_ms + duration_ms.unwrap_or(0));
             out.push(ResolvedFault {
                 source: source.clone(),
-                trigger: Trigger::At { at_ms: t as u64 },
+                trigger: Trigger::At { at_ms },
                 targets: vec![node.name.clone()],
                 action,
                 duration_ms,

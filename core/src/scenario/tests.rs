@@ -495,11 +495,11 @@ drop_rate = 0.01
 faults: 10 | chaos 300s | heal all
 at 0s drop nova-scheduler-1,nova-scheduler-2,compute-1,compute-2,compute-3,compute-4 rate 0.01 (random_faults.drop_rate)
 at 72.089s kill nova-scheduler-2 for 18.604s (random_faults.kill_per_minute)
-at 88.653s kill compute-2 for 14.46s (random_faults.kill_per_minute)
-at 136.05s kill nova-scheduler-1 for 24.944s (random_faults.kill_per_minute)
+at 88.653s kill compute-4 for 20.628s (random_faults.kill_per_minute)
+at 118.932s kill nova-scheduler-1 for 24.944s (random_faults.kill_per_minute)
 at 158.492s partition nova-scheduler-2 <-> nova-scheduler-1,compute-1,compute-2,compute-3,compute-4 for 20.137s (random_faults.partition_per_minute)
+at 181.797s kill compute-4 for 21.246s (random_faults.kill_per_minute)
 at 194.11s partition nova-scheduler-1 <-> nova-scheduler-2,compute-1,compute-2,compute-3,compute-4 for 13.726s (random_faults.partition_per_minute)
-at 198.914s kill compute-4 for 21.246s (random_faults.kill_per_minute)
 at 238.045s power_off compute-4 for 16.193s (random_faults.power_off_per_minute)
 at 271.078s partition compute-3 <-> nova-scheduler-1,nova-scheduler-2,compute-1,compute-2,compute-4 for 28.278s (random_faults.partition_per_minute)
 at 291.836s partition compute-1 <-> nova-scheduler-1,nova-scheduler-2,compute-2,compute-3,compute-4 for 21.507s (random_faults.partition_per_minute)
@@ -627,4 +627,42 @@ fn override_errors_name_the_field() {
     for bad in ["nokey", "=1", "a..b=1", "a[x]=1", "a[0]b=1"] {
         assert!(bad.parse::<Override>().is_err(), "{bad}");
     }
+}
+
+#[test]
+fn random_events_do_not_hit_a_node_twice_at_once() {
+    let text = format!(
+        "{}\n[phases]\nchaos = \"30m\"\n[random_faults]\ntargets = [\"compute\"]\nkill_per_minute = 2.0\nduration = [\"1m\", \"5m\"]\n",
+        fault_base()
+    );
+    let s = Scenario::parse("r.toml", &text).unwrap();
+    for seed in 1..20 {
+        let faults = s.fault_schedule(seed).unwrap().faults;
+        for (i, a) in faults.iter().enumerate() {
+            for b in &faults[i + 1..] {
+                let (crate::faults::Trigger::At { at_ms: x }, crate::faults::Trigger::At { at_ms: y }) =
+                    (&a.trigger, &b.trigger)
+                else {
+                    panic!()
+                };
+                let overlap = x.max(y) < &(x + a.duration_ms.unwrap()).min(y + b.duration_ms.unwrap());
+                assert!(!(a.targets == b.targets && overlap), "seed {seed}: {a} and {b}");
+            }
+        }
+    }
+}
+
+/// The fault example in README's scenario section parses, on a deployment with two schedulers.
+#[test]
+fn readme_fault_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("`[random_faults]` (TOML cannot").unwrap();
+    let block = &readme[start..];
+    let block = &block[block.find("```toml").unwrap() + 7..];
+    let block = &block[..block.find("```").unwrap()];
+    let base = fault_base().replace("count = 4", "count = 8");
+    let s = Scenario::parse("readme.toml", &format!("{base}{block}")).unwrap_or_else(|e| panic!("{e}"));
+    let faults = s.fault_schedule(1).unwrap().faults;
+    let sources: Vec<&str> = faults.iter().map(|f| f.source.as_str()).take(6).collect();
+    assert_eq!(sources, ["faults[0]", "faults[1]", "faults[2]", "faults[3]", "faults[4]", "random_faults.drop_rate"]);
 }
