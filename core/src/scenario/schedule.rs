@@ -452,6 +452,9 @@ impl Scenario {
         if let Some(r) = &self.random_faults {
             validate_random(&all, r, p.chaos)?;
         }
+        // The checks above should leave nothing for resolution to refuse; if they missed a
+        // case, the file is refused here rather than the run.
+        self.fault_schedule(self.scenario.seeds.start).map_err(|m| ("faults".to_string(), m))?;
         Ok(())
     }
 

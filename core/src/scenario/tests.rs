@@ -596,6 +596,14 @@ fn overrides_change_fields_before_checks() {
     assert_eq!(s.host_count(), 5);
     assert_eq!(s.overrides[0], "control.amqp_durable_queues=true");
     assert_eq!(serde_json::to_value(&s).unwrap()["overrides"][1], "control.service_down_time=180s");
+    // Tables the file does not have are created (here `[topology.workers]` and `[phases]`).
+    let o: Vec<Override> = ["topology.workers.scheduler=2", "phases.chaos=10m", "control.scheduler.strategy=pack"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let s = Scenario::parse_with("o.toml", GOOD, &o).unwrap();
+    assert_eq!((s.topology.workers.scheduler, s.phases.chaos), (2, Some(Dur::secs(600))));
+    assert_eq!(s.control.scheduler.strategy, "pack");
     // A later override wins; an override of a fault entry reaches its schedule.
     let base = format!("{}\n[[faults]]\nkind = \"kill\"\ntarget = \"db\"\nat = \"1s\"\n", fault_base());
     let o: Vec<Override> =
