@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use stackbed_core::scenario::Scenario;
+use stackbed_core::scenario::{Override, Scenario};
 use stackbed_core::stats::percentile;
 use stackbed_services::report::{Report, RunOptions};
 
@@ -55,6 +55,8 @@ enum Command {
         /// Where report.json goes (default: reports/<scenario name>).
         #[arg(long)]
         report_dir: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Run every strategy on identical workloads and seeds and compare them: a table with 95%
     /// intervals across seeds, compare.json, compare.csv and SVG plots in the report dir.
@@ -72,6 +74,8 @@ enum Command {
         /// Runs at once (default: the machine's cores).
         #[arg(long)]
         jobs: Option<usize>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Explain one scheduling decision: each filter with the hosts it kept and rejected (and
     /// why), each weigher's raw and normalised values, the scores, the pick, the alternates and
@@ -97,7 +101,11 @@ enum Command {
     #[command(hide = true)]
     SweepChild(sweep::ChildArgs),
     /// Parse and validate a scenario without running it.
-    Check { scenario: PathBuf },
+    Check {
+        scenario: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Measure speed. With scenarios (default: scenarios/quickstart.toml and
     /// scenarios/large.toml): simulated seconds and boots per wall second. `bench images`
     /// (real build): image I/O against qemu-img side by side.
@@ -110,6 +118,17 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// `--set KEY=VALUE`, repeatable: scenario fields overridden before validation
+/// (`Scenario::load_with`). Flatten it into any command that loads a scenario to run it, and
+/// load with [`load_with`]; the replay commands repeat the overrides ([`set_args`]).
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct Overrides {
+    /// Override a scenario field, e.g. `--set control.amqp_durable_queues=true` or
+    /// `--set faults[0].duration=10s` (TOML values; anything else is a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) set: Vec<Override>,
 }
 
 fn revision() -> String {
@@ -131,7 +150,23 @@ fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {
 }
 
 fn load(path: &Path) -> Result<Arc<Scenario>, String> {
-    Scenario::load(path).map(Arc::new).map_err(|e| e.to_string())
+    load_with(path, &Overrides::default())
+}
+
+fn load_with(path: &Path, overrides: &Overrides) -> Result<Arc<Scenario>, String> {
+    Scenario::load_with(path, &overrides.set).map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// ` --set KEY=VALUE` for each override `scenario` was loaded with, quoted for a shell.
+fn set_args(scenario: &Scenario) -> String {
+    let word = |s: &str| {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._=/:,+-@%".contains(c)) {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', "'\\''"))
+        }
+    };
+    scenario.overrides.iter().map(|o| format!(" --set {}", word(o))).collect()
 }
 
 fn options(scenario: &Arc<Scenario>, path: &Path, seed: u64, revision: &str) -> RunOptions {
@@ -140,7 +175,7 @@ fn options(scenario: &Arc<Scenario>, path: &Path, seed: u64, revision: &str) -> 
         scenario_file: path.display().to_string(),
         seed,
         revision: revision.to_string(),
-        replay: format!("cargo {} run {} --seed {seed}", world::NAME, path.display()),
+        replay: format!("cargo {} run {} --seed {seed}{}", world::NAME, path.display(), set_args(scenario)),
     }
 }
 
@@ -192,8 +227,14 @@ fn progress_of(what: &str, done: usize, total: usize, failed: usize) {
     }
 }
 
-fn cmd_run(path: &Path, seed: Option<u64>, seeds: Option<String>, report_dir: Option<PathBuf>) -> Result<bool, String> {
-    let scenario = load(path)?;
+fn cmd_run(
+    path: &Path,
+    seed: Option<u64>,
+    seeds: Option<String>,
+    report_dir: Option<PathBuf>,
+    overrides: &Overrides,
+) -> Result<bool, String> {
+    let scenario = load_with(path, overrides)?;
     let rev = revision();
     let dir = report_dir.unwrap_or_else(|| PathBuf::from("reports").join(&scenario.scenario.name));
     let seed_list = match seed {
@@ -316,8 +357,9 @@ fn cmd_compare(
     seeds: Option<String>,
     report_dir: Option<PathBuf>,
     jobs: Option<usize>,
+    overrides: &Overrides,
 ) -> Result<bool, String> {
-    let base = load(path)?;
+    let base = load_with(path, overrides)?;
     for s in &strategies {
         if !stackbed_core::strategy::BUILTIN.contains(&s.as_str()) {
             return Err(format!("unknown strategy `{s}`; known: {}", stackbed_core::strategy::BUILTIN.join(", ")));
@@ -352,9 +394,10 @@ fn cmd_compare(
                 let scenario = Arc::new(scenario);
                 let mut opts = options(&scenario, path, seed, &rev);
                 opts.replay = format!(
-                    "cargo {} compare {} --strategies {strategy} --seeds {seed}..{seed}",
+                    "cargo {} compare {} --strategies {strategy} --seeds {seed}..{seed}{}",
                     world::NAME,
-                    path.display()
+                    path.display(),
+                    set_args(&base)
                 );
                 // Each run's report is written here, on the run's thread, not after all runs.
                 let outcome = world::run(&opts).and_then(|r| {
@@ -499,9 +542,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, seed, seeds, report_dir } => cmd_run(&scenario, seed, seeds, report_dir),
-        Command::Compare { scenario, strategies, seeds, report_dir, jobs } => {
-            cmd_compare(&scenario, strategies, seeds, report_dir, jobs)
+        Command::Run { scenario, seed, seeds, report_dir, overrides } => {
+            cmd_run(&scenario, seed, seeds, report_dir, &overrides)
+        }
+        Command::Compare { scenario, strategies, seeds, report_dir, jobs, overrides } => {
+            cmd_compare(&scenario, strategies, seeds, report_dir, jobs, &overrides)
         }
         Command::Explain { scenario, request, seed, json } => load(&scenario).and_then(|s| {
             let seed = seed.unwrap_or(s.scenario.seeds.start);
@@ -516,13 +561,19 @@ fn main() -> ExitCode {
         Command::Sweep(args) => sweep::sweep(args),
         Command::SweepMerge(args) => sweep::merge_files(args),
         Command::SweepChild(args) => sweep::child(args),
-        Command::Check { scenario } => load(&scenario).map(|s| {
+        Command::Check { scenario, overrides } => load_with(&scenario, &overrides).map(|s| {
             println!(
                 "{}: ok ({} hosts, {} boots)",
                 scenario.display(),
                 s.host_count(),
                 s.workload.runner.times(&s.trace)
             );
+            let seed = s.scenario.seeds.start;
+            match s.fault_schedule(seed) {
+                Ok(schedule) if schedule.is_empty() => {}
+                Ok(schedule) => println!("seed {seed}: {schedule}"),
+                Err(e) => println!("seed {seed}: faults: {e}"),
+            }
             true
         }),
         Command::Bench { scenarios, seed, json } => cmd_bench(scenarios, seed, json),

@@ -46,16 +46,16 @@ pub struct SweepArgs {
     /// shard-I-of-N.json with --shard).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    // --set KEY=VALUE goes HERE: flatten the shared overrides helper of `run`/`compare` into
-    // this struct (and into `ChildArgs` below) and make `overrides()` return its KEY=VALUE
-    // strings. They then reach every child as `--set KEY=VALUE`, every replay command, the
-    // summary's `overrides`, and the merge's check that shards ran the same experiment.
+    /// The `--set KEY=VALUE` overrides: they reach every child, every replay command, the
+    /// summary's `overrides`, and the merge's check that shards ran the same experiment.
+    #[command(flatten)]
+    pub overrides: crate::Overrides,
 }
 
 impl SweepArgs {
-    /// The `--set` overrides as KEY=VALUE strings (none until `--set` exists).
+    /// The `--set` overrides as KEY=VALUE strings.
     fn overrides(&self) -> Vec<String> {
-        Vec::new()
+        self.overrides.set.iter().map(|o| o.to_string()).collect()
     }
 }
 
@@ -77,8 +77,8 @@ pub struct ChildArgs {
     pub seeds_list: Vec<u64>,
     #[arg(long)]
     pub revision: String,
-    // --set KEY=VALUE: the same shared overrides helper as in `SweepArgs`, applied to the
-    // scenario after it is loaded.
+    #[command(flatten)]
+    pub overrides: crate::Overrides,
 }
 
 /// One seed's result. Deterministic: no wall time here (see `Timing`).
@@ -402,7 +402,7 @@ fn take_panic() -> Option<(String, String)> {
 
 /// `sweep-child`: runs each seed and prints its row. A panicking seed becomes a failing row.
 pub fn child(args: ChildArgs) -> Result<bool, String> {
-    let scenario = crate::load(&args.scenario)?;
+    let scenario = crate::load_with(&args.scenario, &args.overrides)?;
     let fault = std::env::var(FAULT_ENV).ok();
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -515,7 +515,7 @@ struct Progress {
 
 /// `sweep`: exit 0 when every seed passed, 1 when any failed; Err (exit 2) on bad input.
 pub fn sweep(args: SweepArgs) -> Result<bool, String> {
-    let scenario = crate::load(&args.scenario)?;
+    let scenario = crate::load_with(&args.scenario, &args.overrides)?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let range = match &args.seeds {
         Some(r) => r.trim().to_string(),

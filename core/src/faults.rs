@@ -1,4 +1,4 @@
-//! Fault schedules: what a scenario's `[[faults]]`, `[faults.random]` and `[phases]` come to
+//! Fault schedules: what a scenario's `[[faults]]`, `[random_faults]` and `[phases]` come to
 //! for one seed. The scenario module parses and resolves them (ranges drawn per seed,
 //! patterns expanded to node names); the simulator executes the result against its node
 //! registry. Everything here is data: the schedule is printed before a run and written to
@@ -136,7 +136,7 @@ impl FaultAction {
 /// One fault, resolved for one seed: concrete nodes, instants and values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedFault {
-    /// Where it came from: `faults[2]` or `faults.random`.
+    /// Where it came from: `faults[2]`, or `random_faults.kill_per_minute` (the rate that drew it).
     pub source: String,
     pub trigger: Trigger,
     /// Node names ([`NodeName::name`]). Empty with a `TaskState` trigger and a
@@ -177,8 +177,9 @@ impl FaultSchedule {
     }
 }
 
+/// Exact seconds (`60s`, `0.25s`, `50.812s`): the printed schedule is the one that runs.
 fn secs(ms: Millis) -> String {
-    format!("{:.1}s", ms as f64 / 1000.0)
+    format!("{}s", ms as f64 / 1000.0)
 }
 
 impl fmt::Display for ResolvedFault {

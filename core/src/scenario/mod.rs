@@ -13,6 +13,19 @@ use crate::dist::Dist;
 use crate::model::{Aggregate, Flavor, Image, QuotaLimits, SchedulerHints};
 use crate::scheduler::{FilterKind, HostAggregates, SchedulerConfig, WeigherKind};
 
+mod overrides;
+mod schedule;
+mod spans;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use overrides::{apply_overrides, Override};
+pub use schedule::{
+    FaultDecl, FaultKind, Heal, Offset, PhasesDecl, RandomFaults, RangeValue, Ranged, MAX_RANDOM_FAULTS,
+};
+use spans::{field_at, line_col, span_of};
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{file}:{line}:{column}: field `{field}`: {message}")]
 pub struct ScenarioError {
@@ -93,6 +106,19 @@ pub struct Scenario {
     /// instance (see `docs/real-guest.md`); the simulator ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<Guest>,
+    /// Scheduled faults (`[[faults]]`); see `schedule.rs` and [`Scenario::fault_schedule`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultDecl>,
+    /// Faults drawn per seed in the chaos phase (`[random_faults]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_faults: Option<RandomFaults>,
+    /// Chaos, heal and the liveness bound (`[phases]`).
+    #[serde(default, skip_serializing_if = "PhasesDecl::is_default")]
+    pub phases: PhasesDecl,
+    /// The `--set KEY=VALUE` overrides applied to the file, in order (`Scenario::load_with`);
+    /// never read from the file, written to report.json so a replay can repeat them.
+    #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// The trace the runner replays (`runner.kind = "trace"`), loaded with the scenario.
     #[serde(skip)]
     pub trace: Vec<crate::trace::TraceRow>,
@@ -798,6 +824,11 @@ fn default_guest_uri() -> String {
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        Scenario::load_with(path, &[])
+    }
+
+    /// Reads a scenario file, applies `--set` overrides to it, and validates the result.
+    pub fn load_with(path: &Path, overrides: &[Override]) -> Result<Scenario, ScenarioError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
             file: file.clone(),
@@ -806,7 +837,7 @@ impl Scenario {
             field: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
-        let mut scenario = Scenario::parse(&file, &text)?;
+        let mut scenario = Scenario::parse_with(&file, &text, overrides)?;
         if let Some(g) = &mut scenario.guest {
             let dir = path.parent().unwrap_or(Path::new("."));
             for p in [&mut g.kernel, &mut g.initrd] {
@@ -839,9 +870,33 @@ impl Scenario {
         self.trace = rows;
     }
 
+    /// [`Scenario::parse`] after applying `overrides` (see `overrides.rs`). An error in a
+    /// field an override set says so; the overrides are kept in [`Scenario::overrides`].
+    pub fn parse_with(file: &str, text: &str, overrides: &[Override]) -> Result<Scenario, ScenarioError> {
+        let edited = apply_overrides(text, overrides).map_err(|(field, message)| ScenarioError {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            field,
+            message,
+        })?;
+        let mut scenario = Scenario::parse(file, &edited).map_err(|mut e| {
+            let set_here = overrides.iter().rev().find(|o| {
+                let f = o.field();
+                e.field == f || e.field.starts_with(&format!("{f}.")) || f.starts_with(&format!("{}.", e.field))
+            });
+            if let Some(o) = set_here {
+                e.message = format!("{} (set by --set {o})", e.message);
+            }
+            e
+        })?;
+        scenario.overrides = overrides.iter().map(Override::to_string).collect();
+        Ok(scenario)
+    }
+
     /// Parses and validates scenario text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let (line, column) = line_col(text, offset);
             // serde names a missing field only in its message: take it from there.
@@ -859,120 +914,17 @@ impl Scenario {
             };
             ScenarioError { file: file.to_string(), line, column, field, message }
         })?;
+        // `[phases] liveness_bound` wins over `workload.liveness_bound`: the services read
+        // the latter, so the former is copied there.
+        if let Some(bound) = scenario.phases.liveness_bound {
+            scenario.workload.liveness_bound = bound;
+        }
         scenario.validate().map_err(|(field, message)| {
             let offset = span_of(text, &field).unwrap_or(0);
             let (line, column) = line_col(text, offset);
             ScenarioError { file: file.to_string(), line, column, field, message }
         })?;
         Ok(scenario)
-    }
-
-    /// Checks what serde cannot: names that refer to each other, ranges, sizes.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, message: String| Err((field.to_string(), message));
-        if let Some(g) = &self.guest {
-            for (field, v) in
-                [("guest.kernel", &g.kernel), ("guest.initrd", &g.initrd), ("guest.libvirt_uri", &g.libvirt_uri)]
-            {
-                if v.trim().is_empty() {
-                    return err(field, "must not be empty".into());
-                }
-            }
-            if g.boot_timeout.0.is_zero() {
-                return err("guest.boot_timeout", "must be above 0".into());
-            }
-        }
-        if self.topology.hosts.is_empty() || self.topology.hosts.iter().all(|h| h.count == 0) {
-            return err("topology.hosts", "the topology needs at least one host".into());
-        }
-        for (i, h) in self.topology.hosts.iter().enumerate() {
-            if h.vcpus == 0 || h.ram_mb == 0 {
-                return err(&format!("topology.hosts.{i}.vcpus"), "hosts need vcpus and ram_mb above 0".into());
-            }
-            if h.reserved.ram_mb >= h.ram_mb {
-                return err(
-                    &format!("topology.hosts.{i}.reserved.ram_mb"),
-                    "reserved RAM must be below the host's RAM".into(),
-                );
-            }
-        }
-        for (i, f) in self.flavors.iter().enumerate() {
-            if f.vcpus == 0 || f.ram_mb == 0 {
-                return err(
-                    &format!("flavors.{i}.vcpus"),
-                    format!("flavor `{}` needs vcpus and ram_mb above 0", f.name),
-                );
-            }
-        }
-        let r = &self.control.ratios();
-        for (name, v) in [("cpu", r.cpu), ("ram", r.ram), ("disk", r.disk)] {
-            if !(v.is_finite() && v > 0.0) {
-                return err(&format!("control.allocation_ratio.{name}"), format!("must be a positive number, got {v}"));
-            }
-        }
-        for (i, f) in self.control.scheduler.filters.iter().flatten().enumerate() {
-            if FilterKind::from_name(f).is_none() {
-                return err(
-                    &format!("control.scheduler.filters.{i}"),
-                    format!("unknown filter `{f}`; known: {}", FilterKind::NAMES.join(", ")),
-                );
-            }
-        }
-        for name in self.control.scheduler.weighers.keys() {
-            if WeigherKind::from_name(name).is_none() {
-                return err(
-                    &format!("control.scheduler.weighers.{name}"),
-                    format!("unknown weigher `{name}`; known: {}", WeigherKind::NAMES.join(", ")),
-                );
-            }
-        }
-        if self.control.scheduler.max_attempts == 0 {
-            return err("control.scheduler.max_attempts", "must be at least 1".into());
-        }
-        self.validate_scheduling()?;
-        if self.control.max_concurrent_builds == 0 {
-            return err("control.max_concurrent_builds", "must be at least 1".into());
-        }
-        if self.tenants.is_empty() {
-            return err("tenants", "at least one tenant is needed to run a workload".into());
-        }
-        let flavor_names: Vec<&str> = self.flavors.iter().map(|f| f.name.as_str()).collect();
-        if !matches!(self.workload.runner, Runner::Trace { .. }) || !self.workload.flavors.is_empty() {
-            check_weights("flavor", &self.workload.flavors, &flavor_names)?;
-        }
-        let image_names: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
-        check_weights("image", &self.workload.images, &image_names)?;
-        match self.workload.runner {
-            Runner::Constant { concurrency: 0, .. } => {
-                return err("workload.runner.concurrency", "must be at least 1".into())
-            }
-            Runner::Rps { rate, .. } if !(rate.is_finite() && rate > 0.0) => {
-                return err("workload.runner.rate", format!("must be a positive number, got {rate}"))
-            }
-            _ => {}
-        }
-        if !(1..=MAX_PASSES).contains(&self.workload.passes) {
-            return err("workload.passes", format!("must be within 1..={MAX_PASSES}, got {}", self.workload.passes));
-        }
-        if self.workload.passes > 1 && matches!(self.workload.runner, Runner::Trace { .. }) {
-            return err("workload.passes", "a trace runs once: passes above 1 need a constant or rps runner".into());
-        }
-        let p = self.model.spawn_failure_probability;
-        if !(0.0..=1.0).contains(&p) {
-            return err("model.spawn_failure_probability", format!("must be within [0, 1], got {p}"));
-        }
-        for (name, d) in [
-            ("image_fetch", &self.model.image_fetch),
-            ("network_allocate", &self.model.network_allocate),
-            ("block_device_mapping", &self.model.block_device_mapping),
-            ("spawn", &self.model.spawn),
-            ("vif_plugged", &self.model.vif_plugged),
-            ("guest_boot", &self.model.guest_boot),
-            ("destroy", &self.model.destroy),
-        ] {
-            d.validate().map_err(|m| (format!("model.{name}"), m))?;
-        }
-        Ok(())
     }
 
     /// Every compute host: `{name_prefix}-{n}`, numbered from 1 per prefix, in file order.
@@ -991,99 +943,6 @@ impl Scenario {
 
     pub fn host_count(&self) -> u32 {
         self.topology.hosts.iter().map(|h| h.count).sum()
-    }
-
-    /// Aggregates, strategy, hints, zone: the scheduling declarations' cross-checks.
-    fn validate_scheduling(&self) -> Result<(), (String, String)> {
-        let err = |field: String, message: String| Err((field, message));
-        let knobs = &self.control.scheduler;
-        if !crate::strategy::BUILTIN.contains(&knobs.strategy.as_str()) {
-            return err(
-                "control.scheduler.strategy".into(),
-                format!("unknown strategy `{}`; built in: {}", knobs.strategy, crate::strategy::BUILTIN.join(", ")),
-            );
-        }
-        for (name, m) in &knobs.weighers {
-            if !m.is_finite() {
-                return err(format!("control.scheduler.weighers.{name}"), format!("must be a number, got {m}"));
-            }
-        }
-        let host_names: Vec<String> = self.hosts().into_iter().map(|(n, _)| n).collect();
-        for (i, h) in knobs.isolated_hosts.iter().enumerate() {
-            if !host_names.contains(h) {
-                return err(format!("control.scheduler.isolated_hosts.{i}"), format!("no host named `{h}`"));
-            }
-        }
-        let image_names: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
-        for (i, name) in knobs.isolated_images.iter().enumerate() {
-            if !image_names.contains(&name.as_str()) {
-                return err(format!("control.scheduler.isolated_images.{i}"), format!("no image named `{name}`"));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, agg) in self.aggregates.iter().enumerate() {
-            if !seen.insert(agg.name.as_str()) {
-                return err(format!("aggregates.{i}.name"), format!("aggregate `{}` is declared twice", agg.name));
-            }
-            for (j, sel) in agg.hosts.iter().enumerate() {
-                if !host_names.iter().any(|h| AggregateDecl::selects(sel, h)) {
-                    return err(
-                        format!("aggregates.{i}.hosts.{j}"),
-                        format!(
-                            "`{sel}` selects no host (write a name, a prefix like \"compute-*\" or a range like \"compute-[1-8]\")"
-                        ),
-                    );
-                }
-            }
-            if agg.availability_zone.is_some() && agg.metadata.contains_key("availability_zone") {
-                return err(
-                    format!("aggregates.{i}.availability_zone"),
-                    "set the zone once: availability_zone or metadata.availability_zone".into(),
-                );
-            }
-            for (key, value) in &agg.metadata {
-                let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");
-                let integer = key == "max_io_ops_per_host" || key == "max_instances_per_host";
-                if key.ends_with("_weight_multiplier") && !WeigherKind::ALL.iter().any(|w| w.aggregate_key() == *key) {
-                    return err(
-                        format!("aggregates.{i}.metadata.{key}"),
-                        format!(
-                            "no weigher `{}`; known: {}",
-                            key.trim_end_matches("_weight_multiplier"),
-                            WeigherKind::NAMES.join(", ")
-                        ),
-                    );
-                }
-                if (numeric && value.trim().parse::<f64>().is_err())
-                    || (integer && value.trim().parse::<i64>().is_err())
-                {
-                    return err(
-                        format!("aggregates.{i}.metadata.{key}"),
-                        format!("must be a {}, got `{value}`", if integer { "whole number" } else { "number" }),
-                    );
-                }
-            }
-        }
-        let hints = &self.workload.hints;
-        if let Some(q) = &hints.query {
-            crate::scheduler::validate_json_query(q).map_err(|m| ("workload.hints.query".to_string(), m))?;
-        }
-        if let Some(ip) = &hints.build_near_host_ip {
-            crate::scheduler::parse_cidr(ip, hints.cidr.as_deref().unwrap_or("/24"))
-                .map_err(|m| ("workload.hints.build_near_host_ip".to_string(), m))?;
-        } else if hints.cidr.is_some() {
-            return err("workload.hints.cidr".into(), "cidr needs build_near_host_ip".into());
-        }
-        if let Some(az) = &self.workload.availability_zone {
-            let zones = self.availability_zones();
-            if !zones.contains(az) {
-                return err(
-                    "workload.availability_zone".into(),
-                    format!("no zone `{az}` (have: {})", zones.into_iter().collect::<Vec<_>>().join(", ")),
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Every availability zone: the aggregates' and the default one.
@@ -1157,388 +1016,5 @@ impl Scenario {
             }
         }
         config
-    }
-}
-
-/// `workload.<kind>s`: a non-empty map of known names to positive weights.
-fn check_weights(kind: &str, weights: &BTreeMap<String, f64>, known: &[&str]) -> Result<(), (String, String)> {
-    if weights.is_empty() {
-        return Err((format!("workload.{kind}s"), format!("name at least one {kind}")));
-    }
-    for (name, w) in weights {
-        let field = format!("workload.{kind}s.{name}");
-        if !known.contains(&name.as_str()) {
-            return Err((field, format!("no {kind} named `{name}` (have: {})", known.join(", "))));
-        }
-        if !(w.is_finite() && *w > 0.0) {
-            return Err((field, format!("weight must be positive, got {w}")));
-        }
-    }
-    Ok(())
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
-}
-
-/// The dotted path of the innermost key whose span holds `offset`.
-fn field_at(text: &str, offset: usize) -> Option<String> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut path = Vec::new();
-    walk_item(doc.as_item(), offset, &mut path);
-    (!path.is_empty()).then(|| path.join("."))
-}
-
-fn contains(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
-    span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
-}
-
-fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut Vec<String>) {
-    match item {
-        toml_edit::Item::Table(t) => {
-            for (k, v) in t.iter() {
-                let key_span = t.key(k).and_then(|key| key.span());
-                if contains(key_span, offset) || contains(v.span(), offset) || table_contains(v, offset) {
-                    path.push(k.to_string());
-                    walk_item(v, offset, path);
-                    return;
-                }
-            }
-        }
-        toml_edit::Item::ArrayOfTables(a) => {
-            for (i, t) in a.iter().enumerate() {
-                if contains(t.span(), offset)
-                    || t.iter()
-                        .any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset))
-                {
-                    path.push(i.to_string());
-                    walk_item(&toml_edit::Item::Table(t.clone()), offset, path);
-                    return;
-                }
-            }
-        }
-        toml_edit::Item::Value(v) => walk_value(v, offset, path),
-        toml_edit::Item::None => {}
-    }
-}
-
-fn table_contains(item: &toml_edit::Item, offset: usize) -> bool {
-    match item {
-        toml_edit::Item::Table(t) => t.iter().any(|(k, v)| {
-            contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset) || table_contains(v, offset)
-        }),
-        toml_edit::Item::ArrayOfTables(a) => a.iter().any(|t| {
-            contains(t.span(), offset)
-                || t.iter()
-                    .any(|(k, v)| contains(v.span(), offset) || contains(t.key(k).and_then(|x| x.span()), offset))
-        }),
-        _ => false,
-    }
-}
-
-fn walk_value(v: &toml_edit::Value, offset: usize, path: &mut Vec<String>) {
-    match v {
-        toml_edit::Value::InlineTable(t) => {
-            for (k, v) in t.iter() {
-                let key_span = t.key(k).and_then(|key| key.span());
-                if contains(key_span, offset) || contains(v.span(), offset) {
-                    path.push(k.to_string());
-                    walk_value(v, offset, path);
-                    return;
-                }
-            }
-        }
-        toml_edit::Value::Array(a) => {
-            for (i, v) in a.iter().enumerate() {
-                if contains(v.span(), offset) {
-                    path.push(i.to_string());
-                    walk_value(v, offset, path);
-                    return;
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The byte offset where the dotted `field` is written, or its nearest written parent.
-fn span_of(text: &str, field: &str) -> Option<usize> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut item = doc.as_item();
-    let mut best = None;
-    for part in field.split('.') {
-        let next = match (item, part.parse::<usize>()) {
-            (toml_edit::Item::ArrayOfTables(a), Ok(i)) => a.get(i).map(|t| (t.span(), None)),
-            (toml_edit::Item::Value(toml_edit::Value::Array(a)), Ok(i)) => a.get(i).map(|v| (v.span(), None)),
-            _ => item.get(part).map(|v| {
-                let key_span = item.as_table_like().and_then(|t| t.get_key_value(part)).and_then(|(k, _)| k.span());
-                (v.span(), key_span)
-            }),
-        };
-        let Some((span, key_span)) = next else { break };
-        if let Some(s) = key_span.or(span) {
-            best = Some(s.start);
-        }
-        item = match (item, part.parse::<usize>()) {
-            (toml_edit::Item::ArrayOfTables(a), Ok(i)) => match a.get(i) {
-                Some(_) => return best.or(Some(0)).map(|b| find_array_table(text, field, i).unwrap_or(b)),
-                None => break,
-            },
-            _ => match item.get(part) {
-                Some(v) => v,
-                None => break,
-            },
-        };
-    }
-    best
-}
-
-/// `[[name]]` headers carry no span in toml_edit's tables; find the i-th header textually,
-/// then the sub-key after it if the field names one.
-fn find_array_table(text: &str, field: &str, index: usize) -> Option<usize> {
-    let parts: Vec<&str> = field.split('.').collect();
-    let pos = parts.iter().position(|p| p.parse::<usize>().is_ok())?;
-    let header = format!("[[{}]]", parts[..pos].join("."));
-    let start = text.match_indices(&header).nth(index)?.0;
-    if let Some(key) = parts.get(pos + 1) {
-        let rest = &text[start..];
-        let end = rest[header.len()..].find("\n[").map_or(rest.len(), |e| e + header.len());
-        if let Some(k) = rest[..end].find(&format!("\n{key}")) {
-            return Some(start + k + 1);
-        }
-    }
-    Some(start)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[scenario]
-name = "t"
-
-[topology]
-[[topology.hosts]]
-count = 2
-vcpus = 8
-ram_mb = 16384
-disk_gb = 100
-
-[[flavors]]
-name = "m1.small"
-vcpus = 1
-ram_mb = 2048
-disk_gb = 20
-
-[[images]]
-name = "cirros"
-size_mb = 16
-disk_format = "qcow2"
-
-[[tenants]]
-name = "demo"
-
-[workload]
-runner = { kind = "constant", concurrency = 2, times = 4 }
-flavors = { "m1.small" = 1.0 }
-images = { "cirros" = 1.0 }
-"#;
-
-    #[test]
-    fn good_file_parses_with_nova_defaults() {
-        let s = Scenario::parse("t.toml", GOOD).unwrap();
-        assert_eq!(s.host_count(), 2);
-        assert_eq!(s.control.max_concurrent_builds, 10);
-        assert_eq!(s.control.service_down_time.ms(), 60_000);
-        assert_eq!(s.topology.hosts[0].reserved.ram_mb, 512);
-        assert_eq!(s.scheduler_config(), SchedulerConfig::default());
-    }
-
-    fn error_of(text: &str) -> ScenarioError {
-        Scenario::parse("bad.toml", text).unwrap_err()
-    }
-
-    #[test]
-    fn type_error_names_line_and_field() {
-        let e = error_of(&GOOD.replace("ram_mb = 16384", "ram_mb = \"lots\""));
-        assert_eq!(e.file, "bad.toml");
-        assert_eq!(e.line, 9, "{e}");
-        assert_eq!(e.field, "topology.hosts.0.ram_mb", "{e}");
-    }
-
-    #[test]
-    fn unknown_field_is_refused() {
-        let e = error_of(&GOOD.replace("disk_gb = 100", "disk_gb = 100\ncolour = 3"));
-        assert!(e.message.contains("colour"), "{e}");
-        assert_eq!(e.line, 11, "{e}");
-    }
-
-    #[test]
-    fn dangling_flavor_reference_names_the_field() {
-        let e = error_of(&GOOD.replace("flavors = { \"m1.small\" = 1.0 }", "flavors = { \"m1.huge\" = 1.0 }"));
-        assert_eq!(e.field, "workload.flavors.m1.huge");
-        assert!(e.message.contains("no flavor named"), "{e}");
-        assert_eq!(e.line, 28, "{e}");
-    }
-
-    #[test]
-    fn bad_duration_and_syntax() {
-        let e = error_of(&format!("{GOOD}\n[control]\nreport_interval = \"10 parsecs\"\n"));
-        assert!(e.message.contains("unit"), "{e}");
-        assert_eq!(e.field, "control.report_interval", "{e}");
-        let e = error_of("[scenario\nname = 1");
-        assert_eq!(e.line, 1, "{e}");
-    }
-
-    #[test]
-    fn unknown_filter() {
-        let e = error_of(&format!("{GOOD}\n[control.scheduler]\nfilters = [\"Compute\", \"Bogus\"]\n"));
-        assert_eq!(e.field, "control.scheduler.filters.1");
-        assert!(e.message.contains("Bogus"));
-    }
-
-    #[test]
-    fn guest_section() {
-        let g = Scenario::parse("t.toml", &format!("{GOOD}\n[guest]\nkernel = \"k\"\ninitrd = \"i\"\n")).unwrap();
-        let g = g.guest.unwrap();
-        assert_eq!((g.cmdline.as_str(), g.libvirt_uri.as_str()), ("console=ttyS0 quiet", "qemu:///system"));
-        assert!(Scenario::parse("t.toml", GOOD).unwrap().guest.is_none());
-        let e = error_of(&format!("{GOOD}\n[guest]\nkernel = \"k\"\ninitrd = \"i\"\nboot_timeout = \"0s\"\n"));
-        assert_eq!(e.field, "guest.boot_timeout", "{e}");
-        assert_eq!(e.line, GOOD.lines().count() + 5, "{e}");
-        let e = error_of(&format!("{GOOD}\n[guest]\nkernel = \"k\"\n"));
-        assert!(e.message.contains("initrd"), "{e}");
-    }
-
-    const AGGREGATES: &str = r#"
-[[aggregates]]
-name = "fast"
-hosts = ["compute-2"]
-availability_zone = "az1"
-metadata = { ssd = "true", ram_weight_multiplier = "-1.0" }
-"#;
-
-    #[test]
-    fn aggregates_resolve_by_name_prefix_and_range() {
-        let s = Scenario::parse("t.toml", &format!("{GOOD}{AGGREGATES}")).unwrap();
-        assert_eq!(s.aggregates_of("compute-2")[0].metadata["availability_zone"], "az1");
-        assert!(s.aggregates_of("compute-1").is_empty());
-        let views = s.host_aggregates();
-        assert!(views["compute-1"].is_empty());
-        assert_eq!(views["compute-2"].weigher_multiplier(WeigherKind::Ram), Some(-1.0));
-        assert_eq!(s.availability_zones().into_iter().collect::<Vec<_>>(), vec!["az1", "nova"]);
-        for (selector, host, expect) in [
-            ("compute-*", "compute-12", true),
-            ("compute-[2-4]", "compute-3", true),
-            ("compute-[2-4]", "compute-5", false),
-            ("compute-1", "compute-12", false),
-            ("compute-[x-4]", "compute-3", false),
-        ] {
-            assert_eq!(AggregateDecl::selects(selector, host), expect, "{selector} {host}");
-        }
-    }
-
-    #[test]
-    fn scheduling_declarations_are_checked_with_line_and_field() {
-        let with = |extra: &str| error_of(&format!("{GOOD}{extra}"));
-        let e = with(&AGGREGATES.replace("[\"compute-2\"]", "[\"compute-2\", \"gpu-*\"]"));
-        assert_eq!(e.field, "aggregates.0.hosts.1", "{e}");
-        assert_eq!(e.line, 33, "{e}");
-        let e = with(&AGGREGATES.replace("\"-1.0\"", "\"lots\""));
-        assert_eq!(e.field, "aggregates.0.metadata.ram_weight_multiplier", "{e}");
-        let e = with(&AGGREGATES.replace("ram_weight", "colour_weight"));
-        assert!(e.message.contains("no weigher `colour`"), "{e}");
-        let e = with("\n[control.scheduler]\nstrategy = \"magic\"\n");
-        assert_eq!(e.field, "control.scheduler.strategy", "{e}");
-        assert!(e.message.contains("p2c"), "{e}");
-        let e = with("\n[control.scheduler]\nweighers = { ram = 1.0, gpu = 2.0 }\n");
-        assert_eq!(e.field, "control.scheduler.weighers.gpu", "{e}");
-        let hints = GOOD.replace("images = {", "hints = { query = '[\"~\", 1]' }\nimages = {");
-        let e = error_of(&hints);
-        assert_eq!(e.field, "workload.hints.query", "{e}");
-        assert!(e.message.contains("unknown operator"), "{e}");
-        let near = GOOD.replace("images = {", "hints = { build_near_host_ip = \"10.0.0.300\" }\nimages = {");
-        assert_eq!(error_of(&near).field, "workload.hints.build_near_host_ip");
-        let zone = GOOD.replace("images = {", "availability_zone = \"az9\"\nimages = {");
-        let e = error_of(&zone);
-        assert_eq!(e.field, "workload.availability_zone", "{e}");
-        assert!(e.message.contains("nova"), "{e}");
-    }
-
-    #[test]
-    fn workload_passes_are_checked_with_line_and_field() {
-        let line_of = |text: &str, needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
-        for (value, why) in [("0", "within 1..=16"), ("17", "within 1..=16")] {
-            let text = GOOD.replace("images = {", &format!("passes = {value}\nimages = {{"));
-            let e = error_of(&text);
-            assert_eq!(e.field, "workload.passes", "{e}");
-            assert_eq!(e.line, line_of(&text, "passes"), "{e}");
-            assert!(e.message.contains(why), "{e}");
-        }
-        let text = GOOD.replace("images = {", "passes = \"two\"\nimages = {");
-        assert_eq!(error_of(&text).field, "workload.passes");
-        let two = GOOD.replace("images = {", "passes = 2\nimages = {");
-        assert_eq!(Scenario::parse("t.toml", &two).unwrap().workload.passes, 2);
-        assert_eq!(Scenario::parse("t.toml", GOOD).unwrap().workload.passes, 1);
-    }
-
-    #[test]
-    fn scheduler_knobs_reach_the_config() {
-        let text = format!(
-            "{GOOD}\n[control.scheduler]\nstrategy = \"pack\"\nmax_io_ops_per_host = 4\nweighers = {{ hypervisor_version = -2.0 }}\n"
-        );
-        let s = Scenario::parse("t.toml", &text).unwrap();
-        assert_eq!(s.control.scheduler.strategy, "pack");
-        let c = s.scheduler_config();
-        assert_eq!(c.max_io_ops_per_host, 4);
-        assert_eq!(c.weighers[&WeigherKind::HypervisorVersion], -2.0);
-        assert_eq!(c.weighers[&WeigherKind::Ram], 1.0);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
-        assert_eq!(parse_duration("1.5s").unwrap().as_millis(), 1500);
-        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
-}
-
-#[cfg(test)]
-mod fuzz {
-    use proptest::prelude::*;
-
-    const BASE: &str = include_str!("../../scenarios/quickstart.toml");
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
-
-        /// Any edit of a good file either parses or gives an error with a line; never a panic.
-        #[test]
-        fn edited_scenarios_never_panic(cut in 0usize..BASE.len(), len in 0usize..40, insert in "[a-z0-9=\\[\\]\"{}.,\\n -]{0,12}") {
-            let mut text = BASE.to_string();
-            let start = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
-            let end = (start + len..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
-            text.replace_range(start..end, &insert);
-            if let Err(e) = super::Scenario::parse("fuzz.toml", &text) {
-                prop_assert!(e.line >= 1, "{e}");
-                prop_assert!(!e.message.is_empty());
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod missing_fields {
-    #[test]
-    fn a_missing_field_is_named() {
-        let e = super::Scenario::parse("m.toml", "[scenario]\nname = \"x\"\n").unwrap_err();
-        assert_eq!(e.field, "topology", "{e}");
     }
 }

@@ -1,0 +1,228 @@
+//! The checks serde cannot do: names that refer to each other, ranges, sizes. Each error
+//! is a dotted field and a message; `Scenario::parse` turns the field into a line.
+
+use std::collections::BTreeMap;
+
+use super::{AggregateDecl, Runner, Scenario, MAX_PASSES};
+use crate::scheduler::{FilterKind, WeigherKind};
+
+impl Scenario {
+    /// Checks what serde cannot: names that refer to each other, ranges, sizes.
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, message: String| Err((field.to_string(), message));
+        if let Some(g) = &self.guest {
+            for (field, v) in
+                [("guest.kernel", &g.kernel), ("guest.initrd", &g.initrd), ("guest.libvirt_uri", &g.libvirt_uri)]
+            {
+                if v.trim().is_empty() {
+                    return err(field, "must not be empty".into());
+                }
+            }
+            if g.boot_timeout.0.is_zero() {
+                return err("guest.boot_timeout", "must be above 0".into());
+            }
+        }
+        if self.topology.hosts.is_empty() || self.topology.hosts.iter().all(|h| h.count == 0) {
+            return err("topology.hosts", "the topology needs at least one host".into());
+        }
+        for (i, h) in self.topology.hosts.iter().enumerate() {
+            if h.vcpus == 0 || h.ram_mb == 0 {
+                return err(&format!("topology.hosts.{i}.vcpus"), "hosts need vcpus and ram_mb above 0".into());
+            }
+            if h.reserved.ram_mb >= h.ram_mb {
+                return err(
+                    &format!("topology.hosts.{i}.reserved.ram_mb"),
+                    "reserved RAM must be below the host's RAM".into(),
+                );
+            }
+        }
+        for (i, f) in self.flavors.iter().enumerate() {
+            if f.vcpus == 0 || f.ram_mb == 0 {
+                return err(
+                    &format!("flavors.{i}.vcpus"),
+                    format!("flavor `{}` needs vcpus and ram_mb above 0", f.name),
+                );
+            }
+        }
+        let r = &self.control.ratios();
+        for (name, v) in [("cpu", r.cpu), ("ram", r.ram), ("disk", r.disk)] {
+            if !(v.is_finite() && v > 0.0) {
+                return err(&format!("control.allocation_ratio.{name}"), format!("must be a positive number, got {v}"));
+            }
+        }
+        for (i, f) in self.control.scheduler.filters.iter().flatten().enumerate() {
+            if FilterKind::from_name(f).is_none() {
+                return err(
+                    &format!("control.scheduler.filters.{i}"),
+                    format!("unknown filter `{f}`; known: {}", FilterKind::NAMES.join(", ")),
+                );
+            }
+        }
+        for name in self.control.scheduler.weighers.keys() {
+            if WeigherKind::from_name(name).is_none() {
+                return err(
+                    &format!("control.scheduler.weighers.{name}"),
+                    format!("unknown weigher `{name}`; known: {}", WeigherKind::NAMES.join(", ")),
+                );
+            }
+        }
+        if self.control.scheduler.max_attempts == 0 {
+            return err("control.scheduler.max_attempts", "must be at least 1".into());
+        }
+        self.validate_scheduling()?;
+        if self.control.max_concurrent_builds == 0 {
+            return err("control.max_concurrent_builds", "must be at least 1".into());
+        }
+        if self.tenants.is_empty() {
+            return err("tenants", "at least one tenant is needed to run a workload".into());
+        }
+        let flavor_names: Vec<&str> = self.flavors.iter().map(|f| f.name.as_str()).collect();
+        if !matches!(self.workload.runner, Runner::Trace { .. }) || !self.workload.flavors.is_empty() {
+            check_weights("flavor", &self.workload.flavors, &flavor_names)?;
+        }
+        let image_names: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+        check_weights("image", &self.workload.images, &image_names)?;
+        match self.workload.runner {
+            Runner::Constant { concurrency: 0, .. } => {
+                return err("workload.runner.concurrency", "must be at least 1".into())
+            }
+            Runner::Rps { rate, .. } if !(rate.is_finite() && rate > 0.0) => {
+                return err("workload.runner.rate", format!("must be a positive number, got {rate}"))
+            }
+            _ => {}
+        }
+        if !(1..=MAX_PASSES).contains(&self.workload.passes) {
+            return err("workload.passes", format!("must be within 1..={MAX_PASSES}, got {}", self.workload.passes));
+        }
+        if self.workload.passes > 1 && matches!(self.workload.runner, Runner::Trace { .. }) {
+            return err("workload.passes", "a trace runs once: passes above 1 need a constant or rps runner".into());
+        }
+        let p = self.model.spawn_failure_probability;
+        if !(0.0..=1.0).contains(&p) {
+            return err("model.spawn_failure_probability", format!("must be within [0, 1], got {p}"));
+        }
+        for (name, d) in [
+            ("image_fetch", &self.model.image_fetch),
+            ("network_allocate", &self.model.network_allocate),
+            ("block_device_mapping", &self.model.block_device_mapping),
+            ("spawn", &self.model.spawn),
+            ("vif_plugged", &self.model.vif_plugged),
+            ("guest_boot", &self.model.guest_boot),
+            ("destroy", &self.model.destroy),
+        ] {
+            d.validate().map_err(|m| (format!("model.{name}"), m))?;
+        }
+        self.validate_faults()?;
+        Ok(())
+    }
+
+    /// Aggregates, strategy, hints, zone: the scheduling declarations' cross-checks.
+    fn validate_scheduling(&self) -> Result<(), (String, String)> {
+        let err = |field: String, message: String| Err((field, message));
+        let knobs = &self.control.scheduler;
+        if !crate::strategy::BUILTIN.contains(&knobs.strategy.as_str()) {
+            return err(
+                "control.scheduler.strategy".into(),
+                format!("unknown strategy `{}`; built in: {}", knobs.strategy, crate::strategy::BUILTIN.join(", ")),
+            );
+        }
+        for (name, m) in &knobs.weighers {
+            if !m.is_finite() {
+                return err(format!("control.scheduler.weighers.{name}"), format!("must be a number, got {m}"));
+            }
+        }
+        let host_names: Vec<String> = self.hosts().into_iter().map(|(n, _)| n).collect();
+        for (i, h) in knobs.isolated_hosts.iter().enumerate() {
+            if !host_names.contains(h) {
+                return err(format!("control.scheduler.isolated_hosts.{i}"), format!("no host named `{h}`"));
+            }
+        }
+        let image_names: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+        for (i, name) in knobs.isolated_images.iter().enumerate() {
+            if !image_names.contains(&name.as_str()) {
+                return err(format!("control.scheduler.isolated_images.{i}"), format!("no image named `{name}`"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, agg) in self.aggregates.iter().enumerate() {
+            if !seen.insert(agg.name.as_str()) {
+                return err(format!("aggregates.{i}.name"), format!("aggregate `{}` is declared twice", agg.name));
+            }
+            for (j, sel) in agg.hosts.iter().enumerate() {
+                if !host_names.iter().any(|h| AggregateDecl::selects(sel, h)) {
+                    return err(
+                        format!("aggregates.{i}.hosts.{j}"),
+                        format!(
+                            "`{sel}` selects no host (write a name, a prefix like \"compute-*\" or a range like \"compute-[1-8]\")"
+                        ),
+                    );
+                }
+            }
+            if agg.availability_zone.is_some() && agg.metadata.contains_key("availability_zone") {
+                return err(
+                    format!("aggregates.{i}.availability_zone"),
+                    "set the zone once: availability_zone or metadata.availability_zone".into(),
+                );
+            }
+            for (key, value) in &agg.metadata {
+                let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");
+                let integer = key == "max_io_ops_per_host" || key == "max_instances_per_host";
+                if key.ends_with("_weight_multiplier") && !WeigherKind::ALL.iter().any(|w| w.aggregate_key() == *key) {
+                    return err(
+                        format!("aggregates.{i}.metadata.{key}"),
+                        format!(
+                            "no weigher `{}`; known: {}",
+                            key.trim_end_matches("_weight_multiplier"),
+                            WeigherKind::NAMES.join(", ")
+                        ),
+                    );
+                }
+                if (numeric && value.trim().parse::<f64>().is_err())
+                    || (integer && value.trim().parse::<i64>().is_err())
+                {
+                    return err(
+                        format!("aggregates.{i}.metadata.{key}"),
+                        format!("must be a {}, got `{value}`", if integer { "whole number" } else { "number" }),
+                    );
+                }
+            }
+        }
+        let hints = &self.workload.hints;
+        if let Some(q) = &hints.query {
+            crate::scheduler::validate_json_query(q).map_err(|m| ("workload.hints.query".to_string(), m))?;
+        }
+        if let Some(ip) = &hints.build_near_host_ip {
+            crate::scheduler::parse_cidr(ip, hints.cidr.as_deref().unwrap_or("/24"))
+                .map_err(|m| ("workload.hints.build_near_host_ip".to_string(), m))?;
+        } else if hints.cidr.is_some() {
+            return err("workload.hints.cidr".into(), "cidr needs build_near_host_ip".into());
+        }
+        if let Some(az) = &self.workload.availability_zone {
+            let zones = self.availability_zones();
+            if !zones.contains(az) {
+                return err(
+                    "workload.availability_zone".into(),
+                    format!("no zone `{az}` (have: {})", zones.into_iter().collect::<Vec<_>>().join(", ")),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `workload.<kind>s`: a non-empty map of known names to positive weights.
+fn check_weights(kind: &str, weights: &BTreeMap<String, f64>, known: &[&str]) -> Result<(), (String, String)> {
+    if weights.is_empty() {
+        return Err((format!("workload.{kind}s"), format!("name at least one {kind}")));
+    }
+    for (name, w) in weights {
+        let field = format!("workload.{kind}s.{name}");
+        if !known.contains(&name.as_str()) {
+            return Err((field, format!("no {kind} named `{name}` (have: {})", known.join(", "))));
+        }
+        if !(w.is_finite() && *w > 0.0) {
+            return Err((field, format!("weight must be positive, got {w}")));
+        }
+    }
+    Ok(())
+}
