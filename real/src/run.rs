@@ -20,6 +20,7 @@ use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
 use stackbed_services::conductor::Conductor;
 use stackbed_services::ctx::Ctx;
+use stackbed_services::db_retry::DbRetry;
 use stackbed_services::dbx::ServiceError;
 use stackbed_services::identity::Identity;
 use stackbed_services::metrics::Metrics;
@@ -279,6 +280,7 @@ async fn run_services(
     let ctx = |node: &str| Ctx {
         bus: broker.client(node),
         db: db.clone(),
+        db_retry: DbRetry::for_node(&scenario, opts.seed, node, clock, metrics.clone()),
         clock,
         metrics: metrics.clone(),
         scenario: scenario.clone(),

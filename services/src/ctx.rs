@@ -7,6 +7,7 @@ use rand::{rngs::SmallRng, SeedableRng};
 use stackbed_core::scenario::Scenario;
 
 use crate::clock::Clock;
+use crate::db_retry::DbRetry;
 use crate::metrics::Metrics;
 use crate::seams::{BusRef, Db};
 
@@ -14,6 +15,8 @@ use crate::seams::{BusRef, Db};
 pub struct Ctx {
     pub bus: BusRef,
     pub db: Db,
+    /// nova's `wrap_db_retry` for this process's wrapped DB API calls.
+    pub db_retry: DbRetry,
     pub clock: Clock,
     pub metrics: Metrics,
     pub scenario: Arc<Scenario>,

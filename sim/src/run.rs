@@ -12,6 +12,7 @@ use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
 use stackbed_services::conductor::Conductor;
 use stackbed_services::ctx::Ctx;
+use stackbed_services::db_retry::DbRetry;
 use stackbed_services::identity::Identity;
 use stackbed_services::metrics::Metrics;
 use stackbed_services::monitor::{Monitor, MonitorRef};
@@ -47,6 +48,7 @@ impl World {
         Ok(Ctx {
             bus,
             db,
+            db_retry: DbRetry::for_node(&self.opts.scenario, self.opts.seed, node, self.clock, self.metrics.clone()),
             clock: self.clock,
             metrics: self.metrics.clone(),
             scenario: self.opts.scenario.clone(),
