@@ -20,7 +20,7 @@ use stackbed_services::report::{drive, Report, ReportContext, RunOptions};
 use stackbed_services::scheduler::Scheduler;
 
 use crate::broker::{self, SimBus};
-use crate::dbnode::{self, DbClients, SimDb};
+use crate::dbnode::{self, Durability, SimDb, SimStore};
 use crate::host::SimHost;
 
 const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5672);
@@ -38,13 +38,12 @@ struct World {
     opts: RunOptions,
     clock: Clock,
     metrics: Metrics,
-    db_clients: DbClients,
 }
 
 impl World {
     async fn ctx(&self, node: &str) -> std::io::Result<Ctx> {
         let bus = SimBus::connect(BROKER, node, self.metrics.clone()).await?;
-        let db = SimDb::connect(DATABASE, &self.db_clients).await?;
+        let db = SimDb::new(DATABASE, &self.opts.scenario.control);
         Ok(Ctx {
             bus,
             db,
@@ -97,11 +96,9 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             let scenario = opts.scenario.clone();
             let monitor: MonitorRef =
                 Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
-            let db_clients = DbClients::default();
-            tokio::spawn(db_clients.clone().sweep());
-            let world = World { opts: opts.clone(), clock, metrics: metrics.clone(), db_clients };
-
-            let m = monitor.clone();
+            let world = World { opts: opts.clone(), clock, metrics: metrics.clone() };
+            // The database's state outlives its node: a restart keeps what was synced.
+            let store = SimStore::new(monitor.clone(), Durability::SyncEachCommit);
             handle
                 .create_node()
                 .name("rabbitmq")
@@ -112,10 +109,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 .create_node()
                 .name("mysql")
                 .ip(DATABASE.ip())
-                .init(move || {
-                    let m = m.clone();
-                    async move { dbnode::serve(DATABASE, m, clock).await }
-                })
+                .init(move || dbnode::serve(DATABASE, store.clone(), clock))
                 .build();
             // Let the broker and database bind before anyone sends to them.
             tokio::time::sleep(Duration::from_millis(100)).await;
