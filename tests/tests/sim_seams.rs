@@ -9,10 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::runtime::{Handle, Runtime};
+use rand::{rngs::SmallRng, SeedableRng};
+use stackbed_core::db_retry::DbRetryPolicy;
 use stackbed_core::model::Table;
 use stackbed_core::store::{DbError, Op};
 use stackbed_services::clock::Clock;
 use stackbed_services::conformance;
+use stackbed_services::db_retry::DbRetry;
+use stackbed_services::dbx::ServiceError;
 use stackbed_services::metrics::Metrics;
 use stackbed_services::monitor::Monitor;
 use stackbed_services::seams::BusRef;
@@ -251,4 +255,55 @@ fn memstore_conforms() {
     Runtime::with_seed_and_config(1, madsim::Config::default()).block_on(async move {
         conformance::database(&*db).await;
     });
+}
+
+/// oslo.db's wrap_db_retry around a call that fails with `errors` in turn, then succeeds:
+/// returns the outcome, the attempts made and the simulated seconds it took.
+fn wrapped_call(policy: DbRetryPolicy, errors: Vec<DbError>) -> (Result<(), String>, usize, f64, Metrics) {
+    Runtime::with_seed_and_config(1, madsim::Config::default()).block_on(async move {
+        let metrics = Metrics::default();
+        let retry = DbRetry::new(policy, SmallRng::seed_from_u64(7), Clock::start(), metrics.clone());
+        let errors = std::sync::Mutex::new(std::collections::VecDeque::from(errors));
+        let attempts = AtomicUsize::new(0);
+        let t0 = tokio::time::Instant::now();
+        let res = retry
+            .run("instance_update", || async {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                match errors.lock().unwrap().pop_front() {
+                    Some(e) => Err(ServiceError::Db(e)),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string());
+        (res, attempts.load(Ordering::SeqCst), t0.elapsed().as_secs_f64(), metrics)
+    })
+}
+
+#[test]
+fn the_retry_wrapper_retries_deadlocks_five_times_with_sleeps_on_the_clock() {
+    let deadlock = || DbError::Deadlock("instances/a".into());
+    let (res, attempts, secs, metrics) = wrapped_call(DbRetryPolicy::nova(5), vec![deadlock(); 5]);
+    assert_eq!((res, attempts), (Ok(()), 6));
+    assert_eq!(metrics.counter("db.retry.instance_update"), 5);
+    // 1 s, then U(0, 2), U(0, 4), U(0, 8), min(U(0, 16), 10).
+    assert!((1.0..=25.0).contains(&secs), "{secs}");
+    let (res, attempts, _, metrics) = wrapped_call(DbRetryPolicy::nova(5), vec![deadlock(); 6]);
+    assert!(res.unwrap_err().contains("MySQL 1213"));
+    assert_eq!(attempts, 6);
+    assert_eq!(metrics.counter("db.retry_exhausted.instance_update"), 1);
+}
+
+#[test]
+fn the_retry_wrapper_never_retries_a_commit_in_doubt_unless_the_bug_is_planted() {
+    let in_doubt = || DbError::InDoubt("answer lost".into());
+    for e in [in_doubt(), DbError::ConnectionLost("reset".into()), DbError::NonPrimary { node: "db".into() }] {
+        let (res, attempts, secs, _) = wrapped_call(DbRetryPolicy::nova(5), vec![e.clone()]);
+        assert_eq!((res, attempts), (Err(e.to_string()), 1));
+        assert!(secs < 0.001, "no sleep: {secs}");
+    }
+    let buggy = DbRetryPolicy { retry_in_doubt: true, ..DbRetryPolicy::nova(5) };
+    let (res, attempts, secs, _) = wrapped_call(buggy, vec![in_doubt()]);
+    assert_eq!((res, attempts), (Ok(()), 2), "the planted bug sends the write again");
+    assert!((1.0..1.001).contains(&secs), "after retry_interval: {secs}");
 }
