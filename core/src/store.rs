@@ -110,8 +110,6 @@ pub enum DbError {
         "commit in doubt (MySQL 2013, connection lost after the transaction was sent): {0}; it may or may not have committed; re-read the rows before acting"
     )]
     InDoubt(String),
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
     #[error("invalid transaction: {0}")]
     Invalid(String),
     #[error("database backend error: {0}")]
@@ -128,7 +126,7 @@ impl DbError {
             DbError::NonPrimary { .. } => Some(1047),
             DbError::ConnectionLost(_) => Some(2006),
             DbError::InDoubt(_) => Some(2013),
-            DbError::Conflict { .. } | DbError::Unavailable(_) | DbError::Invalid(_) | DbError::Backend(_) => None,
+            DbError::Conflict { .. } | DbError::Invalid(_) | DbError::Backend(_) => None,
         }
     }
 
