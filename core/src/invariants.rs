@@ -13,7 +13,7 @@ use crate::states::{self, TaskState, VmState};
 use crate::store::Commit;
 
 /// The invariants, by the names scenario files and reports use.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "no_instance_lost",
     "no_overcommit",
     "allocations_match_instances",
@@ -21,6 +21,7 @@ pub const NAMES: [&str; 7] = [
     "legal_transitions",
     "requests_terminal",
     "guests_match_instances",
+    "usage_matches_instances",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +58,11 @@ pub struct Checker {
     placed: BTreeMap<String, Resources>,
     /// Quota-counted usage per project, kept incrementally.
     usage: BTreeMap<String, ProjectUsage>,
+    /// Per project, what its usage row must say: every instance row not deleted, as the
+    /// create counts it and the soft delete gives it back, in the same transactions.
+    live_usage: BTreeMap<String, ProjectUsage>,
+    /// Per project, the committed `project_usages` row.
+    usage_rows: BTreeMap<String, ProjectUsage>,
     events: u64,
     violations: BTreeMap<&'static str, (u64, Option<Violation>)>,
 }
@@ -75,6 +81,16 @@ fn counts_for_quota(i: &crate::model::Instance) -> bool {
         && i.vm_state != VmState::Error
         && i.vm_state != VmState::Deleted
         && !(i.vm_state == VmState::Building && i.task_state == Some(TaskState::Scheduling))
+}
+
+/// `usage` with one instance added (`sign` > 0) or taken away.
+fn usage_step(usage: ProjectUsage, inst: &crate::model::Instance, sign: i8) -> ProjectUsage {
+    let step = |v: u64, d: u64| if sign > 0 { v + d } else { v.saturating_sub(d) };
+    ProjectUsage {
+        instances: step(usage.instances, 1),
+        cores: step(usage.cores, inst.flavor.vcpus),
+        ram_mb: step(usage.ram_mb, inst.flavor.ram_mb),
+    }
 }
 
 fn is_terminal(i: &crate::model::Instance) -> bool {
@@ -113,6 +129,10 @@ impl Checker {
     }
 
     fn account(&mut self, inst: &crate::model::Instance, sign: i8) {
+        if !inst.deleted {
+            let u = self.live_usage.entry(inst.project.clone()).or_default();
+            *u = usage_step(*u, inst, sign);
+        }
         if is_placed(inst) {
             let host = inst.host.clone().unwrap_or_default();
             let r = inst.flavor.resources();
@@ -246,6 +266,13 @@ impl Checker {
                 (Table::Allocations, None) => {
                     self.allocations.remove(&w.key);
                 }
+                (Table::ProjectUsages, new) => {
+                    match new {
+                        Some(Record::ProjectUsage(u)) => self.usage_rows.insert(w.key.clone(), *u),
+                        _ => self.usage_rows.remove(&w.key),
+                    };
+                    touched_projects.insert(w.key.clone());
+                }
                 _ => {}
             }
         }
@@ -254,6 +281,17 @@ impl Checker {
                 if let Some(why) = placement::over_capacity(p, used) {
                     self.violate("no_overcommit", at_ms, seq, format!("instances placed on {host}: {why}"));
                 }
+            }
+        }
+        for project in &touched_projects {
+            let row = self.usage_rows.get(project).copied().unwrap_or_default();
+            let live = self.live_usage.get(project).copied().unwrap_or_default();
+            if row != live {
+                let detail = format!(
+                    "project {project}: usage row says {} instances, {} cores, {} MB; its live instance rows add up to {}, {}, {} (a write applied twice or lost)",
+                    row.instances, row.cores, row.ram_mb, live.instances, live.cores, live.ram_mb
+                );
+                self.violate("usage_matches_instances", at_ms, seq, detail);
             }
         }
         for project in touched_projects {
@@ -528,5 +566,79 @@ mod tests {
         assert_eq!(first.at_ms, 1_001);
         run.write_at(5_000, instance("slow", VmState::Active, None));
         assert_eq!(run.violations("requests_terminal").0, 1, "reported once");
+    }
+
+    fn usage(n: u64) -> Record {
+        Record::ProjectUsage(ProjectUsage { instances: n, cores: n, ram_mb: 512 * n })
+    }
+
+    impl Run {
+        /// One transaction of several writes, as the store commits it.
+        fn commit_writes(&mut self, writes: Vec<Write>) {
+            self.seq += 1;
+            self.checker.on_commit(self.seq, &Commit { seq: self.seq, writes });
+        }
+        /// `instance_create`: the instance row and the project's usage row, together.
+        fn create(&mut self, uuid: &str, usage_before: u64) {
+            let i = instance(uuid, VmState::Building, Some(TaskState::Scheduling));
+            self.rows.insert(uuid.into(), i.clone());
+            self.commit_writes(vec![
+                Write { table: Table::Instances, key: uuid.into(), old: None, new: Some(Record::Instance(i)) },
+                Write {
+                    table: Table::ProjectUsages,
+                    key: "p".into(),
+                    old: (usage_before > 0).then(|| usage(usage_before)),
+                    new: Some(usage(usage_before + 1)),
+                },
+            ]);
+        }
+    }
+
+    /// Creates and soft deletes that move the usage row with the instance rows hold it.
+    #[test]
+    fn usage_that_follows_the_instance_rows_holds() {
+        let mut run = Run::new(-1);
+        run.create("a", 0);
+        run.create("b", 1);
+        let mut a = run.rows["a"].clone();
+        let old = Some(Record::Instance(a.clone()));
+        a.deleted = true;
+        a.vm_state = VmState::Deleted;
+        a.task_state = None;
+        run.commit_writes(vec![
+            Write { table: Table::Instances, key: "a".into(), old, new: Some(Record::Instance(a)) },
+            Write { table: Table::ProjectUsages, key: "p".into(), old: Some(usage(2)), new: Some(usage(1)) },
+        ]);
+        assert_eq!(run.violations("usage_matches_instances"), (0, None));
+    }
+
+    /// `PlantedBug::RetryNonIdempotentWrites`: a create whose commit was in doubt is sent
+    /// again and its usage increment lands twice. The checker flags the commit that did it.
+    #[test]
+    fn a_usage_increment_applied_twice_is_flagged_at_its_commit() {
+        let mut run = Run::new(-1);
+        run.create("a", 0);
+        let seq_of_retry = run.seq + 1;
+        // The retry re-read the (already incremented) usage row and incremented it again.
+        run.commit_writes(vec![Write {
+            table: Table::ProjectUsages,
+            key: "p".into(),
+            old: Some(usage(1)),
+            new: Some(usage(2)),
+        }]);
+        let (count, first) = run.violations("usage_matches_instances");
+        assert_eq!(count, 1);
+        let first = first.expect("the violation");
+        assert_eq!(first.commit_seq, seq_of_retry);
+        assert!(
+            first.detail.contains("usage row says 2 instances") && first.detail.contains("add up to 1"),
+            "{}",
+            first.detail
+        );
+        // An instance row written without its usage (the other half lost) is flagged too.
+        run.write(instance("c", VmState::Building, Some(TaskState::Scheduling)));
+        assert_eq!(run.violations("usage_matches_instances").0, 1, "2 rows, usage 2: consistent again");
+        run.write(instance("d", VmState::Building, Some(TaskState::Scheduling)));
+        assert_eq!(run.violations("usage_matches_instances").0, 2);
     }
 }

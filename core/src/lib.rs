@@ -3,6 +3,7 @@
 //! as values (the sans-IO style). `tests/tests/architecture.rs` enforces that.
 
 pub mod cpu_topology;
+pub mod db_retry;
 pub mod dist;
 pub mod extra_specs;
 pub mod faults;

@@ -70,17 +70,75 @@ pub enum OpResult {
     Deleted,
 }
 
+/// What a database call can fail with, as oslo.db and the MySQL client tell nova. Which of
+/// them nova's `wrap_db_retry` retries is [`crate::db_retry::DbRetryPolicy::retries`].
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum DbError {
-    /// An `Expect` did not hold: somebody else wrote first. Retry after re-reading.
-    #[error("conflict on {table}/{key}: expected {expected:?}, found version {found:?}")]
+    /// An `Expect` did not hold: somebody else wrote first (nova's `UPDATE ... WHERE
+    /// task_state IN (...)` matching no row). Nothing applied. Retry after re-reading.
+    #[error("conflict on {table}/{key}: expected {expected:?}, found version {found:?}; re-read the row and retry")]
     Conflict { table: String, key: String, expected: Expect, found: Option<u64> },
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// MySQL 1213 (ER_LOCK_DEADLOCK; Galera reports a failed certification the same way):
+    /// the transaction was rolled back, nothing of it applied. oslo.db's DBDeadlock.
+    #[error(
+        "deadlock found when trying to get lock (MySQL 1213): {0}; the transaction was rolled back, nothing applied; retry it"
+    )]
+    Deadlock(String),
+    /// MySQL 1205 (ER_LOCK_WAIT_TIMEOUT): `innodb_lock_wait_timeout` passed waiting for a row
+    /// lock; the transaction was rolled back. oslo.db maps it to DBDeadlock too.
+    #[error(
+        "lock wait timeout exceeded (MySQL 1205): {0}; the transaction was rolled back, nothing applied; retry it"
+    )]
+    LockWaitTimeout(String),
+    /// MySQL 1047 as Galera uses it: the node is outside the primary component and refuses
+    /// every statement; nothing ran. oslo.db raises DBConnectionError for it.
+    #[error(
+        "WSREP has not yet prepared node for application use (MySQL 1047) on {node}: the Galera node is not in the primary component; nothing ran; send the transaction to a primary node"
+    )]
+    NonPrimary { node: String },
+    /// The connection failed before the transaction was sent (MySQL client 2003 can't
+    /// connect, 2006 server has gone away): nothing ran, so a retry is safe. oslo.db's
+    /// DBConnectionError, which nova does not retry (`use_db_reconnect=False`).
+    #[error(
+        "lost connection to the database before the transaction was sent (MySQL 2006): {0}; nothing ran, it is safe to retry"
+    )]
+    ConnectionLost(String),
+    /// The transaction was sent and its answer was lost (MySQL client 2013, lost connection
+    /// during query): it may or may not have committed. Never a failure that did not happen:
+    /// re-read the rows before deciding, and never blindly send it again.
+    #[error(
+        "commit in doubt (MySQL 2013, connection lost after the transaction was sent): {0}; it may or may not have committed; re-read the rows before acting"
+    )]
+    InDoubt(String),
     #[error("invalid transaction: {0}")]
     Invalid(String),
     #[error("database backend error: {0}")]
     Backend(String),
+}
+
+impl DbError {
+    /// The MySQL error code behind this error, server-side (1047, 1205, 1213) or the
+    /// client's (2006, 2013).
+    pub fn mysql_code(&self) -> Option<u16> {
+        match self {
+            DbError::Deadlock(_) => Some(1213),
+            DbError::LockWaitTimeout(_) => Some(1205),
+            DbError::NonPrimary { .. } => Some(1047),
+            DbError::ConnectionLost(_) => Some(2006),
+            DbError::InDoubt(_) => Some(2013),
+            DbError::Conflict { .. } | DbError::Invalid(_) | DbError::Backend(_) => None,
+        }
+    }
+
+    /// oslo.db's DBDeadlock: MySQL 1213 and 1205. The transaction was rolled back.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, DbError::Deadlock(_) | DbError::LockWaitTimeout(_))
+    }
+
+    /// The transaction may have committed: its outcome is unknown to the caller.
+    pub fn is_in_doubt(&self) -> bool {
+        matches!(self, DbError::InDoubt(_))
+    }
 }
 
 /// One committed write, as observers (invariant checker, event log) see it.

@@ -20,6 +20,7 @@ use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
 use stackbed_services::conductor::Conductor;
 use stackbed_services::ctx::Ctx;
+use stackbed_services::db_retry::DbRetry;
 use stackbed_services::dbx::ServiceError;
 use stackbed_services::identity::Identity;
 use stackbed_services::metrics::Metrics;
@@ -290,6 +291,7 @@ async fn run_services(
         db: db.clone(),
         http: net.client(node, clock.clone()),
         clock: clock.clone(),
+        db_retry: DbRetry::for_node(&scenario, opts.seed, node, clock.clone(), metrics.clone()),
         metrics: metrics.clone(),
         scenario: scenario.clone(),
         seed: opts.seed,

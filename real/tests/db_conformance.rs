@@ -1,14 +1,19 @@
 //! Database seam conformance: the same transactions against the reference engine
 //! (`MemStore`, wrapped in a small async adapter) and `SqliteDb` must give identical
-//! results, identical commits (seq, old and new rows) and identical final contents.
+//! results, identical commits (seq, old and new rows) and identical final contents, up to
+//! how each numbers row versions: MemStore from one commit counter, SQLite per row. What a
+//! compare-and-swap can see must agree: the order of each row's versions. So versions are
+//! compared as ordinals (a row's first version is 1, its next 2, ...), and an expectation
+//! written against MemStore's versions is translated to SQLite's through the ordinals.
 #![cfg(not(madsim))]
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use stackbed_core::model::{Inventory, Millis, ProjectUsage, Provider, Record, Resources, Table};
-use stackbed_core::store::{Commit, DbError, Expect, MemStore, Op, OpResult};
+use stackbed_core::store::{Commit, DbError, Expect, MemStore, Op, OpResult, Row};
 use stackbed_real::sqlite::SqliteDb;
 use stackbed_services::clock::Clock;
 use stackbed_services::monitor::Monitor;
@@ -303,22 +308,139 @@ async fn dump(db: &dyn Database) -> Outcome {
     db.execute(Table::ALL.iter().map(|t| scan(*t, "")).collect()).await
 }
 
+/// One backend's versions of each row, in the order they were written: version to ordinal
+/// and back.
+#[derive(Default)]
+struct Ordinals(BTreeMap<(Table, String), Vec<u64>>);
+
+impl Ordinals {
+    /// The ordinal of `v` among the row's versions; a version not seen yet (a new write)
+    /// becomes the next one.
+    fn of(&mut self, table: Table, key: &str, v: u64) -> u64 {
+        let h = self.0.entry((table, key.to_string())).or_default();
+        match h.iter().position(|x| *x == v) {
+            Some(i) => i as u64 + 1,
+            None => {
+                h.push(v);
+                h.len() as u64
+            }
+        }
+    }
+
+    /// The ordinal of an expected version; 0 for a version the row never had.
+    fn of_expected(&self, table: Table, key: &str, expect: Expect) -> Expect {
+        match expect {
+            Expect::Version(v) => Expect::Version(
+                self.0
+                    .get(&(table, key.to_string()))
+                    .and_then(|h| h.iter().position(|x| *x == v))
+                    .map_or(0, |i| i as u64 + 1),
+            ),
+            other => other,
+        }
+    }
+
+    /// The row's version with this ordinal; one it can never have for ordinal 0 or past
+    /// its last.
+    fn version(&self, table: Table, key: &str, ordinal: u64) -> u64 {
+        let h = self.0.get(&(table, key.to_string()));
+        match h.and_then(|h| h.get((ordinal as usize).wrapping_sub(1))) {
+            Some(v) => *v,
+            None => u64::MAX - ordinal,
+        }
+    }
+
+    fn row(&mut self, table: Table, key: &str, row: &Row) -> Row {
+        Row { version: self.of(table, key, row.version), value: row.value.clone() }
+    }
+
+    /// `outcome` of `ops` with every version replaced by its ordinal.
+    fn normalise(&mut self, ops: &[Op], outcome: &Outcome) -> Outcome {
+        match outcome {
+            Ok(results) => Ok(ops
+                .iter()
+                .zip(results)
+                .map(|(op, r)| match (op, r) {
+                    (Op::Put { table, key, .. }, OpResult::Written(v)) => OpResult::Written(self.of(*table, key, *v)),
+                    (Op::Get { table, key }, OpResult::Row(r)) => {
+                        OpResult::Row(r.as_ref().map(|r| self.row(*table, key, r)))
+                    }
+                    (Op::Scan { table, .. }, OpResult::Rows(rows)) => {
+                        OpResult::Rows(rows.iter().map(|(k, r)| (k.clone(), self.row(*table, k, r))).collect())
+                    }
+                    (Op::Snapshot { table }, OpResult::Snapshot(rows)) => {
+                        OpResult::Snapshot(rows.iter().map(|(k, r)| (k.clone(), self.row(*table, k, r))).collect())
+                    }
+                    (_, other) => other.clone(),
+                })
+                .collect()),
+            Err(DbError::Conflict { table, key, expected, found }) => {
+                let t = *Table::ALL.iter().find(|t| t.name() == table).expect("a known table");
+                Err(DbError::Conflict {
+                    table: table.clone(),
+                    key: key.clone(),
+                    expected: self.of_expected(t, key, *expected),
+                    found: found.map(|v| self.of(t, key, v)),
+                })
+            }
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// `ops` written against MemStore's versions, for SQLite: each expected version becomes
+/// SQLite's version with the same ordinal.
+fn translate(ops: &[Op], mem: &Ordinals, sql: &Ordinals) -> Vec<Op> {
+    let tr = |table: Table, key: &str, e: Expect| match mem.of_expected(table, key, e) {
+        Expect::Version(ordinal) => Expect::Version(sql.version(table, key, ordinal)),
+        other => other,
+    };
+    ops.iter()
+        .map(|op| match op {
+            Op::Put { table, key, value, expect } => {
+                Op::Put { table: *table, key: key.clone(), value: value.clone(), expect: tr(*table, key, *expect) }
+            }
+            Op::Delete { table, key, expect } => {
+                Op::Delete { table: *table, key: key.clone(), expect: tr(*table, key, *expect) }
+            }
+            other => other.clone(),
+        })
+        .collect()
+}
+
+/// Runs `txns` on both backends in lockstep; returns MemStore's raw outcomes and both
+/// backends' normalised ones, and the final contents of both, normalised.
+async fn run_both(
+    mem: &MemDb,
+    sql: &SqliteDb,
+    txns: &[Vec<Op>],
+) -> (Vec<Outcome>, Vec<Outcome>, Vec<Outcome>, [Outcome; 2]) {
+    let (mut mo, mut so) = (Ordinals::default(), Ordinals::default());
+    let (mut raw, mut mem_out, mut sql_out) = (Vec::new(), Vec::new(), Vec::new());
+    for ops in txns {
+        let sql_ops = translate(ops, &mo, &so);
+        let m = mem.execute(ops.clone()).await;
+        let s = sql.execute(sql_ops.clone()).await;
+        mem_out.push(mo.normalise(ops, &m));
+        sql_out.push(so.normalise(&sql_ops, &s));
+        raw.push(m);
+    }
+    let all: Vec<Op> = Table::ALL.iter().map(|t| scan(*t, "")).collect();
+    let dumps = [mo.normalise(&all, &dump(mem).await), so.normalise(&all, &dump(sql).await)];
+    (raw, mem_out, sql_out, dumps)
+}
+
 #[tokio::test]
 async fn sqlite_matches_memstore_on_every_case() {
     for case in cases() {
         let mem = MemDb::default();
         let (sql, sql_commits) = sqlite();
-        let mut mem_out = Vec::new();
-        let mut sql_out = Vec::new();
-        for ops in &case.txns {
-            mem_out.push(mem.execute(ops.clone()).await);
-            sql_out.push(sql.execute(ops.clone()).await);
-        }
+        let (raw, mem_out, sql_out, [mem_dump, sql_dump]) = run_both(&mem, &sql, &case.txns).await;
         let mem_commits = mem.commits.lock().unwrap().clone();
-        (case.check)(&mem_out, &mem_commits);
+        (case.check)(&raw, &mem_commits);
         assert_eq!(sql_out, mem_out, "case {}: results differ", case.name);
         assert_eq!(*sql_commits.lock().unwrap(), mem_commits, "case {}: commits differ", case.name);
-        assert_eq!(dump(&sql).await, dump(&mem).await, "case {}: final contents differ", case.name);
+        assert_eq!(sql_dump, mem_dump, "case {}: final contents differ", case.name);
     }
 }
 
@@ -337,6 +459,7 @@ async fn random_transactions_match_memstore() {
     };
     let tables = [T, U];
     let key_names = ["k1", "k2", "k10", "j"];
+    let mut txns = Vec::new();
     for round in 0..400 {
         let mut ops = Vec::new();
         for _ in 0..=next(4) {
@@ -354,13 +477,70 @@ async fn random_transactions_match_memstore() {
                 _ => put(table, key, usage(next(100)), expect),
             });
         }
-        let m = mem.execute(ops.clone()).await;
-        let s = sql.execute(ops.clone()).await;
-        assert_eq!(s, m, "round {round}: {ops:?}");
+        txns.push(ops);
+    }
+    let (_, mem_out, sql_out, [mem_dump, sql_dump]) = run_both(&mem, &sql, &txns).await;
+    for (round, (s, m)) in sql_out.iter().zip(&mem_out).enumerate() {
+        assert_eq!(s, m, "round {round}: {:?}", txns[round]);
     }
     assert_eq!(*sql_commits.lock().unwrap(), *mem.commits.lock().unwrap());
     assert!(mem.commits.lock().unwrap().len() > 50, "the mix should commit often");
-    assert_eq!(dump(&sql).await, dump(&mem).await);
+    assert_eq!(sql_dump, mem_dump);
+}
+
+/// Versions are per row: a write to one row leaves every other row's version alone, and a
+/// new row starts at 1 however many commits came before.
+#[tokio::test]
+async fn versions_are_per_row() {
+    let (db, _) = sqlite();
+    assert_eq!(written(&db.execute(vec![put(T, "a", usage(1), Expect::Absent)]).await), [1]);
+    for n in 0..5 {
+        db.execute(vec![put(T, "b", usage(n), Expect::Any)]).await.unwrap();
+    }
+    assert_eq!(row_version(&db.execute(vec![get(T, "a")]).await, 0), Some(1), "b's writes left a alone");
+    assert_eq!(written(&db.execute(vec![put(T, "a", usage(2), Expect::Version(1))]).await), [2]);
+    assert_eq!(written(&db.execute(vec![put(U, "c", usage(1), Expect::Absent)]).await), [1]);
+    // A delete keeps a tombstone: the re-insert continues from the last version.
+    db.execute(vec![del(T, "a", Expect::Version(2))]).await.unwrap();
+    assert_eq!(row_version(&db.execute(vec![get(T, "a")]).await, 0), None);
+    assert_eq!(written(&db.execute(vec![put(T, "a", usage(3), Expect::Absent)]).await), [3]);
+}
+
+/// Another connection holding the write lock past busy_timeout: SQLite's busy error is the
+/// lock wait timeout (MySQL 1205's counterpart), which nova's wrap_db_retry retries;
+/// nothing of the transaction applied, and it succeeds once the lock is free.
+#[tokio::test]
+async fn a_held_write_lock_is_a_lock_wait_timeout() {
+    let path = temp_path("busy");
+    SqliteDb::remove_files(&path).unwrap();
+    let db = SqliteDb::open_with_busy_timeout(&path, Clock::start(), std::time::Duration::from_millis(50)).unwrap();
+    db.execute(vec![put(T, "a", usage(1), Expect::Absent)]).await.unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = db.execute(vec![put(T, "a", usage(2), Expect::Version(1))]).await.expect_err("the lock is held");
+    assert!(matches!(err, DbError::LockWaitTimeout(_)), "{err:?}");
+    assert!(err.to_string().contains("MySQL 1205"), "{err}");
+    assert!(err.is_deadlock(), "oslo.db maps 1205 to DBDeadlock");
+    other.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(written(&db.execute(vec![put(T, "a", usage(2), Expect::Version(1))]).await), [2]);
+    drop((db, other));
+    SqliteDb::remove_files(&path).unwrap();
+}
+
+/// The shared restart case: the file reopened keeps its rows, versions and commit counter.
+#[tokio::test]
+async fn a_reopened_database_passes_the_restart_case() {
+    let path = temp_path("restart");
+    SqliteDb::remove_files(&path).unwrap();
+    let db = SqliteDb::open(&path, Clock::start()).unwrap();
+    let p = path.clone();
+    stackbed_services::conformance::database_restart(&db, || async move {
+        let reopened: Arc<dyn Database> = Arc::new(SqliteDb::open(&p, Clock::start()).unwrap());
+        reopened
+    })
+    .await;
+    drop(db);
+    SqliteDb::remove_files(&path).unwrap();
 }
 
 fn temp_path(name: &str) -> String {
@@ -393,8 +573,8 @@ async fn corrupt_json_is_a_backend_error_not_a_panic() {
             other => panic!("{ops:?}: expected a backend error, got {other:?}"),
         }
     }
-    // The failed writes rolled back; untouched rows and the counter are fine.
-    assert_eq!(written(&db.execute(vec![put(T, "c", usage(1), Expect::Absent)]).await), [2]);
+    // The failed writes rolled back; untouched rows are fine, and a new row starts at 1.
+    assert_eq!(written(&db.execute(vec![put(T, "c", usage(1), Expect::Absent)]).await), [1]);
     drop(db);
     SqliteDb::remove_files(&path).unwrap();
 }
@@ -409,7 +589,12 @@ async fn a_reopened_file_keeps_rows_and_the_commit_counter() {
         db.execute(vec![del(T, "a", Expect::Any)]).await.unwrap();
     }
     let db = SqliteDb::open(&path, Clock::start()).unwrap();
-    assert_eq!(written(&db.execute(vec![put(T, "a", usage(1), Expect::Absent)]).await), [3]);
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let s = seqs.clone();
+    db.on_commit(Box::new(move |_: Millis, c: &Commit| s.lock().unwrap().push(c.seq)));
+    // The re-insert continues from the tombstone's version; the commit counter from 2.
+    assert_eq!(written(&db.execute(vec![put(T, "a", usage(1), Expect::Absent)]).await), [2]);
+    assert_eq!(*seqs.lock().unwrap(), [3]);
     drop(db);
     SqliteDb::remove_files(&path).unwrap();
     assert!(!std::path::Path::new(&path).exists());

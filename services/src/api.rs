@@ -12,7 +12,7 @@ use stackbed_core::policy::{Credentials, Policy};
 use stackbed_core::quota;
 use stackbed_core::scenario::{Era, PlantedBug};
 use stackbed_core::states::{TaskState, VmState};
-use stackbed_core::store::{Expect, Op, Row};
+use stackbed_core::store::{DbError, Expect, Op, Row};
 use stackbed_core::token::TokenPayload;
 
 use crate::ctx::Ctx;
@@ -29,17 +29,22 @@ pub const TOKEN_CACHE_MS: Millis = 300_000;
 pub struct ApiError {
     pub code: u16,
     pub message: String,
+    /// The request's write was sent and its answer lost (`DbError::InDoubt`): it may have
+    /// happened. Still a 500 to the client, as nova answers; never counted as a failure.
+    pub in_doubt: bool,
 }
 
 impl ApiError {
     fn new(code: u16, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), in_doubt: false }
     }
 }
 
+/// nova-api answers 500 for a database error it does not retry.
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
-        ApiError::new(500, e.to_string())
+        let in_doubt = matches!(e, ServiceError::Db(DbError::InDoubt(_)));
+        ApiError { in_doubt, ..ApiError::new(500, e.to_string()) }
     }
 }
 
@@ -149,9 +154,16 @@ impl Api {
     pub async fn create_server(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
         let t0 = self.ctx.clock.now();
         let res = self.create_inner(token, req).await;
-        self.ctx.metrics.record("api.create", self.ctx.clock.secs_since(t0), res.is_ok());
-        if let Err(e) = &res {
-            self.ctx.metrics.count(&format!("api.create.{}", e.code), 1);
+        match &res {
+            // The instance (or its build request) may exist: neither a failed create nor a
+            // successful one. Counted on its own, out of the create's timings.
+            Err(e) if e.in_doubt => self.ctx.metrics.count("api.create.in_doubt", 1),
+            _ => {
+                self.ctx.metrics.record("api.create", self.ctx.clock.secs_since(t0), res.is_ok());
+                if let Err(e) = &res {
+                    self.ctx.metrics.count(&format!("api.create.{}", e.code), 1);
+                }
+            }
         }
         res
     }
@@ -216,7 +228,7 @@ impl Api {
                 Some(TaskState::Scheduling),
                 None,
             );
-            dbx::create_instance(db, &inst, false).await?;
+            dbx::create_instance(&self.ctx, &inst, false).await?;
             self.ctx
                 .bus
                 .cast(crate::conductor::TOPIC, Rpc::ScheduleAndBuildInstances { spec })
@@ -224,30 +236,32 @@ impl Api {
                 .map_err(|e| ApiError::new(503, e.to_string()))?;
             return Ok(uuid);
         }
-        let mut ops = vec![Op::Put {
+        let build_request = Op::Put {
             table: Table::BuildRequests,
             key: uuid.clone(),
             value: Record::BuildRequest(BuildRequest { spec: spec.clone(), created_at_ms: spec.accepted_at_ms }),
             expect: Expect::Absent,
-        }];
-        if let Some(group) = &req.server_group {
-            ops.push(self.add_group_member(group, &uuid).await?);
-        }
-        // A group membership race (two creates into one group) re-reads and retries.
-        let mut attempts = 0;
-        loop {
-            match db.execute(ops.clone()).await {
-                Ok(_) => break,
-                Err(stackbed_core::store::DbError::Conflict { table, .. })
-                    if table == Table::ServerGroups.name() && attempts < dbx::CAS_RETRIES_MAX =>
-                {
-                    attempts += 1;
-                    ops.pop();
-                    ops.push(self.add_group_member(req.server_group.as_deref().unwrap_or_default(), &uuid).await?);
+        };
+        // A group membership race (two creates into one group) re-reads the group and
+        // retries. nova's build_request.create() has no wrap_db_retry: nothing else retries.
+        let build_request = &build_request;
+        dbx::retry_conflicts(
+            &format!("server group membership of {uuid}"),
+            dbx::ConflictsOn::Table(Table::ServerGroups),
+            || async {
+                let mut ops = vec![build_request.clone()];
+                if let Some(group) = &req.server_group {
+                    match self.add_group_member(group, &uuid).await {
+                        Ok(op) => ops.push(op),
+                        // Not a database error: the request is wrong (400).
+                        Err(e) => return Ok(Err(e)),
+                    }
                 }
-                Err(e) => return Err(ServiceError::from(e).into()),
-            }
-        }
+                db.execute(ops).await?;
+                Ok(Ok(()))
+            },
+        )
+        .await??;
         self.ctx
             .bus
             .cast(crate::conductor::TOPIC, Rpc::ScheduleAndBuildInstances { spec })
@@ -371,8 +385,7 @@ impl Api {
             Some(TaskState::Spawning),
         ];
         let inst =
-            dbx::update_instance(&*self.ctx.db, uuid, &not_deleting, |i| i.task_state = Some(TaskState::Deleting))
-                .await?;
+            dbx::update_instance(&self.ctx, uuid, &not_deleting, |i| i.task_state = Some(TaskState::Deleting)).await?;
         match &inst.host {
             Some(host) => self
                 .ctx
@@ -382,7 +395,7 @@ impl Api {
                 .map_err(|e| ApiError::new(503, e.to_string()))?,
             None => {
                 // Never placed (ERROR after scheduling): a local delete, as nova's API does.
-                dbx::update_instance(&*self.ctx.db, uuid, &[Some(TaskState::Deleting)], |i| {
+                dbx::update_instance(&self.ctx, uuid, &[Some(TaskState::Deleting)], |i| {
                     i.vm_state = VmState::Deleted;
                     i.task_state = None;
                     i.deleted = true;

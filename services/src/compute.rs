@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use stackbed_core::model::{ComputeNode, Instance, Inventory, Provider, Record, RequestSpec, ServiceRecord, Table};
 use stackbed_core::scenario::{Era, HostGroup, PlantedBug};
 use stackbed_core::states::{PowerState, TaskState, VmState};
-use stackbed_core::store::{DbError, Expect, Op, Row};
+use stackbed_core::store::{Expect, Op, Row};
 
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
@@ -92,40 +92,46 @@ impl Compute {
     async fn register(&self) -> Result<(), ServiceError> {
         let node = self.node_row();
         let inventories = inventories(&node, &self.group, &self.ctx.scenario.control.ratios());
-        for _ in 0..dbx::CAS_RETRIES_MAX {
-            let existing = dbx::get(&*self.ctx.db, Table::Providers, &self.host).await?;
-            let (expect, used) = match existing {
-                Some(Row { version, value: Record::Provider(p) }) => (Expect::Version(version), p.used),
-                _ => (Expect::Absent, Default::default()),
-            };
-            let provider = Provider { host: self.host.clone(), inventories, used };
-            let service = {
-                let mut s = self.service.lock().await;
-                s.last_seen_ms = self.ctx.clock.now_ms();
-                s.clone()
-            };
-            let ops = vec![
-                Op::Put {
-                    table: Table::ComputeNodes,
-                    key: self.host.clone(),
-                    value: Record::ComputeNode(node.clone()),
-                    expect: Expect::Any,
-                },
-                Op::Put { table: Table::Providers, key: self.host.clone(), value: Record::Provider(provider), expect },
-                Op::Put {
-                    table: Table::Services,
-                    key: self.host.clone(),
-                    value: Record::Service(service),
-                    expect: Expect::Any,
-                },
-            ];
-            match self.ctx.db.execute(ops).await {
-                Ok(_) => return Ok(()),
-                Err(DbError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(DbError::Backend(format!("{}: could not register", self.host)).into())
+        let what = format!("{}: registering", self.host);
+        // nova: compute_node_update and service_update, both under wrap_db_retry; the
+        // provider's generation is re-read on a lost race.
+        self.ctx
+            .db_retry
+            .run("compute_node_update", || {
+                dbx::retry_conflicts(&what, dbx::ConflictsOn::AnyTable, || self.register_once(&node, &inventories))
+            })
+            .await
+    }
+
+    async fn register_once(&self, node: &ComputeNode, inventories: &[Inventory; 3]) -> Result<(), ServiceError> {
+        let existing = dbx::get(&*self.ctx.db, Table::Providers, &self.host).await?;
+        let (expect, used) = match existing {
+            Some(Row { version, value: Record::Provider(p) }) => (Expect::Version(version), p.used),
+            _ => (Expect::Absent, Default::default()),
+        };
+        let provider = Provider { host: self.host.clone(), inventories: *inventories, used };
+        let service = {
+            let mut s = self.service.lock().await;
+            s.last_seen_ms = self.ctx.clock.now_ms();
+            s.clone()
+        };
+        let ops = vec![
+            Op::Put {
+                table: Table::ComputeNodes,
+                key: self.host.clone(),
+                value: Record::ComputeNode(node.clone()),
+                expect: Expect::Any,
+            },
+            Op::Put { table: Table::Providers, key: self.host.clone(), value: Record::Provider(provider), expect },
+            Op::Put {
+                table: Table::Services,
+                key: self.host.clone(),
+                value: Record::Service(service),
+                expect: Expect::Any,
+            },
+        ];
+        self.ctx.db.execute(ops).await?;
+        Ok(())
     }
 
     /// servicegroup's DB driver: bump last_seen every report_interval (one write, as nova's
@@ -152,7 +158,8 @@ impl Compute {
         }
     }
 
-    /// Changes the service row and writes it, with `extra` in the same transaction.
+    /// Changes the service row and writes it, with `extra` in the same transaction. nova's
+    /// `service_update` (and `compute_node_update` for `extra`): under `wrap_db_retry`.
     async fn update_service(
         &self,
         change: impl Fn(&mut ServiceRecord, u64),
@@ -167,7 +174,8 @@ impl Compute {
             expect: Expect::Any,
         }];
         ops.extend(extra);
-        self.ctx.db.execute(ops).await?;
+        let ops = &ops;
+        self.ctx.db_retry.run("service_update", || async move { Ok(self.ctx.db.execute(ops.clone()).await?) }).await?;
         Ok(s.clone())
     }
 
@@ -254,7 +262,7 @@ impl Compute {
                     .await?;
                 self.ctx.metrics.count("compute.init_host.builds_errored", 1);
             } else if inst.vm_state == VmState::Active && !guests.contains(&uuid) {
-                dbx::update_instance(db, &uuid, &[None], |i| {
+                dbx::update_instance(&self.ctx, &uuid, &[None], |i| {
                     i.vm_state = VmState::Stopped;
                     i.power_state = PowerState::Shutdown;
                 })
@@ -287,7 +295,7 @@ impl Compute {
     /// Puts a building instance in ERROR with `fault` and gives its allocation back.
     async fn error_out(&self, uuid: &str, fault: &str) -> Result<(), ServiceError> {
         let db = &*self.ctx.db;
-        let res = dbx::update_instance(db, uuid, &[], |i| {
+        let res = dbx::update_instance(&self.ctx, uuid, &[], |i| {
             if i.vm_state == VmState::Building {
                 i.vm_state = VmState::Error;
                 i.task_state = None;
@@ -372,7 +380,7 @@ impl Compute {
         }
         // _do_build_and_run_instance: (building, None) expecting (scheduling, None).
         let (version, inst) =
-            match dbx::update_instance_known(db, uuid, Some(found), &[Some(TaskState::Scheduling), None], |i| {
+            match dbx::update_instance_known(&self.ctx, uuid, Some(found), &[Some(TaskState::Scheduling), None], |i| {
                 i.vm_state = VmState::Building;
                 i.task_state = None;
                 i.host = Some(host.clone());
@@ -404,7 +412,7 @@ impl Compute {
             let t = self.ctx.clock.now();
             let save = |row: Option<(u64, Instance)>, from: Option<TaskState>, to: Option<TaskState>| async move {
                 let expected = [from];
-                dbx::update_instance_known(db, uuid, row, &expected, move |i| i.task_state = to).await
+                dbx::update_instance_known(&self.ctx, uuid, row, &expected, move |i| i.task_state = to).await
             };
             row = Some(save(row.take(), None, Some(TaskState::Networking)).await?);
             let r = self.hv.allocate_network(&inst).await;
@@ -424,7 +432,7 @@ impl Compute {
             }
             r?;
             let now = self.ctx.clock.now_ms();
-            dbx::update_instance_known(db, uuid, row.take(), &[Some(TaskState::Spawning)], |i| {
+            dbx::update_instance_known(&self.ctx, uuid, row.take(), &[Some(TaskState::Spawning)], |i| {
                 i.vm_state = VmState::Active;
                 i.task_state = None;
                 i.power_state = PowerState::Running;
@@ -447,7 +455,7 @@ impl Compute {
                 self.record_failure().await?;
                 self.cleanup(&inst).await;
                 dbx::update_instance(
-                    db,
+                    &self.ctx,
                     uuid,
                     &[
                         None,
@@ -474,7 +482,7 @@ impl Compute {
                 self.record_failure().await?;
                 self.cleanup(&inst).await;
                 self.ctx.metrics.count("build_aborted", 1);
-                dbx::update_instance(db, uuid, &[], |i| {
+                dbx::update_instance(&self.ctx, uuid, &[], |i| {
                     i.vm_state = VmState::Error;
                     i.task_state = None;
                     i.host = None;
@@ -535,7 +543,7 @@ impl Compute {
         let r = self.hv.destroy(&inst).await;
         let _ = self.hv.deallocate_network(&inst).await;
         // nova's order: the instance is deleted first, its allocation removed after.
-        dbx::update_instance(&*self.ctx.db, uuid, &[Some(TaskState::Deleting)], |i| {
+        dbx::update_instance(&self.ctx, uuid, &[Some(TaskState::Deleting)], |i| {
             i.vm_state = VmState::Deleted;
             i.task_state = None;
             i.power_state = PowerState::NoState;

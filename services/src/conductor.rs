@@ -113,7 +113,7 @@ impl Conductor {
                 };
                 // Bury in cell0: the instance exists, in ERROR, with the fault.
                 let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Error, None, Some(reason));
-                dbx::create_instance(&*self.ctx.db, &inst, true).await?;
+                dbx::create_instance(&self.ctx, &inst, true).await?;
                 self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
                 return Ok(());
             }
@@ -125,13 +125,13 @@ impl Conductor {
             return Ok(());
         }
         let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Building, Some(TaskState::Scheduling), None);
-        dbx::create_instance(&*self.ctx.db, &inst, true).await?;
+        dbx::create_instance(&self.ctx, &inst, true).await?;
         if self.ctx.scenario.control.quota_recheck
             && self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked)
         {
             if let Some(e) = self.recheck_quota(&spec).await? {
                 self.placement.release(&spec.instance_uuid).await?;
-                dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
+                dbx::update_instance(&self.ctx, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
                     i.vm_state = VmState::Error;
                     i.task_state = None;
                     i.fault = Some(format!("Quota exceeded on recheck: {e}"));
@@ -195,11 +195,10 @@ impl Conductor {
             if outcome != ClaimOutcome::Claimed {
                 continue;
             }
-            let recorded =
-                dbx::update_instance(&*self.ctx.db, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
-                    i.attempts += 1
-                })
-                .await;
+            let recorded = dbx::update_instance(&self.ctx, &spec.instance_uuid, &[Some(TaskState::Scheduling)], |i| {
+                i.attempts += 1
+            })
+            .await;
             if let Err(e) = recorded {
                 // The instance moved on (deleted, say): give the claim back.
                 self.placement.release(&spec.instance_uuid).await?;
@@ -211,7 +210,7 @@ impl Conductor {
         }
         self.ctx.metrics.count("max_retries_exceeded", 1);
         let uuid = spec.instance_uuid.clone();
-        dbx::update_instance(&*self.ctx.db, &uuid, &[Some(TaskState::Scheduling)], |i| {
+        dbx::update_instance(&self.ctx, &uuid, &[Some(TaskState::Scheduling)], |i| {
             i.vm_state = VmState::Error;
             i.task_state = None;
             i.fault = Some(format!(

@@ -106,6 +106,46 @@ pub async fn database(db: &dyn Database) {
     assert_eq!(snap.get("s/a").map(|r| &r.value), Some(&usage(1)), "a snapshot does not see later writes");
 }
 
+/// A database restart (the node for the simulator, the file reopened for SQLite):
+/// `restart` restarts it and returns a client (a new one, or the old one, which must
+/// reconnect by itself). Committed rows survive (every commit is synced, as with MariaDB's
+/// `innodb_flush_log_at_trx_commit=1`) and row versions never repeat after it.
+pub async fn database_restart<F, Fut>(db: &dyn Database, restart: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = std::sync::Arc<dyn Database>>,
+{
+    let r = db.execute(vec![put("r1", 1, Expect::Absent)]).await.expect("insert before the restart");
+    let v1 = version(&r[0]).expect("a put returns the new version");
+    let r = db.execute(vec![put("r2", 1, Expect::Absent)]).await.expect("insert before the restart");
+    let v2 = version(&r[0]).expect("a put returns the new version");
+    db.execute(vec![Op::Delete { table: Table::ProjectUsages, key: "r2".into(), expect: Expect::Version(v2) }])
+        .await
+        .expect("delete before the restart");
+    let db = restart().await;
+    // A client may need a few attempts while the database comes back; none may fail
+    // otherwise than by a lost connection.
+    let mut rows = None;
+    for _ in 0..100 {
+        match db.execute(vec![get("r1"), get("r2")]).await {
+            Ok(r) => {
+                rows = Some(r);
+                break;
+            }
+            Err(DbError::ConnectionLost(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("after a restart: {e}"),
+        }
+    }
+    let rows = rows.expect("the database answers again after its restart");
+    assert_eq!(version(&rows[0]), Some(v1), "a committed row survives the restart with its version");
+    assert_eq!(rows[1], OpResult::Row(None), "a committed delete survives the restart");
+    let r = db.execute(vec![put("r2", 2, Expect::Absent)]).await.expect("re-insert after the restart");
+    let v3 = version(&r[0]).expect("a put returns the new version");
+    assert!(v3 > v2, "versions never repeat after a restart: {v2} before it, {v3} after");
+    let r = db.execute(vec![put("r1", 2, Expect::Version(v1))]).await.expect("CAS on a pre-restart version");
+    assert!(version(&r[0]).expect("new version") > v1, "versions of a row grow across the restart");
+}
+
 /// The bus seam: durable queues, round-robin consumers, call/reply routing, call timeouts.
 /// `client(name)` connects a new client with its own reply queue.
 pub async fn bus<F, Fut>(client: F)

@@ -7,6 +7,7 @@ use rand::{rngs::SmallRng, SeedableRng};
 use stackbed_core::scenario::Scenario;
 
 use crate::clock::Clock;
+use crate::db_retry::DbRetry;
 use crate::metrics::Metrics;
 use crate::seams::{BusRef, Db, HttpRef};
 
@@ -16,6 +17,8 @@ pub struct Ctx {
     pub db: Db,
     /// The node's HTTP stack (keystone, placement, nova-api; clients and servers).
     pub http: HttpRef,
+    /// nova's `wrap_db_retry` for this process's wrapped DB API calls.
+    pub db_retry: DbRetry,
     pub clock: Clock,
     pub metrics: Metrics,
     pub scenario: Arc<Scenario>,

@@ -10,6 +10,7 @@ pub mod compute;
 pub mod conductor;
 pub mod conformance;
 pub mod ctx;
+pub mod db_retry;
 pub mod dbx;
 pub mod identity;
 pub mod metrics;

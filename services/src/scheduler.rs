@@ -386,7 +386,7 @@ impl Scheduler {
                     let host = order[0].clone();
                     if attempt > 1 {
                         // The report's attempt count, as the current era's conductor keeps it.
-                        dbx::update_instance(&*self.ctx.db, &uuid, &[Some(TaskState::Scheduling)], |i| {
+                        dbx::update_instance(&self.ctx, &uuid, &[Some(TaskState::Scheduling)], |i| {
                             i.attempts = attempt
                         })
                         .await?;
@@ -403,7 +403,7 @@ impl Scheduler {
         };
         let ok = failure.is_none();
         if let Some(fault) = failure {
-            dbx::update_instance(&*self.ctx.db, &uuid, &[Some(TaskState::Scheduling)], |i| {
+            dbx::update_instance(&self.ctx, &uuid, &[Some(TaskState::Scheduling)], |i| {
                 i.vm_state = VmState::Error;
                 i.task_state = None;
                 i.fault = Some(fault.clone());

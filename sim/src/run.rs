@@ -16,6 +16,7 @@ use stackbed_services::clock::Clock;
 use stackbed_services::compute::Compute;
 use stackbed_services::conductor::Conductor;
 use stackbed_services::ctx::Ctx;
+use stackbed_services::db_retry::DbRetry;
 use stackbed_services::metrics::Metrics;
 use stackbed_services::monitor::{Monitor, MonitorRef};
 use stackbed_services::report::{drive, Report, ReportContext, RunOptions};
@@ -23,7 +24,7 @@ use stackbed_services::scheduler::Scheduler;
 
 use crate::broker::{self, SimBus};
 use crate::chaos::Chaos;
-use crate::dbnode::{self, DbClients, SimDb};
+use crate::dbnode::{self, Durability, SimDb, SimStore};
 use crate::host::{GuestTable, SimHost};
 use crate::http::{self, Endpoints, SimHttp};
 use crate::knobs::Knobs;
@@ -44,7 +45,6 @@ struct World {
     opts: RunOptions,
     clock: Clock,
     metrics: Metrics,
-    db_clients: DbClients,
     knobs: Knobs,
     endpoints: Arc<Endpoints>,
 }
@@ -52,12 +52,19 @@ struct World {
 impl World {
     async fn ctx(&self, node: &str, incarnation: u32, ip: IpAddr) -> std::io::Result<Ctx> {
         let bus = SimBus::connect(BROKER, node, self.metrics.clone()).await?;
-        let db = SimDb::connect(DATABASE, &self.db_clients).await?;
+        let db = SimDb::new(DATABASE, &self.opts.scenario.control);
         Ok(Ctx {
             bus,
             db,
             http: SimHttp::new(node, ip, self.endpoints.clone(), self.clock.clone()),
             clock: self.clock.skewed(self.knobs.node(node).skew()),
+            db_retry: DbRetry::for_node(
+                &self.opts.scenario,
+                self.opts.seed,
+                node,
+                self.clock.clone(),
+                self.metrics.clone(),
+            ),
             metrics: self.metrics.clone(),
             scenario: self.opts.scenario.clone(),
             seed: self.opts.seed,
@@ -107,16 +114,10 @@ fn task_state_triggers(schedule: &FaultSchedule) -> Vec<(usize, stackbed_core::s
     out
 }
 
-/// The faults this run's seed resolves to. Scenario files cannot declare faults yet (the
-/// schema is being added); until then every run has none.
-fn fault_schedule(_opts: &RunOptions) -> Result<FaultSchedule, String> {
-    Ok(FaultSchedule::default())
-}
-
 /// Runs the scenario once under the simulator with `opts.seed`.
 pub fn run(opts: &RunOptions) -> Result<Report, String> {
     let wall = std::time::Instant::now(); // wall clock, outside the simulation
-    let schedule = fault_schedule(opts)?;
+    let schedule = opts.scenario.fault_schedule(opts.seed)?;
     let check_guests = schedule.phases.heal || schedule.is_empty();
     let rt = Runtime::with_seed_and_config(opts.seed, madsim::Config::default());
     let report = rt.block_on({
@@ -130,14 +131,11 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
             let triggers =
                 monitor.lock().unwrap_or_else(|e| e.into_inner()).watch_task_states(task_state_triggers(&schedule));
-            let db_clients = DbClients::default();
-            tokio::spawn(db_clients.clone().sweep());
             let knobs = Knobs::new(opts.seed);
             let world = World {
                 opts: opts.clone(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
-                db_clients,
                 knobs: knobs.clone(),
                 endpoints: Arc::new(Endpoints::of(&scenario)),
             };
@@ -146,11 +144,13 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             reg.add(faults::BROKER, faults::BROKER, BROKER.ip(), None, |_| async {
                 let _ = broker::serve(BROKER).await;
             });
-            let (m, c) = (monitor.clone(), clock.clone());
+            // The database's state outlives its node: a restart keeps what was synced.
+            let store = SimStore::new(monitor.clone(), Durability::SyncEachCommit);
+            let c = clock.clone();
             reg.add(faults::DATABASE, faults::DATABASE, DATABASE.ip(), None, move |_| {
-                let (m, clock) = (m.clone(), c.clone());
+                let (store, clock) = (store.clone(), c.clone());
                 async move {
-                    let _ = dbnode::serve(DATABASE, m, clock).await;
+                    let _ = dbnode::serve(DATABASE, store, clock).await;
                 }
             });
             // Let the broker and database bind before anyone sends to them.

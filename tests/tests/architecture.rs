@@ -124,6 +124,32 @@ fn services_read_time_only_through_the_clock_seam() {
     }
 }
 
+/// nova's MySQL connection has no read timeout by default, and its DB API retries only
+/// deadlocks, through one wrapper: the simulated database client enforces no timeout of its
+/// own, and no service hand-writes a deadlock retry.
+#[test]
+fn the_database_client_has_no_timeout_and_deadlocks_retry_in_one_place() {
+    for file in rust_files("sim/src") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for word in ["DB_TIMEOUT", "DbClients"] {
+            assert!(!text.contains(word), "{}: `{word}`: the database client has no timeout", file.display());
+        }
+    }
+    for file in rust_files("services/src") {
+        if file.ends_with("db_retry.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for word in ["DbError::Deadlock", "DbError::LockWaitTimeout", "DbRetryState"] {
+            assert!(
+                !text.contains(word),
+                "{}: `{word}`: deadlocks are retried only by services/src/db_retry.rs",
+                file.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn shipped_scenarios_parse() {
     let dir = root().join("scenarios");

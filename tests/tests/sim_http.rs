@@ -24,7 +24,7 @@ use stackbed_services::seams::{
     Body, HandlerRef, Http, HttpRequest, Method, HTTP_TIMEOUT, KEYSTONE, NOVA_API, PLACEMENT,
 };
 use stackbed_sim::broker::{self, SimBus};
-use stackbed_sim::dbnode::{self, DbClients, SimDb};
+use stackbed_sim::dbnode::{self, Durability, SimDb, SimStore};
 use stackbed_sim::http::{Endpoints, SimHttp};
 use stackbed_tests::root;
 
@@ -97,7 +97,6 @@ struct World {
     scenario: Arc<Scenario>,
     endpoints: Arc<Endpoints>,
     clock: Clock,
-    db_clients: DbClients,
 }
 
 /// A small deployment: broker, database, and HTTP workers, each on its own node.
@@ -110,7 +109,14 @@ struct Deployment {
 async fn ctx(d: &World, node: &str, at: IpAddr) -> Ctx {
     Ctx {
         bus: SimBus::connect(addr(BROKER), node, Metrics::default()).await.expect("broker up"),
-        db: SimDb::connect(addr(DATABASE), &d.db_clients).await.expect("database up"),
+        db: SimDb::with_pool(addr(DATABASE), 5, 50),
+        db_retry: stackbed_services::db_retry::DbRetry::for_node(
+            &d.scenario,
+            1,
+            node,
+            d.clock.clone(),
+            Metrics::default(),
+        ),
         http: SimHttp::new(node, at, d.endpoints.clone(), d.clock.clone()),
         clock: d.clock.clone(),
         metrics: Metrics::default(),
@@ -129,7 +135,7 @@ where
     let handle = Handle::current();
     let scenario = Arc::new(Scenario::load(&root().join("scenarios/quickstart.toml")).unwrap());
     let clock = Clock::start();
-    let monitor = Monitor::new(true, 600_000);
+    let store = SimStore::new(Monitor::new(true, 600_000), Durability::SyncEachCommit);
     let broker = handle.create_node().name("broker").ip(addr(BROKER).ip()).init(|| broker::serve(addr(BROKER))).build();
     handle
         .create_node()
@@ -138,18 +144,16 @@ where
         .init({
             let clock = clock.clone();
             move || {
-                let (m, clock) = (monitor.clone(), clock.clone());
-                async move { dbnode::serve(addr(DATABASE), m, clock).await }
+                let (store, clock) = (store.clone(), clock.clone());
+                async move { dbnode::serve(addr(DATABASE), store, clock).await }
             }
         })
         .build();
-    let db_clients = DbClients::default();
-    tokio::spawn(db_clients.clone().sweep());
     let mut endpoints = Endpoints::default();
     for (name, service, at) in workers {
         endpoints.add(service, name, ip(at));
     }
-    let world = World { scenario, endpoints: Arc::new(endpoints), clock, db_clients };
+    let world = World { scenario, endpoints: Arc::new(endpoints), clock };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut nodes = Vec::new();
     for (name, service, at) in workers {
