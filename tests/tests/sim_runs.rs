@@ -196,3 +196,35 @@ fn churn_on_a_full_cloud_never_overcommits() {
     assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
     assert!(r.counters.get("no_valid_host").copied().unwrap_or(0) > 0, "the cloud must be full: {:?}", r.counters);
 }
+
+/// `scenarios/faults/compute-crash.toml`: computes killed while spawning and restarted 30 s
+/// later; nova's init_host puts the builds they left in ERROR and frees their allocations,
+/// every invariant holds, and the run with its kills and restarts replays byte for byte.
+#[test]
+fn compute_crash_recovers_through_init_host_and_replays() {
+    let s = scenario("faults/compute-crash.toml");
+    let r = run(&s, 1);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    let errored = r.counters.get("compute.init_host.builds_errored").copied().unwrap_or(0)
+        + r.counters.get("compute.init_host.interrupted_builds_errored").copied().unwrap_or(0);
+    assert!(errored > 0, "init_host recovered nothing: {:?}", r.counters);
+    assert_eq!(r.counters.get("faults.kill.start").copied(), Some(2), "{:?}", r.counters);
+    assert_eq!(r.faults.applied.len(), 4, "two kills and two restarts");
+    assert_eq!(run(&s, 1).digest, r.digest, "same seed, same digest, with kills and restarts");
+}
+
+/// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
+/// in BUILD, and the liveness check catches it.
+#[test]
+fn a_compute_that_skips_init_host_is_caught() {
+    let s = with_bug("faults/compute-crash.toml", |s| {
+        s.debug.plant_bug = Some(stackbed_core::scenario::PlantedBug::ComputeSkipsInitHost)
+    });
+    let r = run(&s, 1);
+    assert!(!r.passed, "the planted bug went unnoticed");
+    let v = r.first_violation.violation.as_ref().expect("a violation");
+    assert!(
+        ["requests_terminal", "guests_match_instances", "allocations_match_instances"].contains(&v.invariant),
+        "{v:?}"
+    );
+}
