@@ -13,7 +13,7 @@ use crate::states::{self, TaskState, VmState};
 use crate::store::Commit;
 
 /// The invariants, by the names scenario files and reports use.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "no_instance_lost",
     "no_overcommit",
     "allocations_match_instances",
@@ -22,6 +22,7 @@ pub const NAMES: [&str; 8] = [
     "requests_terminal",
     "guests_match_instances",
     "usage_matches_instances",
+    "no_valid_host_is_true",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -66,6 +67,9 @@ pub struct Checker {
     events: u64,
     violations: BTreeMap<&'static str, (u64, Option<Violation>)>,
 }
+
+/// How nova's NoValidHost fault message begins.
+pub const NO_VALID_HOST: &str = "No valid host was found";
 
 fn is_placed(i: &crate::model::Instance) -> bool {
     !i.deleted && i.vm_state != VmState::Error && i.vm_state != VmState::Deleted && i.host.is_some()
@@ -159,6 +163,7 @@ impl Checker {
         let seq = commit.seq;
         let mut touched_hosts = BTreeSet::new();
         let mut touched_projects = BTreeSet::new();
+        let mut no_valid_host = Vec::new();
         for w in &commit.writes {
             match (w.table, &w.new) {
                 (Table::Projects, Some(Record::Project(p))) => {
@@ -242,6 +247,12 @@ impl Checker {
                             }
                         }
                     }
+                    if new.vm_state == VmState::Error
+                        && new.fault.as_deref().is_some_and(|f| f.starts_with(NO_VALID_HOST))
+                        && old.as_ref().is_none_or(|o| o.vm_state != VmState::Error)
+                    {
+                        no_valid_host.push(new.uuid.clone());
+                    }
                     self.account(new, 1);
                     if let Some(h) = &new.host {
                         touched_hosts.insert(h.clone());
@@ -274,6 +285,16 @@ impl Checker {
                     touched_projects.insert(w.key.clone());
                 }
                 _ => {}
+            }
+        }
+        // NoValidHost is the scheduler's answer when no host could be claimed: an instance
+        // that holds a claim at that moment was given a false one (a request handled twice,
+        // the second time against its own first claim).
+        for uuid in no_valid_host {
+            if let Some(a) = self.allocations.get(&uuid) {
+                let detail =
+                    format!("instance {uuid} put in ERROR for NoValidHost while it holds a claim on {}", a.host);
+                self.violate("no_valid_host_is_true", at_ms, seq, detail);
             }
         }
         for host in touched_hosts {

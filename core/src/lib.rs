@@ -2,6 +2,7 @@
 //! or imports an async runtime: time and randomness come in as arguments, decisions go out
 //! as values (the sans-IO style). `tests/tests/architecture.rs` enforces that.
 
+pub mod amqp_conn;
 pub mod cpu_topology;
 pub mod db_retry;
 pub mod dist;
@@ -12,6 +13,7 @@ pub mod invariants;
 pub mod model;
 pub mod placement;
 pub mod policy;
+pub mod queue;
 pub mod quota;
 pub mod scenario;
 pub mod scheduler;

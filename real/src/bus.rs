@@ -1,149 +1,143 @@
-//! An in-process message broker with the queue semantics oslo.messaging relies on in
-//! RabbitMQ: every topic is a durable queue; several consumers of one queue are served
-//! round-robin; messages published to a queue nobody consumes yet wait in its backlog and
-//! go to the first consumer that appears; a call carries a reply queue and a message id,
-//! and the reply is routed back to the caller waiting on that reply queue.
+//! An in-process message broker for the real build, on the same queue state machine as the
+//! simulated broker (`stackbed_core::queue`): declared queues, round-robin consumers, acks,
+//! unacknowledged deliveries requeued to the other consumers when a client goes away, a
+//! call's reply routed back through the caller's reply queue.
 //!
 //! One [`InProcBroker`] is shared by the run; each service gets its own [`InProcBus`] client
-//! handle (cheap: an `Arc` and its reply queue), as each nova process has its own
-//! connection and `reply_<uuid>` queue.
+//! (a connection of its own and a `reply_<name>_<n>` queue), as each nova process has. A
+//! client whose consumer channel was dropped (its service stopped) is closed as a
+//! connection would be: what it held goes to the next consumer.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
+use stackbed_core::queue::{ConnId, Delivery, Queues};
 use stackbed_services::metrics::Metrics;
-use stackbed_services::seams::{Bus, BusError, Incoming, ReplyTo, Rpc};
+use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Incoming, ReplyTo, Rpc};
 
 /// The counter a reply that found no waiting caller (late, after a timeout) increments.
 pub const LATE_REPLIES_COUNTER: &str = "bus.late_replies";
 
-#[derive(Default)]
-struct Queue {
-    consumers: Vec<mpsc::UnboundedSender<Incoming>>,
-    /// Index of the consumer that gets the next message.
-    next: usize,
-    /// Messages published while the queue had no live consumer.
-    backlog: VecDeque<Incoming>,
+#[derive(Debug, Clone)]
+struct Envelope {
+    msg: Rpc,
+    reply_to: Option<ReplyTo>,
+    msg_id: String,
+    correlation: Option<u64>,
 }
 
-impl Queue {
-    /// Hands `msg` to the next live consumer (dropping consumers whose receiver is gone),
-    /// or keeps it in the backlog when there is none.
-    fn deliver(&mut self, mut msg: Incoming) {
-        while !self.consumers.is_empty() {
-            let idx = self.next % self.consumers.len();
-            match self.consumers[idx].send(msg) {
-                Ok(()) => {
-                    self.next = idx + 1;
-                    return;
-                }
-                Err(mpsc::error::SendError(back)) => {
-                    // The consumer went away (its service stopped): forget it, try the next.
-                    self.consumers.remove(idx);
-                    self.next = idx;
-                    msg = back;
-                }
-            }
-        }
-        self.backlog.push_back(msg);
-    }
+#[derive(Default)]
+struct Client {
+    reply_queue: String,
+    pending: BTreeMap<u64, oneshot::Sender<Rpc>>,
+    consumers: BTreeMap<String, mpsc::UnboundedSender<Incoming>>,
 }
 
-type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Rpc>>>>;
-
-#[derive(Default)]
 struct State {
-    queues: BTreeMap<String, Queue>,
-    /// Reply queues by name: the calls each client is waiting on, by message id.
-    reply_queues: BTreeMap<String, Pending>,
+    queues: Queues<Envelope>,
+    clients: BTreeMap<ConnId, Client>,
+    next_client: ConnId,
+    next_msg: u64,
+    late_replies: u64,
 }
 
 /// The broker: queues, consumers and reply queues of one run.
 pub struct InProcBroker {
     state: Mutex<State>,
-    next_msg_id: AtomicU64,
-    next_client: AtomicU64,
-    late_replies: AtomicU64,
+    options: BusOptions,
     metrics: Option<Metrics>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing in the broker's critical sections panics; if something did, the state is
-    // still consistent (every section is a single insert, remove or send).
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl InProcBroker {
     pub fn new() -> Arc<InProcBroker> {
-        InProcBroker::build(None)
+        InProcBroker::build(None, BusOptions::default())
     }
 
     /// A broker that also counts late replies in the run's metrics ([`LATE_REPLIES_COUNTER`]).
-    pub fn with_metrics(metrics: Metrics) -> Arc<InProcBroker> {
-        InProcBroker::build(Some(metrics))
+    pub fn with_metrics(metrics: Metrics, options: BusOptions) -> Arc<InProcBroker> {
+        InProcBroker::build(Some(metrics), options)
     }
 
-    fn build(metrics: Option<Metrics>) -> Arc<InProcBroker> {
+    fn build(metrics: Option<Metrics>, options: BusOptions) -> Arc<InProcBroker> {
         Arc::new(InProcBroker {
-            state: Mutex::new(State::default()),
-            next_msg_id: AtomicU64::new(0),
-            next_client: AtomicU64::new(0),
-            late_replies: AtomicU64::new(0),
+            state: Mutex::new(State {
+                queues: Queues::new(),
+                clients: BTreeMap::new(),
+                next_client: 0,
+                next_msg: 0,
+                late_replies: 0,
+            }),
+            options,
             metrics,
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("in-process broker lock poisoned: a routing step panicked")
+    }
+
     /// A client connection for one service, with its own reply queue `reply_<name>_<n>`.
     pub fn client(self: &Arc<Self>, name: &str) -> Arc<InProcBus> {
-        let n = self.next_client.fetch_add(1, Ordering::Relaxed) + 1;
-        let reply_queue = format!("reply_{name}_{n}");
-        let pending: Pending = Arc::default();
-        lock(&self.state).reply_queues.insert(reply_queue.clone(), pending.clone());
-        Arc::new(InProcBus { broker: self.clone(), reply_queue, pending })
+        let mut st = self.lock();
+        st.next_client += 1;
+        let conn = st.next_client;
+        let reply_queue = format!("reply_{name}_{conn}");
+        st.queues.declare(&reply_queue, false);
+        let _ = st.queues.consume(conn, &reply_queue, true);
+        st.clients.insert(conn, Client { reply_queue: reply_queue.clone(), ..Client::default() });
+        Arc::new(InProcBus { broker: self.clone(), conn, reply_queue, name: format!("{name}_{conn}") })
     }
 
     /// Replies that arrived when nobody waited for them any more (after the caller's timeout).
     pub fn late_replies(&self) -> u64 {
-        self.late_replies.load(Ordering::Relaxed)
+        self.lock().late_replies
     }
 
-    /// Messages waiting in `topic`'s backlog for a consumer.
+    /// Messages waiting in `topic` for a consumer.
     pub fn backlog_len(&self, topic: &str) -> usize {
-        lock(&self.state).queues.get(topic).map_or(0, |q| q.backlog.len())
+        self.lock().queues.ready_len(topic)
     }
 
-    fn publish(&self, topic: &str, msg: Incoming) {
-        lock(&self.state).queues.entry(topic.to_string()).or_default().deliver(msg);
-    }
-
-    fn subscribe(&self, topic: &str) -> mpsc::UnboundedReceiver<Incoming> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut st = lock(&self.state);
-        let q = st.queues.entry(topic.to_string()).or_default();
-        q.consumers.push(tx);
-        for msg in std::mem::take(&mut q.backlog) {
-            q.deliver(msg);
-        }
-        rx
-    }
-
-    fn route_reply(&self, to: ReplyTo, msg: Rpc) {
-        let pending = lock(&self.state).reply_queues.get(&to.queue).cloned();
-        let waiter = pending.and_then(|p| lock(&p).remove(&to.msg_id));
-        let delivered = match waiter {
-            Some(tx) => tx.send(msg).is_ok(),
-            None => false,
-        };
-        if !delivered {
-            self.late_replies.fetch_add(1, Ordering::Relaxed);
-            if let Some(m) = &self.metrics {
-                m.count(LATE_REPLIES_COUNTER, 1);
+    /// Hands deliveries to their clients; a client whose consumer is gone is closed and
+    /// what it held is delivered in turn.
+    fn deliver(&self, st: &mut State, mut out: Vec<Delivery<Envelope>>) {
+        while let Some(d) = out.pop() {
+            let Some(client) = st.clients.get_mut(&d.conn) else { continue };
+            if d.queue == client.reply_queue {
+                let waiter = d.payload.correlation.and_then(|id| client.pending.remove(&id));
+                if waiter.map(|tx| tx.send(d.payload.msg).is_ok()) != Some(true) {
+                    st.late_replies += 1;
+                    if let Some(m) = &self.metrics {
+                        m.count(LATE_REPLIES_COUNTER, 1);
+                    }
+                }
+                continue;
             }
+            let incoming = Incoming {
+                msg: d.payload.msg,
+                reply_to: d.payload.reply_to,
+                msg_id: d.payload.msg_id,
+                redelivered: d.redelivered,
+                tag: DeliveryTag { connection: 1, tag: d.tag },
+            };
+            let sent = client.consumers.get(&d.queue).map(|tx| tx.send(incoming).is_ok());
+            if sent != Some(true) {
+                st.clients.remove(&d.conn);
+                out.extend(st.queues.close(d.conn));
+            }
+        }
+    }
+
+    fn publish(&self, topic: &str, env: Envelope, persistent: bool) {
+        let mut st = self.lock();
+        if let Some(out) = st.queues.publish(topic, env, persistent) {
+            self.deliver(&mut st, out);
+        } else if let Some(m) = &self.metrics {
+            m.count("broker.unroutable", 1);
         }
     }
 }
@@ -151,8 +145,9 @@ impl InProcBroker {
 /// One service's connection to the broker.
 pub struct InProcBus {
     broker: Arc<InProcBroker>,
+    conn: ConnId,
     reply_queue: String,
-    pending: Pending,
+    name: String,
 }
 
 impl InProcBus {
@@ -163,35 +158,52 @@ impl InProcBus {
     pub fn broker(&self) -> &Arc<InProcBroker> {
         &self.broker
     }
+
+    fn next_id(&self) -> u64 {
+        let mut st = self.broker.lock();
+        st.next_msg += 1;
+        st.next_msg
+    }
+
+    fn envelope(&self, id: u64, msg: Rpc, reply_to: Option<ReplyTo>, correlation: Option<u64>) -> Envelope {
+        Envelope { msg, reply_to, msg_id: format!("{}-{id}", self.name), correlation }
+    }
 }
 
 /// Removes the pending entry when a call ends for any reason, including being cancelled.
 struct PendingGuard<'a> {
-    pending: &'a Pending,
+    bus: &'a InProcBus,
     msg_id: u64,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(self.pending).remove(&self.msg_id);
+        if let Some(c) = self.bus.broker.lock().clients.get_mut(&self.bus.conn) {
+            c.pending.remove(&self.msg_id);
+        }
     }
 }
 
 #[async_trait]
 impl Bus for InProcBus {
     async fn cast(&self, topic: &str, msg: Rpc) -> Result<(), BusError> {
-        self.broker.publish(topic, Incoming { msg, reply_to: None });
+        let env = self.envelope(self.next_id(), msg, None, None);
+        self.broker.publish(topic, env, self.broker.options.durable);
         Ok(())
     }
 
     async fn call(&self, topic: &str, msg: Rpc, timeout: Duration) -> Result<Rpc, BusError> {
         let method = msg.method();
-        let msg_id = self.broker.next_msg_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self.next_id();
+        let reply_to = ReplyTo { queue: self.reply_queue.clone(), msg_id: id };
+        let env = self.envelope(id, msg, Some(reply_to), None);
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(msg_id, tx);
-        let _guard = PendingGuard { pending: &self.pending, msg_id };
-        let reply_to = ReplyTo { queue: self.reply_queue.clone(), msg_id };
-        self.broker.publish(topic, Incoming { msg, reply_to: Some(reply_to) });
+        match self.broker.lock().clients.get_mut(&self.conn) {
+            Some(c) => c.pending.insert(id, tx),
+            None => return Err(BusError::Unavailable(format!("connection of {} closed", self.name))),
+        };
+        let _guard = PendingGuard { bus: self, msg_id: id };
+        self.broker.publish(topic, env, self.broker.options.durable);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(BusError::Unavailable(format!("reply queue {} closed", self.reply_queue))),
@@ -204,11 +216,31 @@ impl Bus for InProcBus {
     }
 
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError> {
-        self.broker.route_reply(to, msg);
+        let env = self.envelope(self.next_id(), msg, None, Some(to.msg_id));
+        self.broker.publish(&to.queue, env, false);
+        Ok(())
+    }
+
+    async fn declare(&self, topic: &str) -> Result<(), BusError> {
+        self.broker.lock().queues.declare(topic, self.broker.options.durable);
         Ok(())
     }
 
     async fn consume(&self, topic: &str) -> Result<mpsc::UnboundedReceiver<Incoming>, BusError> {
-        Ok(self.broker.subscribe(topic))
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut st = self.broker.lock();
+        let Some(c) = st.clients.get_mut(&self.conn) else {
+            return Err(BusError::Unavailable(format!("connection of {} closed", self.name)));
+        };
+        c.consumers.insert(topic.to_string(), tx);
+        st.queues.declare(topic, self.broker.options.durable);
+        let out = st.queues.consume(self.conn, topic, false).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        self.broker.deliver(&mut st, out);
+        Ok(rx)
+    }
+
+    async fn ack(&self, tag: DeliveryTag) -> Result<(), BusError> {
+        self.broker.lock().queues.ack(self.conn, tag.tag);
+        Ok(())
     }
 }

@@ -284,7 +284,10 @@ async fn run_services(
         SqliteDb::open(db_path, clock.clone()).map_err(|e| format!("cannot open the database {db_path}: {e}"))?;
     sqlite.observe(monitor.clone());
     let db: Db = Arc::new(sqlite);
-    let broker = InProcBroker::with_metrics(metrics.clone());
+    let broker = InProcBroker::with_metrics(
+        metrics.clone(),
+        stackbed_services::seams::BusOptions { durable: scenario.control.amqp_durable_queues },
+    );
     let net = InProcNet::new();
     let ctx = |node: &str| Ctx {
         bus: broker.client(node),

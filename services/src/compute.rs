@@ -14,7 +14,8 @@ use stackbed_core::store::{Expect, Op, Row};
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
 use crate::placement::{self, PlacementClient};
-use crate::seams::{HvError, HvRef, Incoming, Rpc};
+use crate::rpc::{self, Request, ServeOptions};
+use crate::seams::{HvError, HvRef, Rpc};
 
 /// How often the build-timeout periodic task runs (nova's periodic tasks without a spacing
 /// run every `periodic_interval_max`, 60 s).
@@ -180,6 +181,9 @@ impl Compute {
     }
 
     pub async fn run(self) -> Result<(), ServiceError> {
+        // The host's queue exists before the host is offered to the scheduler (its provider
+        // and service row), so that no build cast to it is unroutable.
+        self.ctx.bus.declare(&topic(&self.host)).await?;
         self.restore_service_row().await?;
         self.register().await?;
         if self.ctx.scenario.debug.plant_bug != Some(PlantedBug::ComputeSkipsInitHost) {
@@ -190,20 +194,29 @@ impl Compute {
             tokio::spawn(this.clone().build_timeout_loop());
         }
         tokio::spawn(this.clone().heartbeat_loop());
-        let mut rx = this.ctx.bus.consume(&topic(&this.host)).await?;
-        while let Some(Incoming { msg, .. }) = rx.recv().await {
+        let ctx = this.ctx.clone();
+        rpc::serve(&ctx, &topic(&this.host), ServeOptions::of(&ctx, "compute"), move |req: Request| {
             let this = this.clone();
-            tokio::spawn(async move {
-                let res = match msg {
-                    Rpc::BuildAndRunInstance { spec, alternates } => this.build_and_run(spec, alternates).await,
-                    Rpc::TerminateInstance { uuid } => this.terminate(&uuid).await,
-                    _ => Ok(()),
-                };
-                if res.is_err() {
-                    this.ctx.metrics.count("compute.errors", 1);
+            async move {
+                match req.msg {
+                    // nova's build_and_run_instance spawns the build and returns: the RPC
+                    // worker is free again at once.
+                    Rpc::BuildAndRunInstance { spec, alternates } => {
+                        tokio::spawn(async move {
+                            if this.build_and_run(spec, alternates).await.is_err() {
+                                this.ctx.metrics.count("compute.errors", 1);
+                            }
+                        });
+                    }
+                    Rpc::TerminateInstance { uuid } if this.terminate(&uuid).await.is_err() => {
+                        this.ctx.metrics.count("compute.errors", 1);
+                    }
+                    _ => {}
                 }
-            });
-        }
+                None
+            }
+        })
+        .await?;
         Ok(())
     }
 

@@ -11,7 +11,8 @@ use stackbed_core::store::{Op, Row};
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
 use crate::placement::{ClaimOutcome, PlacementClient};
-use crate::seams::{Incoming, Rpc};
+use crate::rpc::{self, Request, ServeOptions};
+use crate::seams::Rpc;
 
 pub const TOPIC: &str = "conductor";
 
@@ -53,14 +54,13 @@ impl Conductor {
     }
 
     pub async fn run(self) -> Result<(), ServiceError> {
-        let mut rx = self.ctx.bus.consume(TOPIC).await?;
+        let ctx = self.ctx.clone();
         let this = std::sync::Arc::new(self);
-        while let Some(Incoming { msg, .. }) = rx.recv().await {
-            // Each request runs on its own greenthread, as in nova's executor.
+        rpc::serve(&ctx, TOPIC, ServeOptions::of(&ctx, "conductor"), move |req: Request| {
             let this = this.clone();
-            tokio::spawn(async move {
-                let res = match msg {
-                    Rpc::ScheduleAndBuildInstances { spec } => this.schedule_and_build(spec).await,
+            async move {
+                let res = match req.msg {
+                    Rpc::ScheduleAndBuildInstances { spec } => this.schedule_and_build(spec, req.redelivered).await,
                     Rpc::BuildInstances { spec, alternates, failure } => {
                         this.reschedule(spec, alternates, failure).await
                     }
@@ -71,28 +71,65 @@ impl Conductor {
                     // The instance is left for the liveness invariant to flag; say what happened.
                     this.ctx.metrics.count(&format!("conductor.error.{}", error_kind(&e)), 1);
                 }
-            });
-        }
+                None
+            }
+        })
+        .await?;
         Ok(())
     }
 
-    async fn schedule_and_build(&self, spec: RequestSpec) -> Result<(), ServiceError> {
+    /// A redelivered schedule_and_build_instances (acks after dispatch, a conductor that died
+    /// mid-request): pick up where the first delivery got to, so that it neither claims a
+    /// second time (a false NoValidHost on a full cloud) nor creates a second instance.
+    /// `Some(host)`: the host already claimed, to build on without scheduling again.
+    /// `None` with `done`: nothing is left to do.
+    async fn resume_redelivered(&self, spec: &RequestSpec) -> Result<(Option<String>, bool), ServiceError> {
+        let uuid = &spec.instance_uuid;
+        let claimed = self.placement.allocation(uuid).await?;
+        if let Some(Row { value: Record::Instance(i), .. }) = dbx::get(&*self.ctx.db, Table::Instances, uuid).await? {
+            // The instance exists: the first delivery got past scheduling. If it was still
+            // waiting for its compute, cast again (a compute that has it refuses a second).
+            if i.vm_state == VmState::Building && i.task_state == Some(TaskState::Scheduling) {
+                if let Some(host) = claimed {
+                    self.ctx.metrics.count("conductor.redelivered_resumed", 1);
+                    let cast = Rpc::BuildAndRunInstance { spec: spec.clone(), alternates: Vec::new() };
+                    self.ctx.bus.cast(&crate::compute::topic(&host), cast).await?;
+                }
+            }
+            return Ok((None, true));
+        }
+        Ok((claimed, false))
+    }
+
+    async fn schedule_and_build(&self, spec: RequestSpec, redelivered: bool) -> Result<(), ServiceError> {
         if self.ctx.scenario.control.era == Era::Icehouse {
             // Icehouse's build_instances: the instance exists; cast to the scheduler.
             self.ctx.bus.cast(crate::scheduler::TOPIC, Rpc::RunInstance { spec }).await?;
             return Ok(());
         }
         let t0 = self.ctx.clock.now();
+        let claimed = if redelivered && self.ctx.scenario.debug.plant_bug.is_none() {
+            match self.resume_redelivered(&spec).await? {
+                (_, true) => return Ok(()),
+                (claimed, false) => claimed,
+            }
+        } else {
+            None
+        };
         let ts = self.ctx.clock.now();
-        let answer = self
-            .ctx
-            .bus
-            .call(
-                crate::scheduler::TOPIC,
-                Rpc::SelectDestinations { spec: spec.clone() },
-                self.ctx.scenario.control.long_rpc_timeout.0,
-            )
-            .await;
+        let answer = match claimed {
+            Some(host) => Ok(Rpc::Destinations { hosts: vec![host] }),
+            None => {
+                self.ctx
+                    .bus
+                    .call(
+                        crate::scheduler::TOPIC,
+                        Rpc::SelectDestinations { spec: spec.clone() },
+                        self.ctx.scenario.control.long_rpc_timeout.0,
+                    )
+                    .await
+            }
+        };
         let hosts = match answer {
             Ok(Rpc::Destinations { hosts }) if !hosts.is_empty() => {
                 self.ctx.metrics.record("scheduler.select_destinations", self.ctx.clock.secs_since(ts), true);

@@ -146,8 +146,18 @@ where
     assert!(version(&r[0]).expect("new version") > v1, "versions of a row grow across the restart");
 }
 
-/// The bus seam: durable queues, round-robin consumers, call/reply routing, call timeouts.
-/// `client(name)` connects a new client with its own reply queue.
+/// The next delivery on `rx`, or a panic naming `what` after 5 s.
+async fn recv(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::seams::Incoming>,
+    what: &str,
+) -> crate::seams::Incoming {
+    let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    next.unwrap_or_else(|_| panic!("{what}")).expect("open")
+}
+
+/// The bus seam: declared queues and their backlog, unroutable casts, round-robin
+/// consumers, acks and redelivery, call/reply routing, call timeouts. `client(name)`
+/// connects a new client with its own reply queue.
 pub async fn bus<F, Fut>(client: F)
 where
     F: Fn(String) -> Fut,
@@ -155,27 +165,38 @@ where
 {
     let token = |s: &str| Rpc::Token(s.to_string());
 
-    // Casts to a queue nobody consumes wait for the first consumer.
+    // Casts to a declared queue nobody consumes wait for the first consumer.
     let sender = client("sender".into()).await;
+    sender.declare("conformance.backlog").await.expect("declare");
     for i in 0..3 {
         sender.cast("conformance.backlog", token(&format!("m{i}"))).await.expect("cast");
     }
+    // A cast to a queue nobody declared is lost.
+    sender.cast("conformance.nowhere", token("lost")).await.expect("cast");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let consumer = client("consumer".into()).await;
     let mut rx = consumer.consume("conformance.backlog").await.expect("consume");
     let mut got = BTreeSet::new();
+    let mut ids = BTreeSet::new();
     for _ in 0..3 {
-        let m =
-            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("backlog delivered").expect("open");
+        let m = recv(&mut rx, "backlog delivered").await;
         assert!(m.reply_to.is_none(), "a cast carries no reply address");
+        assert!(!m.redelivered, "a first delivery is not marked redelivered");
         got.insert(format!("{:?}", m.msg));
+        ids.insert(m.msg_id.clone());
+        consumer.ack(m.tag).await.expect("ack");
     }
     assert_eq!(got.len(), 3, "each backlogged cast is delivered once");
+    assert_eq!(ids.len(), 3, "each publish has its own message id");
+    let mut nowhere = consumer.consume("conformance.nowhere").await.expect("consume");
+    let late = tokio::time::timeout(Duration::from_secs(1), nowhere.recv()).await;
+    assert!(late.is_err(), "a cast to an undeclared queue was kept: {late:?}");
 
     // Two consumers of one queue share its messages round-robin.
     let c1 = client("c1".into()).await;
     let c2 = client("c2".into()).await;
     let mut rx1 = c1.consume("conformance.rr").await.expect("consume");
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut rx2 = c2.consume("conformance.rr").await.expect("consume");
     tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..4 {
@@ -184,16 +205,38 @@ where
     let (mut n1, mut n2) = (0, 0);
     for _ in 0..4 {
         tokio::select! {
-            Some(_) = rx1.recv() => n1 += 1,
-            Some(_) = rx2.recv() => n2 += 1,
+            Some(m) = rx1.recv() => { n1 += 1; c1.ack(m.tag).await.expect("ack") }
+            Some(m) = rx2.recv() => { n2 += 1; c2.ack(m.tag).await.expect("ack") }
             _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("round-robin casts not delivered ({n1} + {n2} of 4)"),
         }
     }
     assert_eq!((n1, n2), (2, 2), "round-robin between two consumers");
 
+    // A delivery not acknowledged by a consumer that went away goes to the other consumer,
+    // marked redelivered, with its message id.
+    sender.cast("conformance.rr", token("held")).await.expect("cast");
+    let held = recv(&mut rx1, "the next in turn is c1's").await;
+    assert_eq!(held.msg, token("held"));
+    drop(rx1);
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        sender.cast("conformance.rr", token(&format!("after{i}"))).await.expect("cast");
+    }
+    while !seen.iter().any(|(m, _, _): &(Rpc, bool, String)| *m == token("held")) || seen.len() < 5 {
+        let m = recv(&mut rx2, "the held message is redelivered to c2").await;
+        c2.ack(m.tag).await.expect("ack");
+        seen.push((m.msg, m.redelivered, m.msg_id));
+    }
+    let (_, redelivered, id) = seen.iter().find(|(m, _, _)| *m == token("held")).expect("seen");
+    assert!(*redelivered, "the held message comes back marked redelivered");
+    assert_eq!(*id, held.msg_id, "a redelivery keeps the message id");
+    assert_eq!(seen.len(), 5, "every message once: {seen:?}");
+
     // Calls get their own replies back, through their own reply queues.
     let server = client("server".into()).await;
     let mut srx = server.consume("conformance.echo").await.expect("consume");
+    // The queue exists once the broker has the declare: a call before it would be lost.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let srv = server.clone();
     tokio::spawn(async move {
         while let Some(m) = srx.recv().await {

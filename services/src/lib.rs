@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod placement;
 pub mod report;
+pub mod rpc;
 pub mod runner;
 pub mod scheduler;
 pub mod seams;

@@ -183,6 +183,14 @@ impl HttpHandler for Placement {
                     Err(e) => server_error(e),
                 }
             }
+            (Method::Get, _, Some(consumer), _) => match get(db, Table::Allocations, consumer).await {
+                Ok(Some(Row { value: Record::Allocation(a), .. })) => HttpResponse::new(
+                    200,
+                    Body::Allocation { project: a.project, host: a.host, resources: a.resources },
+                ),
+                Ok(_) => HttpResponse::error(404, format!("No allocations for consumer '{consumer}'")),
+                Err(e) => server_error(e.into()),
+            },
             (Method::Delete, _, Some(consumer), _) => match release(db, metrics, consumer).await {
                 Ok(true) => HttpResponse::new(204, Body::Empty),
                 Ok(false) => HttpResponse::error(404, format!("No allocations for consumer '{consumer}'")),
@@ -268,6 +276,21 @@ impl PlacementClient {
             }
         }
         Ok(ClaimOutcome::DoesNotFit(format!("out of retries: {last}")))
+    }
+
+    /// GET /allocations/{consumer}: the host `consumer` holds a claim on, if any. No
+    /// response is an error.
+    pub async fn allocation(&self, consumer: &str) -> Result<Option<String>, ServiceError> {
+        let req = HttpRequest::new(Method::Get, format!("{ALLOCATIONS_PREFIX}{consumer}"), Body::Empty);
+        match self.request(req).await? {
+            HttpResponse { status: 200, body: Body::Allocation { host, .. }, .. } => Ok(Some(host)),
+            HttpResponse { status: 404, .. } => Ok(None),
+            r => Err(DbError::Backend(format!(
+                "placement answered {} to GET allocations/{consumer}: {:?}",
+                r.status, r.body
+            ))
+            .into()),
+        }
     }
 
     /// DELETE /allocations/{consumer}: true when there was one. No response is an error

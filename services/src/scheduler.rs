@@ -20,12 +20,10 @@ use stackbed_core::strategy::{self, Strategy};
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
 use crate::placement::{ClaimOutcome, PlacementClient};
-use crate::seams::{Incoming, Rpc};
+use crate::rpc::{self, Request, ServeOptions};
+use crate::seams::Rpc;
 
 pub const TOPIC: &str = "scheduler";
-
-/// oslo.messaging's executor_thread_pool_size: requests one scheduler serves at once.
-pub const EXECUTOR_POOL_SIZE: usize = 64;
 
 /// How stale the scheduler's cached compute nodes and services rows may get. nova reads
 /// them per request; a one-second cache keeps large simulations fast and is well inside
@@ -289,38 +287,47 @@ impl Scheduler {
         Scheduler { ctx, config, decider, cache: Mutex::default(), hosts, placement }
     }
 
-    /// Serves select_destinations, up to [`EXECUTOR_POOL_SIZE`] requests at once as nova's
-    /// greenthread pool does; concurrent claims meet in placement's generation checks.
+    /// Serves select_destinations through the RPC server (`rpc::serve`: oslo's pool of
+    /// executor workers); concurrent claims meet in placement's generation checks.
     pub async fn run(self) -> Result<(), ServiceError> {
-        let mut rx = self.ctx.bus.consume(TOPIC).await?;
-        let pool = Arc::new(tokio::sync::Semaphore::new(EXECUTOR_POOL_SIZE));
+        let ctx = self.ctx.clone();
         let this = Arc::new(self);
-        while let Some(Incoming { msg, reply_to }) = rx.recv().await {
-            let Ok(permit) = pool.clone().acquire_owned().await else { break };
+        rpc::serve(&ctx, TOPIC, ServeOptions::of(&ctx, "scheduler"), move |req: Request| {
             let this = this.clone();
-            tokio::spawn(async move {
-                let out = match msg {
-                    Rpc::SelectDestinations { spec } => match this.select_destinations(&spec).await {
-                        Ok(out) => out,
-                        Err(e) => Rpc::Error(e.to_string()),
-                    },
+            async move {
+                match req.msg {
+                    Rpc::SelectDestinations { spec } => {
+                        Some(match this.select_destinations_once(&spec, req.redelivered).await {
+                            Ok(out) => out,
+                            Err(e) => Rpc::Error(e.to_string()),
+                        })
+                    }
                     Rpc::RunInstance { spec } => {
                         // A cast: nobody waits for an answer; a failure is counted.
                         if this.run_instance(spec).await.is_err() {
                             this.ctx.metrics.count("scheduler.run_instance_errors", 1);
                         }
-                        drop(permit);
-                        return;
+                        None
                     }
-                    other => Rpc::Error(format!("scheduler has no method {}", other.method())),
-                };
-                if let Some(to) = reply_to {
-                    let _ = this.ctx.bus.reply(to, out).await;
+                    other => Some(Rpc::Error(format!("scheduler has no method {}", other.method()))),
                 }
-                drop(permit);
-            });
-        }
+            }
+        })
+        .await?;
         Ok(())
+    }
+
+    /// A redelivered select_destinations (acks after dispatch, a scheduler that died
+    /// mid-request) answers with the host its first delivery claimed, if it got that far,
+    /// instead of claiming again against its own claim (which every host would refuse).
+    async fn select_destinations_once(&self, spec: &RequestSpec, redelivered: bool) -> Result<Rpc, ServiceError> {
+        if redelivered {
+            if let Some(host) = self.placement.allocation(&spec.instance_uuid).await? {
+                self.ctx.metrics.count("scheduler.redelivered_resumed", 1);
+                return Ok(Rpc::Destinations { hosts: vec![host] });
+            }
+        }
+        self.select_destinations(spec).await
     }
 
     pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {

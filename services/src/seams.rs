@@ -108,12 +108,30 @@ pub struct ReplyTo {
     pub msg_id: u64,
 }
 
+/// Which delivery an ack is for: the tag the broker gave it on one connection. A client
+/// that reconnected holds a new connection; acks of the old one's tags acknowledge nothing
+/// (the broker requeued those messages when the old connection closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeliveryTag {
+    /// The client's connection generation (1 for its first connection).
+    pub connection: u64,
+    pub tag: u64,
+}
+
 /// A message delivered to a consumer of a topic.
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub msg: Rpc,
     /// Set for calls; the consumer answers with [`Bus::reply`].
     pub reply_to: Option<ReplyTo>,
+    /// oslo.messaging's `_unique_id`: the same for every copy of one publish (a
+    /// redelivery, a duplicate), different for every publish, unique across processes.
+    pub msg_id: String,
+    /// The broker delivered this message before, to a connection that closed without
+    /// acknowledging it.
+    pub redelivered: bool,
+    /// Acknowledge with [`Bus::ack`].
+    pub tag: DeliveryTag,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -125,8 +143,21 @@ pub enum BusError {
     Unavailable(String),
 }
 
+/// How a process declares its queues and publishes (oslo.messaging's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BusOptions {
+    /// `amqp_durable_queues`: topic queues declared durable and messages published
+    /// persistent, so both survive a broker restart. Reply queues are always transient.
+    pub durable: bool,
+}
+
 /// oslo.messaging's RPC over a broker: topics (queues), cast, call with timeout, reply
-/// routing through per-process reply queues.
+/// routing through per-process reply queues, acknowledgements.
+///
+/// Every delivery from [`Bus::consume`] must be acknowledged with [`Bus::ack`]; until it
+/// is, the broker holds it and gives it to another consumer if this connection closes.
+/// When to ack is the RPC server's choice (`rpc::serve`). A client whose connection is
+/// lost reconnects by itself and consumes its topics again on the same channel.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Fire and forget.
@@ -135,8 +166,17 @@ pub trait Bus: Send + Sync + 'static {
     async fn call(&self, topic: &str, msg: Rpc, timeout: Duration) -> Result<Rpc, BusError>;
     /// Answer a call.
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError>;
-    /// Start consuming `topic`; messages arrive on the returned channel.
+    /// Declare `topic`'s queue (durable or not as [`BusOptions`] say), so that what is
+    /// published to it waits for a consumer; a publish to a queue nobody declared is lost,
+    /// as through RabbitMQ's default exchange. Declared again after every reconnect.
+    async fn declare(&self, topic: &str) -> Result<(), BusError>;
+    /// Declare `topic` and consume it; deliveries arrive on the returned channel. It is
+    /// unbounded as oslo's default prefetch (`rabbit_qos_prefetch_count = 0`) is: the broker
+    /// pushes every ready message and the client buffers them unacknowledged; the broker's
+    /// queue limit (`stackbed_core::queue::MAX_READY`) bounds them.
     async fn consume(&self, topic: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<Incoming>, BusError>;
+    /// Acknowledge a delivery.
+    async fn ack(&self, tag: DeliveryTag) -> Result<(), BusError>;
 }
 
 pub type BusRef = Arc<dyn Bus>;

@@ -1,213 +1,585 @@
-//! The simulated message broker: a node that owns named queues and routes messages between
-//! the services' connections, and the client side implementing the `Bus` seam over a simulated
-//! connection (`conn`). Semantics follow RabbitMQ as oslo.messaging uses it: a queue with several
-//! consumers delivers round-robin; messages to a queue nobody consumes wait in it; a call's
-//! reply travels through the caller's own reply queue.
+//! The simulated message broker: its state ([`BrokerState`], outside every node, so that a
+//! restart of the broker node keeps what RabbitMQ keeps), the node that serves it over
+//! simulated connections, and the client side implementing the `Bus` seam ([`SimBus`]).
+//!
+//! Every decision about a message (routing, round-robin, acks, requeue on a closed
+//! connection, what a restart keeps) is `stackbed_core::queue`'s, the same state machine the
+//! in-process bus drives; this file only moves messages. How a client holds its connection
+//! (failover, backoff, heartbeats) is `stackbed_core::amqp_conn`'s policy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use madsim::net::Sender;
-use tokio::sync::{mpsc, oneshot};
+use madsim::net::{Receiver, Sender};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use stackbed_core::amqp_conn::ConnPolicy;
+use stackbed_core::queue::{ConnId, Delivery, Queues, Tag};
+use stackbed_core::scenario::Control;
+use stackbed_services::clock::Clock;
 use stackbed_services::metrics::Metrics;
-use stackbed_services::seams::{Bus, BusError, Incoming, ReplyTo, Rpc};
+use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Incoming, ReplyTo, Rpc};
 
 use crate::conn;
 
+/// A message as the broker stores it.
 #[derive(Debug, Clone)]
-struct Delivery {
-    queue: String,
+struct Envelope {
     msg: Rpc,
     reply_to: Option<ReplyTo>,
+    msg_id: String,
     /// Set on replies: the msg_id of the call answered.
     correlation: Option<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // each message is boxed once as the network payload
 enum ToBroker {
-    Subscribe { queue: String },
-    Publish(Delivery),
+    Declare { queue: String, durable: bool },
+    Consume { queue: String, auto_ack: bool },
+    Publish { queue: String, env: Envelope, persistent: bool },
+    Ack { tag: Tag },
+    Heartbeat,
 }
 
-#[derive(Default)]
-struct Queue {
-    /// Consuming connections, by number.
-    consumers: Vec<u64>,
-    next: usize,
-    backlog: VecDeque<Delivery>,
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum FromBroker {
+    Deliver { queue: String, tag: Tag, env: Envelope, redelivered: bool },
+    Heartbeat,
 }
 
-#[derive(Default)]
-struct Broker {
-    queues: BTreeMap<String, Queue>,
-    conns: BTreeMap<u64, Arc<Sender>>,
+struct ConnEntry {
+    tx: Arc<Sender>,
+    last_heard: Duration,
+    last_sent: Duration,
 }
 
-impl Broker {
-    /// Routes `msg` from connection `from`; returns the deliveries to send.
-    fn route(&mut self, from: u64, msg: ToBroker) -> Vec<(Arc<Sender>, Delivery)> {
-        let mut out = Vec::new();
-        let mut push = |q: &mut Queue, d: Delivery, conns: &BTreeMap<u64, Arc<Sender>>| {
-            let c = q.consumers[q.next % q.consumers.len()];
-            q.next += 1;
-            if let Some(tx) = conns.get(&c) {
-                out.push((tx.clone(), d));
+struct BrokerInner {
+    queues: Queues<Envelope>,
+    conns: BTreeMap<ConnId, ConnEntry>,
+    /// Connection numbers are never reused, across restarts too.
+    next_conn: ConnId,
+    starts: u64,
+}
+
+/// The broker's queues and messages, outside the broker node: a restart of the node keeps
+/// the durable queues and their persistent messages, as RabbitMQ's message store does, and
+/// loses the rest (`Queues::restart`). Cloning shares it.
+#[derive(Clone)]
+pub struct BrokerState(Arc<Mutex<BrokerInner>>);
+
+impl Default for BrokerState {
+    fn default() -> Self {
+        BrokerState(Arc::new(Mutex::new(BrokerInner {
+            queues: Queues::new(),
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            starts: 0,
+        })))
+    }
+}
+
+impl BrokerState {
+    fn lock(&self) -> MutexGuard<'_, BrokerInner> {
+        self.0.lock().expect("broker state lock poisoned: a routing step panicked half-way")
+    }
+
+    /// The node (re)starts on this state: after the first start, a restart.
+    fn recover(&self, metrics: &Metrics) {
+        let mut st = self.lock();
+        st.starts += 1;
+        if st.starts > 1 {
+            st.conns.clear();
+            let loss = st.queues.restart();
+            metrics.count("broker.restarts", 1);
+            metrics.count("broker.restart_lost_queues", loss.queues as u64);
+            metrics.count("broker.restart_lost_messages", loss.messages as u64);
+        }
+    }
+
+    /// Messages ready in `queue`.
+    pub fn ready_len(&self, queue: &str) -> usize {
+        self.lock().queues.ready_len(queue)
+    }
+
+    /// Closes `conn` (gone, reset or silent): its unacknowledged messages are requeued.
+    fn close(&self, conn: ConnId) -> Vec<(Arc<Sender>, Delivery<Envelope>)> {
+        let mut st = self.lock();
+        if st.conns.remove(&conn).is_none() {
+            return Vec::new();
+        }
+        let out = st.queues.close(conn);
+        with_senders(&st, out)
+    }
+}
+
+fn with_senders(st: &BrokerInner, out: Vec<Delivery<Envelope>>) -> Vec<(Arc<Sender>, Delivery<Envelope>)> {
+    // A delivery to a connection already closed stays unacknowledged until `close` requeues
+    // it; `close` ran first for every closed connection, so none is left here.
+    out.into_iter().filter_map(|d| st.conns.get(&d.conn).map(|c| (c.tx.clone(), d))).collect()
+}
+
+/// Sends deliveries; a connection whose send fails is closed, and what that requeues is
+/// sent in turn.
+async fn deliver(state: &BrokerState, now: Duration, mut out: Vec<(Arc<Sender>, Delivery<Envelope>)>) {
+    while let Some((tx, d)) = out.pop() {
+        let (conn, msg) =
+            (d.conn, FromBroker::Deliver { queue: d.queue, tag: d.tag, env: d.payload, redelivered: d.redelivered });
+        if conn::send(&tx, msg).await.is_err() {
+            out.extend(state.close(conn));
+        } else if let Some(e) = state.lock().conns.get_mut(&conn) {
+            e.last_sent = now;
+        }
+    }
+}
+
+/// The broker node's main loop over `state`: one connection per client, heartbeats checked
+/// as RabbitMQ does (a connection silent for the threshold is closed). Returns only if its
+/// socket fails. Restart the node as `kill` then `start` (see `dbnode::serve`).
+pub async fn serve(
+    addr: SocketAddr,
+    state: BrokerState,
+    policy: ConnPolicy,
+    clock: Clock,
+    metrics: Metrics,
+) -> io::Result<()> {
+    state.recover(&metrics);
+    let (s, c, m) = (state.clone(), clock.clone(), metrics.clone());
+    let p = policy.clone();
+    // AMQP heartbeats, the broker's side: every threshold/rate, a heartbeat to each
+    // connection it sent nothing to since the last check, and a close of each connection
+    // it heard nothing from for the threshold.
+    tokio::spawn(async move {
+        loop {
+            c.sleep(p.heartbeat_interval()).await;
+            let now = Duration::from_millis(c.now_ms());
+            let (dead, quiet): (Vec<ConnId>, Vec<(ConnId, Arc<Sender>)>) = {
+                let mut st = s.lock();
+                let dead = st.conns.iter().filter(|(_, e)| p.is_dead(e.last_heard, now)).map(|(&id, _)| id).collect();
+                let mut quiet = Vec::new();
+                for (&id, e) in st.conns.iter_mut() {
+                    if p.should_send_heartbeat(e.last_sent, now) {
+                        e.last_sent = now;
+                        quiet.push((id, e.tx.clone()));
+                    }
+                }
+                (dead, quiet)
+            };
+            for id in dead {
+                m.count("broker.heartbeat_timeouts", 1);
+                let out = s.close(id);
+                deliver(&s, now, out).await;
             }
+            for (id, tx) in quiet {
+                if conn::send(&tx, FromBroker::Heartbeat).await.is_err() {
+                    let out = s.close(id);
+                    deliver(&s, now, out).await;
+                }
+            }
+        }
+    });
+    conn::accept_each(addr, move |_, tx, rx| serve_conn(state.clone(), clock.clone(), metrics.clone(), tx, rx)).await
+}
+
+async fn serve_conn(state: BrokerState, clock: Clock, metrics: Metrics, tx: Sender, mut rx: Receiver) {
+    let tx = Arc::new(tx);
+    let id = {
+        let mut st = state.lock();
+        st.next_conn += 1;
+        let id = st.next_conn;
+        let now = Duration::from_millis(clock.now_ms());
+        st.conns.insert(id, ConnEntry { tx: tx.clone(), last_heard: now, last_sent: now });
+        id
+    };
+    while let Some(msg) = conn::recv::<ToBroker>(&mut rx).await {
+        let now = Duration::from_millis(clock.now_ms());
+        // Decide under the lock, send after it.
+        let out = {
+            let mut st = state.lock();
+            match st.conns.get_mut(&id) {
+                Some(e) => e.last_heard = now,
+                // Closed by the heartbeat check: what still arrives on it is not read.
+                None => break,
+            }
+            let out = match *msg {
+                ToBroker::Declare { queue, durable } => {
+                    st.queues.declare(&queue, durable);
+                    Vec::new()
+                }
+                ToBroker::Consume { queue, auto_ack } => st.queues.consume(id, &queue, auto_ack).unwrap_or_default(),
+                ToBroker::Publish { queue, env, persistent } => match st.queues.publish(&queue, env, persistent) {
+                    Some(out) => out,
+                    None => {
+                        metrics.count("broker.unroutable", 1);
+                        Vec::new()
+                    }
+                },
+                ToBroker::Ack { tag } => {
+                    st.queues.ack(id, tag);
+                    Vec::new()
+                }
+                ToBroker::Heartbeat => Vec::new(),
+            };
+            with_senders(&st, out)
         };
-        match msg {
-            ToBroker::Subscribe { queue } => {
-                let q = self.queues.entry(queue).or_default();
-                if !q.consumers.contains(&from) {
-                    q.consumers.push(from);
-                }
-                while let Some(d) = q.backlog.pop_front() {
-                    push(q, d, &self.conns);
-                }
-            }
-            ToBroker::Publish(d) => {
-                let q = self.queues.entry(d.queue.clone()).or_default();
-                if q.consumers.is_empty() {
-                    q.backlog.push_back(d);
-                } else {
-                    push(q, d, &self.conns);
-                }
-            }
-        }
-        out
+        deliver(&state, now, out).await;
     }
+    let out = state.close(id);
+    deliver(&state, Duration::from_millis(clock.now_ms()), out).await;
+}
 
-    /// A connection closed: its consumers go, as RabbitMQ cancels a closed channel's.
-    fn close(&mut self, conn: u64) {
-        self.conns.remove(&conn);
-        for q in self.queues.values_mut() {
-            q.consumers.retain(|&c| c != conn);
-        }
+/// The broker with oslo's default heartbeats and its own clock and counters, for harnesses
+/// that build their own nodes (the seam tests).
+pub async fn serve_default(addr: SocketAddr, state: BrokerState) -> io::Result<()> {
+    let policy = ConnPolicy::from_control(&Control::default(), vec![addr.to_string()]);
+    serve(addr, state, policy, Clock::start(), Metrics::default()).await
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------
+
+/// What a client needs to know to connect: the brokers, oslo's connection options, the
+/// queue options.
+#[derive(Debug, Clone)]
+pub struct SimBusConfig {
+    pub brokers: Vec<SocketAddr>,
+    pub policy: ConnPolicy,
+    pub options: BusOptions,
+}
+
+impl SimBusConfig {
+    pub fn new(brokers: Vec<SocketAddr>, control: &Control) -> SimBusConfig {
+        let policy = ConnPolicy::from_control(control, brokers.iter().map(|a| a.to_string()).collect());
+        SimBusConfig { brokers, policy, options: BusOptions { durable: control.amqp_durable_queues } }
     }
 }
 
-/// The broker node's main loop: a connection per client. Returns only if its socket fails.
-pub async fn serve(addr: SocketAddr) -> io::Result<()> {
-    let broker: Arc<Mutex<Broker>> = Arc::default();
-    conn::accept_each(addr, move |id, tx, mut rx| {
-        let broker = broker.clone();
-        broker.lock().unwrap_or_else(|e| e.into_inner()).conns.insert(id, Arc::new(tx));
-        async move {
-            while let Some(msg) = conn::recv::<ToBroker>(&mut rx).await {
-                // Decide under the lock, send after it.
-                let out = broker.lock().unwrap_or_else(|e| e.into_inner()).route(id, *msg);
-                for (tx, d) in out {
-                    let _ = conn::send(&tx, d).await;
-                }
-            }
-            broker.lock().unwrap_or_else(|e| e.into_inner()).close(id);
-        }
-    })
-    .await
+#[derive(Clone)]
+struct Live {
+    generation: u64,
+    tx: Arc<Sender>,
 }
+
+type Waiter = oneshot::Sender<Result<Rpc, BusError>>;
 
 #[derive(Default)]
 struct ClientState {
+    live: Option<Live>,
     next_id: u64,
-    pending: BTreeMap<u64, oneshot::Sender<Rpc>>,
+    /// Calls waiting for a reply, by msg_id, with the connection they were sent on.
+    pending: BTreeMap<u64, (u64, Waiter)>,
     consumers: BTreeMap<String, mpsc::UnboundedSender<Incoming>>,
+    /// Topics declared (consumed or not), declared again on every new connection.
+    declared: std::collections::BTreeSet<String>,
+    last_sent: Duration,
+    last_heard: Duration,
 }
 
-/// One service's connection to the broker.
+/// One process's connection to the broker, as oslo.messaging holds it: it reconnects by
+/// itself, declares its queues and consumes them again, and fails the calls pending on a
+/// connection that died. A publish (cast, call, reply) while disconnected waits for the
+/// connection to come back, as oslo's publishers retry without limit by default.
 pub struct SimBus {
-    tx: Sender,
+    cfg: SimBusConfig,
+    /// `<node>.<incarnation>`: prefixes message ids and names the reply queue.
+    name: String,
     reply_queue: String,
-    state: Arc<Mutex<ClientState>>,
+    state: Mutex<ClientState>,
+    up: watch::Receiver<u64>,
+    clock: Clock,
+    metrics: Metrics,
 }
 
 impl SimBus {
-    /// Connects a client named `client` (unique per node: it names the reply queue).
-    pub async fn connect(broker: SocketAddr, client: &str, metrics: Metrics) -> io::Result<Arc<SimBus>> {
-        let (tx, mut rx, port) = conn::connect(broker).await?;
-        let reply_queue = format!("reply_{client}_{port}");
-        let state: Arc<Mutex<ClientState>> = Arc::default();
-        let (rx_state, rq) = (state.clone(), reply_queue.clone());
-        tokio::spawn(async move {
-            while let Some(d) = conn::recv::<Delivery>(&mut rx).await {
-                let mut st = rx_state.lock().unwrap_or_else(|e| e.into_inner());
-                if d.queue == rq {
-                    match d.correlation.and_then(|id| st.pending.remove(&id)) {
-                        Some(tx) => {
-                            let _ = tx.send(d.msg);
-                        }
-                        // The caller timed out already: oslo.messaging drops such replies.
-                        None => metrics.count("bus.late_replies", 1),
+    /// A client for process `name` (`<node>.<incarnation>`); its connection manager runs
+    /// from now on, on the calling node.
+    pub fn connect(cfg: SimBusConfig, name: &str, clock: Clock, metrics: Metrics) -> Arc<SimBus> {
+        let (up_tx, up) = watch::channel(0);
+        let bus = Arc::new(SimBus {
+            cfg,
+            name: name.to_string(),
+            reply_queue: format!("reply_{name}"),
+            state: Mutex::default(),
+            up,
+            clock,
+            metrics,
+        });
+        tokio::spawn(bus.clone().manage(up_tx));
+        bus
+    }
+
+    /// A client of the broker at `broker` with oslo's defaults, for harnesses.
+    pub fn connect_default(broker: SocketAddr, name: &str) -> Arc<SimBus> {
+        SimBus::connect(SimBusConfig::new(vec![broker], &Control::default()), name, Clock::start(), Metrics::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClientState> {
+        self.state.lock().expect("bus client lock poisoned: a routing step panicked")
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.clock.now_ms())
+    }
+
+    /// Connects, serves the connection until it dies, reconnects; for ever.
+    async fn manage(self: Arc<Self>, up_tx: watch::Sender<u64>) {
+        let policy = &self.cfg.policy;
+        let (mut attempt, mut failures, mut generation) = (0u64, 0u32, 0u64);
+        loop {
+            let addr = self.cfg.brokers[(attempt % self.cfg.brokers.len() as u64) as usize];
+            attempt += 1;
+            let connected = self.clock.timeout(policy.connect_timeout, conn::connect(addr)).await;
+            if let Some(Ok((tx, rx, _))) = connected {
+                generation += 1;
+                let tx = Arc::new(tx);
+                if self.subscribe_all(&tx).await.is_ok() {
+                    failures = 0;
+                    {
+                        let mut st = self.lock();
+                        st.live = Some(Live { generation, tx });
+                        st.last_heard = self.now();
+                        st.last_sent = self.now();
                     }
-                } else if let Some(tx) = st.consumers.get(&d.queue) {
-                    let _ = tx.send(Incoming { msg: d.msg, reply_to: d.reply_to });
+                    let _ = up_tx.send(generation);
+                    if generation > 1 {
+                        self.metrics.count("bus.reconnects", 1);
+                    }
+                    self.run_connection(generation, rx).await;
+                    self.lost(generation);
+                    let _ = up_tx.send(0);
+                    self.metrics.count("bus.connections_lost", 1);
+                    // kombu reconnects at once after a loss; the backoff is for failures.
+                    continue;
                 }
             }
-        });
-        let bus = Arc::new(SimBus { tx, reply_queue: reply_queue.clone(), state });
-        bus.send(ToBroker::Subscribe { queue: reply_queue }).await?;
-        Ok(bus)
+            failures += 1;
+            self.clock.sleep(policy.backoff(failures)).await;
+        }
     }
 
-    async fn send(&self, msg: ToBroker) -> io::Result<()> {
-        conn::send(&self.tx, msg).await
+    /// Declares the reply queue and every consumed topic on a new connection and consumes
+    /// them, before anything else is sent on it.
+    async fn subscribe_all(&self, tx: &Sender) -> io::Result<()> {
+        let rq = self.reply_queue.clone();
+        conn::send(tx, ToBroker::Declare { queue: rq.clone(), durable: false }).await?;
+        conn::send(tx, ToBroker::Consume { queue: rq, auto_ack: true }).await?;
+        let (declared, consumed): (Vec<String>, Vec<String>) = {
+            let st = self.lock();
+            (st.declared.iter().cloned().collect(), st.consumers.keys().cloned().collect())
+        };
+        for queue in declared {
+            conn::send(tx, ToBroker::Declare { queue, durable: self.cfg.options.durable }).await?;
+        }
+        for queue in consumed {
+            conn::send(tx, ToBroker::Consume { queue, auto_ack: false }).await?;
+        }
+        Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ClientState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Reads the connection and checks its heartbeats until it ends or falls silent.
+    async fn run_connection(&self, generation: u64, mut rx: Receiver) {
+        let policy = &self.cfg.policy;
+        let mut next_check = self.clock.now() + policy.heartbeat_interval();
+        loop {
+            tokio::select! {
+                m = conn::recv::<FromBroker>(&mut rx) => {
+                    let Some(m) = m else { return };
+                    self.lock().last_heard = self.now();
+                    if let FromBroker::Deliver { queue, tag, env, redelivered } = *m {
+                        if !self.route(generation, queue, tag, env, redelivered) {
+                            // A consumer went away: close the connection, as a process
+                            // that stops does, so the broker gives what it held to others.
+                            self.metrics.count("bus.consumer_gone", 1);
+                            return;
+                        }
+                    }
+                }
+                _ = self.clock.sleep_until(next_check) => {
+                    next_check = self.clock.now() + policy.heartbeat_interval();
+                    let (now, last_heard, last_sent, live) = {
+                        let st = self.lock();
+                        (self.now(), st.last_heard, st.last_sent, st.live.clone())
+                    };
+                    if policy.is_dead(last_heard, now) {
+                        self.metrics.count("bus.heartbeat_timeouts", 1);
+                        return;
+                    }
+                    if policy.should_send_heartbeat(last_sent, now) {
+                        if let Some(l) = live {
+                            if conn::send(&l.tx, ToBroker::Heartbeat).await.is_err() {
+                                return;
+                            }
+                            self.lock().last_sent = now;
+                        }
+                    }
+                }
+            }
+        }
     }
-}
 
-fn unavailable(e: io::Error) -> BusError {
-    BusError::Unavailable(e.to_string())
+    /// Hands a delivery to its waiter or consumer; false if the consumer went away.
+    fn route(&self, generation: u64, queue: String, tag: Tag, env: Envelope, redelivered: bool) -> bool {
+        let mut st = self.lock();
+        if queue == self.reply_queue {
+            match env.correlation.and_then(|id| st.pending.remove(&id)) {
+                Some((_, tx)) => {
+                    let _ = tx.send(Ok(env.msg));
+                }
+                // The caller timed out already: oslo.messaging drops such replies.
+                None => self.metrics.count("bus.late_replies", 1),
+            }
+            return true;
+        }
+        if let Some(tx) = st.consumers.get(&queue) {
+            let incoming = Incoming {
+                msg: env.msg,
+                reply_to: env.reply_to,
+                msg_id: env.msg_id,
+                redelivered,
+                tag: DeliveryTag { connection: generation, tag },
+            };
+            if tx.send(incoming).is_err() {
+                st.consumers.remove(&queue);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The connection `generation` died: the calls pending on it fail.
+    fn lost(&self, generation: u64) {
+        let mut st = self.lock();
+        if st.live.as_ref().is_some_and(|l| l.generation == generation) {
+            st.live = None;
+        }
+        let dead: Vec<u64> = st.pending.iter().filter(|(_, (g, _))| *g == generation).map(|(&id, _)| id).collect();
+        for id in dead {
+            if let Some((_, tx)) = st.pending.remove(&id) {
+                let _ = tx.send(Err(BusError::Unavailable("connection to the broker lost".into())));
+            }
+        }
+    }
+
+    /// The live connection, waiting for one if there is none.
+    async fn live(&self) -> Live {
+        let mut up = self.up.clone();
+        loop {
+            if let Some(l) = self.lock().live.clone() {
+                return l;
+            }
+            if up.changed().await.is_err() {
+                // The manager is gone only when the node is: wait for ever, as the node does.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Sends `msg` on the live connection, waiting for one and resending after a failure;
+    /// returns the connection it went on. `before_send` runs with that connection's
+    /// generation just before each try.
+    async fn publish(&self, msg: ToBroker, before_send: impl Fn(u64)) -> u64 {
+        loop {
+            let l = self.live().await;
+            before_send(l.generation);
+            if conn::send(&l.tx, msg.clone()).await.is_ok() {
+                self.lock().last_sent = self.now();
+                return l.generation;
+            }
+            // The manager sees the connection end and reconnects; wait for it.
+            self.lock().live = None;
+        }
+    }
+
+    fn next_msg(&self) -> (u64, String) {
+        let mut st = self.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        (id, format!("{}-{id}", self.name))
+    }
 }
 
 #[async_trait]
 impl Bus for SimBus {
     async fn cast(&self, topic: &str, msg: Rpc) -> Result<(), BusError> {
-        let d = Delivery { queue: topic.to_string(), msg, reply_to: None, correlation: None };
-        self.send(ToBroker::Publish(d)).await.map_err(unavailable)
+        let (_, msg_id) = self.next_msg();
+        let env = Envelope { msg, reply_to: None, msg_id, correlation: None };
+        let persistent = self.cfg.options.durable;
+        self.publish(ToBroker::Publish { queue: topic.to_string(), env, persistent }, |_| {}).await;
+        Ok(())
     }
 
     async fn call(&self, topic: &str, msg: Rpc, timeout: Duration) -> Result<Rpc, BusError> {
         let method = msg.method();
+        let (id, msg_id) = self.next_msg();
         let (tx, rx) = oneshot::channel();
-        let msg_id = {
+        let tx = Mutex::new(Some(tx));
+        let reply_to = Some(ReplyTo { queue: self.reply_queue.clone(), msg_id: id });
+        let env = Envelope { msg, reply_to, msg_id, correlation: None };
+        let persistent = self.cfg.options.durable;
+        let publish = ToBroker::Publish { queue: topic.to_string(), env, persistent };
+        // Register the waiter on the connection the call goes out on (again on a resend).
+        self.publish(publish, |generation| {
             let mut st = self.lock();
-            st.next_id += 1;
-            let id = st.next_id;
-            st.pending.insert(id, tx);
-            id
-        };
-        let reply_to = Some(ReplyTo { queue: self.reply_queue.clone(), msg_id });
-        let d = Delivery { queue: topic.to_string(), msg, reply_to, correlation: None };
-        if let Err(e) = self.send(ToBroker::Publish(d)).await {
-            self.lock().pending.remove(&msg_id);
-            return Err(unavailable(e));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(BusError::Unavailable("reply channel closed".into())),
-            Err(_) => {
-                self.lock().pending.remove(&msg_id);
+            let waiter = match st.pending.remove(&id) {
+                Some((_, w)) => Some(w),
+                None => tx.lock().expect("call waiter lock poisoned").take(),
+            };
+            if let Some(w) = waiter {
+                st.pending.insert(id, (generation, w));
+            }
+        })
+        .await;
+        match self.clock.timeout(timeout, rx).await {
+            Some(Ok(reply)) => reply,
+            Some(Err(_)) => Err(BusError::Unavailable("reply channel closed".into())),
+            None => {
+                self.lock().pending.remove(&id);
                 Err(BusError::Timeout { topic: topic.to_string(), method, timeout_ms: timeout.as_millis() as u64 })
             }
         }
     }
 
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError> {
-        let d = Delivery { queue: to.queue, msg, reply_to: None, correlation: Some(to.msg_id) };
-        self.send(ToBroker::Publish(d)).await.map_err(unavailable)
+        let (_, msg_id) = self.next_msg();
+        let env = Envelope { msg, reply_to: None, msg_id, correlation: Some(to.msg_id) };
+        self.publish(ToBroker::Publish { queue: to.queue, env, persistent: false }, |_| {}).await;
+        Ok(())
+    }
+
+    async fn declare(&self, topic: &str) -> Result<(), BusError> {
+        self.lock().declared.insert(topic.to_string());
+        let durable = self.cfg.options.durable;
+        // Also declared by every reconnect; a second declare is a no-op.
+        self.publish(ToBroker::Declare { queue: topic.to_string(), durable }, |_| {}).await;
+        Ok(())
     }
 
     async fn consume(&self, topic: &str) -> Result<mpsc::UnboundedReceiver<Incoming>, BusError> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock().consumers.insert(topic.to_string(), tx);
-        self.send(ToBroker::Subscribe { queue: topic.to_string() }).await.map_err(unavailable)?;
+        self.declare(topic).await?;
+        // Also consumed by every reconnect; a second consume is a no-op.
+        self.publish(ToBroker::Consume { queue: topic.to_string(), auto_ack: false }, |_| {}).await;
         Ok(rx)
+    }
+
+    async fn ack(&self, tag: DeliveryTag) -> Result<(), BusError> {
+        let live = self.lock().live.clone();
+        match live {
+            Some(l) if l.generation == tag.connection => {
+                if conn::send(&l.tx, ToBroker::Ack { tag: tag.tag }).await.is_ok() {
+                    self.lock().last_sent = self.now();
+                }
+            }
+            // Its connection is gone: the broker requeued the message; nothing to ack.
+            _ => self.metrics.count("bus.stale_acks", 1),
+        }
+        Ok(())
     }
 }

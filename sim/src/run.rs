@@ -22,7 +22,7 @@ use stackbed_services::monitor::{Monitor, MonitorRef};
 use stackbed_services::report::{drive, Report, ReportContext, RunOptions};
 use stackbed_services::scheduler::Scheduler;
 
-use crate::broker::{self, SimBus};
+use crate::broker::{self, BrokerState, SimBus, SimBusConfig};
 use crate::chaos::Chaos;
 use crate::dbnode::{self, Durability, SimDb, SimStore};
 use crate::host::{GuestTable, SimHost};
@@ -47,17 +47,20 @@ struct World {
     metrics: Metrics,
     knobs: Knobs,
     endpoints: Arc<Endpoints>,
+    bus: SimBusConfig,
 }
 
 impl World {
     async fn ctx(&self, node: &str, incarnation: u32, ip: IpAddr) -> std::io::Result<Ctx> {
-        let bus = SimBus::connect(BROKER, node, self.metrics.clone()).await?;
+        let clock = self.clock.skewed(self.knobs.node(node).skew());
+        let bus =
+            SimBus::connect(self.bus.clone(), &format!("{node}.{incarnation}"), clock.clone(), self.metrics.clone());
         let db = SimDb::new(DATABASE, &self.opts.scenario.control);
         Ok(Ctx {
             bus,
             db,
             http: SimHttp::new(node, ip, self.endpoints.clone(), self.clock.clone()),
-            clock: self.clock.skewed(self.knobs.node(node).skew()),
+            clock,
             db_retry: DbRetry::for_node(
                 &self.opts.scenario,
                 self.opts.seed,
@@ -138,11 +141,18 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 metrics: metrics.clone(),
                 knobs: knobs.clone(),
                 endpoints: Arc::new(Endpoints::of(&scenario)),
+                bus: SimBusConfig::new(vec![BROKER], &scenario.control),
             };
             let mut reg = Registry::new(handle.clone());
 
-            reg.add(faults::BROKER, faults::BROKER, BROKER.ip(), None, |_| async {
-                let _ = broker::serve(BROKER).await;
+            // The broker's queues outlive its node: a restart keeps what RabbitMQ keeps.
+            let broker_state = BrokerState::default();
+            let (c, m, policy) = (clock.clone(), metrics.clone(), world.bus.policy.clone());
+            reg.add(faults::BROKER, faults::BROKER, BROKER.ip(), None, move |_| {
+                let (state, clock, metrics, policy) = (broker_state.clone(), c.clone(), m.clone(), policy.clone());
+                async move {
+                    let _ = broker::serve(BROKER, state, policy, clock, metrics).await;
+                }
             });
             // The database's state outlives its node: a restart keeps what was synced.
             let store = SimStore::new(monitor.clone(), Durability::SyncEachCommit);

@@ -108,7 +108,7 @@ struct Deployment {
 
 async fn ctx(d: &World, node: &str, at: IpAddr) -> Ctx {
     Ctx {
-        bus: SimBus::connect(addr(BROKER), node, Metrics::default()).await.expect("broker up"),
+        bus: SimBus::connect_default(addr(BROKER), node),
         db: SimDb::with_pool(addr(DATABASE), 5, 50),
         db_retry: stackbed_services::db_retry::DbRetry::for_node(
             &d.scenario,
@@ -136,7 +136,12 @@ where
     let scenario = Arc::new(Scenario::load(&root().join("scenarios/quickstart.toml")).unwrap());
     let clock = Clock::start();
     let store = SimStore::new(Monitor::new(true, 600_000), Durability::SyncEachCommit);
-    let broker = handle.create_node().name("broker").ip(addr(BROKER).ip()).init(|| broker::serve(addr(BROKER))).build();
+    let broker = handle
+        .create_node()
+        .name("broker")
+        .ip(addr(BROKER).ip())
+        .init(|| broker::serve_default(addr(BROKER), broker::BrokerState::default()))
+        .build();
     handle
         .create_node()
         .name("db")

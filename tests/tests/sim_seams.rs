@@ -222,13 +222,17 @@ fn simulated_broker_conforms() {
     for seed in 1..=3 {
         Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(async {
             let handle = Handle::current();
-            handle.create_node().ip(addr(BROKER).ip()).init(|| async { broker::serve(addr(BROKER)).await }).build();
+            handle
+                .create_node()
+                .ip(addr(BROKER).ip())
+                .init(|| broker::serve_default(addr(BROKER), broker::BrokerState::default()))
+                .build();
             tokio::time::sleep(Duration::from_millis(10)).await;
             let client = handle.create_node().ip("10.9.1.2".parse().unwrap()).build();
             client
                 .spawn(async {
                     conformance::bus(|name| async move {
-                        let bus: BusRef = SimBus::connect(addr(BROKER), &name, Metrics::default()).await.unwrap();
+                        let bus: BusRef = SimBus::connect_default(addr(BROKER), &name);
                         bus
                     })
                     .await;

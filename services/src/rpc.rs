@@ -1,0 +1,133 @@
+//! oslo.messaging's RPC server, once for every service: consume a topic, take each message
+//! up when a worker of the executor pool is free, acknowledge it before or after dispatch
+//! (`control.rpc_ack`), drop duplicates by message id, run the handler, send its reply.
+//!
+//! - The pool: `executor_thread_pool_size` (64) workers per process. A message waits in
+//!   the client, delivered but unacknowledged, until a worker takes it, so a process that
+//!   dies with a backlog gives it back to the broker, as oslo's does.
+//! - `before_dispatch` (oslo's default for RPC): the worker acknowledges, then handles. A
+//!   process that dies mid-request loses the request (at most once).
+//! - `after_dispatch`: the worker handles, then acknowledges. A process that dies
+//!   mid-request gets the request redelivered to another worker (at least once); handlers
+//!   must tolerate a redelivery (`Incoming::redelivered`).
+//! - The duplicate filter: oslo's `_MsgIdCache` of the last [`DUP_MSG_CHECK_SIZE`] message
+//!   ids of the process; a message whose id is in it is acknowledged and dropped. oslo adds
+//!   an id when it acknowledges; this adds it when the message is taken up, so that with
+//!   `after_dispatch` a copy arriving while the first is still being handled is dropped too.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use stackbed_core::scenario::{PlantedBug, RpcAck};
+
+use crate::ctx::Ctx;
+use crate::seams::{BusError, Incoming, Rpc};
+
+/// oslo.messaging's `executor_thread_pool_size`.
+pub const EXECUTOR_POOL_SIZE: usize = 64;
+/// oslo.messaging's `DUP_MSG_CHECK_SIZE`.
+pub const DUP_MSG_CHECK_SIZE: usize = 16;
+
+/// The last message ids a process took up.
+#[derive(Debug, Default)]
+pub struct MsgIdCache {
+    ids: VecDeque<String>,
+}
+
+impl MsgIdCache {
+    /// True if `id` was seen among the last [`DUP_MSG_CHECK_SIZE`]; otherwise remembers it.
+    pub fn check_and_add(&mut self, id: &str) -> bool {
+        if self.ids.iter().any(|x| x == id) {
+            return true;
+        }
+        if self.ids.len() == DUP_MSG_CHECK_SIZE {
+            self.ids.pop_front();
+        }
+        self.ids.push_back(id.to_string());
+        false
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    pub ack: RpcAck,
+    pub dup_filter: bool,
+    pub pool: usize,
+}
+
+impl ServeOptions {
+    /// The scenario's choice for `service` (`conductor`, `scheduler`, `compute`), with the
+    /// planted bug `AckAfterDispatchWithoutDupFilter` applied to the conductor.
+    pub fn of(ctx: &Ctx, service: &str) -> ServeOptions {
+        let mut o = ServeOptions { ack: ctx.scenario.control.rpc_ack, dup_filter: true, pool: EXECUTOR_POOL_SIZE };
+        if service == "conductor" && ctx.scenario.debug.plant_bug == Some(PlantedBug::AckAfterDispatchWithoutDupFilter)
+        {
+            o.ack = RpcAck::AfterDispatch;
+            o.dup_filter = false;
+        }
+        o
+    }
+}
+
+/// What a handler is given: the message and whether the broker delivered it before.
+pub struct Request {
+    pub msg: Rpc,
+    pub redelivered: bool,
+}
+
+/// Serves `topic` until the bus goes away for good. `handler` returns the reply to a call
+/// (ignored for a cast).
+pub async fn serve<H, Fut>(ctx: &Ctx, topic: &str, opts: ServeOptions, handler: H) -> Result<(), BusError>
+where
+    H: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Rpc>> + Send + 'static,
+{
+    let mut rx = ctx.bus.consume(topic).await?;
+    let pool = Arc::new(tokio::sync::Semaphore::new(opts.pool));
+    let cache = Arc::new(Mutex::new(MsgIdCache::default()));
+    let handler = Arc::new(handler);
+    while let Some(Incoming { msg, reply_to, msg_id, redelivered, tag }) = rx.recv().await {
+        let Ok(permit) = pool.clone().acquire_owned().await else { break };
+        let (ctx, cache, handler) = (ctx.clone(), cache.clone(), handler.clone());
+        tokio::spawn(async move {
+            let duplicate = opts.dup_filter && cache.lock().expect("msg id cache lock poisoned").check_and_add(&msg_id);
+            if duplicate {
+                ctx.metrics.count("rpc.duplicates_dropped", 1);
+                let _ = ctx.bus.ack(tag).await;
+                return;
+            }
+            if redelivered {
+                ctx.metrics.count("rpc.redelivered", 1);
+            }
+            if opts.ack == RpcAck::BeforeDispatch {
+                let _ = ctx.bus.ack(tag).await;
+            }
+            let reply = handler(Request { msg, redelivered }).await;
+            if let (Some(to), Some(reply)) = (reply_to, reply) {
+                let _ = ctx.bus.reply(to, reply).await;
+            }
+            if opts.ack == RpcAck::AfterDispatch {
+                let _ = ctx.bus.ack(tag).await;
+            }
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_remembers_the_last_sixteen_ids() {
+        let mut c = MsgIdCache::default();
+        for i in 0..16 {
+            assert!(!c.check_and_add(&i.to_string()));
+        }
+        assert!(c.check_and_add("0"), "still among the last 16");
+        assert!(!c.check_and_add("16"));
+        assert!(!c.check_and_add("0"), "0 fell out when 16 came in");
+    }
+}
