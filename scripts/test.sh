@@ -85,3 +85,33 @@ if [ "$a" = "$c" ]; then
     exit 1
 fi
 echo "determinism: 2 passed, 0 failed"
+
+echo "== fault scenarios: a fixed seed range of each, as shipped and with its mitigation"
+# Each file in scenarios/faults/ states what seed 1 shows: a scenario with a
+# `# mitigation:` line fails as shipped and passes with it; one without passes as shipped.
+mkdir -p target/faults
+for f in scenarios/faults/*.toml; do
+    flags=$(sed -n 's/^# mitigation: *//p' "$f" | head -1)
+    if [ -n "$flags" ]; then
+        if cargo sim sweep "$f" --seeds 1..3 --jobs 2 --out "target/faults/$(basename "$f" .toml).json" >/dev/null 2>&1; then
+            echo "FAILED: $f passed as shipped; it should show its failure" >&2
+            exit 1
+        fi
+        # shellcheck disable=SC2086 # the flags are words
+        cargo sim sweep "$f" --seeds 1..3 --jobs 2 $flags --out "target/faults/$(basename "$f" .toml)-mitigated.json" |
+            grep 'seeds run'
+    else
+        cargo sim sweep "$f" --seeds 1..3 --jobs 2 --out "target/faults/$(basename "$f" .toml).json" | grep 'seeds run'
+    fi
+done
+
+echo "== determinism with faults: kills and a broker restart, in separate processes"
+fa=$(cargo sim run scenarios/faults/broker-restart.toml --seed 1 --report-dir target/determinism/fa 2>&1 | grep '^digest:' || true)
+fb=$(cargo sim run scenarios/faults/broker-restart.toml --seed 1 --report-dir target/determinism/fb 2>&1 | grep '^digest:' || true)
+echo "broker-restart seed 1: $fa"
+echo "broker-restart seed 1: $fb"
+if [ -z "$fa" ] || [ "$fa" != "$fb" ]; then
+    echo "FAILED: a run with faults did not replay byte for byte" >&2
+    exit 1
+fi
+echo "determinism with faults: passed"

@@ -14,9 +14,11 @@
 //!   so a partition that resets no socket is still detected; the broker does the same on
 //!   its side and closes the connection, requeueing what it had not had acknowledged.
 //!
-//! After a reconnect the client declares its queues again and consumes them again, and the
-//! calls pending on the dead connection fail (their replies would arrive on a reply queue
-//! the new connection does not hold yet).
+//! After a reconnect the client declares its queues (its reply queue too) again and consumes
+//! them again. A call pending across the reconnect keeps waiting until its timeout, as oslo's
+//! reply waiter does: its reply reaches it through the redeclared reply queue, since the
+//! replier retries a reply that found no queue (`direct_mandatory_flag`,
+//! `kombu_missing_consumer_retry_timeout`).
 
 use std::time::Duration;
 

@@ -104,8 +104,10 @@ impl InProcBroker {
 
     /// Hands deliveries to their clients; a client whose consumer is gone is closed and
     /// what it held is delivered in turn.
-    fn deliver(&self, st: &mut State, mut out: Vec<Delivery<Envelope>>) {
-        while let Some(d) = out.pop() {
+    fn deliver(&self, st: &mut State, out: Vec<Delivery<Envelope>>) {
+        // In order: a queue's messages reach a consumer in the order they were queued.
+        let mut out = std::collections::VecDeque::from(out);
+        while let Some(d) = out.pop_front() {
             let Some(client) = st.clients.get_mut(&d.conn) else { continue };
             if d.queue == client.reply_queue {
                 let waiter = d.payload.correlation.and_then(|id| client.pending.remove(&id));

@@ -176,17 +176,17 @@ where
     tokio::time::sleep(Duration::from_millis(200)).await;
     let consumer = client("consumer".into()).await;
     let mut rx = consumer.consume("conformance.backlog").await.expect("consume");
-    let mut got = BTreeSet::new();
+    let mut got = Vec::new();
     let mut ids = BTreeSet::new();
     for _ in 0..3 {
         let m = recv(&mut rx, "backlog delivered").await;
         assert!(m.reply_to.is_none(), "a cast carries no reply address");
         assert!(!m.redelivered, "a first delivery is not marked redelivered");
-        got.insert(format!("{:?}", m.msg));
+        got.push(m.msg.clone());
         ids.insert(m.msg_id.clone());
         consumer.ack(m.tag).await.expect("ack");
     }
-    assert_eq!(got.len(), 3, "each backlogged cast is delivered once");
+    assert_eq!(got, vec![token("m0"), token("m1"), token("m2")], "the backlog is delivered once each, in order");
     assert_eq!(ids.len(), 3, "each publish has its own message id");
     let mut nowhere = consumer.consume("conformance.nowhere").await.expect("consume");
     let late = tokio::time::timeout(Duration::from_secs(1), nowhere.recv()).await;

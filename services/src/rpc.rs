@@ -6,14 +6,17 @@
 //!   the client, delivered but unacknowledged, until a worker takes it, so a process that
 //!   dies with a backlog gives it back to the broker, as oslo's does.
 //! - `before_dispatch` (oslo's default for RPC): the worker acknowledges, then handles. A
-//!   process that dies mid-request loses the request (at most once).
+//!   process that dies mid-request loses the request (at most once). A message that cannot
+//!   be acknowledged (its connection died while it waited for a worker) is not handled: the
+//!   broker redelivers it.
 //! - `after_dispatch`: the worker handles, then acknowledges. A process that dies
 //!   mid-request gets the request redelivered to another worker (at least once); handlers
 //!   must tolerate a redelivery (`Incoming::redelivered`).
 //! - The duplicate filter: oslo's `_MsgIdCache` of the last [`DUP_MSG_CHECK_SIZE`] message
-//!   ids of the process; a message whose id is in it is acknowledged and dropped. oslo adds
-//!   an id when it acknowledges; this adds it when the message is taken up, so that with
-//!   `after_dispatch` a copy arriving while the first is still being handled is dropped too.
+//!   ids of the process; a message whose id is in it when a worker takes it up is
+//!   acknowledged and dropped. An id is added when its message is acknowledged, as oslo
+//!   does, and, with `after_dispatch`, already when it is taken up, so that a copy arriving
+//!   while the first is still being handled is dropped too.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -36,16 +39,19 @@ pub struct MsgIdCache {
 }
 
 impl MsgIdCache {
-    /// True if `id` was seen among the last [`DUP_MSG_CHECK_SIZE`]; otherwise remembers it.
-    pub fn check_and_add(&mut self, id: &str) -> bool {
-        if self.ids.iter().any(|x| x == id) {
-            return true;
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.iter().any(|x| x == id)
+    }
+
+    /// Remembers `id`, forgetting the oldest beyond [`DUP_MSG_CHECK_SIZE`].
+    pub fn add(&mut self, id: &str) {
+        if self.contains(id) {
+            return;
         }
         if self.ids.len() == DUP_MSG_CHECK_SIZE {
             self.ids.pop_front();
         }
         self.ids.push_back(id.to_string());
-        false
     }
 }
 
@@ -91,7 +97,8 @@ where
         let Ok(permit) = pool.clone().acquire_owned().await else { break };
         let (ctx, cache, handler) = (ctx.clone(), cache.clone(), handler.clone());
         tokio::spawn(async move {
-            let duplicate = opts.dup_filter && cache.lock().expect("msg id cache lock poisoned").check_and_add(&msg_id);
+            let remember = |id: &str| cache.lock().expect("msg id cache lock poisoned").add(id);
+            let duplicate = opts.dup_filter && cache.lock().expect("msg id cache lock poisoned").contains(&msg_id);
             if duplicate {
                 ctx.metrics.count("rpc.duplicates_dropped", 1);
                 let _ = ctx.bus.ack(tag).await;
@@ -100,8 +107,17 @@ where
             if redelivered {
                 ctx.metrics.count("rpc.redelivered", 1);
             }
-            if opts.ack == RpcAck::BeforeDispatch {
-                let _ = ctx.bus.ack(tag).await;
+            // oslo's RPC server: "Can not acknowledge message. Skip processing" (the broker
+            // redelivers it, to this process after its reconnect or to another).
+            match opts.ack {
+                RpcAck::BeforeDispatch => {
+                    if ctx.bus.ack(tag).await.is_err() {
+                        ctx.metrics.count("rpc.ack_failed_skipped", 1);
+                        return;
+                    }
+                    remember(&msg_id);
+                }
+                RpcAck::AfterDispatch => remember(&msg_id),
             }
             let reply = handler(Request { msg, redelivered }).await;
             if let (Some(to), Some(reply)) = (reply_to, reply) {
@@ -124,10 +140,13 @@ mod tests {
     fn the_cache_remembers_the_last_sixteen_ids() {
         let mut c = MsgIdCache::default();
         for i in 0..16 {
-            assert!(!c.check_and_add(&i.to_string()));
+            assert!(!c.contains(&i.to_string()));
+            c.add(&i.to_string());
         }
-        assert!(c.check_and_add("0"), "still among the last 16");
-        assert!(!c.check_and_add("16"));
-        assert!(!c.check_and_add("0"), "0 fell out when 16 came in");
+        assert!(c.contains("0"), "still among the last 16");
+        c.add("0");
+        c.add("16");
+        assert!(!c.contains("0"), "0 fell out when 16 came in");
+        assert!(c.contains("1") && c.contains("16"));
     }
 }

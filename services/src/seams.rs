@@ -175,7 +175,8 @@ pub trait Bus: Send + Sync + 'static {
     /// pushes every ready message and the client buffers them unacknowledged; the broker's
     /// queue limit (`stackbed_core::queue::MAX_READY`) bounds them.
     async fn consume(&self, topic: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<Incoming>, BusError>;
-    /// Acknowledge a delivery.
+    /// Acknowledge a delivery. An error: the connection it came on is gone, so the broker
+    /// gives (or gave) it to a consumer again.
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BusError>;
 }
 

@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use madsim::net::{Receiver, Sender};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use stackbed_core::amqp_conn::ConnPolicy;
 use stackbed_core::queue::{ConnId, Delivery, Queues, Tag};
@@ -39,10 +39,25 @@ struct Envelope {
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // each message is boxed once as the network payload
 enum ToBroker {
-    Declare { queue: String, durable: bool },
-    Consume { queue: String, auto_ack: bool },
-    Publish { queue: String, env: Envelope, persistent: bool },
-    Ack { tag: Tag },
+    Declare {
+        queue: String,
+        durable: bool,
+    },
+    Consume {
+        queue: String,
+        auto_ack: bool,
+    },
+    /// `confirm`: oslo's mandatory flag with a publisher confirm (its replies): the broker
+    /// answers [`FromBroker::Confirm`] saying whether the message reached a queue.
+    Publish {
+        queue: String,
+        env: Envelope,
+        persistent: bool,
+        confirm: Option<u64>,
+    },
+    Ack {
+        tag: Tag,
+    },
     Heartbeat,
 }
 
@@ -50,11 +65,14 @@ enum ToBroker {
 #[allow(clippy::large_enum_variant)]
 enum FromBroker {
     Deliver { queue: String, tag: Tag, env: Envelope, redelivered: bool },
+    Confirm { id: u64, routed: bool },
     Heartbeat,
 }
 
 struct ConnEntry {
-    tx: Arc<Sender>,
+    /// Weak: the connection's task on the broker node owns it, so that killing the node
+    /// closes the connection (the state outlives the node; its sockets do not).
+    tx: Weak<Sender>,
     last_heard: Duration,
     last_sent: Duration,
 }
@@ -121,13 +139,15 @@ impl BrokerState {
 fn with_senders(st: &BrokerInner, out: Vec<Delivery<Envelope>>) -> Vec<(Arc<Sender>, Delivery<Envelope>)> {
     // A delivery to a connection already closed stays unacknowledged until `close` requeues
     // it; `close` ran first for every closed connection, so none is left here.
-    out.into_iter().filter_map(|d| st.conns.get(&d.conn).map(|c| (c.tx.clone(), d))).collect()
+    out.into_iter().filter_map(|d| st.conns.get(&d.conn).and_then(|c| c.tx.upgrade()).map(|tx| (tx, d))).collect()
 }
 
 /// Sends deliveries; a connection whose send fails is closed, and what that requeues is
 /// sent in turn.
-async fn deliver(state: &BrokerState, now: Duration, mut out: Vec<(Arc<Sender>, Delivery<Envelope>)>) {
-    while let Some((tx, d)) = out.pop() {
+async fn deliver(state: &BrokerState, now: Duration, out: Vec<(Arc<Sender>, Delivery<Envelope>)>) {
+    // In order: a queue's messages reach a consumer in the order they were queued.
+    let mut out = std::collections::VecDeque::from(out);
+    while let Some((tx, d)) = out.pop_front() {
         let (conn, msg) =
             (d.conn, FromBroker::Deliver { queue: d.queue, tag: d.tag, env: d.payload, redelivered: d.redelivered });
         if conn::send(&tx, msg).await.is_err() {
@@ -165,7 +185,9 @@ pub async fn serve(
                 for (&id, e) in st.conns.iter_mut() {
                     if p.should_send_heartbeat(e.last_sent, now) {
                         e.last_sent = now;
-                        quiet.push((id, e.tx.clone()));
+                        if let Some(tx) = e.tx.upgrade() {
+                            quiet.push((id, tx));
+                        }
                     }
                 }
                 (dead, quiet)
@@ -193,11 +215,12 @@ async fn serve_conn(state: BrokerState, clock: Clock, metrics: Metrics, tx: Send
         st.next_conn += 1;
         let id = st.next_conn;
         let now = Duration::from_millis(clock.now_ms());
-        st.conns.insert(id, ConnEntry { tx: tx.clone(), last_heard: now, last_sent: now });
+        st.conns.insert(id, ConnEntry { tx: Arc::downgrade(&tx), last_heard: now, last_sent: now });
         id
     };
     while let Some(msg) = conn::recv::<ToBroker>(&mut rx).await {
         let now = Duration::from_millis(clock.now_ms());
+        let mut confirmed = None;
         // Decide under the lock, send after it.
         let out = {
             let mut st = state.lock();
@@ -212,13 +235,16 @@ async fn serve_conn(state: BrokerState, clock: Clock, metrics: Metrics, tx: Send
                     Vec::new()
                 }
                 ToBroker::Consume { queue, auto_ack } => st.queues.consume(id, &queue, auto_ack).unwrap_or_default(),
-                ToBroker::Publish { queue, env, persistent } => match st.queues.publish(&queue, env, persistent) {
-                    Some(out) => out,
-                    None => {
+                ToBroker::Publish { queue, env, persistent, confirm } => {
+                    let out = st.queues.publish(&queue, env, persistent);
+                    if out.is_none() {
                         metrics.count("broker.unroutable", 1);
-                        Vec::new()
                     }
-                },
+                    if let Some(id) = confirm {
+                        confirmed = Some((id, out.is_some()));
+                    }
+                    out.unwrap_or_default()
+                }
                 ToBroker::Ack { tag } => {
                     st.queues.ack(id, tag);
                     Vec::new()
@@ -227,6 +253,11 @@ async fn serve_conn(state: BrokerState, clock: Clock, metrics: Metrics, tx: Send
             };
             with_senders(&st, out)
         };
+        if let Some((id, routed)) = confirmed {
+            if conn::send(&tx, FromBroker::Confirm { id, routed }).await.is_err() {
+                break;
+            }
+        }
         deliver(&state, now, out).await;
     }
     let out = state.close(id);
@@ -266,14 +297,14 @@ struct Live {
     tx: Arc<Sender>,
 }
 
-type Waiter = oneshot::Sender<Result<Rpc, BusError>>;
-
 #[derive(Default)]
 struct ClientState {
     live: Option<Live>,
     next_id: u64,
-    /// Calls waiting for a reply, by msg_id, with the connection they were sent on.
-    pending: BTreeMap<u64, (u64, Waiter)>,
+    /// Calls waiting for a reply, by msg_id.
+    pending: BTreeMap<u64, oneshot::Sender<Rpc>>,
+    /// Mandatory publishes waiting for the broker's confirm, by id.
+    confirms: BTreeMap<u64, oneshot::Sender<bool>>,
     consumers: BTreeMap<String, mpsc::UnboundedSender<Incoming>>,
     /// Topics declared (consumed or not), declared again on every new connection.
     declared: std::collections::BTreeSet<String>,
@@ -282,16 +313,21 @@ struct ClientState {
 }
 
 /// One process's connection to the broker, as oslo.messaging holds it: it reconnects by
-/// itself, declares its queues and consumes them again, and fails the calls pending on a
-/// connection that died. A publish (cast, call, reply) while disconnected waits for the
-/// connection to come back, as oslo's publishers retry without limit by default.
+/// itself and declares its queues (its reply queue too) and consumes them again. A publish
+/// (cast, call, reply) while disconnected waits for the connection to come back, as oslo's
+/// publishers retry without limit by default. A call keeps waiting for its reply across a
+/// reconnect, until its timeout: oslo's reply waiter does, and the replier retries an
+/// unroutable reply (its reply queue not declared again yet) for
+/// `kombu_missing_consumer_retry_timeout`.
 pub struct SimBus {
     cfg: SimBusConfig,
     /// `<node>.<incarnation>`: prefixes message ids and names the reply queue.
     name: String,
     reply_queue: String,
     state: Mutex<ClientState>,
-    up: watch::Receiver<u64>,
+    /// Woken when a connection comes up. Not a `tokio::sync::watch`: its wake-ups go
+    /// through a shard chosen by tokio's unseeded RNG, so their order is not reproducible.
+    up: Notify,
     clock: Clock,
     metrics: Metrics,
 }
@@ -300,17 +336,16 @@ impl SimBus {
     /// A client for process `name` (`<node>.<incarnation>`); its connection manager runs
     /// from now on, on the calling node.
     pub fn connect(cfg: SimBusConfig, name: &str, clock: Clock, metrics: Metrics) -> Arc<SimBus> {
-        let (up_tx, up) = watch::channel(0);
         let bus = Arc::new(SimBus {
             cfg,
             name: name.to_string(),
             reply_queue: format!("reply_{name}"),
             state: Mutex::default(),
-            up,
+            up: Notify::new(),
             clock,
             metrics,
         });
-        tokio::spawn(bus.clone().manage(up_tx));
+        tokio::spawn(bus.clone().manage());
         bus
     }
 
@@ -328,7 +363,7 @@ impl SimBus {
     }
 
     /// Connects, serves the connection until it dies, reconnects; for ever.
-    async fn manage(self: Arc<Self>, up_tx: watch::Sender<u64>) {
+    async fn manage(self: Arc<Self>) {
         let policy = &self.cfg.policy;
         let (mut attempt, mut failures, mut generation) = (0u64, 0u32, 0u64);
         loop {
@@ -346,13 +381,12 @@ impl SimBus {
                         st.last_heard = self.now();
                         st.last_sent = self.now();
                     }
-                    let _ = up_tx.send(generation);
+                    self.up.notify_waiters();
                     if generation > 1 {
                         self.metrics.count("bus.reconnects", 1);
                     }
                     self.run_connection(generation, rx).await;
                     self.lost(generation);
-                    let _ = up_tx.send(0);
                     self.metrics.count("bus.connections_lost", 1);
                     // kombu reconnects at once after a loss; the backoff is for failures.
                     continue;
@@ -391,7 +425,11 @@ impl SimBus {
                 m = conn::recv::<FromBroker>(&mut rx) => {
                     let Some(m) = m else { return };
                     self.lock().last_heard = self.now();
-                    if let FromBroker::Deliver { queue, tag, env, redelivered } = *m {
+                    if let FromBroker::Confirm { id, routed } = *m {
+                        if let Some(tx) = self.lock().confirms.remove(&id) {
+                            let _ = tx.send(routed);
+                        }
+                    } else if let FromBroker::Deliver { queue, tag, env, redelivered } = *m {
                         if !self.route(generation, queue, tag, env, redelivered) {
                             // A consumer went away: close the connection, as a process
                             // that stops does, so the broker gives what it held to others.
@@ -428,8 +466,8 @@ impl SimBus {
         let mut st = self.lock();
         if queue == self.reply_queue {
             match env.correlation.and_then(|id| st.pending.remove(&id)) {
-                Some((_, tx)) => {
-                    let _ = tx.send(Ok(env.msg));
+                Some(tx) => {
+                    let _ = tx.send(env.msg);
                 }
                 // The caller timed out already: oslo.messaging drops such replies.
                 None => self.metrics.count("bus.late_replies", 1),
@@ -452,47 +490,62 @@ impl SimBus {
         true
     }
 
-    /// The connection `generation` died: the calls pending on it fail.
+    /// The connection `generation` died. Confirms it owed never come: their waiters see a
+    /// closed channel and publish again on the next connection.
     fn lost(&self, generation: u64) {
         let mut st = self.lock();
         if st.live.as_ref().is_some_and(|l| l.generation == generation) {
             st.live = None;
         }
-        let dead: Vec<u64> = st.pending.iter().filter(|(_, (g, _))| *g == generation).map(|(&id, _)| id).collect();
-        for id in dead {
-            if let Some((_, tx)) = st.pending.remove(&id) {
-                let _ = tx.send(Err(BusError::Unavailable("connection to the broker lost".into())));
-            }
-        }
+        st.confirms.clear();
     }
 
     /// The live connection, waiting for one if there is none.
     async fn live(&self) -> Live {
-        let mut up = self.up.clone();
         loop {
+            // Registered before the check, so that a connection coming up in between wakes it.
+            let up = self.up.notified();
             if let Some(l) = self.lock().live.clone() {
                 return l;
             }
-            if up.changed().await.is_err() {
-                // The manager is gone only when the node is: wait for ever, as the node does.
-                std::future::pending::<()>().await;
-            }
+            up.await;
         }
     }
 
-    /// Sends `msg` on the live connection, waiting for one and resending after a failure;
-    /// returns the connection it went on. `before_send` runs with that connection's
-    /// generation just before each try.
-    async fn publish(&self, msg: ToBroker, before_send: impl Fn(u64)) -> u64 {
+    /// Sends `msg` on the live connection, waiting for one and resending after a failure.
+    async fn send(&self, msg: ToBroker) {
         loop {
             let l = self.live().await;
-            before_send(l.generation);
             if conn::send(&l.tx, msg.clone()).await.is_ok() {
                 self.lock().last_sent = self.now();
-                return l.generation;
+                return;
             }
             // The manager sees the connection end and reconnects; wait for it.
             self.lock().live = None;
+        }
+    }
+
+    /// Publishes with a publisher confirm, as oslo does (`confirm_publish`): a publish whose
+    /// confirm did not come before its connection died is published again on the next one
+    /// (a copy may then arrive twice, with the same message id). Returns whether it reached
+    /// a queue (the mandatory flag's answer; a cast does not look).
+    async fn publish(&self, queue: &str, env: Envelope, persistent: bool) -> bool {
+        loop {
+            let (confirm, routed) = {
+                let mut st = self.lock();
+                st.next_id += 1;
+                let id = st.next_id;
+                let (tx, rx) = oneshot::channel();
+                st.confirms.insert(id, tx);
+                (id, rx)
+            };
+            let msg =
+                ToBroker::Publish { queue: queue.to_string(), env: env.clone(), persistent, confirm: Some(confirm) };
+            self.send(msg).await;
+            match routed.await {
+                Ok(routed) => return routed,
+                Err(_) => self.metrics.count("bus.republished", 1),
+            }
         }
     }
 
@@ -504,13 +557,17 @@ impl SimBus {
     }
 }
 
+/// oslo's `kombu_missing_consumer_retry_timeout`: how long a reply is retried while its
+/// reply queue does not exist, and the sleep between tries.
+const MISSING_CONSUMER_RETRY: Duration = Duration::from_secs(60);
+const MISSING_CONSUMER_SLEEP: Duration = Duration::from_millis(250);
+
 #[async_trait]
 impl Bus for SimBus {
     async fn cast(&self, topic: &str, msg: Rpc) -> Result<(), BusError> {
         let (_, msg_id) = self.next_msg();
         let env = Envelope { msg, reply_to: None, msg_id, correlation: None };
-        let persistent = self.cfg.options.durable;
-        self.publish(ToBroker::Publish { queue: topic.to_string(), env, persistent }, |_| {}).await;
+        self.publish(topic, env, self.cfg.options.durable).await;
         Ok(())
     }
 
@@ -518,25 +575,14 @@ impl Bus for SimBus {
         let method = msg.method();
         let (id, msg_id) = self.next_msg();
         let (tx, rx) = oneshot::channel();
-        let tx = Mutex::new(Some(tx));
+        self.lock().pending.insert(id, tx);
         let reply_to = Some(ReplyTo { queue: self.reply_queue.clone(), msg_id: id });
         let env = Envelope { msg, reply_to, msg_id, correlation: None };
-        let persistent = self.cfg.options.durable;
-        let publish = ToBroker::Publish { queue: topic.to_string(), env, persistent };
-        // Register the waiter on the connection the call goes out on (again on a resend).
-        self.publish(publish, |generation| {
-            let mut st = self.lock();
-            let waiter = match st.pending.remove(&id) {
-                Some((_, w)) => Some(w),
-                None => tx.lock().expect("call waiter lock poisoned").take(),
-            };
-            if let Some(w) = waiter {
-                st.pending.insert(id, (generation, w));
-            }
-        })
-        .await;
+        // The timeout runs from the send, as oslo's does: a send waiting for the broker to
+        // come back is not counted.
+        self.publish(topic, env, self.cfg.options.durable).await;
         match self.clock.timeout(timeout, rx).await {
-            Some(Ok(reply)) => reply,
+            Some(Ok(reply)) => Ok(reply),
             Some(Err(_)) => Err(BusError::Unavailable("reply channel closed".into())),
             None => {
                 self.lock().pending.remove(&id);
@@ -545,10 +591,21 @@ impl Bus for SimBus {
         }
     }
 
+    /// oslo's reply: mandatory, so an unroutable reply (the caller's reply queue is gone,
+    /// for now) comes back and is tried again every 250 ms for up to 60 s; then it is
+    /// dropped and the caller times out.
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError> {
         let (_, msg_id) = self.next_msg();
         let env = Envelope { msg, reply_to: None, msg_id, correlation: Some(to.msg_id) };
-        self.publish(ToBroker::Publish { queue: to.queue, env, persistent: false }, |_| {}).await;
+        let start = self.clock.now();
+        while !self.publish(&to.queue, env.clone(), false).await {
+            if self.clock.since(start) >= MISSING_CONSUMER_RETRY {
+                self.metrics.count("bus.replies_undeliverable", 1);
+                return Err(BusError::Unavailable(format!("reply queue {} does not exist", to.queue)));
+            }
+            self.metrics.count("bus.reply_retries", 1);
+            self.clock.sleep(MISSING_CONSUMER_SLEEP).await;
+        }
         Ok(())
     }
 
@@ -556,7 +613,7 @@ impl Bus for SimBus {
         self.lock().declared.insert(topic.to_string());
         let durable = self.cfg.options.durable;
         // Also declared by every reconnect; a second declare is a no-op.
-        self.publish(ToBroker::Declare { queue: topic.to_string(), durable }, |_| {}).await;
+        self.send(ToBroker::Declare { queue: topic.to_string(), durable }).await;
         Ok(())
     }
 
@@ -565,7 +622,7 @@ impl Bus for SimBus {
         self.lock().consumers.insert(topic.to_string(), tx);
         self.declare(topic).await?;
         // Also consumed by every reconnect; a second consume is a no-op.
-        self.publish(ToBroker::Consume { queue: topic.to_string(), auto_ack: false }, |_| {}).await;
+        self.send(ToBroker::Consume { queue: topic.to_string(), auto_ack: false }).await;
         Ok(rx)
     }
 
@@ -577,8 +634,11 @@ impl Bus for SimBus {
                     self.lock().last_sent = self.now();
                 }
             }
-            // Its connection is gone: the broker requeued the message; nothing to ack.
-            _ => self.metrics.count("bus.stale_acks", 1),
+            // Its connection is gone: the broker requeues the message (or did).
+            _ => {
+                self.metrics.count("bus.stale_acks", 1);
+                return Err(BusError::Unavailable("the delivery's connection is gone".into()));
+            }
         }
         Ok(())
     }

@@ -25,3 +25,16 @@ pub fn rust_files(dir: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The `--set KEY=VALUE` flags of a scenario file's `# mitigation:` line (in its opening
+/// comment), as users run them: `["control.amqp_durable_queues=true"]`. Empty if none.
+pub fn mitigation(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = text
+        .lines()
+        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+        .find_map(|l| l.strip_prefix("# mitigation:"))
+        .unwrap_or_default();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).filter(|w| w[0] == "--set").map(|w| w[1].to_string()).collect()
+}

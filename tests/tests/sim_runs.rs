@@ -12,6 +12,15 @@ fn scenario(name: &str) -> Arc<Scenario> {
     Arc::new(Scenario::load(&root().join("scenarios").join(name)).unwrap())
 }
 
+/// `name` with its `# mitigation:` line's overrides applied, exactly as users run it.
+fn mitigated(name: &str) -> Arc<Scenario> {
+    let path = root().join("scenarios").join(name);
+    let flags = stackbed_tests::mitigation(&path);
+    assert!(!flags.is_empty(), "{name} has no `# mitigation: --set ...` line");
+    let overrides: Vec<_> = flags.iter().map(|f| f.parse().unwrap()).collect();
+    Arc::new(Scenario::load_with(&path, &overrides).unwrap())
+}
+
 fn run(s: &Arc<Scenario>, seed: u64) -> Report {
     let opts = RunOptions {
         scenario: s.clone(),
@@ -211,6 +220,34 @@ fn compute_crash_recovers_through_init_host_and_replays() {
     assert_eq!(r.counters.get("faults.kill.start").copied(), Some(2), "{:?}", r.counters);
     assert_eq!(r.faults.applied.len(), 4, "two kills and two restarts");
     assert_eq!(run(&s, 1).digest, r.digest, "same seed, same digest, with kills and restarts");
+}
+
+/// `scenarios/faults/broker-restart.toml` (F1): with oslo's transient queues a broker restart
+/// loses the casts waiting in them, their servers never leave BUILD and the run fails on the
+/// liveness check with a replay; with the file's mitigation (durable queues, persistent
+/// messages) the same seeds pass. Both replay byte for byte.
+#[test]
+fn broker_restart_loses_casts_on_transient_queues_and_durable_queues_keep_them() {
+    let s = scenario("faults/broker-restart.toml");
+    let r = run(&s, 1);
+    assert!(!r.passed, "the restart lost nothing: {:?}", r.counters);
+    let v = r.first_violation.violation.as_ref().expect("a violation");
+    assert!(["requests_terminal", "no_instance_lost"].contains(&v.invariant), "{v:?}");
+    assert!(r.counters.get("broker.restart_lost_messages").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    assert!(r.failure_text().unwrap_or_default().contains("replay: cargo sim run"), "a failure prints its replay");
+    assert_eq!(run(&s, 1).digest, r.digest, "same seed, same digest, with a broker restart");
+
+    let m = mitigated("faults/broker-restart.toml");
+    for seed in 1..=2 {
+        let r = run(&m, seed);
+        assert!(r.passed, "seed {seed} with the mitigation: {}", r.failure_text().unwrap_or_default());
+        assert_eq!(r.counters.get("broker.restart_lost_messages").copied().unwrap_or(0), 0, "{:?}", r.counters);
+        assert!(
+            r.counters.get("rpc.redelivered").copied().unwrap_or(0) > 0,
+            "nothing was redelivered: {:?}",
+            r.counters
+        );
+    }
 }
 
 /// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
