@@ -108,7 +108,7 @@ impl Conductor {
             return Ok(());
         }
         let t0 = self.ctx.clock.now();
-        let claimed = if redelivered && self.ctx.scenario.debug.plant_bug.is_none() {
+        let claimed = if redelivered {
             match self.resume_redelivered(&spec).await? {
                 (_, true) => return Ok(()),
                 (claimed, false) => claimed,

@@ -367,7 +367,8 @@ impl SimBus {
         let policy = &self.cfg.policy;
         let (mut attempt, mut failures, mut generation) = (0u64, 0u32, 0u64);
         loop {
-            let addr = self.cfg.brokers[(attempt % self.cfg.brokers.len() as u64) as usize];
+            // Round-robin over the brokers, as the policy says (its addresses are `brokers`).
+            let addr = policy.address(attempt).and_then(|a| a.parse().ok()).unwrap_or(self.cfg.brokers[0]);
             attempt += 1;
             let connected = self.clock.timeout(policy.connect_timeout, conn::connect(addr)).await;
             if let Some(Ok((tx, rx, _))) = connected {
