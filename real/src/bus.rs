@@ -17,18 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use stackbed_core::queue::{ConnId, Delivery, Queues};
 use stackbed_services::metrics::Metrics;
-use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Incoming, ReplyTo, Rpc};
+use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Envelope, Incoming, ReplyTo, Rpc};
 
 /// The counter a reply that found no waiting caller (late, after a timeout) increments.
 pub const LATE_REPLIES_COUNTER: &str = "bus.late_replies";
-
-#[derive(Debug, Clone)]
-struct Envelope {
-    msg: Rpc,
-    reply_to: Option<ReplyTo>,
-    msg_id: String,
-    correlation: Option<u64>,
-}
 
 #[derive(Default)]
 struct Client {

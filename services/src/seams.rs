@@ -118,6 +118,17 @@ pub struct DeliveryTag {
     pub tag: u64,
 }
 
+/// A message as a broker stores it (both brokers: the simulated node and the in-process
+/// bus).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub msg: Rpc,
+    pub reply_to: Option<ReplyTo>,
+    pub msg_id: String,
+    /// Set on replies: the msg_id of the call answered.
+    pub correlation: Option<u64>,
+}
+
 /// A message delivered to a consumer of a topic.
 #[derive(Debug, Clone)]
 pub struct Incoming {

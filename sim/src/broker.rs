@@ -22,19 +22,9 @@ use stackbed_core::queue::{ConnId, Delivery, Queues, Tag};
 use stackbed_core::scenario::Control;
 use stackbed_services::clock::Clock;
 use stackbed_services::metrics::Metrics;
-use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Incoming, ReplyTo, Rpc};
+use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Envelope, Incoming, ReplyTo, Rpc};
 
 use crate::conn;
-
-/// A message as the broker stores it.
-#[derive(Debug, Clone)]
-struct Envelope {
-    msg: Rpc,
-    reply_to: Option<ReplyTo>,
-    msg_id: String,
-    /// Set on replies: the msg_id of the call answered.
-    correlation: Option<u64>,
-}
 
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // each message is boxed once as the network payload
