@@ -357,16 +357,19 @@ pub fn render(s: &Summary) -> String {
 
 fn row_of_report(r: &stackbed_services::report::Report) -> Row {
     let v = r.first_violation.violation.as_ref();
-    let failure = match (v, &r.aborted) {
+    let sla = r.sla.iter().find(|c| !c.success);
+    let failure = match (v, &r.aborted, sla) {
         _ if r.passed => None,
-        (Some(v), _) => Some(v.invariant.to_string()),
-        (None, Some(a)) => Some(abort_group(a)),
-        (None, None) => Some("error".into()),
+        (Some(v), _, _) => Some(v.invariant.to_string()),
+        (None, Some(a), _) => Some(abort_group(a)),
+        (None, None, Some(c)) => Some(format!("sla: {}", c.criterion)),
+        (None, None, None) => Some("error".into()),
     };
-    let detail = match (v, &r.aborted) {
+    let detail = match (v, &r.aborted, sla) {
         _ if r.passed => None,
-        (Some(v), _) => Some(format!("{} at {} ms (commit #{}): {}", v.invariant, v.at_ms, v.commit_seq, v.detail)),
-        (None, a) => a.clone(),
+        (Some(v), _, _) => Some(format!("{} at {} ms (commit #{}): {}", v.invariant, v.at_ms, v.commit_seq, v.detail)),
+        (None, Some(a), _) => Some(a.clone()),
+        (None, None, c) => c.map(|c| format!("SLA {}: {}", c.criterion, c.detail)),
     };
     Row {
         seed: r.seed,

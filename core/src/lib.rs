@@ -17,6 +17,7 @@ pub mod queue;
 pub mod quota;
 pub mod scenario;
 pub mod scheduler;
+pub mod sla;
 pub mod states;
 pub mod stats;
 pub mod store;

@@ -15,7 +15,7 @@ use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
 use crate::placement::{self, PlacementClient};
 use crate::rpc::{self, Request, ServeOptions};
-use crate::seams::{HvError, HvRef, Rpc};
+use crate::seams::{BusError, HvError, HvRef, Rpc};
 
 /// How often the build-timeout periodic task runs (nova's periodic tasks without a spacing
 /// run every `periodic_interval_max`, 60 s).
@@ -135,8 +135,11 @@ impl Compute {
         Ok(())
     }
 
-    /// servicegroup's DB driver: bump last_seen every report_interval (one write, as nova's
-    /// `service.save()`); the resource tracker's stats ride along when they changed.
+    /// servicegroup's DB driver: bump last_seen every report_interval (nova's
+    /// `service.save()`, through the conductor); the resource tracker's stats ride along
+    /// when they changed. A report that fails (the broker unreachable, the conductor busy
+    /// past `rpc_response_timeout`) is logged and the loop goes on, as nova's `report_state`
+    /// does: the service counts as down once `service_down_time` passes without one.
     async fn heartbeat_loop(self: Arc<Self>) {
         let interval = self.ctx.scenario.control.report_interval.0;
         let mut last_stats = (u64::MAX, u64::MAX);
@@ -146,38 +149,33 @@ impl Compute {
                 let l = self.local();
                 (l.instances, l.io_ops)
             };
-            // The node row is written (and built) only when its stats changed.
-            let extra = (stats != last_stats).then(|| Op::Put {
-                table: Table::ComputeNodes,
-                key: self.host.clone(),
-                value: Record::ComputeNode(self.node_row()),
-                expect: Expect::Any,
-            });
-            if self.update_service(|s, now| s.last_seen_ms = now, extra).await.is_ok() {
-                last_stats = stats;
+            // The node row is sent (and built) only when its stats changed.
+            let node = (stats != last_stats).then(|| self.node_row());
+            match self.update_service(|s, now| s.last_seen_ms = now, node).await {
+                Ok(_) => last_stats = stats,
+                Err(_) => self.ctx.metrics.count("compute.report_state_failed", 1),
             }
         }
     }
 
-    /// Changes the service row and writes it, with `extra` in the same transaction. nova's
-    /// `service_update` (and `compute_node_update` for `extra`): under `wrap_db_retry`.
+    /// Changes the service row and has the conductor write it, with the compute node
+    /// `node` in the same transaction: nova-compute has no database access, and its
+    /// `Service.save()` is an RPC call to the conductor (`object_action`), which runs
+    /// `service_update` under `wrap_db_retry`.
     async fn update_service(
         &self,
         change: impl Fn(&mut ServiceRecord, u64),
-        extra: Option<Op>,
+        node: Option<ComputeNode>,
     ) -> Result<ServiceRecord, ServiceError> {
         let mut s = self.service.lock().await;
         change(&mut s, self.ctx.clock.now_ms());
-        let mut ops = vec![Op::Put {
-            table: Table::Services,
-            key: self.host.clone(),
-            value: Record::Service(s.clone()),
-            expect: Expect::Any,
-        }];
-        ops.extend(extra);
-        let ops = &ops;
-        self.ctx.db_retry.run("service_update", || async move { Ok(self.ctx.db.execute(ops.clone()).await?) }).await?;
-        Ok(s.clone())
+        let msg = Rpc::ServiceUpdate { host: self.host.clone(), service: s.clone(), node };
+        let timeout = self.ctx.scenario.control.rpc_response_timeout.0;
+        match self.ctx.bus.call(crate::conductor::TOPIC, msg, timeout).await? {
+            Rpc::Saved => Ok(s.clone()),
+            Rpc::Error(e) => Err(BusError::Remote(e).into()),
+            other => Err(BusError::Remote(format!("object_action answered {}", other.method())).into()),
+        }
     }
 
     pub async fn run(self) -> Result<(), ServiceError> {

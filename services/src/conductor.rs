@@ -2,11 +2,11 @@
 //! in its cell, re-check quota, cast to the compute) and `build_instances` (reschedule to
 //! an alternate after a compute failure, or MaxRetriesExceeded).
 
-use stackbed_core::model::{Instance, Record, RequestSpec, Table};
+use stackbed_core::model::{ComputeNode, Instance, Record, RequestSpec, ServiceRecord, Table};
 use stackbed_core::quota;
 use stackbed_core::scenario::{Era, PlantedBug};
 use stackbed_core::states::{PowerState, TaskState, VmState};
-use stackbed_core::store::{Op, Row};
+use stackbed_core::store::{Expect, Op, Row};
 
 use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
@@ -60,6 +60,12 @@ impl Conductor {
             let this = this.clone();
             async move {
                 let res = match req.msg {
+                    Rpc::ServiceUpdate { host, service, node } => {
+                        return Some(match this.service_update(host, service, node).await {
+                            Ok(()) => Rpc::Saved,
+                            Err(e) => Rpc::Error(e.to_string()),
+                        });
+                    }
                     Rpc::ScheduleAndBuildInstances { spec } => this.schedule_and_build(spec, req.redelivered).await,
                     Rpc::BuildInstances { spec, alternates, failure } => {
                         this.reschedule(spec, alternates, failure).await
@@ -75,6 +81,31 @@ impl Conductor {
             }
         })
         .await?;
+        Ok(())
+    }
+
+    /// A compute's state report, written for it: nova's `service_update` (and
+    /// `compute_node_update` for the node), under `wrap_db_retry`, in one transaction.
+    async fn service_update(
+        &self,
+        host: String,
+        service: ServiceRecord,
+        node: Option<ComputeNode>,
+    ) -> Result<(), ServiceError> {
+        let mut ops = vec![Op::Put {
+            table: Table::Services,
+            key: host.clone(),
+            value: Record::Service(service),
+            expect: Expect::Any,
+        }];
+        ops.extend(node.map(|n| Op::Put {
+            table: Table::ComputeNodes,
+            key: host,
+            value: Record::ComputeNode(n),
+            expect: Expect::Any,
+        }));
+        let ops = &ops;
+        self.ctx.db_retry.run("service_update", || async move { Ok(self.ctx.db.execute(ops.clone()).await?) }).await?;
         Ok(())
     }
 

@@ -266,6 +266,9 @@ pub struct Report {
     /// The fault schedule resolved for this seed and what the executor applied of it.
     #[serde(skip_serializing_if = "FaultsReport::is_empty")]
     pub faults: FaultsReport,
+    /// The scenario's `[sla]` criteria, each with its verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sla: Vec<stackbed_core::sla::SlaResult>,
     pub passed: bool,
     pub replay: String,
 }
@@ -323,7 +326,8 @@ impl Report {
         }
         let invariants = m.results();
         let first_violation = m.first_violation().clone();
-        let passed = data.aborted.is_none() && first_violation.violation.is_none();
+        let sla = ctx.scenario.sla.check(data.iterations.len(), data.iterations.len() - ok);
+        let passed = data.aborted.is_none() && first_violation.violation.is_none() && sla.iter().all(|c| c.success);
         let (passes, pass_diff) = pass_reports(ctx, &data);
         Report {
             scenario: ctx.scenario.scenario.name.clone(),
@@ -367,6 +371,7 @@ impl Report {
             simulated_s: data.simulated_ms as f64 / 1000.0,
             wall_s: rc.wall_s,
             faults: rc.faults,
+            sla,
             passed,
             replay: rc.opts.replay.clone(),
         }
@@ -447,6 +452,9 @@ impl Report {
             self.invariants.first().map_or(0, |i| i.checked_events),
             if bad.is_empty() { "all hold".to_string() } else { format!("VIOLATED {}", bad.join(", ")) }
         );
+        for c in &self.sla {
+            out += &format!("sla {}: {} ({})\n", c.criterion, if c.success { "pass" } else { "FAIL" }, c.detail);
+        }
         if let Some(a) = &self.aborted {
             out += &format!("ABORTED: {a}\n");
         }
@@ -556,6 +564,9 @@ impl Report {
         }
         if let Some(a) = &self.aborted {
             out += &format!("aborted: {a}\n");
+        }
+        for c in self.sla.iter().filter(|c| !c.success) {
+            out += &format!("SLA {} failed: {}\n", c.criterion, c.detail);
         }
         out += &format!("replay: {}\n", self.replay);
         Some(out)

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use stackbed_core::model::{ComputeNode, Image, Instance, RequestSpec};
+use stackbed_core::model::{ComputeNode, Image, Instance, RequestSpec, ServiceRecord};
 use stackbed_core::store::{DbError, Op, OpResult};
 use stackbed_core::token::TokenPayload;
 
@@ -47,6 +47,15 @@ pub enum Rpc {
     ScheduleAndBuildInstances {
         spec: RequestSpec,
     },
+    /// A compute's `Service.save()` (and the resource tracker's compute node, when it
+    /// changed), which nova-compute cannot write itself: it has no database access and
+    /// asks the conductor (`object_action`). Answered with [`Rpc::Saved`].
+    ServiceUpdate {
+        host: String,
+        service: ServiceRecord,
+        node: Option<ComputeNode>,
+    },
+    Saved,
     /// A compute asks for a reschedule: the remaining alternates and why the host failed.
     BuildInstances {
         spec: RequestSpec,
@@ -89,6 +98,8 @@ impl Rpc {
             Rpc::ValidateToken { .. } => "validate_token",
             Rpc::TokenInfo(_) => "token_info",
             Rpc::ScheduleAndBuildInstances { .. } => "schedule_and_build_instances",
+            Rpc::ServiceUpdate { .. } => "object_action",
+            Rpc::Saved => "saved",
             Rpc::BuildInstances { .. } => "build_instances",
             Rpc::SelectDestinations { .. } => "select_destinations",
             Rpc::RunInstance { .. } => "run_instance",
@@ -152,6 +163,9 @@ pub enum BusError {
     Timeout { topic: String, method: &'static str, timeout_ms: u64 },
     #[error("message bus unavailable: {0}")]
     Unavailable(String),
+    /// The server answered with an exception (oslo.messaging's RemoteError).
+    #[error("remote error: {0}")]
+    Remote(String),
 }
 
 /// How a process declares its queues and publishes (oslo.messaging's options).

@@ -569,16 +569,21 @@ impl Bus for SimBus {
         self.lock().pending.insert(id, tx);
         let reply_to = Some(ReplyTo { queue: self.reply_queue.clone(), msg_id: id });
         let env = Envelope { msg, reply_to, msg_id, correlation: None };
-        // The timeout runs from the send, as oslo's does: a send waiting for the broker to
-        // come back is not counted.
-        self.publish(topic, env, self.cfg.options.durable).await;
+        // oslo bounds the publish by the call's timeout (the socket timeout it sets around
+        // it), then waits as long again for the reply: a call made while the broker is
+        // unreachable fails with MessagingTimeout instead of waiting for the reconnect.
+        let timed_out = || {
+            self.lock().pending.remove(&id);
+            BusError::Timeout { topic: topic.to_string(), method, timeout_ms: timeout.as_millis() as u64 }
+        };
+        if self.clock.timeout(timeout, self.publish(topic, env, self.cfg.options.durable)).await.is_none() {
+            self.metrics.count("bus.publish_timeouts", 1);
+            return Err(timed_out());
+        }
         match self.clock.timeout(timeout, rx).await {
             Some(Ok(reply)) => Ok(reply),
             Some(Err(_)) => Err(BusError::Unavailable("reply channel closed".into())),
-            None => {
-                self.lock().pending.remove(&id);
-                Err(BusError::Timeout { topic: topic.to_string(), method, timeout_ms: timeout.as_millis() as u64 })
-            }
+            None => Err(timed_out()),
         }
     }
 

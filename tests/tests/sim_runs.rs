@@ -250,6 +250,40 @@ fn broker_restart_loses_casts_on_transient_queues_and_durable_queues_keep_them()
     }
 }
 
+/// `scenarios/faults/broker-outage.toml` (F6): the computes cannot reach the broker for 90 s,
+/// so their state reports (RPC calls to the conductor) fail; once the last one is older than
+/// `service_down_time` every host is down and the boots scheduled then get NoValidHost,
+/// while the API (and keystone behind it) answers every create. Nothing else breaks: every
+/// invariant holds, and the run fails on the file's SLA only. With the mitigation
+/// (`service_down_time=180s`) no host is ever down and every boot succeeds.
+#[test]
+fn broker_outage_marks_every_host_down_and_a_longer_service_down_time_does_not() {
+    let s = scenario("faults/broker-outage.toml");
+    let r = run(&s, 1);
+    assert!(!r.passed, "the outage broke nothing: {:?}", r.counters);
+    assert!(r.first_violation.violation.is_none(), "{:?}", r.first_violation);
+    let nvh = r.counters.get("no_valid_host").copied().unwrap_or(0);
+    assert!(nvh > 0, "no NoValidHost: {:?}", r.counters);
+    assert_eq!(nvh as usize, r.iterations.failed, "every failure is a NoValidHost: {:?}", r.iterations.errors);
+    assert!(r.counters.get("compute.report_state_failed").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    assert!(r.sla.iter().any(|c| c.criterion == "failure_rate" && !c.success), "{:?}", r.sla);
+    let create = r.actions.iter().find(|a| a.action == "api.create").expect("api.create");
+    assert_eq!((create.count, create.success_pct), (240, 100.0), "the API kept answering");
+    // The NoValidHosts fall in the window: hosts last reported before the cut at 60 s,
+    // count as down 60 s later, and report again once the link is back at 150 s.
+    for i in r.instances.iter().filter(|i| i.status == "ERROR") {
+        assert!((100_000..=170_000).contains(&i.created_at_ms), "{} failed at {} ms", i.id, i.created_at_ms);
+    }
+
+    let m = mitigated("faults/broker-outage.toml");
+    for seed in 1..=2 {
+        let r = run(&m, seed);
+        assert!(r.passed, "seed {seed} with the mitigation: {}", r.failure_text().unwrap_or_default());
+        assert_eq!(r.counters.get("no_valid_host").copied().unwrap_or(0), 0, "{:?}", r.counters);
+        assert!(r.counters.get("compute.report_state_failed").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    }
+}
+
 /// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
 /// in BUILD, and the liveness check catches it.
 #[test]

@@ -115,6 +115,9 @@ pub struct Scenario {
     /// Chaos, heal and the liveness bound (`[phases]`).
     #[serde(default, skip_serializing_if = "PhasesDecl::is_default")]
     pub phases: PhasesDecl,
+    /// Rally's SLAs (`[sla]`): a run that misses one fails.
+    #[serde(default, skip_serializing_if = "crate::sla::Sla::is_empty")]
+    pub sla: crate::sla::Sla,
     /// The `--set KEY=VALUE` overrides applied to the file, in order (`Scenario::load_with`);
     /// never read from the file, written to report.json so a replay can repeat them.
     #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]

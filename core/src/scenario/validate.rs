@@ -10,6 +10,7 @@ impl Scenario {
     /// Checks what serde cannot: names that refer to each other, ranges, sizes.
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
         let err = |field: &str, message: String| Err((field.to_string(), message));
+        self.sla.validate()?;
         if let Some(g) = &self.guest {
             for (field, v) in
                 [("guest.kernel", &g.kernel), ("guest.initrd", &g.initrd), ("guest.libvirt_uri", &g.libvirt_uri)]
