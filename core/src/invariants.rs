@@ -452,6 +452,13 @@ impl Checker {
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }
+
+    /// Allocations of deleted instances: releases still owed. nova deletes the instance
+    /// first and its allocation after, so a run is quiet only once these are gone too (or
+    /// the liveness bound passed, and the quiet check calls what is left a leak).
+    pub fn releases_owed(&self) -> usize {
+        self.allocations.keys().filter(|uuid| self.instances.get(*uuid).is_some_and(|i| i.deleted)).count()
+    }
 }
 
 #[cfg(test)]

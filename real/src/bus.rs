@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use stackbed_core::queue::{ConnId, Delivery, Queues};
+use stackbed_services::clock::Clock;
 use stackbed_services::metrics::Metrics;
+use stackbed_services::reply::{self, NoReply};
 use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Envelope, Incoming, ReplyTo, Rpc};
 
 /// The counter a reply that found no waiting caller (late, after a timeout) increments.
@@ -25,7 +27,7 @@ pub const LATE_REPLIES_COUNTER: &str = "bus.late_replies";
 #[derive(Default)]
 struct Client {
     reply_queue: String,
-    pending: BTreeMap<u64, oneshot::Sender<Rpc>>,
+    pending: BTreeMap<u64, reply::Pending>,
     consumers: BTreeMap<String, mpsc::UnboundedSender<Incoming>>,
 }
 
@@ -81,7 +83,13 @@ impl InProcBroker {
         st.queues.declare(&reply_queue, false);
         let _ = st.queues.consume(conn, &reply_queue, true);
         st.clients.insert(conn, Client { reply_queue: reply_queue.clone(), ..Client::default() });
-        Arc::new(InProcBus { broker: self.clone(), conn, reply_queue, name: format!("{name}_{conn}") })
+        Arc::new(InProcBus {
+            broker: self.clone(),
+            conn,
+            reply_queue,
+            name: format!("{name}_{conn}"),
+            clock: Clock::start(),
+        })
     }
 
     /// Replies that arrived when nobody waited for them any more (after the caller's timeout).
@@ -102,8 +110,8 @@ impl InProcBroker {
         while let Some(d) = out.pop_front() {
             let Some(client) = st.clients.get_mut(&d.conn) else { continue };
             if d.queue == client.reply_queue {
-                let waiter = d.payload.correlation.and_then(|id| client.pending.remove(&id));
-                if waiter.map(|tx| tx.send(d.payload.msg).is_ok()) != Some(true) {
+                let msg = d.payload.msg;
+                if !d.payload.correlation.is_some_and(|id| reply::route(&mut client.pending, id, msg)) {
                     st.late_replies += 1;
                     if let Some(m) = &self.metrics {
                         m.count(LATE_REPLIES_COUNTER, 1);
@@ -142,6 +150,8 @@ pub struct InProcBus {
     conn: ConnId,
     reply_queue: String,
     name: String,
+    /// For the calls' timeouts (intervals only).
+    clock: Clock,
 }
 
 impl InProcBus {
@@ -186,22 +196,29 @@ impl Bus for InProcBus {
         Ok(())
     }
 
-    async fn call(&self, topic: &str, msg: Rpc, timeout: Duration) -> Result<Rpc, BusError> {
+    async fn call_monitored(
+        &self,
+        topic: &str,
+        msg: Rpc,
+        timeout: Duration,
+        monitor: Option<Duration>,
+    ) -> Result<Rpc, BusError> {
         let method = msg.method();
         let id = self.next_id();
-        let reply_to = ReplyTo { queue: self.reply_queue.clone(), msg_id: id };
+        let monitor_ms = monitor.map(|m| m.as_millis().try_into().unwrap_or(u64::MAX));
+        let reply_to = ReplyTo { queue: self.reply_queue.clone(), msg_id: id, monitor_ms };
         let env = self.envelope(id, msg, Some(reply_to), None);
-        let (tx, rx) = oneshot::channel();
+        let (pending, waiter) = reply::pending();
         match self.broker.lock().clients.get_mut(&self.conn) {
-            Some(c) => c.pending.insert(id, tx),
+            Some(c) => c.pending.insert(id, pending),
             None => return Err(BusError::Unavailable(format!("connection of {} closed", self.name))),
         };
         let _guard = PendingGuard { bus: self, msg_id: id };
         self.broker.publish(topic, env, self.broker.options.durable);
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(BusError::Unavailable(format!("reply queue {} closed", self.reply_queue))),
-            Err(_) => Err(BusError::Timeout {
+        match waiter.wait(&self.clock, timeout, monitor).await {
+            Ok(reply) => Ok(reply),
+            Err(NoReply::Closed) => Err(BusError::Unavailable(format!("reply queue {} closed", self.reply_queue))),
+            Err(NoReply::Timeout) => Err(BusError::Timeout {
                 topic: topic.to_string(),
                 method,
                 timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),

@@ -293,6 +293,7 @@ async fn run_services(
         bus: broker.client(node),
         db: db.clone(),
         http: net.client(node, clock.clone()),
+        cpu: Arc::new(stackbed_services::seams::RealCpu),
         clock: clock.clone(),
         db_retry: DbRetry::for_node(&scenario, opts.seed, node, clock.clone(), metrics.clone()),
         metrics: metrics.clone(),

@@ -56,7 +56,10 @@ async fn call_times_out_and_a_late_reply_is_dropped_and_counted() {
     // A duplicate of it too, and a reply to an unknown queue.
     server.reply(to, token("late again")).await.unwrap();
     server
-        .reply(stackbed_services::seams::ReplyTo { queue: "reply_nobody".into(), msg_id: 1 }, token("x"))
+        .reply(
+            stackbed_services::seams::ReplyTo { queue: "reply_nobody".into(), msg_id: 1, monitor_ms: None },
+            token("x"),
+        )
         .await
         .unwrap();
     assert_eq!(broker.late_replies(), 2, "the duplicate is late too");

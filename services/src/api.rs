@@ -78,14 +78,17 @@ pub struct Api {
     images: BTreeMap<String, Image>,
     token_cache: Mutex<BTreeMap<String, (Millis, TokenPayload)>>,
     next_id: Mutex<u64>,
+    placement: crate::placement::PlacementClient,
 }
 
 impl Api {
     pub fn new(ctx: Ctx) -> Api {
         let flavors = ctx.scenario.flavors.iter().map(|f| (f.name.clone(), f.clone())).collect();
         let images = ctx.scenario.images.iter().map(|i| (i.name.clone(), i.clone())).collect();
+        let placement = crate::placement::PlacementClient::new(&ctx, "nova-api");
         Api {
             ctx,
+            placement,
             policy: Policy::nova_defaults(),
             flavors,
             images,
@@ -394,13 +397,19 @@ impl Api {
                 .await
                 .map_err(|e| ApiError::new(503, e.to_string()))?,
             None => {
-                // Never placed (ERROR after scheduling): a local delete, as nova's API does.
+                // Never placed (ERROR after scheduling): a local delete, as nova's API does,
+                // which also deletes whatever the consumer still holds in placement (a
+                // scheduler's claim for a request that then failed; `_local_delete_cleanup`).
                 dbx::update_instance(&self.ctx, uuid, &[Some(TaskState::Deleting)], |i| {
                     i.vm_state = VmState::Deleted;
                     i.task_state = None;
                     i.deleted = true;
                 })
                 .await?;
+                if self.placement.release(uuid).await.is_err() {
+                    // nova logs "Allocation delete failed during local delete cleanup".
+                    self.ctx.metrics.count("api.local_delete_allocation_failed", 1);
+                }
             }
         }
         Ok(())

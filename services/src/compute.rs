@@ -415,7 +415,13 @@ impl Compute {
                 // Icehouse: the resource tracker's claim happens here, on the compute; a host
                 // that cannot take the instance reschedules it (ComputeResourcesUnavailable).
                 let claim = self.placement.claim(uuid, &spec.project, &self.host, spec.flavor.resources()).await?;
-                if let placement::ClaimOutcome::DoesNotFit(why) = claim {
+                let why = match claim {
+                    placement::ClaimOutcome::Claimed => None,
+                    placement::ClaimOutcome::DoesNotFit(why)
+                    | placement::ClaimOutcome::ConcurrentUpdate(why)
+                    | placement::ClaimOutcome::ConsumerConflict(why) => Some(why),
+                };
+                if let Some(why) = why {
                     self.ctx.metrics.count("compute.claim_failures", 1);
                     return Err(HvError::Reschedule(format!("Insufficient compute resources: {why}")).into());
                 }

@@ -12,7 +12,7 @@ use crate::ctx::Ctx;
 use crate::dbx::{self, ServiceError};
 use crate::placement::{ClaimOutcome, PlacementClient};
 use crate::rpc::{self, Request, ServeOptions};
-use crate::seams::Rpc;
+use crate::seams::{BusError, Rpc};
 
 pub const TOPIC: &str = "conductor";
 
@@ -109,6 +109,33 @@ impl Conductor {
         Ok(())
     }
 
+    /// The scheduler's select_destinations as nova's conductor calls it. With call
+    /// monitoring (`rpc_call_monitoring`, Stein and later) the call waits up to
+    /// `long_rpc_timeout` and fails after `rpc_response_timeout` without a heartbeat from
+    /// the scheduler; without it (before Stein) it fails after `rpc_response_timeout`
+    /// however busy the scheduler is. nova's `retry_select_destinations` sends it again
+    /// after a MessagingTimeout, `scheduler.max_attempts - 1` times.
+    async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, BusError> {
+        let c = &self.ctx.scenario.control;
+        let (timeout, monitor) = if c.rpc_call_monitoring {
+            (c.long_rpc_timeout.0, Some(c.rpc_response_timeout.0))
+        } else {
+            (c.rpc_response_timeout.0, None)
+        };
+        let retries = c.scheduler.max_attempts.saturating_sub(1);
+        let mut attempt = 0;
+        loop {
+            let msg = Rpc::SelectDestinations { spec: spec.clone() };
+            match self.ctx.bus.call_monitored(crate::scheduler::TOPIC, msg, timeout, monitor).await {
+                Err(BusError::Timeout { .. }) if attempt < retries => {
+                    attempt += 1;
+                    self.ctx.metrics.count("conductor.select_destinations_retries", 1);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A redelivered schedule_and_build_instances (acks after dispatch, a conductor that died
     /// mid-request): pick up where the first delivery got to, so that it neither claims a
     /// second time (a false NoValidHost on a full cloud) nor creates a second instance.
@@ -150,16 +177,7 @@ impl Conductor {
         let ts = self.ctx.clock.now();
         let answer = match claimed {
             Some(host) => Ok(Rpc::Destinations { hosts: vec![host] }),
-            None => {
-                self.ctx
-                    .bus
-                    .call(
-                        crate::scheduler::TOPIC,
-                        Rpc::SelectDestinations { spec: spec.clone() },
-                        self.ctx.scenario.control.long_rpc_timeout.0,
-                    )
-                    .await
-            }
+            None => self.select_destinations(&spec).await,
         };
         let hosts = match answer {
             Ok(Rpc::Destinations { hosts }) if !hosts.is_empty() => {
@@ -172,6 +190,10 @@ impl Conductor {
                     Ok(Rpc::NoValidHost { reason }) => {
                         self.ctx.metrics.count("no_valid_host", 1);
                         format!("No valid host was found. {reason}")
+                    }
+                    Ok(Rpc::Error(e)) => {
+                        self.ctx.metrics.count("scheduler.remote_errors", 1);
+                        e
                     }
                     Ok(m) => format!("scheduler answered {}", m.method()),
                     Err(e) => {

@@ -205,6 +205,7 @@ where
     let (mut n1, mut n2) = (0, 0);
     for _ in 0..4 {
         tokio::select! {
+            biased;
             Some(m) = rx1.recv() => { n1 += 1; c1.ack(m.tag).await.expect("ack") }
             Some(m) = rx2.recv() => { n2 += 1; c2.ack(m.tag).await.expect("ack") }
             _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("round-robin casts not delivered ({n1} + {n2} of 4)"),
@@ -262,6 +263,36 @@ where
         .await
         .expect_err("no reply");
     assert!(matches!(err, BusError::Timeout { .. }), "{err:?}");
+
+    // Call monitoring: a monitored call carries its monitor timeout; a server that sends
+    // heartbeats keeps it alive past the monitor timeout, and a silent one fails it after
+    // the monitor timeout, long before the call's own timeout.
+    let monitor = Duration::from_millis(300);
+    let busy = client("busy".into()).await;
+    let mut brx = busy.consume("conformance.busy").await.expect("consume");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let srv = busy.clone();
+    tokio::spawn(async move {
+        while let Some(m) = brx.recv().await {
+            let Some(to) = m.reply_to else { continue };
+            assert_eq!(to.monitor_ms, Some(300), "the call carries its monitor timeout");
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = srv.reply(to.clone(), Rpc::Heartbeat).await;
+            }
+            let _ = srv.reply(to, token("done")).await;
+        }
+    });
+    let long = Duration::from_secs(30);
+    let r = a.call_monitored("conformance.busy", token("work"), long, Some(monitor)).await;
+    assert_eq!(r.expect("heartbeats keep a monitored call alive"), token("done"));
+    let t0 = tokio::time::Instant::now();
+    let err = a
+        .call_monitored("conformance.silent", token("work"), long, Some(monitor))
+        .await
+        .expect_err("a silent server fails a monitored call");
+    assert!(matches!(err, BusError::Timeout { .. }), "{err:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "failed after {:?}, not by the monitor", t0.elapsed());
 }
 
 /// The service name and worker nodes the HTTP suite serves; a world's harness registers

@@ -9,7 +9,7 @@ use stackbed_core::scenario::Scenario;
 use crate::clock::Clock;
 use crate::db_retry::DbRetry;
 use crate::metrics::Metrics;
-use crate::seams::{BusRef, Db, HttpRef};
+use crate::seams::{BusRef, CpuRef, Db, HttpRef};
 
 #[derive(Clone)]
 pub struct Ctx {
@@ -19,6 +19,8 @@ pub struct Ctx {
     pub http: HttpRef,
     /// nova's `wrap_db_retry` for this process's wrapped DB API calls.
     pub db_retry: DbRetry,
+    /// The process's CPU, for the simulated service time.
+    pub cpu: CpuRef,
     pub clock: Clock,
     pub metrics: Metrics,
     pub scenario: Arc<Scenario>,

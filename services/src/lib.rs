@@ -16,6 +16,7 @@ pub mod identity;
 pub mod metrics;
 pub mod monitor;
 pub mod placement;
+pub mod reply;
 pub mod report;
 pub mod rpc;
 pub mod runner;

@@ -194,7 +194,9 @@ impl Monitor {
         self.writes.clone()
     }
 
-    pub fn pending_requests(&self) -> usize {
-        self.checker.pending_count()
+    /// Work owed before the run is quiet: requests not terminal, allocations of deleted
+    /// instances not yet released.
+    pub fn owed(&self) -> usize {
+        self.checker.pending_count() + self.checker.releases_owed()
     }
 }

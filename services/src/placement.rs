@@ -33,7 +33,15 @@ pub enum ClaimOutcome {
     /// Generation conflicts outlasted `allocation_conflict_retry_count` (placement's 409
     /// `placement.concurrent_update`): the caller may try again.
     ConcurrentUpdate(String),
+    /// The consumer already has allocations, where the claim expected a new consumer
+    /// (placement's 409 "consumer generation conflict"). nova raises
+    /// AllocationUpdateFailed: the instance is in an inconsistent state, no retry.
+    ConsumerConflict(String),
 }
+
+/// What placement's consumer generation conflict says; nova tells it from a provider
+/// generation conflict by this text.
+pub const CONSUMER_CONFLICT: &str = "consumer generation conflict";
 
 async fn provider(db: &dyn Database, host: &str) -> Result<Option<(u64, Provider)>, ServiceError> {
     match get(db, Table::Providers, host).await? {
@@ -86,8 +94,10 @@ pub async fn claim(
                 metrics.count("placement.generation_conflicts", 1);
                 continue;
             }
-            Err(DbError::Conflict { table, key, .. }) => {
-                return Ok(ClaimOutcome::DoesNotFit(format!("consumer {key} already has an allocation ({table})")))
+            Err(DbError::Conflict { key, .. }) => {
+                return Ok(ClaimOutcome::ConsumerConflict(format!(
+                    "{CONSUMER_CONFLICT} - expected null but consumer {key} already has allocations"
+                )))
             }
             Err(e) => return Err(e.into()),
         }
@@ -177,7 +187,7 @@ impl HttpHandler for Placement {
                 match claim(db, metrics, consumer, &project, &host, resources).await {
                     Ok(ClaimOutcome::Claimed) => HttpResponse::new(204, Body::Empty),
                     Ok(ClaimOutcome::DoesNotFit(why)) => HttpResponse::error(409, why),
-                    Ok(ClaimOutcome::ConcurrentUpdate(why)) => {
+                    Ok(ClaimOutcome::ConcurrentUpdate(why)) | Ok(ClaimOutcome::ConsumerConflict(why)) => {
                         HttpResponse::error(409, format!("{CONCURRENT_UPDATE}: {why}"))
                     }
                     Err(e) => server_error(e),
@@ -264,6 +274,9 @@ impl PlacementClient {
             self.jitter(attempt).await;
             match self.request(req.clone()).await {
                 Ok(r) if r.is_success() => return Ok(ClaimOutcome::Claimed),
+                Ok(HttpResponse { status: 409, body: Body::Error(why), .. }) if why.contains(CONSUMER_CONFLICT) => {
+                    return Ok(ClaimOutcome::ConsumerConflict(why))
+                }
                 Ok(HttpResponse { status: 409, body: Body::Error(why), .. }) if why.starts_with(CONCURRENT_UPDATE) => {
                     self.metrics.count("placement_client.concurrent_update_retries", 1);
                     last = why;

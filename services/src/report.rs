@@ -66,9 +66,10 @@ pub async fn drive(ctx: Ctx, api: NovaClient, monitor: MonitorRef, submitted: Op
         // The executor outlives the workload; if it is gone, nothing is owed to it.
         let _ = tx.send(());
     }
-    // Quiet: every accepted request terminal, bounded by the liveness bound.
+    // Quiet: every accepted request terminal and every deleted instance's allocation
+    // released, bounded by the liveness bound.
     let t0 = ctx.clock.now();
-    while lock(&monitor).pending_requests() > 0 && ctx.clock.since(t0) < ctx.scenario.workload.liveness_bound.0 {
+    while lock(&monitor).owed() > 0 && ctx.clock.since(t0) < ctx.scenario.workload.liveness_bound.0 {
         ctx.clock.sleep(Duration::from_secs(1)).await;
     }
     let now = ctx.clock.now_ms();

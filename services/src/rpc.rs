@@ -17,10 +17,13 @@
 //!   acknowledged and dropped. An id is added when its message is acknowledged, as oslo
 //!   does, and, with `after_dispatch`, already when it is taken up, so that a copy arriving
 //!   while the first is still being handled is dropped too.
+//! - Call monitoring: a call that carries a monitor timeout gets a heartbeat reply every
+//!   half of it while its handler runs (see `reply.rs`).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use stackbed_core::scenario::{PlantedBug, RpcAck};
 
@@ -119,7 +122,25 @@ where
                 }
                 RpcAck::AfterDispatch => remember(&msg_id),
             }
-            let reply = handler(Request { msg, redelivered }).await;
+            let work = handler(Request { msg, redelivered });
+            let reply = match reply_to.as_ref().and_then(|to| to.monitor_ms.map(|m| (to, m))) {
+                // A monitored call: heartbeats every half of the monitor timeout until the
+                // handler is done (oslo's server-side `heartbeat` of the incoming message).
+                Some((to, monitor_ms)) => {
+                    let beat = async {
+                        loop {
+                            ctx.clock.sleep(Duration::from_millis(monitor_ms / 2)).await;
+                            let _ = ctx.bus.reply(to.clone(), Rpc::Heartbeat).await;
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        reply = work => reply,
+                        never = beat => never,
+                    }
+                }
+                None => work.await,
+            };
             if let (Some(to), Some(reply)) = (reply_to, reply) {
                 let _ = ctx.bus.reply(to, reply).await;
             }

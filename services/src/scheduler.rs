@@ -353,8 +353,20 @@ impl Scheduler {
             let claimable = if complete { order.len() } else { order.len().saturating_sub(alternates_max) };
             for (pos, host) in order.iter().enumerate().take(claimable) {
                 let claimed = skip_claim
-                    || self.placement.claim(&spec.instance_uuid, &spec.project, host, resources).await?
-                        == ClaimOutcome::Claimed;
+                    || match self.placement.claim(&spec.instance_uuid, &spec.project, host, resources).await? {
+                        ClaimOutcome::Claimed => true,
+                        // nova's claim_resources expects a new consumer; one that has
+                        // allocations already (an earlier select_destinations for the same
+                        // instance claimed) fails the request: AllocationUpdateFailed.
+                        ClaimOutcome::ConsumerConflict(why) => {
+                            self.ctx.metrics.count("scheduler.allocation_update_failed", 1);
+                            return Ok(Rpc::Error(format!(
+                                "AllocationUpdateFailed: Failed to update allocations for consumer {}. Error: {why}",
+                                spec.instance_uuid
+                            )));
+                        }
+                        _ => false,
+                    };
                 if claimed {
                     let mut out = vec![host.clone()];
                     out.extend(order[pos + 1..].iter().take(alternates_max).cloned());
@@ -451,6 +463,10 @@ impl Scheduler {
             different_host_hosts: &different_host_hosts,
             ..RequestView::new(&spec.flavor, &spec.image)
         };
+        // The filter and weigher pass's CPU time: the process serves one pass at a time.
+        let st = &self.ctx.scenario.model.service_time;
+        let hosts = snapshot.len() as u32;
+        self.ctx.cpu.spend(st.scheduler_per_request.0 + st.scheduler_per_host.0 * hosts).await;
         let now = self.ctx.clock.now_ms();
         let down_after = self.ctx.scenario.control.service_down_time.ms();
         let mut guard = self.decider.lock().unwrap_or_else(|e| e.into_inner());

@@ -87,6 +87,8 @@ pub enum Rpc {
     },
     /// A remote error, as oslo.messaging re-raises it on the caller's side.
     Error(String),
+    /// A server's call-monitor heartbeat: "still working on it" (not an answer).
+    Heartbeat,
 }
 
 impl Rpc {
@@ -108,6 +110,7 @@ impl Rpc {
             Rpc::BuildAndRunInstance { .. } => "build_and_run_instance",
             Rpc::TerminateInstance { .. } => "terminate_instance",
             Rpc::Error(_) => "error",
+            Rpc::Heartbeat => "heartbeat",
         }
     }
 }
@@ -117,6 +120,9 @@ impl Rpc {
 pub struct ReplyTo {
     pub queue: String,
     pub msg_id: u64,
+    /// oslo.messaging's `_call_monitor_timeout`: set on a monitored call, so that the
+    /// server sends [`Rpc::Heartbeat`] every half of it while it works (see `reply.rs`).
+    pub monitor_ms: Option<u64>,
 }
 
 /// Which delivery an ack is for: the tag the broker gave it on one connection. A client
@@ -188,7 +194,18 @@ pub trait Bus: Send + Sync + 'static {
     /// Fire and forget.
     async fn cast(&self, topic: &str, msg: Rpc) -> Result<(), BusError>;
     /// Send and wait for the reply or the timeout.
-    async fn call(&self, topic: &str, msg: Rpc, timeout: Duration) -> Result<Rpc, BusError>;
+    async fn call(&self, topic: &str, msg: Rpc, timeout: Duration) -> Result<Rpc, BusError> {
+        self.call_monitored(topic, msg, timeout, None).await
+    }
+    /// A call that, with `monitor`, also fails (MessagingTimeout) once the server has sent
+    /// no heartbeat for `monitor` (oslo.messaging's `call_monitor_timeout`).
+    async fn call_monitored(
+        &self,
+        topic: &str,
+        msg: Rpc,
+        timeout: Duration,
+        monitor: Option<Duration>,
+    ) -> Result<Rpc, BusError>;
     /// Answer a call.
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError>;
     /// Declare `topic`'s queue (durable or not as [`BusOptions`] say), so that what is
@@ -206,6 +223,31 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 pub type BusRef = Arc<dyn Bus>;
+
+// ---------------------------------------------------------------------------------------
+// CPU
+// ---------------------------------------------------------------------------------------
+
+/// The CPU a service process computes on. In the simulator, code takes no time, so a
+/// service says what its work costs (`scenario.model.service_time`) and the simulated CPU
+/// makes it take that long: one process runs one piece of CPU work at a time (an eventlet
+/// hub), and a slow-host fault stretches it. In the real world the code spends real CPU
+/// and `spend` adds nothing.
+#[async_trait]
+pub trait Cpu: Send + Sync + 'static {
+    /// Spends `cost` of this process's CPU, after the work queued before it.
+    async fn spend(&self, cost: Duration);
+}
+
+pub type CpuRef = Arc<dyn Cpu>;
+
+/// The real world's CPU: the work already took its time.
+pub struct RealCpu;
+
+#[async_trait]
+impl Cpu for RealCpu {
+    async fn spend(&self, _cost: Duration) {}
+}
 
 // ---------------------------------------------------------------------------------------
 // Hypervisor (and, for now, the host's share of networking)

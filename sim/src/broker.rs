@@ -22,6 +22,7 @@ use stackbed_core::queue::{ConnId, Delivery, Queues, Tag};
 use stackbed_core::scenario::Control;
 use stackbed_services::clock::Clock;
 use stackbed_services::metrics::Metrics;
+use stackbed_services::reply::{self, NoReply};
 use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Envelope, Incoming, ReplyTo, Rpc};
 
 use crate::conn;
@@ -292,7 +293,7 @@ struct ClientState {
     live: Option<Live>,
     next_id: u64,
     /// Calls waiting for a reply, by msg_id.
-    pending: BTreeMap<u64, oneshot::Sender<Rpc>>,
+    pending: BTreeMap<u64, reply::Pending>,
     /// Mandatory publishes waiting for the broker's confirm, by id.
     confirms: BTreeMap<u64, oneshot::Sender<bool>>,
     consumers: BTreeMap<String, mpsc::UnboundedSender<Incoming>>,
@@ -413,6 +414,7 @@ impl SimBus {
         let mut next_check = self.clock.now() + policy.heartbeat_interval();
         loop {
             tokio::select! {
+                biased;
                 m = conn::recv::<FromBroker>(&mut rx) => {
                     let Some(m) = m else { return };
                     self.lock().last_heard = self.now();
@@ -456,12 +458,9 @@ impl SimBus {
     fn route(&self, generation: u64, queue: String, tag: Tag, env: Envelope, redelivered: bool) -> bool {
         let mut st = self.lock();
         if queue == self.reply_queue {
-            match env.correlation.and_then(|id| st.pending.remove(&id)) {
-                Some(tx) => {
-                    let _ = tx.send(env.msg);
-                }
-                // The caller timed out already: oslo.messaging drops such replies.
-                None => self.metrics.count("bus.late_replies", 1),
+            // A reply whose caller timed out already is dropped, as oslo.messaging does.
+            if !env.correlation.is_some_and(|id| reply::route(&mut st.pending, id, env.msg)) {
+                self.metrics.count("bus.late_replies", 1);
             }
             return true;
         }
@@ -562,12 +561,19 @@ impl Bus for SimBus {
         Ok(())
     }
 
-    async fn call(&self, topic: &str, msg: Rpc, timeout: Duration) -> Result<Rpc, BusError> {
+    async fn call_monitored(
+        &self,
+        topic: &str,
+        msg: Rpc,
+        timeout: Duration,
+        monitor: Option<Duration>,
+    ) -> Result<Rpc, BusError> {
         let method = msg.method();
         let (id, msg_id) = self.next_msg();
-        let (tx, rx) = oneshot::channel();
-        self.lock().pending.insert(id, tx);
-        let reply_to = Some(ReplyTo { queue: self.reply_queue.clone(), msg_id: id });
+        let (pending, waiter) = reply::pending();
+        self.lock().pending.insert(id, pending);
+        let monitor_ms = monitor.map(|m| m.as_millis() as u64);
+        let reply_to = Some(ReplyTo { queue: self.reply_queue.clone(), msg_id: id, monitor_ms });
         let env = Envelope { msg, reply_to, msg_id, correlation: None };
         // oslo bounds the publish by the call's timeout (the socket timeout it sets around
         // it), then waits as long again for the reply: a call made while the broker is
@@ -580,10 +586,10 @@ impl Bus for SimBus {
             self.metrics.count("bus.publish_timeouts", 1);
             return Err(timed_out());
         }
-        match self.clock.timeout(timeout, rx).await {
-            Some(Ok(reply)) => Ok(reply),
-            Some(Err(_)) => Err(BusError::Unavailable("reply channel closed".into())),
-            None => Err(timed_out()),
+        match waiter.wait(&self.clock, timeout, monitor).await {
+            Ok(reply) => Ok(reply),
+            Err(NoReply::Closed) => Err(BusError::Unavailable("reply channel closed".into())),
+            Err(NoReply::Timeout) => Err(timed_out()),
         }
     }
 

@@ -96,6 +96,7 @@ impl Chaos {
             let next = timeline.first_key_value().map(|(k, _)| k.0);
             let wait = next.map(|at| Duration::from_millis(at.saturating_sub(self.clock.now_ms())));
             tokio::select! {
+                biased;
                 _ = sleep_or_forever(wait) => {
                     if let Some((_, step)) = timeline.pop_first() {
                         self.step(step, &mut timeline, &mut push, None);

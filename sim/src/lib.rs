@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod chaos;
 pub mod conn;
+pub mod cpu;
 pub mod dbnode;
 pub mod host;
 pub mod http;

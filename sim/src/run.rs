@@ -60,6 +60,7 @@ impl World {
             bus,
             db,
             http: SimHttp::new(node, ip, self.endpoints.clone(), self.clock.clone()),
+            cpu: Arc::new(crate::cpu::SimCpu::new(self.knobs.node(node), clock.clone())),
             clock,
             db_retry: DbRetry::for_node(
                 &self.opts.scenario,

@@ -101,6 +101,31 @@ fn simulated_code_has_no_nondeterminism_sources() {
     }
 }
 
+/// tokio's `select!` polls its branches in an order drawn from tokio's own unseeded RNG
+/// unless told `biased;`: when two branches are ready at once, which one wins differs from
+/// run to run. Simulated code always says `biased;` on the line after.
+#[test]
+fn simulated_selects_are_biased() {
+    let mut files = rust_files("core/src");
+    files.extend(rust_files("services/src"));
+    files.extend(rust_files("sim/src"));
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if line.contains("select! {") {
+                let next = lines.get(n + 1).copied().unwrap_or("");
+                assert!(
+                    next.trim() == "biased;",
+                    "{}:{}: `select!` without `biased;` is not deterministic under madsim",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
 /// Every time read and wait in the services goes through the clock seam
 /// (`services/src/clock.rs`), so a node's clock can be skewed and one place swaps real and
 /// simulated time. The conformance suites, which run against the seams from outside any

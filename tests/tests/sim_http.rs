@@ -118,6 +118,7 @@ async fn ctx(d: &World, node: &str, at: IpAddr) -> Ctx {
             Metrics::default(),
         ),
         http: SimHttp::new(node, at, d.endpoints.clone(), d.clock.clone()),
+        cpu: Arc::new(stackbed_services::seams::RealCpu),
         clock: d.clock.clone(),
         metrics: Metrics::default(),
         scenario: d.scenario.clone(),

@@ -284,6 +284,38 @@ fn broker_outage_marks_every_host_down_and_a_longer_service_down_time_does_not()
     }
 }
 
+/// `scenarios/faults/scheduler-kill.toml` (F4's dead worker): one of two schedulers dies with
+/// calls in flight; with call monitoring each lost call fails a minute later (no heartbeat)
+/// instead of after long_rpc_timeout, nova's retry_select_destinations sends it again, and
+/// it lands on the live worker: every request ends, every invariant holds. The control: the
+/// same seed with the call unmonitored and a timeout as long as long_rpc_timeout leaves the
+/// lost call's request stuck past the liveness bound.
+#[test]
+fn a_killed_scheduler_s_calls_fail_by_call_monitoring_and_the_retry_lands_on_the_live_worker() {
+    let s = scenario("faults/scheduler-kill.toml");
+    for seed in 1..=2 {
+        let r = run(&s, seed);
+        assert!(r.passed, "seed {seed}: {}", r.failure_text().unwrap_or_default());
+        assert!(r.counters.get("conductor.select_destinations_retries").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+        let select = r.actions.iter().find(|a| a.action == "scheduler.select_destinations").expect("select");
+        // The lost call: failed by the 60 s monitor, then answered by the live worker.
+        assert!((60.0..120.0).contains(&select.max_s), "slowest select_destinations {} s", select.max_s);
+    }
+    let unmonitored = Arc::new(
+        Scenario::load_with(
+            &root().join("scenarios/faults/scheduler-kill.toml"),
+            &[
+                "control.rpc_call_monitoring=false".parse().unwrap(),
+                "control.rpc_response_timeout=1800s".parse().unwrap(),
+            ],
+        )
+        .unwrap(),
+    );
+    let r = run(&unmonitored, 1);
+    let v = r.first_violation.violation.as_ref().expect("a request stuck on the dead worker");
+    assert_eq!(v.invariant, "requests_terminal", "{v:?}");
+}
+
 /// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
 /// in BUILD, and the liveness check catches it.
 #[test]

@@ -56,12 +56,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: f64 =
         num.parse().map_err(|_| format!("`{text}` is not a duration like \"10s\", \"250ms\", \"5m\", \"2h\""))?;
     let scale = match unit.trim() {
+        "us" | "µs" => 0.000_001,
         "ms" => 0.001,
         "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        "" => return Err(format!("`{text}` needs a unit (ms, s, m, h)")),
-        u => return Err(format!("unknown unit `{u}` in `{text}` (use ms, s, m, h)")),
+        "" => return Err(format!("`{text}` needs a unit (us, ms, s, m, h)")),
+        u => return Err(format!("unknown unit `{u}` in `{text}` (use us, ms, s, m, h)")),
     };
     if !value.is_finite() || value < 0.0 {
         return Err(format!("`{text}` must be a non-negative duration"));
@@ -78,7 +79,10 @@ impl<'de> Deserialize<'de> for Dur {
 
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+        match self.0.subsec_nanos() % 1_000_000 {
+            0 => s.serialize_str(&format!("{}ms", self.0.as_millis())),
+            _ => s.serialize_str(&format!("{}us", self.0.as_micros())),
+        }
     }
 }
 
@@ -730,6 +734,38 @@ pub struct HostModel {
     /// The image path's cost model (`[model.images]`; off by default, see `image_model`).
     #[serde(default)]
     pub images: crate::image_model::ImageModel,
+    /// The control services' CPU time per operation (`[model.service_time]`).
+    #[serde(default)]
+    pub service_time: ServiceTime,
+}
+
+/// CPU time the control services spend per operation, in the simulator (the real build
+/// spends real CPU). One nova-scheduler process is one eventlet hub: it runs one
+/// greenthread's filter pass at a time, so its CPU work is served one after another, and
+/// a scheduler saturates at `1 / (per_request + per_host × hosts)` decisions per second
+/// per worker. Defaults: `docs/calibration.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTime {
+    /// Per select_destinations call: the request spec, the host manager's bookkeeping.
+    #[serde(default = "d_sched_request")]
+    pub scheduler_per_request: Dur,
+    /// Per host through the filters and weighers, per instance placed.
+    #[serde(default = "d_sched_host")]
+    pub scheduler_per_host: Dur,
+}
+
+fn d_sched_request() -> Dur {
+    Dur(Duration::from_millis(20))
+}
+fn d_sched_host() -> Dur {
+    Dur(Duration::from_micros(200))
+}
+
+impl Default for ServiceTime {
+    fn default() -> Self {
+        ServiceTime { scheduler_per_request: d_sched_request(), scheduler_per_host: d_sched_host() }
+    }
 }
 
 // Defaults shaped after the published warm-image build of about 7 s: IP allocation
@@ -769,6 +805,7 @@ impl Default for HostModel {
             spawn_failure_probability: 0.0,
             image_cache: true,
             images: crate::image_model::ImageModel::default(),
+            service_time: ServiceTime::default(),
         }
     }
 }
