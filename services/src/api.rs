@@ -60,6 +60,8 @@ pub struct CreateServer {
     pub flavor: String,
     pub image: String,
     pub server_group: Option<String>,
+    /// `min_count = max_count` (1: one server).
+    pub count: u32,
 }
 
 /// GET /servers/{id}, the fields a client polls.
@@ -154,7 +156,7 @@ impl Api {
     }
 
     /// POST /servers. Returns the new server's id (202 Accepted).
-    pub async fn create_server(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
+    pub async fn create_server(&self, token: &str, req: &CreateServer) -> Result<Vec<String>, ApiError> {
         let t0 = self.ctx.clock.now();
         let res = self.create_inner(token, req).await;
         match &res {
@@ -171,7 +173,7 @@ impl Api {
         res
     }
 
-    async fn create_inner(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
+    async fn create_inner(&self, token: &str, req: &CreateServer) -> Result<Vec<String>, ApiError> {
         let creds = self.credentials(token).await?;
         self.authorize("os_compute_api:servers:create", &creds, &creds.project_id)?;
         let flavor = self
@@ -200,44 +202,65 @@ impl Api {
             Some(Row { value: Record::ProjectUsage(u), .. }) => u,
             _ => Default::default(),
         };
-        let delta = stackbed_core::model::ProjectUsage { instances: 1, cores: flavor.vcpus, ram_mb: flavor.ram_mb };
+        if req.count == 0 {
+            return Err(ApiError::new(400, "min_count must be at least 1".to_string()));
+        }
+        // min_count = max_count: the quota must allow all of them (nova's
+        // check_num_instances_quota would lower max_count to min_count at most).
+        let n = u64::from(req.count);
+        let delta =
+            stackbed_core::model::ProjectUsage { instances: n, cores: flavor.vcpus * n, ram_mb: flavor.ram_mb * n };
         if self.ctx.scenario.debug.plant_bug != Some(PlantedBug::QuotaNotChecked) {
             if let Err(e) = quota::check(&usage, &delta, &limits) {
                 return Err(ApiError::new(403, format!("Quota exceeded: {e}")));
             }
         }
-        let uuid = self.new_uuid(&project);
-        let spec = RequestSpec {
-            instance_uuid: uuid.clone(),
-            project: project.clone(),
-            user: creds.user_id.clone(),
-            flavor: flavor.clone(),
-            image: image.clone(),
-            server_group: req.server_group.clone(),
-            tried_hosts: Vec::new(),
-            accepted_at_ms: self.ctx.clock.now_ms(),
-        };
+        let mut specs = Vec::with_capacity(req.count as usize);
+        for _ in 0..req.count {
+            let uuid = self.new_uuid(&project);
+            let spec = RequestSpec {
+                instance_uuid: uuid.clone(),
+                project: project.clone(),
+                user: creds.user_id.clone(),
+                flavor: flavor.clone(),
+                image: image.clone(),
+                server_group: req.server_group.clone(),
+                tried_hosts: Vec::new(),
+                accepted_at_ms: self.ctx.clock.now_ms(),
+            };
+            self.record_request(req, &spec).await?;
+            specs.push(spec);
+        }
+        let uuids = specs.iter().map(|s| s.instance_uuid.clone()).collect();
+        self.ctx
+            .bus
+            .cast(crate::conductor::TOPIC, Rpc::ScheduleAndBuildInstances { specs })
+            .await
+            .map_err(|e| ApiError::new(503, e.to_string()))?;
+        Ok(uuids)
+    }
+
+    /// What the API writes for one server before the conductor hears of it: the instance
+    /// itself in Icehouse, a BuildRequest since.
+    async fn record_request(&self, req: &CreateServer, spec: &RequestSpec) -> Result<(), ApiError> {
+        let db = &*self.ctx.db;
+        let uuid = &spec.instance_uuid;
         if self.ctx.scenario.control.era == Era::Icehouse {
             // Icehouse: the API writes the instance itself (quota reserve and commit collapse
             // into the usage row's compare-and-swap in the same transaction).
             if let Some(group) = &req.server_group {
-                let op = self.add_group_member(group, &uuid).await?;
+                let op = self.add_group_member(group, uuid).await?;
                 db.execute(vec![op]).await.map_err(ServiceError::from)?;
             }
             let inst = crate::conductor::new_instance(
-                &spec,
+                spec,
                 spec.accepted_at_ms,
                 VmState::Building,
                 Some(TaskState::Scheduling),
                 None,
             );
             dbx::create_instance(&self.ctx, &inst, false).await?;
-            self.ctx
-                .bus
-                .cast(crate::conductor::TOPIC, Rpc::ScheduleAndBuildInstances { spec })
-                .await
-                .map_err(|e| ApiError::new(503, e.to_string()))?;
-            return Ok(uuid);
+            return Ok(());
         }
         let build_request = Op::Put {
             table: Table::BuildRequests,
@@ -254,7 +277,7 @@ impl Api {
             || async {
                 let mut ops = vec![build_request.clone()];
                 if let Some(group) = &req.server_group {
-                    match self.add_group_member(group, &uuid).await {
+                    match self.add_group_member(group, uuid).await {
                         Ok(op) => ops.push(op),
                         // Not a database error: the request is wrong (400).
                         Err(e) => return Ok(Err(e)),
@@ -265,12 +288,7 @@ impl Api {
             },
         )
         .await??;
-        self.ctx
-            .bus
-            .cast(crate::conductor::TOPIC, Rpc::ScheduleAndBuildInstances { spec })
-            .await
-            .map_err(|e| ApiError::new(503, e.to_string()))?;
-        Ok(uuid)
+        Ok(())
     }
 
     async fn add_group_member(&self, group: &str, uuid: &str) -> Result<Op, ApiError> {
@@ -449,9 +467,9 @@ impl HttpHandler for Api {
         };
         let id = req.path.strip_prefix("/servers/").filter(|id| !id.is_empty() && !id.contains('/'));
         match (req.method, req.path.as_str(), id, req.body) {
-            (Method::Post, "/servers", _, Body::CreateServer { name, flavor, image, server_group }) => {
-                let create = CreateServer { name, flavor, image, server_group };
-                answer(self.create_server(&token, &create).await, 202, Body::Created)
+            (Method::Post, "/servers", _, Body::CreateServer { name, flavor, image, server_group, count }) => {
+                let create = CreateServer { name, flavor, image, server_group, count };
+                answer(self.create_server(&token, &create).await, 202, Body::CreatedServers)
             }
             (Method::Get, "/servers", _, _) => answer(self.list_servers(&token).await, 200, Body::Servers),
             (Method::Get, _, Some(id), _) => answer(self.show_server(&token, id).await, 200, Body::Server),
@@ -499,16 +517,17 @@ impl NovaClient {
         }
     }
 
-    /// POST /servers (202): the new server's id.
-    pub async fn create_server(&self, token: &str, req: &CreateServer) -> Result<String, ApiError> {
+    /// POST /servers (202): the new servers' ids (one unless a multi-create).
+    pub async fn create_server(&self, token: &str, req: &CreateServer) -> Result<Vec<String>, ApiError> {
         let body = Body::CreateServer {
             name: req.name.clone(),
             flavor: req.flavor.clone(),
             image: req.image.clone(),
             server_group: req.server_group.clone(),
+            count: req.count,
         };
         match self.call(NOVA_API, HttpRequest::new(Method::Post, "/servers", body).with_token(token)).await?.body {
-            Body::Created(id) => Ok(id),
+            Body::CreatedServers(ids) => Ok(ids),
             other => Err(ApiError::new(500, format!("nova-api answered {}", message(&other)))),
         }
     }

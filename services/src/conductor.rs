@@ -66,7 +66,7 @@ impl Conductor {
                             Err(e) => Rpc::Error(e.to_string()),
                         });
                     }
-                    Rpc::ScheduleAndBuildInstances { spec } => this.schedule_and_build(spec, req.redelivered).await,
+                    Rpc::ScheduleAndBuildInstances { specs } => this.schedule_and_build(specs, req.redelivered).await,
                     Rpc::BuildInstances { spec, alternates, failure } => {
                         this.reschedule(spec, alternates, failure).await
                     }
@@ -115,7 +115,7 @@ impl Conductor {
     /// the scheduler; without it (before Stein) it fails after `rpc_response_timeout`
     /// however busy the scheduler is. nova's `retry_select_destinations` sends it again
     /// after a MessagingTimeout, `scheduler.max_attempts - 1` times.
-    async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, BusError> {
+    async fn select_destinations(&self, specs: &[RequestSpec]) -> Result<Rpc, BusError> {
         let c = &self.ctx.scenario.control;
         let (timeout, monitor) = if c.rpc_call_monitoring {
             (c.long_rpc_timeout.0, Some(c.rpc_response_timeout.0))
@@ -125,7 +125,7 @@ impl Conductor {
         let retries = c.scheduler.max_attempts.saturating_sub(1);
         let mut attempt = 0;
         loop {
-            let msg = Rpc::SelectDestinations { spec: spec.clone() };
+            let msg = Rpc::SelectDestinations { specs: specs.to_vec() };
             match self.ctx.bus.call_monitored(crate::scheduler::TOPIC, msg, timeout, monitor).await {
                 Err(BusError::Timeout { .. }) if attempt < retries => {
                     attempt += 1;
@@ -159,60 +159,86 @@ impl Conductor {
         Ok((claimed, false))
     }
 
-    async fn schedule_and_build(&self, spec: RequestSpec, redelivered: bool) -> Result<(), ServiceError> {
+    /// One create request: its servers scheduled in one select_destinations call, then each
+    /// created in its cell and cast to its host. If the call fails, every server of the
+    /// request is buried in cell0 with the reason, as nova's does.
+    async fn schedule_and_build(&self, specs: Vec<RequestSpec>, redelivered: bool) -> Result<(), ServiceError> {
         if self.ctx.scenario.control.era == Era::Icehouse {
-            // Icehouse's build_instances: the instance exists; cast to the scheduler.
-            self.ctx.bus.cast(crate::scheduler::TOPIC, Rpc::RunInstance { spec }).await?;
+            // Icehouse's build_instances: the instances exist; cast each to the scheduler.
+            for spec in specs {
+                self.ctx.bus.cast(crate::scheduler::TOPIC, Rpc::RunInstance { spec }).await?;
+            }
             return Ok(());
         }
         let t0 = self.ctx.clock.now();
-        let claimed = if redelivered {
+        // A redelivery picks up where the first delivery got to, server by server.
+        let mut placed: Vec<(RequestSpec, Vec<String>)> = Vec::new();
+        let mut todo = Vec::new();
+        for spec in specs {
+            if !redelivered {
+                todo.push(spec);
+                continue;
+            }
             match self.resume_redelivered(&spec).await? {
-                (_, true) => return Ok(()),
-                (claimed, false) => claimed,
+                (_, true) => {}
+                (Some(host), false) => placed.push((spec, vec![host])),
+                (None, false) => todo.push(spec),
             }
-        } else {
-            None
-        };
-        let ts = self.ctx.clock.now();
-        let answer = match claimed {
-            Some(host) => Ok(Rpc::Destinations { hosts: vec![host] }),
-            None => self.select_destinations(&spec).await,
-        };
-        let hosts = match answer {
-            Ok(Rpc::Destinations { hosts }) if !hosts.is_empty() => {
-                self.ctx.metrics.record("scheduler.select_destinations", self.ctx.clock.secs_since(ts), true);
-                hosts
+        }
+        if !todo.is_empty() {
+            let ts = self.ctx.clock.now();
+            let answer = self.select_destinations(&todo).await;
+            match answer {
+                Ok(Rpc::Destinations { hosts }) if hosts.len() == todo.len() && hosts.iter().all(|h| !h.is_empty()) => {
+                    self.ctx.metrics.record("scheduler.select_destinations", self.ctx.clock.secs_since(ts), true);
+                    placed.extend(todo.into_iter().zip(hosts));
+                }
+                other => {
+                    self.ctx.metrics.record("scheduler.select_destinations", self.ctx.clock.secs_since(ts), false);
+                    let reason = match other {
+                        Ok(Rpc::NoValidHost { reason }) => {
+                            self.ctx.metrics.count("no_valid_host", 1);
+                            format!("No valid host was found. {reason}")
+                        }
+                        Ok(Rpc::Error(e)) => {
+                            self.ctx.metrics.count("scheduler.remote_errors", 1);
+                            e
+                        }
+                        Ok(m) => format!("scheduler answered {}", m.method()),
+                        Err(e) => {
+                            self.ctx.metrics.count("scheduler.rpc_errors", 1);
+                            e.to_string()
+                        }
+                    };
+                    // Bury in cell0: each instance exists, in ERROR, with the fault.
+                    for spec in &todo {
+                        let inst = new_instance(spec, spec.accepted_at_ms, VmState::Error, None, Some(reason.clone()));
+                        dbx::create_instance(&self.ctx, &inst, true).await?;
+                    }
+                    if placed.is_empty() {
+                        let took = self.ctx.clock.secs_since(t0);
+                        self.ctx.metrics.record("conductor.schedule_and_build", took, false);
+                        return Ok(());
+                    }
+                }
             }
-            other => {
-                self.ctx.metrics.record("scheduler.select_destinations", self.ctx.clock.secs_since(ts), false);
-                let reason = match other {
-                    Ok(Rpc::NoValidHost { reason }) => {
-                        self.ctx.metrics.count("no_valid_host", 1);
-                        format!("No valid host was found. {reason}")
-                    }
-                    Ok(Rpc::Error(e)) => {
-                        self.ctx.metrics.count("scheduler.remote_errors", 1);
-                        e
-                    }
-                    Ok(m) => format!("scheduler answered {}", m.method()),
-                    Err(e) => {
-                        self.ctx.metrics.count("scheduler.rpc_errors", 1);
-                        e.to_string()
-                    }
-                };
-                // Bury in cell0: the instance exists, in ERROR, with the fault.
-                let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Error, None, Some(reason));
-                dbx::create_instance(&self.ctx, &inst, true).await?;
-                self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
-                return Ok(());
-            }
-        };
+        }
+        let mut ok = true;
+        for (spec, hosts) in placed {
+            ok &= self.build_placed(spec, hosts).await?;
+        }
+        self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), ok);
+        Ok(())
+    }
+
+    /// One scheduled server: created in its cell (unless the user deleted it meanwhile),
+    /// quota checked again, cast to its host. False when it did not get to its host.
+    async fn build_placed(&self, spec: RequestSpec, hosts: Vec<String>) -> Result<bool, ServiceError> {
         let (host, alternates) = (hosts[0].clone(), hosts[1..].to_vec());
         // The user may have deleted the server while it was being scheduled.
         if dbx::get(&*self.ctx.db, Table::BuildRequests, &spec.instance_uuid).await?.is_none() {
             self.placement.release(&spec.instance_uuid).await?;
-            return Ok(());
+            return Ok(true);
         }
         let inst = new_instance(&spec, spec.accepted_at_ms, VmState::Building, Some(TaskState::Scheduling), None);
         dbx::create_instance(&self.ctx, &inst, true).await?;
@@ -228,13 +254,11 @@ impl Conductor {
                 })
                 .await?;
                 self.ctx.metrics.count("quota_recheck_failures", 1);
-                self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), false);
-                return Ok(());
+                return Ok(false);
             }
         }
         self.ctx.bus.cast(&crate::compute::topic(&host), Rpc::BuildAndRunInstance { spec, alternates }).await?;
-        self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), true);
-        Ok(())
+        Ok(true)
     }
 
     /// Counting-mode recheck: usage now includes the new instance, so check with no delta.

@@ -83,7 +83,7 @@ pub async fn drive(ctx: Ctx, api: NovaClient, monitor: MonitorRef, submitted: Op
         // Trace requests are not polled: whether they went ACTIVE is read off the servers.
         let by_id: BTreeMap<&str, &FinalInstance> = instances.iter().map(|i| (i.id.as_str(), i)).collect();
         for it in iterations.iter_mut() {
-            if let Some(i) = it.server.as_deref().and_then(|id| by_id.get(id)) {
+            if let Some(i) = it.servers.first().and_then(|id| by_id.get(id.as_str())) {
                 it.ok = i.launched_at_ms.is_some();
                 if !it.ok {
                     it.error = Some(i.fault.clone().unwrap_or_else(|| format!("server went {}", i.status)));

@@ -27,7 +27,8 @@ pub struct Iteration {
     pub index: u32,
     /// Counting from 0.
     pub pass: u32,
-    pub server: Option<String>,
+    /// The servers it created (several for a multi-create).
+    pub servers: Vec<String>,
     pub ok: bool,
     pub error: Option<String>,
 }
@@ -177,7 +178,7 @@ impl Workload {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|it| it.pass == pass)
-            .filter_map(|it| it.server.clone().map(|s| (it.index, s)))
+            .flat_map(|it| it.servers.iter().map(|s| (it.index, s.clone())).collect::<Vec<_>>())
             .collect();
         let mut handles = Vec::new();
         for (index, uuid) in servers {
@@ -271,25 +272,29 @@ impl Workload {
             }
         };
         let group = tenant.group.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let req = CreateServer { name: format!("rally-{index}"), flavor, image, server_group: group };
+        let count = self.ctx.scenario.workload.servers_per_request;
+        let req = CreateServer { name: format!("rally-{index}"), flavor, image, server_group: group, count };
         let t0 = self.ctx.clock.now();
         let result = self.boot(tenant, &req).await;
-        let (server, ok, error) = match result {
-            Ok((uuid, status, fault)) => {
-                let ok = status == "ACTIVE";
-                (Some(uuid), ok, if ok { None } else { Some(fault.unwrap_or_else(|| format!("server went {status}"))) })
+        let (servers, ok, error) = match result {
+            Ok(done) => {
+                // Rally's boot_servers: the iteration fails on the first server not ACTIVE.
+                let failed = done.iter().find(|(_, status, _)| *status != "ACTIVE");
+                let error =
+                    failed.map(|(_, status, fault)| fault.clone().unwrap_or_else(|| format!("server went {status}")));
+                (done.iter().map(|(uuid, _, _)| uuid.clone()).collect(), failed.is_none(), error)
             }
-            Err(e) => (None, false, Some(e)),
+            Err(e) => (Vec::new(), false, Some(e)),
         };
         self.ctx.metrics.record("boot_server", self.ctx.clock.secs_since(t0), ok);
         if self.ctx.scenario.workload.action == Action::BootAndDelete {
-            if let Some(uuid) = &server {
+            for uuid in &servers {
                 let t1 = self.ctx.clock.now();
                 let r = self.delete(tenant, uuid).await;
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
         }
-        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, pass, server, ok, error });
+        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, pass, servers, ok, error });
     }
 
     /// One trace row: boot at its arrival, delete at the end of its lifetime. The request is
@@ -302,21 +307,24 @@ impl Workload {
             pick(&mut rng, &self.ctx.scenario.workload.images)
         };
         let group = tenant.group.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let req =
-            CreateServer { name: format!("trace-{index}"), flavor: row.flavor_name(), image, server_group: group };
+        let name = format!("trace-{index}");
+        let req = CreateServer { name, flavor: row.flavor_name(), image, server_group: group, count: 1 };
         let req = &req;
         let created = self.with_token(tenant, |t| async move { self.api.create_server(&t, req).await }).await;
-        let (server, ok, error) = match created {
-            Ok(uuid) => (Some(uuid), true, None),
-            Err(e) => (None, false, Some(e.to_string())),
+        let (servers, ok, error) = match created {
+            Ok(uuids) => (uuids, true, None),
+            Err(e) => (Vec::new(), false, Some(e.to_string())),
         };
-        if let (Some(uuid), true) = (&server, row.lifetime_s > 0.0) {
+        if row.lifetime_s > 0.0 && !servers.is_empty() {
             self.ctx.clock.sleep(Duration::from_secs_f64(row.lifetime_s)).await;
-            let t1 = self.ctx.clock.now();
-            let r = self.delete(tenant, uuid).await;
-            self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
+            for uuid in &servers {
+                let t1 = self.ctx.clock.now();
+                let r = self.delete(tenant, uuid).await;
+                self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
+            }
         }
-        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, pass: 0, server, ok, error });
+        let it = Iteration { index, pass: 0, servers, ok, error };
+        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(it);
     }
 
     /// Calls `f` with a token, re-authenticating once on a 401 (token expired).
@@ -332,37 +340,46 @@ impl Workload {
         }
     }
 
+    /// Creates the request's servers and polls each until it is ACTIVE or ERROR (Rally's
+    /// `_boot_servers` waits for every one): each server's id, status and fault.
     async fn boot(
         &self,
         tenant: &Tenant,
         req: &CreateServer,
-    ) -> Result<(String, &'static str, Option<String>), String> {
-        let uuid = self
+    ) -> Result<Vec<(String, &'static str, Option<String>)>, String> {
+        let uuids = self
             .with_token(tenant, |t| async move { self.api.create_server(&t, req).await })
             .await
             .map_err(|e| e.to_string())?;
         let w = &self.ctx.scenario.workload;
         self.ctx.clock.sleep(w.prepoll_delay.0).await;
         let t0 = self.ctx.clock.now();
-        loop {
-            let u = uuid.clone();
-            let view = self
-                .with_token(tenant, |t| {
-                    let u = u.clone();
-                    async move { self.api.show_server(&t, &u).await }
-                })
-                .await;
-            match view {
-                Ok(v) if v.status == "ACTIVE" || v.status == "ERROR" => return Ok((uuid, v.status, v.fault)),
-                Ok(_) => {}
-                Err(e) if e.code >= 500 => {}
-                Err(e) => return Err(e.to_string()),
+        let mut out = Vec::with_capacity(uuids.len());
+        for uuid in uuids {
+            loop {
+                let u = uuid.clone();
+                let view = self
+                    .with_token(tenant, |t| {
+                        let u = u.clone();
+                        async move { self.api.show_server(&t, &u).await }
+                    })
+                    .await;
+                match view {
+                    Ok(v) if v.status == "ACTIVE" || v.status == "ERROR" => {
+                        out.push((uuid, v.status, v.fault));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.code >= 500 => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                if self.ctx.clock.since(t0) > w.liveness_bound.0 {
+                    return Err(format!("server {uuid} not ACTIVE within {:?}", w.liveness_bound.0));
+                }
+                self.ctx.clock.sleep(w.poll_interval.0).await;
             }
-            if self.ctx.clock.since(t0) > w.liveness_bound.0 {
-                return Err(format!("server {uuid} not ACTIVE within {:?}", w.liveness_bound.0));
-            }
-            self.ctx.clock.sleep(w.poll_interval.0).await;
         }
+        Ok(out)
     }
 
     async fn delete(&self, tenant: &Tenant, uuid: &str) -> Result<(), String> {

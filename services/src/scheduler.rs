@@ -296,8 +296,8 @@ impl Scheduler {
             let this = this.clone();
             async move {
                 match req.msg {
-                    Rpc::SelectDestinations { spec } => {
-                        Some(match this.select_destinations_once(&spec, req.redelivered).await {
+                    Rpc::SelectDestinations { specs } => {
+                        Some(match this.select_destinations_once(&specs, req.redelivered).await {
                             Ok(out) => out,
                             Err(e) => Rpc::Error(e.to_string()),
                         })
@@ -317,20 +317,40 @@ impl Scheduler {
         Ok(())
     }
 
-    /// A redelivered select_destinations (acks after dispatch, a scheduler that died
-    /// mid-request) answers with the host its first delivery claimed, if it got that far,
-    /// instead of claiming again against its own claim (which every host would refuse).
-    async fn select_destinations_once(&self, spec: &RequestSpec, redelivered: bool) -> Result<Rpc, ServiceError> {
-        if redelivered {
-            if let Some(host) = self.placement.allocation(&spec.instance_uuid).await? {
-                self.ctx.metrics.count("scheduler.redelivered_resumed", 1);
-                return Ok(Rpc::Destinations { hosts: vec![host] });
+    /// select_destinations for every server of a create request, in one call: the call's
+    /// own CPU cost once, then each server placed (and claimed) in turn. If one cannot be
+    /// placed, the claims made for the others are given back and the whole request gets
+    /// the answer, as nova's scheduler does. A redelivered call (acks after dispatch, a
+    /// scheduler that died mid-request) answers with the host a server's first delivery
+    /// already claimed, if it got that far, instead of claiming again against its own claim
+    /// (which every host would refuse).
+    async fn select_destinations_once(&self, specs: &[RequestSpec], redelivered: bool) -> Result<Rpc, ServiceError> {
+        self.ctx.cpu.spend(self.ctx.scenario.model.service_time.scheduler_per_request.0).await;
+        let mut out = Vec::with_capacity(specs.len());
+        for (n, spec) in specs.iter().enumerate() {
+            if redelivered {
+                if let Some(host) = self.placement.allocation(&spec.instance_uuid).await? {
+                    self.ctx.metrics.count("scheduler.redelivered_resumed", 1);
+                    out.push(vec![host]);
+                    continue;
+                }
+            }
+            match self.select_destinations(spec).await? {
+                Ok(hosts) => out.push(hosts),
+                Err(failure) => {
+                    for earlier in &specs[..n] {
+                        self.placement.release(&earlier.instance_uuid).await?;
+                    }
+                    return Ok(failure);
+                }
             }
         }
-        self.select_destinations(spec).await
+        Ok(Rpc::Destinations { hosts: out })
     }
 
-    pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Rpc, ServiceError> {
+    /// One server's destinations: the claimed host, then its alternates; `Err` is the
+    /// answer for the whole call (NoValidHost, AllocationUpdateFailed).
+    pub async fn select_destinations(&self, spec: &RequestSpec) -> Result<Result<Vec<String>, Rpc>, ServiceError> {
         let resources = spec.flavor.resources();
         let alternates_max = self.config.max_attempts.saturating_sub(1) as usize;
         let skip_claim = self.ctx.scenario.debug.plant_bug == Some(PlantedBug::SchedulerSkipsClaim);
@@ -343,7 +363,7 @@ impl Scheduler {
         for k in [alternates_max + 1 + CLAIM_FALLBACKS, usize::MAX] {
             let order = match self.order_hosts(spec, k).await? {
                 Ok(order) => order,
-                Err(reason) if tried.is_empty() => return Ok(Rpc::NoValidHost { reason }),
+                Err(reason) if tried.is_empty() => return Ok(Err(Rpc::NoValidHost { reason })),
                 Err(_) => break,
             };
             let complete = order.len() < k;
@@ -360,17 +380,17 @@ impl Scheduler {
                         // instance claimed) fails the request: AllocationUpdateFailed.
                         ClaimOutcome::ConsumerConflict(why) => {
                             self.ctx.metrics.count("scheduler.allocation_update_failed", 1);
-                            return Ok(Rpc::Error(format!(
+                            return Ok(Err(Rpc::Error(format!(
                                 "AllocationUpdateFailed: Failed to update allocations for consumer {}. Error: {why}",
                                 spec.instance_uuid
-                            )));
+                            ))));
                         }
                         _ => false,
                     };
                 if claimed {
                     let mut out = vec![host.clone()];
                     out.extend(order[pos + 1..].iter().take(alternates_max).cloned());
-                    return Ok(Rpc::Destinations { hosts: out });
+                    return Ok(Ok(out));
                 }
                 self.ctx.metrics.count("scheduler.claim_failures", 1);
                 tried.push(host.clone());
@@ -379,7 +399,7 @@ impl Scheduler {
                 break;
             }
         }
-        Ok(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() })
+        Ok(Err(Rpc::NoValidHost { reason: "every weighed host refused the claim".into() }))
     }
 
     /// Icehouse's `run_instance` (a cast): pick a host without claiming (the compute claims
@@ -387,6 +407,7 @@ impl Scheduler {
     /// valid host, the instance goes to ERROR here, as Icehouse's scheduler set it.
     pub async fn run_instance(&self, spec: RequestSpec) -> Result<(), ServiceError> {
         let t0 = self.ctx.clock.now();
+        self.ctx.cpu.spend(self.ctx.scenario.model.service_time.scheduler_per_request.0).await;
         let uuid = spec.instance_uuid.clone();
         let attempt = spec.tried_hosts.len() as u32 + 1;
         let failure = if attempt > self.config.max_attempts {
@@ -464,9 +485,8 @@ impl Scheduler {
             ..RequestView::new(&spec.flavor, &spec.image)
         };
         // The filter and weigher pass's CPU time: the process serves one pass at a time.
-        let st = &self.ctx.scenario.model.service_time;
         let hosts = snapshot.len() as u32;
-        self.ctx.cpu.spend(st.scheduler_per_request.0 + st.scheduler_per_host.0 * hosts).await;
+        self.ctx.cpu.spend(self.ctx.scenario.model.service_time.scheduler_per_host.0 * hosts).await;
         let now = self.ctx.clock.now_ms();
         let down_after = self.ctx.scenario.control.service_down_time.ms();
         let mut guard = self.decider.lock().unwrap_or_else(|e| e.into_inner());

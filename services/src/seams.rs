@@ -44,8 +44,9 @@ pub enum Rpc {
     },
     TokenInfo(TokenPayload),
     // conductor
+    /// One create request's servers (several for a multi-create), scheduled together.
     ScheduleAndBuildInstances {
-        spec: RequestSpec,
+        specs: Vec<RequestSpec>,
     },
     /// A compute's `Service.save()` (and the resource tracker's compute node, when it
     /// changed), which nova-compute cannot write itself: it has no database access and
@@ -63,16 +64,18 @@ pub enum Rpc {
         failure: String,
     },
     // scheduler
+    /// One call for every server of a create request (nova's `num_instances`).
     SelectDestinations {
-        spec: RequestSpec,
+        specs: Vec<RequestSpec>,
     },
     /// Icehouse: the conductor casts the request to the scheduler, which casts to a compute.
     RunInstance {
         spec: RequestSpec,
     },
-    /// The claimed host first, then unclaimed alternates.
+    /// Per server of the call, in its order: the claimed host first, then unclaimed
+    /// alternates.
     Destinations {
-        hosts: Vec<String>,
+        hosts: Vec<Vec<String>>,
     },
     NoValidHost {
         reason: String,
@@ -362,7 +365,12 @@ pub enum Body {
         flavor: String,
         image: String,
         server_group: Option<String>,
+        /// `min_count = max_count`: how many servers (1 unless a multi-create).
+        count: u32,
     },
+    /// A multi-create's answer: every new server's id, in order. (nova answers with the
+    /// first server and, on request, a reservation id that lists the rest.)
+    CreatedServers(Vec<String>),
     /// POST /os-server-groups.
     CreateServerGroup {
         name: String,

@@ -316,6 +316,31 @@ fn a_killed_scheduler_s_calls_fail_by_call_monitoring_and_the_retry_lands_on_the
     assert_eq!(v.invariant, "requests_terminal", "{v:?}");
 }
 
+/// `scenarios/faults/scheduler-overload.toml` (F4): one multi-create of 400 servers takes
+/// the scheduler longer than the pre-Stein 60 s timeout; the conductor's retry finds the
+/// first call's claims (AllocationUpdateFailed), every server goes to ERROR and the claims
+/// leak. With call monitoring (the file's mitigation) the heartbeats keep the call alive
+/// past 60 s and all 400 boot.
+#[test]
+fn a_multi_create_outlasting_the_pre_stein_timeout_fails_and_call_monitoring_saves_it() {
+    let s = scenario("faults/scheduler-overload.toml");
+    let r = run(&s, 1);
+    assert!(!r.passed, "the overload broke nothing: {:?}", r.counters);
+    assert_eq!(r.counters.get("conductor.select_destinations_retries").copied(), Some(1), "{:?}", r.counters);
+    assert_eq!(r.final_states.get("ERROR").copied(), Some(400), "{:?}", r.final_states);
+    assert!(r.instances.iter().all(|i| i.fault.as_deref().unwrap_or("").starts_with("AllocationUpdateFailed")));
+    let v = r.first_violation.violation.as_ref().expect("the abandoned call's claims leak");
+    assert_eq!(v.invariant, "allocations_match_instances", "{v:?}");
+
+    let m = mitigated("faults/scheduler-overload.toml");
+    let r = run(&m, 1);
+    assert!(r.passed, "with call monitoring: {}", r.failure_text().unwrap_or_default());
+    assert_eq!(r.final_states.get("ACTIVE").copied(), Some(400), "{:?}", r.final_states);
+    let select = r.actions.iter().find(|a| a.action == "scheduler.select_destinations").expect("select");
+    assert_eq!(select.count, 1, "one call for the whole multi-create");
+    assert!(select.max_s > 60.0, "the call outlasted rpc_response_timeout: {} s", select.max_s);
+}
+
 /// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
 /// in BUILD, and the liveness check catches it.
 #[test]

@@ -678,7 +678,15 @@ pub struct Workload {
     /// shows each pass's per-action latency and the last pass minus the first.
     #[serde(default = "default_passes", skip_serializing_if = "is_one_pass")]
     pub passes: u32,
+    /// Servers per create request: nova's multi-create, `min_count = max_count` of
+    /// POST /servers (Rally's `boot_servers` with `count`). The conductor schedules them in
+    /// one select_destinations call; the iteration succeeds when every one goes ACTIVE.
+    #[serde(default = "default_passes", skip_serializing_if = "is_one_pass")]
+    pub servers_per_request: u32,
 }
+
+/// The most servers one create request may ask for.
+pub const MAX_SERVERS_PER_REQUEST: u32 = 10_000;
 
 /// The most passes a workload may make.
 pub const MAX_PASSES: u32 = 16;

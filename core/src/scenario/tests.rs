@@ -153,6 +153,21 @@ fn scheduling_declarations_are_checked_with_line_and_field() {
 }
 
 #[test]
+fn servers_per_request_is_checked_with_line_and_field() {
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for value in ["0", "10001"] {
+        let text = GOOD.replace("images = {", &format!("servers_per_request = {value}\nimages = {{"));
+        let e = error_of(&text);
+        assert_eq!(e.field, "workload.servers_per_request", "{e}");
+        assert_eq!(e.line, line_of(&text, "servers_per_request"), "{e}");
+        assert!(e.message.contains("within 1..=10000"), "{e}");
+    }
+    let many = GOOD.replace("images = {", "servers_per_request = 40\nimages = {");
+    assert_eq!(Scenario::parse("t.toml", &many).unwrap().workload.servers_per_request, 40);
+    assert_eq!(Scenario::parse("t.toml", GOOD).unwrap().workload.servers_per_request, 1);
+}
+
+#[test]
 fn workload_passes_are_checked_with_line_and_field() {
     let line_of = |text: &str, needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
     for (value, why) in [("0", "within 1..=16"), ("17", "within 1..=16")] {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AggregateDecl, Runner, Scenario, MAX_PASSES};
+use super::{AggregateDecl, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST};
 use crate::scheduler::{FilterKind, WeigherKind};
 
 impl Scenario {
@@ -91,6 +91,16 @@ impl Scenario {
                 return err("workload.runner.rate", format!("must be a positive number, got {rate}"))
             }
             _ => {}
+        }
+        let per_request = self.workload.servers_per_request;
+        if !(1..=MAX_SERVERS_PER_REQUEST).contains(&per_request) {
+            return err(
+                "workload.servers_per_request",
+                format!("must be within 1..={MAX_SERVERS_PER_REQUEST}, got {per_request}"),
+            );
+        }
+        if per_request > 1 && matches!(self.workload.runner, Runner::Trace { .. }) {
+            return err("workload.servers_per_request", "a trace's rows are one server each".into());
         }
         if !(1..=MAX_PASSES).contains(&self.workload.passes) {
             return err("workload.passes", format!("must be within 1..={MAX_PASSES}, got {}", self.workload.passes));
