@@ -17,9 +17,10 @@ use crate::placement::{self, PlacementClient};
 use crate::rpc::{self, Request, ServeOptions};
 use crate::seams::{BusError, HvError, HvRef, Rpc};
 
-/// How often the build-timeout periodic task runs (nova's periodic tasks without a spacing
-/// run every `periodic_interval_max`, 60 s).
-pub const BUILD_TIMEOUT_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the build-timeout and resource-tracker periodic tasks run (nova's periodic
+/// tasks without a spacing run every `periodic_interval_max`, 60 s; `update_resources_interval`
+/// is 0 by default, which means the same).
+pub const PERIODIC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn topic(host: &str) -> String {
     format!("compute.{host}")
@@ -192,6 +193,7 @@ impl Compute {
             tokio::spawn(this.clone().build_timeout_loop());
         }
         tokio::spawn(this.clone().heartbeat_loop());
+        tokio::spawn(this.clone().heal_allocations_loop());
         let ctx = this.ctx.clone();
         rpc::serve(&ctx, &topic(&this.host), ServeOptions::of(&ctx, "compute"), move |req: Request| {
             let this = this.clone();
@@ -325,7 +327,7 @@ impl Compute {
     async fn build_timeout_loop(self: Arc<Self>) {
         let timeout_ms = self.ctx.scenario.control.instance_build_timeout.ms();
         loop {
-            self.ctx.clock.sleep(BUILD_TIMEOUT_CHECK).await;
+            self.ctx.clock.sleep(PERIODIC_INTERVAL).await;
             let Ok(rows) = dbx::scan(&*self.ctx.db, Table::Instances, "").await else { continue };
             let now = self.ctx.clock.now_ms();
             for (uuid, row) in rows {
@@ -337,6 +339,24 @@ impl Compute {
                     && self.error_out(&uuid, "Instance build timed out. Set to error state.").await.is_ok()
                 {
                     self.ctx.metrics.count("compute.build_timeouts", 1);
+                }
+            }
+        }
+    }
+
+    /// The resource tracker's `update_available_resource` periodic task (every 60 s) as far
+    /// as allocations go: `_remove_deleted_instances_allocations` deletes the allocations
+    /// against this host of instances that are deleted, which a delete whose allocation
+    /// removal failed (placement unreachable) leaves behind. An allocation whose instance
+    /// does not exist yet (a build being scheduled here) is left alone.
+    async fn heal_allocations_loop(self: Arc<Self>) {
+        loop {
+            self.ctx.clock.sleep(PERIODIC_INTERVAL).await;
+            let Ok(consumers) = self.placement.provider_allocations(&self.host).await else { continue };
+            for uuid in consumers {
+                let Ok(Some((_, inst))) = dbx::get_instance(&*self.ctx.db, &uuid).await else { continue };
+                if inst.deleted && self.placement.release(&uuid).await.is_ok() {
+                    self.ctx.metrics.count("compute.deleted_instance_allocations_removed", 1);
                 }
             }
         }

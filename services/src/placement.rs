@@ -148,6 +148,7 @@ pub async fn release(db: &dyn Database, metrics: &Metrics, consumer: &str) -> Re
 /// GET /allocation_candidates.
 pub const CANDIDATES_PATH: &str = "/allocation_candidates";
 const ALLOCATIONS_PREFIX: &str = "/allocations/";
+const PROVIDERS_PREFIX: &str = "/resource_providers/";
 
 /// One placement worker: the API over the database.
 pub struct Placement {
@@ -176,6 +177,26 @@ impl HttpHandler for Placement {
     async fn handle(&self, req: HttpRequest) -> HttpResponse {
         let (db, metrics) = (&*self.ctx.db, &self.ctx.metrics);
         let consumer = req.path.strip_prefix(ALLOCATIONS_PREFIX).filter(|c| !c.is_empty());
+        let provider = req
+            .path
+            .strip_prefix(PROVIDERS_PREFIX)
+            .and_then(|p| p.strip_suffix("/allocations"))
+            .filter(|p| !p.is_empty() && !p.contains('/'));
+        if let (Method::Get, Some(host)) = (req.method, provider) {
+            // One shared read view of the table, filtered here: placement's query goes
+            // through an index on the provider, so nothing is copied but the answer.
+            return match dbx::snapshot(db, Table::Allocations).await {
+                Ok(rows) => {
+                    let consumers = rows
+                        .iter()
+                        .filter(|(_, r)| matches!(&r.value, Record::Allocation(a) if a.host == host))
+                        .map(|(consumer, _)| consumer.clone())
+                        .collect();
+                    HttpResponse::new(200, Body::Consumers(consumers))
+                }
+                Err(e) => server_error(e.into()),
+            };
+        }
         match (req.method, req.path.as_str(), consumer, req.body) {
             // Every provider, as the scheduler's shared snapshot: the scheduler applies the
             // capacity check itself (the candidates' limit and filtering are its strategy's).
@@ -300,6 +321,19 @@ impl PlacementClient {
             HttpResponse { status: 404, .. } => Ok(None),
             r => Err(DbError::Backend(format!(
                 "placement answered {} to GET allocations/{consumer}: {:?}",
+                r.status, r.body
+            ))
+            .into()),
+        }
+    }
+
+    /// GET /resource_providers/{host}/allocations: the consumers with allocations on `host`.
+    pub async fn provider_allocations(&self, host: &str) -> Result<Vec<String>, ServiceError> {
+        let req = HttpRequest::new(Method::Get, format!("{PROVIDERS_PREFIX}{host}/allocations"), Body::Empty);
+        match self.request(req).await? {
+            HttpResponse { status: 200, body: Body::Consumers(c), .. } => Ok(c),
+            r => Err(DbError::Backend(format!(
+                "placement answered {} to GET resource_providers/{host}/allocations: {:?}",
                 r.status, r.body
             ))
             .into()),

@@ -352,6 +352,8 @@ pub enum Body {
     /// GET /allocation_candidates: every resource provider as one shared snapshot of the
     /// providers table (passed by value, not copied: the scheduler filters it itself).
     Providers(stackbed_core::store::Snapshot),
+    /// GET /resource_providers/{uuid}/allocations: the consumers holding allocations there.
+    Consumers(Vec<String>),
     /// PUT /allocations/{consumer}: the consumer's resources on one provider.
     Allocation {
         project: String,

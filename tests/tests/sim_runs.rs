@@ -298,8 +298,12 @@ fn a_killed_scheduler_s_calls_fail_by_call_monitoring_and_the_retry_lands_on_the
         assert!(r.passed, "seed {seed}: {}", r.failure_text().unwrap_or_default());
         assert!(r.counters.get("conductor.select_destinations_retries").copied().unwrap_or(0) > 0, "{:?}", r.counters);
         let select = r.actions.iter().find(|a| a.action == "scheduler.select_destinations").expect("select");
-        // The lost call: failed by the 60 s monitor, then answered by the live worker.
-        assert!((60.0..120.0).contains(&select.max_s), "slowest select_destinations {} s", select.max_s);
+        // A lost call fails by the 60 s monitor, not after long_rpc_timeout.
+        assert!(select.max_s < 120.0, "slowest select_destinations {} s", select.max_s);
+        // A retry fails only when the dead worker had claimed already (AllocationUpdateFailed).
+        for err in r.iterations.errors.keys() {
+            assert!(err.starts_with("AllocationUpdateFailed"), "seed {seed}: {:?}", r.iterations.errors);
+        }
     }
     let unmonitored = Arc::new(
         Scenario::load_with(
@@ -339,6 +343,23 @@ fn a_multi_create_outlasting_the_pre_stein_timeout_fails_and_call_monitoring_sav
     let select = r.actions.iter().find(|a| a.action == "scheduler.select_destinations").expect("select");
     assert_eq!(select.count, 1, "one call for the whole multi-create");
     assert!(select.max_s > 60.0, "the call outlasted rpc_response_timeout: {} s", select.max_s);
+}
+
+/// `scenarios/faults/chaos.toml`: random kills, power-offs, partitions, skew and slow nodes
+/// with the mitigations on; the first seeds pass with faults applied, including a delete
+/// whose allocation removal failed and was healed by the compute's periodic task (seed 7).
+#[test]
+fn chaos_with_the_mitigations_on_passes() {
+    let s = scenario("faults/chaos.toml");
+    for seed in [1, 7] {
+        let r = run(&s, seed);
+        assert!(r.passed, "seed {seed}: {}", r.failure_text().unwrap_or_default());
+        assert!(r.faults.applied.len() >= 4, "seed {seed}: {:?}", r.faults.applied);
+        if seed == 7 {
+            let healed = r.counters.get("compute.deleted_instance_allocations_removed").copied();
+            assert!(healed.unwrap_or(0) > 0, "{:?}", r.counters);
+        }
+    }
 }
 
 /// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
