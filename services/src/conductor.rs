@@ -235,8 +235,14 @@ impl Conductor {
     /// quota checked again, cast to its host. False when it did not get to its host.
     async fn build_placed(&self, spec: RequestSpec, hosts: Vec<String>) -> Result<bool, ServiceError> {
         let (host, alternates) = (hosts[0].clone(), hosts[1..].to_vec());
-        // The user may have deleted the server while it was being scheduled.
+        // No BuildRequest: the user deleted the server while it was being scheduled, and
+        // its claim goes back; or another copy of this request (a redelivery, a republish)
+        // got here first and created the instance, whose claim this one must not touch.
         if dbx::get(&*self.ctx.db, Table::BuildRequests, &spec.instance_uuid).await?.is_none() {
+            if dbx::get(&*self.ctx.db, Table::Instances, &spec.instance_uuid).await?.is_some() {
+                self.ctx.metrics.count("conductor.duplicate_request_skipped", 1);
+                return Ok(true);
+            }
             self.placement.release(&spec.instance_uuid).await?;
             return Ok(true);
         }

@@ -362,6 +362,21 @@ fn chaos_with_the_mitigations_on_passes() {
     }
 }
 
+/// Acks after dispatch through a broker restart: copies of a create arrive again (redelivered,
+/// or republished after a lost confirm). A copy that finds the BuildRequest gone because an
+/// earlier copy already created the instance must leave the instance's claim alone (it once
+/// took it for a server deleted while scheduling and released it: seed 2 caught that).
+#[test]
+fn a_second_copy_of_a_create_leaves_the_first_copy_s_claim_alone() {
+    let path = root().join("scenarios/faults/broker-restart.toml");
+    let overrides =
+        ["control.amqp_durable_queues=true".parse().unwrap(), "control.rpc_ack=after_dispatch".parse().unwrap()];
+    let s = Arc::new(Scenario::load_with(&path, &overrides).unwrap());
+    let r = run(&s, 2);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    assert!(r.counters.get("conductor.duplicate_request_skipped").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+}
+
 /// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
 /// in BUILD, and the liveness check catches it.
 #[test]
