@@ -179,10 +179,18 @@ impl Conductor {
                 todo.push(spec);
                 continue;
             }
-            match self.resume_redelivered(&spec).await? {
-                (_, true) => {}
-                (Some(host), false) => placed.push((spec, vec![host])),
-                (None, false) => todo.push(spec),
+            // Where the first delivery got to is stackbed's guard, not nova's code: if it
+            // cannot be read (placement unreachable), schedule as nova would, and let a claim
+            // the first delivery made fail the request (AllocationUpdateFailed) rather than
+            // leave it waiting.
+            match self.resume_redelivered(&spec).await {
+                Ok((_, true)) => {}
+                Ok((Some(host), false)) => placed.push((spec, vec![host])),
+                Ok((None, false)) => todo.push(spec),
+                Err(_) => {
+                    self.ctx.metrics.count("conductor.redelivered_unresolved", 1);
+                    todo.push(spec);
+                }
             }
         }
         if !todo.is_empty() {

@@ -26,6 +26,7 @@ use stackbed_services::reply::{self, NoReply};
 use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Envelope, Incoming, ReplyTo, Rpc};
 
 use crate::conn;
+use crate::knobs::{Fate, Knobs, NodeCell};
 
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // each message is boxed once as the network payload
@@ -321,13 +322,16 @@ pub struct SimBus {
     up: Notify,
     clock: Clock,
     metrics: Metrics,
+    /// The node's message faults (drop, delay, duplicate), drawn per publish.
+    knobs: NodeCell,
 }
 
 impl SimBus {
     /// A client for process `name` (`<node>.<incarnation>`); its connection manager runs
     /// from now on, on the calling node.
-    pub fn connect(cfg: SimBusConfig, name: &str, clock: Clock, metrics: Metrics) -> Arc<SimBus> {
+    pub fn connect(cfg: SimBusConfig, name: &str, clock: Clock, metrics: Metrics, knobs: NodeCell) -> Arc<SimBus> {
         let bus = Arc::new(SimBus {
+            knobs,
             cfg,
             name: name.to_string(),
             reply_queue: format!("reply_{name}"),
@@ -342,7 +346,8 @@ impl SimBus {
 
     /// A client of the broker at `broker` with oslo's defaults, for harnesses.
     pub fn connect_default(broker: SocketAddr, name: &str) -> Arc<SimBus> {
-        SimBus::connect(SimBusConfig::new(vec![broker], &Control::default()), name, Clock::start(), Metrics::default())
+        let cfg = SimBusConfig::new(vec![broker], &Control::default());
+        SimBus::connect(cfg, name, Clock::start(), Metrics::default(), Knobs::new(0).node(name))
     }
 
     fn lock(&self) -> MutexGuard<'_, ClientState> {
@@ -519,7 +524,27 @@ impl SimBus {
     /// confirm did not come before its connection died is published again on the next one
     /// (a copy may then arrive twice, with the same message id). Returns whether it reached
     /// a queue (the mandatory flag's answer; a cast does not look).
+    ///
+    /// The node's message faults apply to each publish once: a dropped one is lost after
+    /// the broker confirmed it (the publisher believes it went out), a delayed one waits
+    /// before it is sent, a duplicated one reaches the queue twice with the same message id.
     async fn publish(&self, queue: &str, env: Envelope, persistent: bool) -> bool {
+        match self.knobs.fate() {
+            Fate::Deliver => {}
+            Fate::Drop => {
+                self.metrics.count("bus.faults.dropped", 1);
+                return true;
+            }
+            Fate::Delay(ms) => {
+                self.metrics.count("bus.faults.delayed", 1);
+                self.clock.sleep(Duration::from_millis(ms)).await;
+            }
+            Fate::Duplicate => {
+                self.metrics.count("bus.faults.duplicated", 1);
+                let copy = ToBroker::Publish { queue: queue.to_string(), env: env.clone(), persistent, confirm: None };
+                self.send(copy).await;
+            }
+        }
         loop {
             let (confirm, routed) = {
                 let mut st = self.lock();

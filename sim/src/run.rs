@@ -53,8 +53,13 @@ struct World {
 impl World {
     async fn ctx(&self, node: &str, incarnation: u32, ip: IpAddr) -> std::io::Result<Ctx> {
         let clock = self.clock.skewed(self.knobs.node(node).skew());
-        let bus =
-            SimBus::connect(self.bus.clone(), &format!("{node}.{incarnation}"), clock.clone(), self.metrics.clone());
+        let bus = SimBus::connect(
+            self.bus.clone(),
+            &format!("{node}.{incarnation}"),
+            clock.clone(),
+            self.metrics.clone(),
+            self.knobs.node(node),
+        );
         let db = SimDb::new(DATABASE, &self.opts.scenario.control);
         Ok(Ctx {
             bus,

@@ -377,6 +377,27 @@ fn a_second_copy_of_a_create_leaves_the_first_copy_s_claim_alone() {
     assert!(r.counters.get("conductor.duplicate_request_skipped").copied().unwrap_or(0) > 0, "{:?}", r.counters);
 }
 
+/// `scenarios/faults/duplicate-casts.toml`: nova-api's casts duplicated with the same message
+/// id, acks after dispatch; the duplicate filter drops every copy and every boot finishes.
+/// The planted bug: a conductor that acks after dispatch without the filter handles both
+/// copies, fails boots that had a host and leaks their claims; the checker catches it.
+#[test]
+fn a_conductor_that_acks_after_dispatch_without_the_duplicate_filter_is_caught() {
+    let s = scenario("faults/duplicate-casts.toml");
+    let r = run(&s, 1);
+    assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
+    let dropped = r.counters.get("rpc.duplicates_dropped").copied().unwrap_or(0);
+    assert!(dropped > 0 && Some(dropped) == r.counters.get("bus.faults.duplicated").copied(), "{:?}", r.counters);
+
+    let bug = with_bug("faults/duplicate-casts.toml", |s| {
+        s.debug.plant_bug = Some(stackbed_core::scenario::PlantedBug::AckAfterDispatchWithoutDupFilter)
+    });
+    let r = run(&bug, 1);
+    assert!(!r.passed, "the planted bug went unnoticed: {:?}", r.counters);
+    let v = r.first_violation.violation.as_ref().expect("a violation");
+    assert!(["allocations_match_instances", "no_valid_host_is_true"].contains(&v.invariant), "{v:?}");
+}
+
 /// The planted bug: a restarted compute that skips init_host leaves its interrupted builds
 /// in BUILD, and the liveness check catches it.
 #[test]
