@@ -193,6 +193,7 @@ impl Conductor {
                 }
             }
         }
+        let mut bury_error = None;
         if !todo.is_empty() {
             let ts = self.ctx.clock.now();
             let answer = self.select_destinations(&todo).await;
@@ -218,25 +219,29 @@ impl Conductor {
                             e.to_string()
                         }
                     };
-                    // Bury in cell0: each instance exists, in ERROR, with the fault.
+                    // Bury in cell0: each instance exists, in ERROR, with the fault. One that
+                    // cannot be (another copy of the request created it) does not keep the
+                    // others from it.
                     for spec in &todo {
                         let inst = new_instance(spec, spec.accepted_at_ms, VmState::Error, None, Some(reason.clone()));
-                        dbx::create_instance(&self.ctx, &inst, true).await?;
+                        if let Err(e) = dbx::create_instance(&self.ctx, &inst, true).await {
+                            bury_error.get_or_insert(e);
+                        }
                     }
                     if placed.is_empty() {
                         let took = self.ctx.clock.secs_since(t0);
                         self.ctx.metrics.record("conductor.schedule_and_build", took, false);
-                        return Ok(());
+                        return bury_error.map_or(Ok(()), Err);
                     }
                 }
             }
         }
-        let mut ok = true;
+        let mut ok = bury_error.is_none();
         for (spec, hosts) in placed {
             ok &= self.build_placed(spec, hosts).await?;
         }
         self.ctx.metrics.record("conductor.schedule_and_build", self.ctx.clock.secs_since(t0), ok);
-        Ok(())
+        bury_error.map_or(Ok(()), Err)
     }
 
     /// One scheduled server: created in its cell (unless the user deleted it meanwhile),
