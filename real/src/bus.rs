@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use stackbed_core::queue::{ConnId, Delivery, Queues};
 use stackbed_services::clock::Clock;
 use stackbed_services::metrics::Metrics;
-use stackbed_services::reply::{self, NoReply};
+use stackbed_services::reply;
 use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Envelope, Incoming, ReplyTo, Rpc};
 
 /// The counter a reply that found no waiting caller (late, after a timeout) increments.
@@ -205,8 +205,7 @@ impl Bus for InProcBus {
     ) -> Result<Rpc, BusError> {
         let method = msg.method();
         let id = self.next_id();
-        let monitor_ms = monitor.map(|m| m.as_millis().try_into().unwrap_or(u64::MAX));
-        let reply_to = ReplyTo { queue: self.reply_queue.clone(), msg_id: id, monitor_ms };
+        let reply_to = ReplyTo::new(&self.reply_queue, id, monitor);
         let env = self.envelope(id, msg, Some(reply_to), None);
         let (pending, waiter) = reply::pending();
         match self.broker.lock().clients.get_mut(&self.conn) {
@@ -215,15 +214,7 @@ impl Bus for InProcBus {
         };
         let _guard = PendingGuard { bus: self, msg_id: id };
         self.broker.publish(topic, env, self.broker.options.durable);
-        match waiter.wait(&self.clock, timeout, monitor).await {
-            Ok(reply) => Ok(reply),
-            Err(NoReply::Closed) => Err(BusError::Unavailable(format!("reply queue {} closed", self.reply_queue))),
-            Err(NoReply::Timeout) => Err(BusError::Timeout {
-                topic: topic.to_string(),
-                method,
-                timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
-            }),
-        }
+        waiter.wait(&self.clock, timeout, monitor).await.map_err(|e| e.error(topic, method, timeout, &self.reply_queue))
     }
 
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 use crate::clock::Clock;
-use crate::seams::Rpc;
+use crate::seams::{BusError, Rpc};
 
 /// What a client keeps for a call it is waiting on, by the call's id.
 pub struct Pending {
@@ -38,6 +38,17 @@ pub enum NoReply {
     Timeout,
     /// The client dropped the pending call (its reply queue went away for good).
     Closed,
+}
+
+impl NoReply {
+    /// The caller's error for a call of `method` on `topic` whose replies come to
+    /// `reply_queue`.
+    pub fn error(self, topic: &str, method: &'static str, timeout: Duration, reply_queue: &str) -> BusError {
+        match self {
+            NoReply::Timeout => BusError::timeout(topic, method, timeout),
+            NoReply::Closed => BusError::Unavailable(format!("reply queue {reply_queue} closed")),
+        }
+    }
 }
 
 /// A new pending call and its waiter.

@@ -321,13 +321,14 @@ impl Report {
             *errors.entry(key).or_insert(0) += 1;
         }
         let ok = data.iterations.iter().filter(|i| i.ok).count();
+        let failed = data.iterations.len() - ok;
         let mut final_states = BTreeMap::new();
         for i in &data.instances {
             *final_states.entry(i.status.to_string()).or_insert(0) += 1;
         }
         let invariants = m.results();
         let first_violation = m.first_violation().clone();
-        let sla = ctx.scenario.sla.check(data.iterations.len(), data.iterations.len() - ok);
+        let sla = ctx.scenario.sla.check(data.iterations.len(), failed);
         let passed = data.aborted.is_none() && first_violation.violation.is_none() && sla.iter().all(|c| c.success);
         let (passes, pass_diff) = pass_reports(ctx, &data);
         Report {
@@ -355,12 +356,7 @@ impl Report {
             counters: ctx.metrics.counters(),
             explained: ctx.metrics.explanations(),
             utilisation: data.utilisation,
-            iterations: IterationSummary {
-                total: data.iterations.len(),
-                ok,
-                failed: data.iterations.len() - ok,
-                errors,
-            },
+            iterations: IterationSummary { total: data.iterations.len(), ok, failed, errors },
             final_states,
             instances: data.instances,
             invariants,

@@ -128,6 +128,14 @@ pub struct ReplyTo {
     pub monitor_ms: Option<u64>,
 }
 
+impl ReplyTo {
+    /// The reply address of call `msg_id` from `queue`, monitored when `monitor` is set.
+    pub fn new(queue: &str, msg_id: u64, monitor: Option<Duration>) -> ReplyTo {
+        let monitor_ms = monitor.map(|m| m.as_millis().try_into().unwrap_or(u64::MAX));
+        ReplyTo { queue: queue.to_string(), msg_id, monitor_ms }
+    }
+}
+
 /// Which delivery an ack is for: the tag the broker gave it on one connection. A client
 /// that reconnected holds a new connection; acks of the old one's tags acknowledge nothing
 /// (the broker requeued those messages when the old connection closed).
@@ -175,6 +183,14 @@ pub enum BusError {
     /// The server answered with an exception (oslo.messaging's RemoteError).
     #[error("remote error: {0}")]
     Remote(String),
+}
+
+impl BusError {
+    /// MessagingTimeout for a call of `method` on `topic` that waited `timeout`.
+    pub fn timeout(topic: &str, method: &'static str, timeout: Duration) -> BusError {
+        let timeout_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+        BusError::Timeout { topic: topic.to_string(), method, timeout_ms }
+    }
 }
 
 /// How a process declares its queues and publishes (oslo.messaging's options).

@@ -597,25 +597,23 @@ impl Bus for SimBus {
         let (id, msg_id) = self.next_msg();
         let (pending, waiter) = reply::pending();
         self.lock().pending.insert(id, pending);
-        let monitor_ms = monitor.map(|m| m.as_millis() as u64);
-        let reply_to = Some(ReplyTo { queue: self.reply_queue.clone(), msg_id: id, monitor_ms });
+        let reply_to = Some(ReplyTo::new(&self.reply_queue, id, monitor));
         let env = Envelope { msg, reply_to, msg_id, correlation: None };
         // oslo bounds the publish by the call's timeout (the socket timeout it sets around
         // it), then waits as long again for the reply: a call made while the broker is
         // unreachable fails with MessagingTimeout instead of waiting for the reconnect.
-        let timed_out = || {
-            self.lock().pending.remove(&id);
-            BusError::Timeout { topic: topic.to_string(), method, timeout_ms: timeout.as_millis() as u64 }
+        let sent = self.clock.timeout(timeout, self.publish(topic, env, self.cfg.options.durable)).await;
+        let reply = match sent {
+            Some(_) => waiter.wait(&self.clock, timeout, monitor).await,
+            None => {
+                self.metrics.count("bus.publish_timeouts", 1);
+                Err(NoReply::Timeout)
+            }
         };
-        if self.clock.timeout(timeout, self.publish(topic, env, self.cfg.options.durable)).await.is_none() {
-            self.metrics.count("bus.publish_timeouts", 1);
-            return Err(timed_out());
-        }
-        match waiter.wait(&self.clock, timeout, monitor).await {
-            Ok(reply) => Ok(reply),
-            Err(NoReply::Closed) => Err(BusError::Unavailable("reply channel closed".into())),
-            Err(NoReply::Timeout) => Err(timed_out()),
-        }
+        reply.map_err(|e| {
+            self.lock().pending.remove(&id);
+            e.error(topic, method, timeout, &self.reply_queue)
+        })
     }
 
     /// oslo's reply: mandatory, so an unroutable reply (the caller's reply queue is gone,

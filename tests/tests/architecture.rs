@@ -69,12 +69,17 @@ fn the_simulator_build_needs_no_system_library() {
     }
 }
 
-#[test]
-fn simulated_code_has_no_nondeterminism_sources() {
+/// The code that runs under the simulator: the pure crate, the services and the world.
+fn simulated_files() -> Vec<std::path::PathBuf> {
     let mut files = rust_files("core/src");
     files.extend(rust_files("services/src"));
     files.extend(rust_files("sim/src"));
-    for file in files {
+    files
+}
+
+#[test]
+fn simulated_code_has_no_nondeterminism_sources() {
+    for file in simulated_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         // A line marked `wall clock` measures the run from outside the simulation (allowed).
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.contains("wall clock")) {
@@ -106,10 +111,7 @@ fn simulated_code_has_no_nondeterminism_sources() {
 /// run to run. Simulated code always says `biased;` on the line after.
 #[test]
 fn simulated_selects_are_biased() {
-    let mut files = rust_files("core/src");
-    files.extend(rust_files("services/src"));
-    files.extend(rust_files("sim/src"));
-    for file in files {
+    for file in simulated_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (n, line) in lines.iter().enumerate() {

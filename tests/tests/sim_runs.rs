@@ -12,13 +12,17 @@ fn scenario(name: &str) -> Arc<Scenario> {
     Arc::new(Scenario::load(&root().join("scenarios").join(name)).unwrap())
 }
 
+/// `name` with `--set` overrides (`KEY=VALUE`) applied, as `cargo sim run --set` does.
+fn with_overrides<S: AsRef<str>>(name: &str, overrides: &[S]) -> Arc<Scenario> {
+    let overrides: Vec<_> = overrides.iter().map(|f| f.as_ref().parse().unwrap()).collect();
+    Arc::new(Scenario::load_with(&root().join("scenarios").join(name), &overrides).unwrap())
+}
+
 /// `name` with its `# mitigation:` line's overrides applied, exactly as users run it.
 fn mitigated(name: &str) -> Arc<Scenario> {
-    let path = root().join("scenarios").join(name);
-    let flags = stackbed_tests::mitigation(&path);
+    let flags = stackbed_tests::mitigation(&root().join("scenarios").join(name));
     assert!(!flags.is_empty(), "{name} has no `# mitigation: --set ...` line");
-    let overrides: Vec<_> = flags.iter().map(|f| f.parse().unwrap()).collect();
-    Arc::new(Scenario::load_with(&path, &overrides).unwrap())
+    with_overrides(name, &flags)
 }
 
 fn run(s: &Arc<Scenario>, seed: u64) -> Report {
@@ -305,15 +309,9 @@ fn a_killed_scheduler_s_calls_fail_by_call_monitoring_and_the_retry_lands_on_the
             assert!(err.starts_with("AllocationUpdateFailed"), "seed {seed}: {:?}", r.iterations.errors);
         }
     }
-    let unmonitored = Arc::new(
-        Scenario::load_with(
-            &root().join("scenarios/faults/scheduler-kill.toml"),
-            &[
-                "control.rpc_call_monitoring=false".parse().unwrap(),
-                "control.rpc_response_timeout=1800s".parse().unwrap(),
-            ],
-        )
-        .unwrap(),
+    let unmonitored = with_overrides(
+        "faults/scheduler-kill.toml",
+        &["control.rpc_call_monitoring=false", "control.rpc_response_timeout=1800s"],
     );
     let r = run(&unmonitored, 1);
     let v = r.first_violation.violation.as_ref().expect("a request stuck on the dead worker");
@@ -368,10 +366,10 @@ fn chaos_with_the_mitigations_on_passes() {
 /// took it for a server deleted while scheduling and released it: seed 2 caught that).
 #[test]
 fn a_second_copy_of_a_create_leaves_the_first_copy_s_claim_alone() {
-    let path = root().join("scenarios/faults/broker-restart.toml");
-    let overrides =
-        ["control.amqp_durable_queues=true".parse().unwrap(), "control.rpc_ack=after_dispatch".parse().unwrap()];
-    let s = Arc::new(Scenario::load_with(&path, &overrides).unwrap());
+    let s = with_overrides(
+        "faults/broker-restart.toml",
+        &["control.amqp_durable_queues=true", "control.rpc_ack=after_dispatch"],
+    );
     let r = run(&s, 2);
     assert!(r.passed, "{}", r.failure_text().unwrap_or_default());
     assert!(r.counters.get("conductor.duplicate_request_skipped").copied().unwrap_or(0) > 0, "{:?}", r.counters);

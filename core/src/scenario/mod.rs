@@ -676,12 +676,12 @@ pub struct Workload {
     /// before the next pass starts, the servers of the previous one are deleted (host image
     /// caches keep what it fetched, so pass 1 runs cold and the others warm). The report
     /// shows each pass's per-action latency and the last pass minus the first.
-    #[serde(default = "default_passes", skip_serializing_if = "is_one_pass")]
+    #[serde(default = "default_passes", skip_serializing_if = "is_one")]
     pub passes: u32,
     /// Servers per create request: nova's multi-create, `min_count = max_count` of
     /// POST /servers (Rally's `boot_servers` with `count`). The conductor schedules them in
     /// one select_destinations call; the iteration succeeds when every one goes ACTIVE.
-    #[serde(default = "default_passes", skip_serializing_if = "is_one_pass")]
+    #[serde(default = "one_u32", skip_serializing_if = "is_one")]
     pub servers_per_request: u32,
 }
 
@@ -694,8 +694,8 @@ pub const MAX_PASSES: u32 = 16;
 fn default_passes() -> u32 {
     1
 }
-fn is_one_pass(p: &u32) -> bool {
-    *p == 1
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 fn default_sample_interval() -> Dur {
