@@ -302,8 +302,10 @@ fn a_killed_scheduler_s_calls_fail_by_call_monitoring_and_the_retry_lands_on_the
         assert!(r.passed, "seed {seed}: {}", r.failure_text().unwrap_or_default());
         assert!(r.counters.get("conductor.select_destinations_retries").copied().unwrap_or(0) > 0, "{:?}", r.counters);
         let select = r.actions.iter().find(|a| a.action == "scheduler.select_destinations").expect("select");
-        // A lost call fails by the 60 s monitor, not after long_rpc_timeout.
+        // A lost call fails by the 60 s monitor, not after long_rpc_timeout: the retries
+        // above happened in a run shorter than that timeout.
         assert!(select.max_s < 120.0, "slowest select_destinations {} s", select.max_s);
+        assert!(r.simulated_s < s.control.long_rpc_timeout.0.as_secs_f64(), "{} s simulated", r.simulated_s);
         // A retry fails only when the dead worker had claimed already (AllocationUpdateFailed).
         for err in r.iterations.errors.keys() {
             assert!(err.starts_with("AllocationUpdateFailed"), "seed {seed}: {:?}", r.iterations.errors);
