@@ -366,6 +366,10 @@ pub enum Table {
     Services,
     Providers,
     Allocations,
+    /// Placement's index of allocations by resource provider: key `{host}/{consumer}`,
+    /// written in the same transaction as the allocation (the provider column's index in
+    /// placement's schema), so a provider's allocations are a prefix scan.
+    ProviderAllocations,
     BuildRequests,
     Instances,
     ProjectUsages,
@@ -375,11 +379,12 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::ComputeNodes,
         Table::Services,
         Table::Providers,
         Table::Allocations,
+        Table::ProviderAllocations,
         Table::BuildRequests,
         Table::Instances,
         Table::ProjectUsages,
@@ -394,6 +399,7 @@ impl Table {
             Table::Services => "services",
             Table::Providers => "resource_providers",
             Table::Allocations => "allocations",
+            Table::ProviderAllocations => "allocations_by_provider",
             Table::BuildRequests => "build_requests",
             Table::Instances => "instances",
             Table::ProjectUsages => "project_usages",

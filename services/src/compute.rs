@@ -251,11 +251,18 @@ impl Compute {
         let guests: std::collections::BTreeSet<String> = self.hv.list_instance_uuids().await?.into_iter().collect();
         let mut handled = std::collections::BTreeSet::new();
         let mut active = 0;
-        for (uuid, row) in dbx::scan(db, Table::Instances, "").await? {
-            let Record::Instance(inst) = row.value else { continue };
-            if inst.deleted || inst.host.as_deref() != Some(self.host.as_str()) {
-                continue;
-            }
+        // One shared read view of the table: only this host's instances are copied out.
+        let mine: Vec<(String, stackbed_core::model::Instance)> = dbx::snapshot(db, Table::Instances)
+            .await?
+            .iter()
+            .filter_map(|(uuid, row)| match &row.value {
+                Record::Instance(i) if !i.deleted && i.host.as_deref() == Some(self.host.as_str()) => {
+                    Some((uuid.clone(), i.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (uuid, inst) in mine {
             handled.insert(uuid.clone());
             let building = inst.vm_state == VmState::Building
                 || matches!(
@@ -286,9 +293,8 @@ impl Compute {
             }
         }
         self.local().instances = active;
-        for (uuid, row) in dbx::scan(db, Table::Allocations, "").await? {
-            let Record::Allocation(a) = row.value else { continue };
-            if a.host != self.host || handled.contains(&uuid) {
+        for uuid in crate::placement::provider_consumers(db, &self.host).await? {
+            if handled.contains(&uuid) {
                 continue;
             }
             if let Some((_, inst)) = dbx::get_instance(db, &uuid).await? {

@@ -68,6 +68,12 @@ pub async fn claim(
             return Ok(ClaimOutcome::DoesNotFit(why.to_string()));
         }
         p.used = p.used.add(&resources);
+        let allocation = Allocation {
+            consumer: consumer.to_string(),
+            host: host.to_string(),
+            resources,
+            project: project.to_string(),
+        };
         let ops = vec![
             Op::Put {
                 table: Table::Providers,
@@ -78,13 +84,14 @@ pub async fn claim(
             Op::Put {
                 table: Table::Allocations,
                 key: consumer.to_string(),
-                value: Record::Allocation(Allocation {
-                    consumer: consumer.to_string(),
-                    host: host.to_string(),
-                    resources,
-                    project: project.to_string(),
-                }),
+                value: Record::Allocation(allocation.clone()),
                 expect: Expect::Absent,
+            },
+            Op::Put {
+                table: Table::ProviderAllocations,
+                key: provider_key(host, consumer),
+                value: Record::Allocation(allocation.clone()),
+                expect: Expect::Any,
             },
         ];
         match db.execute(ops).await {
@@ -103,6 +110,22 @@ pub async fn claim(
         }
     }
     Ok(ClaimOutcome::ConcurrentUpdate(format!("{host}: generation conflicts exceeded {CONFLICT_RETRIES_MAX} retries")))
+}
+
+/// The key of `consumer`'s row in [`Table::ProviderAllocations`]: host names hold no `/`.
+fn provider_key(host: &str, consumer: &str) -> String {
+    format!("{host}/{consumer}")
+}
+
+/// The consumers holding allocations against `host`, in consumer order: a prefix scan of
+/// the provider index, as placement's query on its indexed provider column.
+pub async fn provider_consumers(db: &dyn Database, host: &str) -> Result<Vec<String>, DbError> {
+    let prefix = provider_key(host, "");
+    Ok(dbx::scan(db, Table::ProviderAllocations, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(&prefix).map(str::to_string))
+        .collect())
 }
 
 /// DELETE /allocations/{consumer}. Idempotent: no allocation, nothing to do.
@@ -128,6 +151,11 @@ pub async fn release(db: &dyn Database, metrics: &Metrics, consumer: &str) -> Re
                 expect: Expect::Version(generation),
             },
             Op::Delete { table: Table::Allocations, key: consumer.to_string(), expect: Expect::Version(alloc.0) },
+            Op::Delete {
+                table: Table::ProviderAllocations,
+                key: provider_key(&alloc.1.host, consumer),
+                expect: Expect::Any,
+            },
         ];
         match db.execute(ops).await {
             Ok(_) => return Ok(true),
@@ -183,17 +211,8 @@ impl HttpHandler for Placement {
             .and_then(|p| p.strip_suffix("/allocations"))
             .filter(|p| !p.is_empty() && !p.contains('/'));
         if let (Method::Get, Some(host)) = (req.method, provider) {
-            // One shared read view of the table, filtered here: placement's query goes
-            // through an index on the provider, so nothing is copied but the answer.
-            return match dbx::snapshot(db, Table::Allocations).await {
-                Ok(rows) => {
-                    let consumers = rows
-                        .iter()
-                        .filter(|(_, r)| matches!(&r.value, Record::Allocation(a) if a.host == host))
-                        .map(|(consumer, _)| consumer.clone())
-                        .collect();
-                    HttpResponse::new(200, Body::Consumers(consumers))
-                }
+            return match provider_consumers(db, host).await {
+                Ok(consumers) => HttpResponse::new(200, Body::Consumers(consumers)),
                 Err(e) => server_error(e.into()),
             };
         }

@@ -670,7 +670,10 @@ fn random_pool<'a>(all: &'a [NodeName], r: &RandomFaults) -> Result<Vec<&'a Node
         let s = select(all, t).map_err(|m| (field, m))?;
         pool.extend(s.nodes);
     }
-    pool.sort_by_key(|n| all.iter().position(|m| m == *n));
+    // Names are unique: sort by each one's place in `all` (a lookup, not a scan per node).
+    let order: std::collections::HashMap<&str, usize> =
+        all.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+    pool.sort_by_key(|n| order.get(n.name.as_str()).copied());
     pool.dedup();
     Ok(pool)
 }

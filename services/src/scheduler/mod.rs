@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 
-use stackbed_core::model::{ComputeNode, Record, RequestSpec, ServiceRecord, Table};
+use stackbed_core::model::{Record, RequestSpec, Table};
 use stackbed_core::scenario::PlantedBug;
-use stackbed_core::scheduler::{explain, HostAggregates, HostState, HostTable, RequestView, SchedulerConfig};
+use stackbed_core::scheduler::{explain, HostAggregates, RequestView, SchedulerConfig};
 use stackbed_core::states::{TaskState, VmState};
-use stackbed_core::store::{Op, OpResult};
+use stackbed_core::store::{Op, OpResult, Snapshot};
 use stackbed_core::strategy::{self, Strategy};
 
 use crate::ctx::Ctx;
@@ -23,6 +23,9 @@ use crate::placement::{ClaimOutcome, PlacementClient};
 use crate::rpc::{self, Request, ServeOptions};
 use crate::seams::Rpc;
 
+mod live;
+use live::{Inputs, LiveTable, StaticHost};
+
 pub const TOPIC: &str = "scheduler";
 
 /// How stale the scheduler's cached compute nodes and services rows may get. nova reads
@@ -30,53 +33,13 @@ pub const TOPIC: &str = "scheduler";
 /// report_interval (10 s), so ComputeFilter sees the same up/down picture.
 pub const HOST_STATE_REFRESH: Duration = Duration::from_secs(1);
 
-/// One host as the cache holds it: its compute node, its service row and what the scenario
-/// fixes for it. The cache is a vector sorted by host name, the order of placement's
-/// snapshot too, so host states are built by one merge of the two, without lookups.
-struct CachedHost {
-    host: String,
-    /// The compute node row's version: a refresh reuses `node` while it is unchanged.
-    node_version: u64,
-    node: Arc<ComputeNode>,
-    service: Option<ServiceView>,
-    aggregates: Arc<HostAggregates>,
-    ip: Option<u32>,
-}
-
-/// What the scheduler reads of a host's services row.
-#[derive(Debug, Clone, Copy)]
-struct ServiceView {
-    last_seen_ms: u64,
-    disabled: bool,
-    failed_builds: u32,
-}
-
-impl ServiceView {
-    fn of(s: &ServiceRecord) -> ServiceView {
-        ServiceView { last_seen_ms: s.last_seen_ms, disabled: s.disabled, failed_builds: s.failed_builds }
-    }
-}
-
-impl CachedHost {
-    /// ComputeFilter's view: a services row seen within `down_after_ms`.
-    fn service_up(&self, now_ms: u64, down_after_ms: u64) -> bool {
-        self.service.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms)
-    }
-
-    /// A host without a services row counts as disabled.
-    fn service_disabled(&self) -> bool {
-        self.service.is_none_or(|s| s.disabled)
-    }
-
-    fn failed_builds(&self) -> u32 {
-        self.service.map_or(0, |s| s.failed_builds)
-    }
-}
-
+/// The compute nodes and services rows as last read: two shared snapshots, re-read when
+/// older than [`HOST_STATE_REFRESH`].
 #[derive(Default)]
 struct HostCache {
     refreshed: Option<tokio::time::Instant>,
-    hosts: Arc<Vec<CachedHost>>,
+    nodes: Snapshot,
+    services: Snapshot,
 }
 
 /// The address of the `index`-th host of the topology (SimpleCIDRAffinity): 10.0.0.0/8
@@ -96,163 +59,6 @@ struct Decider {
 /// Claims the first round of `select_destinations` may try past the pick and alternates
 /// before it weighs afresh.
 const CLAIM_FALLBACKS: usize = 3;
-
-/// The scheduler's host table, kept between requests: rebuilt from the host cache when the
-/// cache refreshes (or the providers change), and brought up to date with placement's
-/// usage, service liveness and the request's group members before every decision. One
-/// decision then reads packed rows instead of building a host state per provider.
-struct LiveTable {
-    table: HostTable,
-    /// The cache the rows were built from (by identity), each row's host name and its
-    /// position in that cache.
-    built_from: Option<Arc<Vec<CachedHost>>>,
-    names: Vec<String>,
-    /// Each row's provider row version when its usage was last read.
-    versions: Vec<u64>,
-    cache_index: Vec<usize>,
-    /// Row by host name, for group members.
-    by_name: HashMap<String, usize>,
-    /// Rows whose group_members_here was set by the last request.
-    grouped: Vec<usize>,
-}
-
-impl Default for LiveTable {
-    fn default() -> LiveTable {
-        LiveTable {
-            table: HostTable::new(Vec::new()),
-            built_from: None,
-            names: Vec::new(),
-            versions: Vec::new(),
-            cache_index: Vec::new(),
-            by_name: HashMap::new(),
-            grouped: Vec::new(),
-        }
-    }
-}
-
-impl LiveTable {
-    fn sync(
-        &mut self,
-        providers: &stackbed_core::store::Snapshot,
-        cached: &Arc<Vec<CachedHost>>,
-        now_ms: u64,
-        down_after_ms: u64,
-        members_per_host: &BTreeMap<String, u32>,
-    ) {
-        let same_cache = self.built_from.as_ref().is_some_and(|b| Arc::ptr_eq(b, cached));
-        if !((same_cache || self.adopt(cached)) && self.refresh_usage(providers)) {
-            self.rebuild(providers, cached, now_ms, down_after_ms);
-        }
-        for (i, &at) in self.cache_index.iter().enumerate() {
-            let up = cached[at].service_up(now_ms, down_after_ms);
-            if self.table.hosts()[i].service_up != up {
-                self.table.update(i, |h| h.service_up = up);
-            }
-        }
-        for i in std::mem::take(&mut self.grouped) {
-            self.table.update(i, |h| h.group_members_here = 0);
-        }
-        for (host, &n) in members_per_host {
-            if let Some(&i) = self.by_name.get(host) {
-                self.table.update(i, |h| h.group_members_here = n);
-                self.grouped.push(i);
-            }
-        }
-    }
-
-    /// Takes a refreshed host cache with the same hosts in place: only the rows whose node
-    /// or service row changed are recomputed. False when the hosts differ (a rebuild is due).
-    fn adopt(&mut self, cached: &Arc<Vec<CachedHost>>) -> bool {
-        let Some(old) = &self.built_from else { return false };
-        if old.len() != cached.len() || old.first().map(|c| &c.host) != cached.first().map(|c| &c.host) {
-            return false;
-        }
-        for (i, &at) in self.cache_index.iter().enumerate() {
-            let c = &cached[at];
-            let h = &self.table.hosts()[i];
-            let (disabled, failed) = (c.service_disabled(), c.failed_builds());
-            if !Arc::ptr_eq(&h.node, &c.node) || h.service_disabled != disabled || h.failed_builds != failed {
-                self.table.update(i, |h| {
-                    h.node = c.node.clone();
-                    h.service_disabled = disabled;
-                    h.failed_builds = failed;
-                });
-            }
-        }
-        self.built_from = Some(cached.clone());
-        true
-    }
-
-    /// Placement's usage and inventories into the rows; false when the providers are not
-    /// the rows' hosts in the rows' order (a rebuild is due). Providers are only ever added
-    /// (a compute registers; nothing deletes one), so the same count means the same hosts:
-    /// only the ends are compared by name, not every row.
-    fn refresh_usage(&mut self, providers: &stackbed_core::store::Snapshot) -> bool {
-        let n = self.names.len();
-        if providers.len() != n {
-            return false;
-        }
-        for (i, (key, row)) in providers.iter().enumerate() {
-            if (i == 0 || i + 1 == n) && self.names[i] != *key {
-                return false;
-            }
-            // Most rows did not change since the last request: their version says so.
-            if self.versions[i] == row.version {
-                continue;
-            }
-            let Record::Provider(p) = &row.value else { return false };
-            self.table.set_usage(i, p.inventories, p.used);
-            self.versions[i] = row.version;
-        }
-        true
-    }
-
-    /// Rows for every provider with a cached node, in provider (host name) order.
-    fn rebuild(
-        &mut self,
-        providers: &stackbed_core::store::Snapshot,
-        cached: &Arc<Vec<CachedHost>>,
-        now_ms: u64,
-        down_after_ms: u64,
-    ) {
-        let mut next = 0;
-        let mut hosts = Vec::with_capacity(providers.len());
-        self.names.clear();
-        self.versions.clear();
-        self.cache_index.clear();
-        for (key, row) in providers.iter() {
-            let Record::Provider(p) = &row.value else { continue };
-            while next < cached.len() && cached[next].host < *key {
-                next += 1;
-            }
-            let Some(c) = cached.get(next).filter(|c| c.host == *key) else { continue };
-            hosts.push(HostState {
-                node: c.node.clone(),
-                service_up: c.service_up(now_ms, down_after_ms),
-                service_disabled: c.service_disabled(),
-                inventories: p.inventories,
-                used: p.used,
-                failed_builds: c.failed_builds(),
-                group_members_here: 0,
-                aggregates: c.aggregates.clone(),
-                host_ip: c.ip,
-            });
-            self.names.push(key.clone());
-            self.versions.push(row.version);
-            self.cache_index.push(next);
-        }
-        self.by_name = self.names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        self.grouped.clear();
-        self.table = HostTable::new(hosts);
-        self.built_from = Some(cached.clone());
-    }
-}
-
-/// What the scenario declares per host and never changes during a run.
-struct StaticHost {
-    aggregates: Arc<HostAggregates>,
-    ip: u32,
-}
 
 pub struct Scheduler {
     ctx: Ctx,
@@ -465,7 +271,7 @@ impl Scheduler {
             Ok(s) => s,
             Err(reason) => return Ok(Err(reason)),
         };
-        let cached = self.host_cache().await?;
+        let (nodes, services) = self.host_cache().await?;
         let (group_policy, group_max, group_hosts, members_per_host) = self.group_state(spec).await?;
         // Hints and zone: the scenario's workload sends the same ones with every request.
         let workload = &self.ctx.scenario.workload;
@@ -491,7 +297,8 @@ impl Scheduler {
         let down_after = self.ctx.scenario.control.service_down_time.ms();
         let mut guard = self.decider.lock().unwrap_or_else(|e| e.into_inner());
         let Decider { rng, strategy, table } = &mut *guard;
-        table.sync(&snapshot, &cached, now, down_after, &members_per_host);
+        let inputs = Inputs { providers: &snapshot, nodes: &nodes, services: &services };
+        table.sync(&inputs, &self.hosts, now, down_after, &members_per_host);
         if table.table.is_empty() {
             return Ok(Err("placement returned no allocation candidates".into()));
         }
@@ -540,17 +347,15 @@ impl Scheduler {
         Ok(hosts)
     }
 
-    /// The compute nodes and services rows, re-read when older than [`HOST_STATE_REFRESH`].
-    /// Both tables are read as shared snapshots; a node whose row version did not change
-    /// keeps its cached copy, so a refresh copies only the nodes that changed.
-    async fn host_cache(&self) -> Result<Arc<Vec<CachedHost>>, ServiceError> {
-        let previous = {
+    /// The compute nodes and services rows, re-read when older than [`HOST_STATE_REFRESH`]:
+    /// shared snapshots, nothing copied.
+    async fn host_cache(&self) -> Result<(Snapshot, Snapshot), ServiceError> {
+        {
             let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if c.refreshed.is_some_and(|t| self.ctx.clock.since(t) < HOST_STATE_REFRESH) {
-                return Ok(c.hosts.clone());
+                return Ok((c.nodes.clone(), c.services.clone()));
             }
-            c.hosts.clone()
-        };
+        }
         let mut snapshots = self
             .ctx
             .db
@@ -563,41 +368,9 @@ impl Scheduler {
             });
         let nodes = snapshots.next().unwrap_or_default();
         let services = snapshots.next().unwrap_or_default();
-        // Snapshots iterate in key order: the vector is sorted by host name, as the previous
-        // one was, so reuse is a merge.
-        let mut old = previous.iter().peekable();
-        // Services rows are keyed by host name too: a merge, not a lookup per host.
-        let mut svc = services.iter().peekable();
-        let mut hosts = Vec::with_capacity(nodes.len());
-        for (k, row) in nodes.iter() {
-            let Record::ComputeNode(n) = &row.value else { continue };
-            while old.next_if(|c| c.host < *k).is_some() {}
-            let node = match old.peek() {
-                Some(c) if c.host == *k && c.node_version == row.version => c.node.clone(),
-                _ => Arc::new(n.clone()),
-            };
-            while svc.next_if(|(sk, _)| *sk < k).is_some() {}
-            let service = match svc.peek() {
-                Some((sk, r)) if *sk == k => match &r.value {
-                    Record::Service(s) => Some(ServiceView::of(s)),
-                    _ => None,
-                },
-                _ => None,
-            };
-            let fixed = self.hosts.get(k);
-            hosts.push(CachedHost {
-                host: k.clone(),
-                node_version: row.version,
-                node,
-                service,
-                aggregates: fixed.map_or_else(HostAggregates::none, |h| h.aggregates.clone()),
-                ip: fixed.map(|h| h.ip),
-            });
-        }
-        let hosts = Arc::new(hosts);
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        *c = HostCache { refreshed: Some(self.ctx.clock.now()), hosts: hosts.clone() };
-        Ok(hosts)
+        *c = HostCache { refreshed: Some(self.ctx.clock.now()), nodes: nodes.clone(), services: services.clone() };
+        Ok((nodes, services))
     }
 
     /// The request's server group: policy, max per host, hosts with members, members per host.
@@ -632,132 +405,5 @@ impl Scheduler {
         }
         let hosts = per_host.keys().cloned().collect();
         Ok((Some(g.policy), g.max_server_per_host, hosts, per_host))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The live table against a table built afresh from the same rows: after usage, node,
-    //! service, liveness and group changes, both hold the same host states and decide alike.
-
-    use rand::{Rng, SeedableRng};
-    use stackbed_core::model::{Flavor, Image, Inventory, Provider, Resources};
-    use stackbed_core::store::{Row, Snapshot};
-    use stackbed_core::strategy;
-
-    use super::*;
-
-    fn node(host: &str, instances: u64) -> Arc<ComputeNode> {
-        Arc::new(ComputeNode {
-            host: host.into(),
-            vcpus: 16,
-            ram_mb: 65536,
-            disk_gb: 500,
-            hypervisor_type: "kvm".into(),
-            hypervisor_version: 9_000_000,
-            cpu_arch: "x86_64".into(),
-            vm_modes: vec!["hvm".into()],
-            num_instances: instances,
-            num_io_ops: 0,
-            stats: Default::default(),
-        })
-    }
-
-    fn inventories() -> [Inventory; 3] {
-        [Inventory::new(16, 0, 4.0), Inventory::new(65536, 512, 1.0), Inventory::new(500, 0, 1.0)]
-    }
-
-    fn provider_row(host: &str, used: Resources, version: u64) -> Row {
-        Row { version, value: Record::Provider(Provider { host: host.into(), inventories: inventories(), used }) }
-    }
-
-    fn cached(host: &str, version: u64, node: Arc<ComputeNode>, service: Option<ServiceView>) -> CachedHost {
-        let aggregates = HostAggregates::none();
-        CachedHost { host: host.into(), node_version: version, node, service, aggregates, ip: Some(1) }
-    }
-
-    /// What each row says, field by field (host states hold shared pointers, not values).
-    fn states(t: &HostTable) -> Vec<String> {
-        t.hosts()
-            .iter()
-            .map(|h| {
-                format!(
-                    "{} {:?} up={} disabled={} inv={:?} used={:?} failed={} group={}",
-                    h.node.host,
-                    h.node,
-                    h.service_up,
-                    h.service_disabled,
-                    h.inventories,
-                    h.used,
-                    h.failed_builds,
-                    h.group_members_here
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_synced_table_matches_a_fresh_one() {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        let names: Vec<String> = (0..40).map(|i| format!("host-{i:02}")).collect();
-        let mut providers = Snapshot::new();
-        let mut version = 1;
-        for n in &names {
-            providers.insert(n.clone(), provider_row(n, Resources::default(), version));
-            version += 1;
-        }
-        let service = |seen: u64, disabled: bool, failed: u32| {
-            Some(ServiceView { last_seen_ms: seen, disabled, failed_builds: failed })
-        };
-        let mut cache: Vec<CachedHost> = names.iter().map(|n| cached(n, 1, node(n, 0), service(0, false, 0))).collect();
-        let mut live = LiveTable::default();
-        let mut strategy = strategy::builtin("spread", &SchedulerConfig::default()).expect("built in");
-        let flavor = Flavor { name: "m1".into(), vcpus: 2, ram_mb: 4096, disk_gb: 20, extra_specs: Default::default() };
-        let image =
-            Image { name: "i".into(), size_mb: 10, disk_format: "qcow2".into(), properties: Default::default() };
-        let req = RequestView::new(&flavor, &image);
-        for round in 0..60u64 {
-            // Placement usage moves on a few hosts (a new row version each).
-            for _ in 0..rng.gen_range(0..6) {
-                let n = &names[rng.gen_range(0..names.len())];
-                let used = Resources::new(rng.gen_range(0..64), rng.gen_range(0..60000), rng.gen_range(0..400));
-                providers.insert(n.clone(), provider_row(n, used, version));
-                version += 1;
-            }
-            // Every few rounds the host cache refreshes: nodes, services and heartbeats change.
-            if round % 3 == 0 {
-                let mut next: Vec<CachedHost> = Vec::new();
-                for c in &cache {
-                    let changed = rng.gen_bool(0.2);
-                    let n = if changed { node(&c.host, rng.gen_range(0..30)) } else { c.node.clone() };
-                    let v = if changed { c.node_version + 1 } else { c.node_version };
-                    let s = service(rng.gen_range(0..round * 1000 + 1), rng.gen_bool(0.1), rng.gen_range(0..3));
-                    next.push(cached(&c.host, v, n, s));
-                }
-                cache = next;
-            }
-            let cache_arc = Arc::new(std::mem::take(&mut cache));
-            let now = round * 1000;
-            let mut members = BTreeMap::new();
-            if rng.gen_bool(0.5) {
-                members.insert(names[rng.gen_range(0..names.len())].clone(), rng.gen_range(1..4));
-            }
-            live.sync(&providers, &cache_arc, now, 30_000, &members);
-            let mut fresh = LiveTable::default();
-            fresh.sync(&providers, &cache_arc, now, 30_000, &members);
-            assert_eq!(states(&live.table), states(&fresh.table), "round {round}");
-            let seed = rng.gen();
-            let a = strategy.select_table(&live.table, &req, &mut rand::rngs::SmallRng::seed_from_u64(seed), 3);
-            let b = strategy.select_table(&fresh.table, &req, &mut rand::rngs::SmallRng::seed_from_u64(seed), 3);
-            assert_eq!(a.map_err(|e| e.reason), b.map_err(|e| e.reason), "round {round}");
-            // Keep the refreshed cache for the next round (the live table holds the Arc too).
-            cache = cache_arc.iter().map(|c| cached(&c.host, c.node_version, c.node.clone(), c.service)).collect();
-            if round % 3 != 2 {
-                // No refresh next round: hand the table the very same cache, as the service does.
-                let again = cache_arc.clone();
-                live.sync(&providers, &again, now + 1, 30_000, &members);
-                assert_eq!(states(&live.table), states(&fresh.table), "round {round}, same cache");
-            }
-        }
     }
 }
