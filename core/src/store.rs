@@ -204,6 +204,9 @@ pub fn conflict(table: Table, key: &str, expected: Expect, found: Option<u64>) -
 /// only the paths they change.
 pub type Snapshot = imbl::OrdMap<String, Row>;
 
+/// One difference between two snapshots (`Snapshot::diff` skips the subtrees they share).
+pub use imbl::ordmap::DiffItem;
+
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
     tables: BTreeMap<Table, Snapshot>,

@@ -2,8 +2,11 @@
 //! shared table snapshots: placement's resource providers (read per request), and the
 //! compute nodes and services rows (read every [`super::HOST_STATE_REFRESH`]).
 //!
-//! Keeping it up to date costs one pass over each snapshot comparing row versions, with
-//! no lookup, copy or allocation for the rows that did not change. Versions come from the
+//! Keeping it up to date costs, per request, a diff of placement's snapshot against the
+//! one read before (the two share every subtree no claim touched), and per refresh one
+//! pass over the nodes and services snapshots comparing row versions (most of their
+//! leaves change within a second: heartbeats), with no lookup, copy or allocation for the
+//! rows that did not change. Versions come from the
 //! database's one commit counter, so a version names exactly one write of one key: an
 //! entry whose version is the one read last time is the same row at the same place.
 //! Keys only ever get added (a compute registers; nothing deletes a provider, node or
@@ -15,7 +18,7 @@ use std::sync::Arc;
 
 use stackbed_core::model::{Record, ServiceRecord};
 use stackbed_core::scheduler::{HostAggregates, HostState, HostTable};
-use stackbed_core::store::{Row, Snapshot};
+use stackbed_core::store::{DiffItem, Row, Snapshot};
 
 /// What the scenario fixes for a host and never changes during a run.
 pub(super) struct StaticHost {
@@ -93,7 +96,8 @@ pub(super) struct Inputs<'a> {
 
 pub(super) struct LiveTable {
     pub table: HostTable,
-    providers: Tracked,
+    /// The providers snapshot read last.
+    providers: Snapshot,
     nodes: Tracked,
     services: Tracked,
     /// The nodes and services snapshots read last (compared by identity: most requests
@@ -115,7 +119,7 @@ impl Default for LiveTable {
     fn default() -> LiveTable {
         LiveTable {
             table: HostTable::new(Vec::new()),
-            providers: Tracked::default(),
+            providers: Snapshot::new(),
             nodes: Tracked::default(),
             services: Tracked::default(),
             read: None,
@@ -157,16 +161,30 @@ impl LiveTable {
     /// Applies what changed since the last read; false when a rebuild is due.
     fn refresh(&mut self, inputs: &Inputs) -> bool {
         let table = &mut self.table;
-        let usage = self.providers.changed(inputs.providers, |i, row| match &row.value {
-            Record::Provider(p) => {
-                table.set_usage(i, p.inventories, p.used);
-                true
+        // Placement's usage is read per request, and between two requests of one worker
+        // only the few providers claimed against changed: a diff of the two snapshots
+        // visits only the subtrees they do not share.
+        let mut usage = true;
+        for item in self.providers.diff(inputs.providers) {
+            let DiffItem::Update { new: (key, row), .. } = item else {
+                // A provider added: a compute registered.
+                usage = false;
+                break;
+            };
+            match (&row.value, self.by_name.get(key)) {
+                (Record::Provider(p), Some(&i)) => table.set_usage(i, p.inventories, p.used),
+                // A provider whose compute node is not registered yet has no row.
+                (Record::Provider(_), None) => {}
+                _ => {
+                    usage = false;
+                    break;
+                }
             }
-            _ => false,
-        });
+        }
         if !usage {
             return false;
         }
+        self.providers = inputs.providers.clone();
         let same = |a: &Snapshot, b: &Snapshot| a.ptr_eq(b);
         if self.read.as_ref().is_some_and(|(n, s)| same(n, inputs.nodes) && same(s, inputs.services)) {
             return true;
@@ -229,7 +247,7 @@ impl LiveTable {
 
     /// Rows for every provider with a compute node, in host name order.
     fn rebuild(&mut self, inputs: &Inputs, statics: &HashMap<String, StaticHost>) {
-        let (mut providers, mut nodes, mut services) = (Tracked::default(), Tracked::default(), Tracked::default());
+        let (mut nodes, mut services) = (Tracked::default(), Tracked::default());
         let mut hosts = Vec::with_capacity(inputs.providers.len());
         let mut names: Vec<&String> = Vec::with_capacity(inputs.providers.len());
         let mut node_rows = inputs.nodes.iter().peekable();
@@ -254,11 +272,7 @@ impl LiveTable {
                 }
                 (_, None) => None,
             };
-            let Some((p, n)) = node else {
-                providers.push(key, row.version, None);
-                continue;
-            };
-            providers.push(key, row.version, Some(hosts.len()));
+            let Some((p, n)) = node else { continue };
             let fixed = statics.get(key);
             hosts.push(HostState {
                 node: Arc::new(n.clone()),
@@ -294,7 +308,7 @@ impl LiveTable {
         }
         self.by_name = names.iter().enumerate().map(|(i, n)| ((*n).clone(), i)).collect();
         self.table = HostTable::new(hosts);
-        (self.providers, self.nodes, self.services) = (providers, nodes, services);
+        (self.providers, self.nodes, self.services) = (inputs.providers.clone(), nodes, services);
         self.service = service;
         self.read = Some((inputs.nodes.clone(), inputs.services.clone()));
         self.grouped.clear();
