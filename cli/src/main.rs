@@ -2,6 +2,7 @@
 //! against real services (`cargo real ...`). Both builds share this file; only `world::run`
 //! differs.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -387,7 +388,7 @@ fn cmd_compare(
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(total) {
             scope.spawn(|| loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let next = guard(&queue).next();
                 let Some((k, (strategy, seed))) = next else { break };
                 let mut scenario = (*base).clone();
                 scenario.control.scheduler.strategy = strategy.clone();
@@ -407,13 +408,13 @@ fn cmd_compare(
                 if !matches!(&outcome, Ok(r) if r.passed) {
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                results.lock().unwrap_or_else(|e| e.into_inner()).push((k, strategy, outcome));
+                guard(&results).push((k, strategy, outcome));
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 progress_of("runs", n, total, failed.load(std::sync::atomic::Ordering::Relaxed));
             });
         }
     });
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut results = results.into_inner().expect("a worker panicked holding the results");
     results.sort_by_key(|r| r.0);
     let mut figures = Vec::new();
     let mut first_reports: Vec<(String, Arc<Report>)> = Vec::new();

@@ -12,6 +12,7 @@
 //! overrides and the seed set: rows are sorted by seed and groups are a `BTreeMap`, so the same
 //! sweep (whatever `--jobs`) writes the same JSON once `timing` is stripped.
 
+use stackbed_core::sync::guard;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -400,7 +401,7 @@ fn failed_row(seed: u64, failure: String, detail: String) -> Row {
 static PANIC: Mutex<Option<(String, String)>> = Mutex::new(None);
 
 fn take_panic() -> Option<(String, String)> {
-    PANIC.lock().unwrap_or_else(|e| e.into_inner()).take()
+    PANIC.lock().unwrap_or_else(|e| e.into_inner()).take() // the panic hook's own record, written whole
 }
 
 /// `sweep-child`: runs each seed and prints its row. A panicking seed becomes a failing row.
@@ -417,7 +418,9 @@ pub fn child(args: ChildArgs) -> Result<bool, String> {
         let at = info.location().map_or("?".into(), |l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
         // On stderr too, for the parent's report should the child then die.
         eprintln!("panicked at {at}: {msg}");
+        // Poisoning is ignored in the panic hook only: its record is written whole.
         PANIC.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert((msg, at));
+        // panic hook
     }));
     let mut stdout = std::io::stdout().lock();
     for seed in args.seeds_list {
@@ -541,7 +544,7 @@ pub fn sweep(args: SweepArgs) -> Result<bool, String> {
     });
     let size = batch_size(seeds.len(), jobs);
     let queue: Mutex<VecDeque<Vec<u64>>> = Mutex::new(seeds.chunks(size).map(<[u64]>::to_vec).collect());
-    let threads = jobs.min(queue.lock().unwrap_or_else(|e| e.into_inner()).len());
+    let threads = jobs.min(guard(&queue).len());
     let total = seeds.len();
     let progress = Mutex::new(Progress { done: 0, failed: 0, rows: Vec::new(), wall: BTreeMap::new() });
     let batch = Batch { exe: &exe, scenario_file: &args.scenario, revision: &revision, overrides: &overrides };
@@ -550,7 +553,7 @@ pub fn sweep(args: SweepArgs) -> Result<bool, String> {
         crate::progress_of("seeds", 0, total, 0);
     }
     let on_row = |row: Row, wall_s: f64| {
-        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = guard(&progress);
         p.done += 1;
         p.failed += usize::from(!row.passed);
         p.wall.insert(row.seed, wall_s);
@@ -560,16 +563,16 @@ pub fn sweep(args: SweepArgs) -> Result<bool, String> {
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let next = guard(&queue).pop_front();
                 let Some(seeds) = next else { break };
                 let rest = run_batch(&batch, &seeds, &on_row);
                 if !rest.is_empty() {
-                    queue.lock().unwrap_or_else(|e| e.into_inner()).push_front(rest);
+                    guard(&queue).push_front(rest);
                 }
             });
         }
     });
-    let p = progress.into_inner().unwrap_or_else(|e| e.into_inner());
+    let p = progress.into_inner().expect("a sweep worker panicked holding the progress");
     let mut summary = Summary {
         scenario: scenario.scenario.name.clone(),
         scenario_file: args.scenario.display().to_string(),

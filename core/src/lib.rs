@@ -22,5 +22,6 @@ pub mod states;
 pub mod stats;
 pub mod store;
 pub mod strategy;
+pub mod sync;
 pub mod token;
 pub mod trace;

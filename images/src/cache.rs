@@ -7,6 +7,7 @@
 //!
 //! Blocking: call from a blocking thread (`spawn_blocking` in async code).
 
+use stackbed_core::sync::guard;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -87,7 +88,7 @@ impl ImageCache {
         let base = self.base_path(image_id);
         let t0 = Instant::now();
         let (flight, leader) = {
-            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = guard(&self.in_flight);
             if base.exists() && !map.contains_key(image_id) {
                 touch(&base);
                 return Ok(Fetch { base, hit: true, ..Fetch::default() });
@@ -103,9 +104,9 @@ impl ImageCache {
         };
         if !leader {
             let (lock, cv) = &*flight;
-            let mut slot = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = guard(lock);
             while matches!(*slot, Slot::Downloading) {
-                slot = cv.wait(slot).unwrap_or_else(|e| e.into_inner());
+                slot = cv.wait(slot).expect("the downloading thread panicked holding the slot");
             }
             return match &*slot {
                 Slot::Done(Ok(())) => {
@@ -118,11 +119,10 @@ impl ImageCache {
         let result = self.download(glance, image_id, &base);
         {
             let (lock, cv) = &*flight;
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) =
-                Slot::Done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            *guard(&lock) = Slot::Done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             cv.notify_all();
         }
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(image_id);
+        guard(&self.in_flight).remove(image_id);
         result
     }
 
@@ -173,8 +173,7 @@ impl ImageCache {
         now: SystemTime,
     ) -> Result<Vec<PathBuf>, CacheError> {
         let keep: BTreeSet<PathBuf> = in_use.iter().map(|id| self.base_path(id)).collect();
-        let busy: BTreeSet<PathBuf> =
-            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).keys().map(|id| self.base_path(id)).collect();
+        let busy: BTreeSet<PathBuf> = guard(&self.in_flight).keys().map(|id| self.base_path(id)).collect();
         let mut removed = Vec::new();
         let dir = &self.config.base_dir;
         for entry in std::fs::read_dir(dir).map_err(io("cannot list", dir))?.flatten() {

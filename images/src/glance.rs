@@ -7,6 +7,7 @@
 //! glance's format inspector does: a file that claims `raw` but carries a qcow2 header, or
 //! claims `qcow2` and does not parse, is refused.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -241,25 +242,20 @@ impl ImageService {
             reason: format!("cannot encode the record: {e}"),
         })?;
         std::fs::write(&json_path, text).map_err(io("cannot write", &json_path))?;
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).insert(id, rec.clone());
+        guard(&self.records).insert(id, rec.clone());
         Ok(rec)
     }
 
     pub fn get(&self, id: &str) -> Result<ImageRecord, ImageError> {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ImageError::NotFound(id.into()))
+        guard(&self.records).get(id).cloned().ok_or_else(|| ImageError::NotFound(id.into()))
     }
 
     pub fn find_by_name(&self, name: &str) -> Option<ImageRecord> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).values().find(|r| r.name == name).cloned()
+        guard(&self.records).values().find(|r| r.name == name).cloned()
     }
 
     pub fn list(&self) -> Vec<ImageRecord> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        guard(&self.records).values().cloned().collect()
     }
 
     /// Downloads the image to `dest`, verifying the checksum as the bytes stream (nova's

@@ -31,6 +31,7 @@
 //! vif-plugged event). [`Hypervisor::allocate_network`], [`Hypervisor::deallocate_network`]
 //! and [`Hypervisor::block_device_mapping`] succeed without doing anything.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -486,7 +487,7 @@ impl LibvirtHypervisor {
 
     /// Names of the domains this host defined and has not destroyed.
     pub fn domains(&self) -> Vec<String> {
-        self.shared.defined.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        guard(&self.shared.defined).iter().cloned().collect()
     }
 
     /// Destroys and undefines every domain this host defined (end of a run). Returns the
@@ -530,7 +531,7 @@ impl LibvirtHypervisor {
             let dom = match s.conn.lookup_domain_by_name(&name) {
                 Ok(d) => d,
                 Err(e) if is_no_domain(&e) => {
-                    s.defined.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                    guard(&s.defined).remove(&name);
                     return Ok(());
                 }
                 Err(e) => return Err(libvirt_error("lookup", &name, &e)),
@@ -548,7 +549,7 @@ impl LibvirtHypervisor {
                 Err(e) if is_no_domain(&e) => {}
                 Err(e) => return Err(libvirt_error("undefine", &name, &e)),
             }
-            s.defined.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            guard(&s.defined).remove(&name);
             Ok(())
         })
         .await
@@ -611,13 +612,13 @@ impl Hypervisor for LibvirtHypervisor {
                 }
                 let t0 = Instant::now();
                 let dom = s.conn.define_domain_xml(&xml).map_err(|e| libvirt_error("define", &name, &e))?;
-                s.defined.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
+                guard(&s.defined).insert(name.clone());
                 let define_s = t0.elapsed().as_secs_f64();
                 let t1 = Instant::now();
                 if let Err(e) = dom.create() {
                     // Leave nothing behind for the reschedule: the domain was defined here.
                     if dom.undefine().is_ok() {
-                        s.defined.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                        guard(&s.defined).remove(&name);
                     }
                     return Err(libvirt_error("start", &name, &e));
                 }
@@ -629,7 +630,7 @@ impl Hypervisor for LibvirtHypervisor {
                             // As for a failed start: the reschedule finds nothing of this guest.
                             let _ = dom.destroy();
                             if dom.undefine().is_ok() {
-                                s.defined.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                                guard(&s.defined).remove(&name);
                             }
                             return Err(e);
                         }

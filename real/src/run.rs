@@ -8,6 +8,7 @@
 //! connects to the guest's libvirt URI (`qemu:///system` by default), keeps a `_base` cache
 //! and boots real guests (see [`crate::libvirt::GuestBoot`]).
 
+use stackbed_core::sync::guard;
 use std::future::Future;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -266,7 +267,7 @@ where
     tokio::spawn(async move {
         if let Err(e) = service.await {
             metrics.count(&format!("service_failed.{name}"), 1);
-            failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{name}: {e}"));
+            guard(&failures).push(format!("{name}: {e}"));
         }
     })
 }
@@ -342,7 +343,7 @@ async fn run_services(
             metrics.count("libvirt.cleanup_errors", 1);
         }
     }
-    let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let failures = guard(&failures).clone();
     if let (Some(a), false) = (&mut data.aborted, failures.is_empty()) {
         *a = format!("{a}; service failures: {}", failures.join("; "));
     }

@@ -30,6 +30,7 @@
 //! right after it, while the connection's lock is still held, so observation order is
 //! commit order.
 
+use stackbed_core::sync::guard;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -204,7 +205,7 @@ impl SqliteDb {
     /// Feeds every commit to `monitor` (the invariant checker and event digest).
     pub fn observe(&self, monitor: MonitorRef) {
         self.on_commit(Box::new(move |now_ms, commit| {
-            monitor.lock().unwrap_or_else(|e| e.into_inner()).on_commit(now_ms, commit);
+            guard(&monitor).on_commit(now_ms, commit);
         }));
     }
 
@@ -216,7 +217,7 @@ impl SqliteDb {
     fn lock(&self) -> MutexGuard<'_, Conn> {
         // A panicking observer poisons the lock; the SQLite transaction it interrupted has
         // already committed or rolled back, so the connection is still consistent.
-        self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.inner.conn)
     }
 
     /// The blocking body of [`Database::execute`].

@@ -2,6 +2,7 @@
 //! paste config gives it: token validation (keystonemiddleware, cached 300 s), policy,
 //! quota (counting mode), then the BuildRequest write and the cast to the conductor.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -104,7 +105,7 @@ impl Api {
     async fn credentials(&self, token: &str) -> Result<Credentials, ApiError> {
         let now = self.ctx.clock.now_ms();
         let cached = {
-            let cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = guard(&self.token_cache);
             cache
                 .get(token)
                 .filter(|(at, p)| now < at + TOKEN_CACHE_MS && now < p.expires_at_ms)
@@ -124,7 +125,7 @@ impl Api {
                     }
                     Err(e) => return Err(ApiError::new(503, e.to_string())),
                 };
-                let mut cache = self.token_cache.lock().unwrap_or_else(|e| e.into_inner());
+                let mut cache = guard(&self.token_cache);
                 cache.retain(|_, (at, _)| now < *at + TOKEN_CACHE_MS);
                 cache.insert(token.to_string(), (now, p.clone()));
                 p
@@ -148,7 +149,7 @@ impl Api {
     }
 
     fn new_uuid(&self, project: &str) -> String {
-        let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = guard(&self.next_id);
         *n += 1;
         // Deterministic ids: the project, the worker's node and incarnation, and a counter
         // are as unique as a UUID here, across workers and restarts.

@@ -3,6 +3,7 @@
 //! nova's task_state steps, each a compare-and-swap on the expected task_state;
 //! reschedules on unexpected spawn failures and aborts on build-abort failures.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -79,7 +80,7 @@ impl Compute {
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
-        self.local.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.local)
     }
 
     fn node_row(&self) -> ComputeNode {

@@ -1,5 +1,6 @@
 //! Per-action timings and counters, gathered from every service of a run.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +48,7 @@ pub struct Metrics(Arc<Mutex<Inner>>);
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic elsewhere poisons the lock; the numbers are still worth reporting.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.0)
     }
 
     /// Records one sample of an atomic action (Rally's name for a timed step).

@@ -89,7 +89,7 @@ impl Waiter {
                 biased;
                 r = &mut self.reply => return r.map_err(|_| NoReply::Closed),
                 _ = self.heard.notified() => continue,
-                _ = clock.sleep(wait) => return Err(NoReply::Timeout),
+                _ = clock.alarm(wait) => return Err(NoReply::Timeout),
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The run driver shared by both worlds, and the report: `report.json` and the Rally-style
 //! table printed in the terminal.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,7 @@ pub struct RunData {
 pub const COMPUTE_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
 
 fn lock(m: &MonitorRef) -> std::sync::MutexGuard<'_, crate::monitor::Monitor> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    guard(&m)
 }
 
 /// Runs the workload against nova-api through `api`, waits for quiet, runs the quiet checks.
@@ -91,7 +92,7 @@ pub async fn drive(ctx: Ctx, api: NovaClient, monitor: MonitorRef, submitted: Op
             }
         }
     }
-    let utilisation = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let utilisation = std::mem::take(&mut *guard(&samples));
     let passes = workload.pass_windows();
     RunData { iterations, utilisation, instances, simulated_ms: now, aborted, passes }
 }
@@ -115,7 +116,7 @@ async fn sample_utilisation(ctx: Ctx, out: Arc<std::sync::Mutex<Vec<UtilSample>>
                 })
                 .collect();
             let sample = stats::utilisation(ctx.clock.now_ms() as f64 / 1000.0, &providers, &smallest);
-            out.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+            guard(&out).push(sample);
         }
         ctx.clock.sleep(ctx.scenario.workload.sample_interval.0).await;
     }

@@ -129,7 +129,8 @@ where
                 Some((to, monitor_ms)) => {
                     let beat = async {
                         loop {
-                            ctx.clock.sleep(Duration::from_millis((monitor_ms / 2).max(1))).await;
+                            // An alarm: this future is polled each time the handler wakes.
+                            ctx.clock.alarm(Duration::from_millis((monitor_ms / 2).max(1))).await;
                             let _ = ctx.bus.reply(to.clone(), Rpc::Heartbeat).await;
                         }
                     };

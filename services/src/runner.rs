@@ -6,6 +6,7 @@
 //! image caches keep what it fetched), and each pass's window of the metrics is kept for
 //! the report.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,12 +108,12 @@ impl Workload {
 
     async fn token(&self, t: &Tenant, refresh: bool) -> Result<String, ApiError> {
         if !refresh {
-            if let Some(tok) = t.token.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            if let Some(tok) = guard(&t.token).clone() {
                 return Ok(tok);
             }
         }
         let tok = self.api.authenticate(&t.user, &t.password, &t.project).await?;
-        *t.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(tok.clone());
+        *guard(&t.token) = Some(tok.clone());
         Ok(tok)
     }
 
@@ -135,7 +136,7 @@ impl Workload {
 
     /// The passes run so far (one per pass; the last one ends with the workload).
     pub fn pass_windows(&self) -> Vec<PassWindow> {
-        self.windows.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        guard(&self.windows).clone()
     }
 
     /// Runs the contexts and every pass; returns when the last iteration finished.
@@ -144,7 +145,7 @@ impl Workload {
             for t in &self.tenants {
                 if let Ok(tok) = self.token(t, false).await {
                     if let Ok(id) = self.api.create_server_group(&tok, "workload", policy).await {
-                        *t.group.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+                        *guard(&t.group) = Some(id);
                     }
                 }
             }
@@ -157,12 +158,12 @@ impl Workload {
             // cover its boots alone.
             let window =
                 PassWindow { pass, start_ms, end_ms: self.ctx.clock.now_ms(), from, to: self.ctx.metrics.marks() };
-            self.windows.lock().unwrap_or_else(|e| e.into_inner()).push(window);
+            guard(&self.windows).push(window);
             if pass + 1 < passes {
                 self.delete_pass(pass).await;
             }
         }
-        let mut out = std::mem::take(&mut *self.results.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut out = std::mem::take(&mut *guard(&self.results));
         out.sort_by_key(|it| it.index);
         out
     }
@@ -172,10 +173,7 @@ impl Workload {
         if self.ctx.scenario.workload.action == Action::BootAndDelete {
             return;
         }
-        let servers: Vec<(u32, String)> = self
-            .results
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let servers: Vec<(u32, String)> = guard(&self.results)
             .iter()
             .filter(|it| it.pass == pass)
             .flat_map(|it| it.servers.iter().map(|s| (it.index, s.clone())).collect::<Vec<_>>())
@@ -210,7 +208,7 @@ impl Workload {
                     handles.push(tokio::spawn(async move {
                         loop {
                             let i = {
-                                let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                                let mut n = guard(&next);
                                 if *n >= times {
                                     break;
                                 }
@@ -258,12 +256,12 @@ impl Workload {
         let (flavor, image) = {
             // The first pass draws (in index order, as before passes existed); later passes
             // repeat its requests.
-            let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut shapes = guard(&self.shapes);
             let slot = index % self.times.max(1);
             match shapes.get(&slot) {
                 Some(shape) => shape.clone(),
                 None => {
-                    let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut rng = guard(&self.rng);
                     let w = &self.ctx.scenario.workload;
                     let shape = (pick(&mut rng, &w.flavors), pick(&mut rng, &w.images));
                     shapes.insert(slot, shape.clone());
@@ -271,7 +269,7 @@ impl Workload {
                 }
             }
         };
-        let group = tenant.group.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let group = guard(&tenant.group).clone();
         let count = self.ctx.scenario.workload.servers_per_request;
         let req = CreateServer { name: format!("rally-{index}"), flavor, image, server_group: group, count };
         let t0 = self.ctx.clock.now();
@@ -294,7 +292,7 @@ impl Workload {
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
         }
-        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(Iteration { index, pass, servers, ok, error });
+        guard(&self.results).push(Iteration { index, pass, servers, ok, error });
     }
 
     /// One trace row: boot at its arrival, delete at the end of its lifetime. The request is
@@ -303,10 +301,10 @@ impl Workload {
     async fn trace_request(&self, index: u32, row: stackbed_core::trace::TraceRow) {
         let tenant = &self.tenants[index as usize % self.tenants.len()];
         let image = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rng = guard(&self.rng);
             pick(&mut rng, &self.ctx.scenario.workload.images)
         };
-        let group = tenant.group.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let group = guard(&tenant.group).clone();
         let name = format!("trace-{index}");
         let req = CreateServer { name, flavor: row.flavor_name(), image, server_group: group, count: 1 };
         let req = &req;
@@ -324,7 +322,7 @@ impl Workload {
             }
         }
         let it = Iteration { index, pass: 0, servers, ok, error };
-        self.results.lock().unwrap_or_else(|e| e.into_inner()).push(it);
+        guard(&self.results).push(it);
     }
 
     /// Calls `f` with a token, re-authenticating once on a 401 (token expired).

@@ -416,7 +416,8 @@ impl SimBus {
     /// Reads the connection and checks its heartbeats until it ends or falls silent.
     async fn run_connection(&self, generation: u64, mut rx: Receiver) {
         let policy = &self.cfg.policy;
-        let mut next_check = self.clock.now() + policy.heartbeat_interval();
+        // An alarm, not a sleep: the check's timer is polled beside every frame.
+        let mut check = self.clock.alarm(policy.heartbeat_interval());
         loop {
             tokio::select! {
                 biased;
@@ -436,8 +437,8 @@ impl SimBus {
                         }
                     }
                 }
-                _ = self.clock.sleep_until(next_check) => {
-                    next_check = self.clock.now() + policy.heartbeat_interval();
+                _ = &mut check => {
+                    check = self.clock.alarm(policy.heartbeat_interval());
                     let (now, last_heard, last_sent, live) = {
                         let st = self.lock();
                         (self.now(), st.last_heard, st.last_sent, st.live.clone())

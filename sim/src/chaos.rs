@@ -7,6 +7,7 @@
 //!
 //! The executor runs on the supervisor's own node, which no fault can reach.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,7 +49,7 @@ pub struct Chaos {
 fn lock(log: &Log) -> std::sync::MutexGuard<'_, FaultsReport> {
     // The log is appended to under the lock and read once at the end; a panic in between
     // would end the simulation anyway.
-    log.lock().unwrap_or_else(|e| e.into_inner())
+    guard(&log)
 }
 
 impl Chaos {

@@ -12,6 +12,7 @@
 //! `image_download`, `image_verify`, `image_convert` (for the boot that fetched) and
 //! `image_overlay`.
 
+use stackbed_core::sync::guard;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,7 +53,7 @@ impl GuestTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         // Every critical section is one insert, remove, clear or copy: a panic inside one
         // cannot leave the set half-changed.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.0)
     }
 
     /// The uuids of the guests this host runs, in order.
@@ -105,7 +106,7 @@ impl SimHost {
     }
 
     fn jittered(&self, secs: f64) -> Duration {
-        let f = self.model.images.jitter(&mut *self.rng.lock().unwrap_or_else(|e| e.into_inner()));
+        let f = self.model.images.jitter(&mut *guard(&self.rng));
         Duration::from_secs_f64((secs * f * self.knobs.get().slow).max(0.0))
     }
 
@@ -122,7 +123,7 @@ impl SimHost {
         let t0 = tokio::time::Instant::now();
         let cell = {
             let now = self.now_ms();
-            let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = guard(&self.bases);
             let expired = b.by_image.get(&image.name).is_some_and(|x| x.entry.expired(now, m.unused_base_max_age_s));
             if expired {
                 b.by_image.remove(&image.name);
@@ -167,7 +168,7 @@ impl SimHost {
     /// The instance no longer uses its base; the base's unused clock starts when nobody does.
     fn release_base(&self, instance: &Instance) {
         let now = self.now_ms();
-        let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = guard(&self.bases);
         if let Some(image) = b.users.remove(&instance.uuid) {
             if let Some(base) = b.by_image.get_mut(&image) {
                 base.entry.users = base.entry.users.saturating_sub(1);
@@ -180,7 +181,7 @@ impl SimHost {
 
     fn draw(&self, d: &Dist) -> Duration {
         let slow = self.knobs.get().slow;
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = guard(&self.rng);
         Duration::from_secs_f64(d.sample(&mut *rng) * slow)
     }
 
@@ -223,13 +224,7 @@ impl Hypervisor for SimHost {
         }
         let t0 = tokio::time::Instant::now();
         if self.model.image_cache {
-            let cell = self
-                .image_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(image.name.clone())
-                .or_default()
-                .clone();
+            let cell = guard(&self.image_cache).entry(image.name.clone()).or_default().clone();
             cell.get_or_init(|| async {
                 self.phase(&self.model.image_fetch).await;
             })
@@ -261,7 +256,7 @@ impl SimHost {
         let start = self.phase(&self.model.spawn).await;
         let failed = {
             let p = self.model.spawn_failure_probability;
-            p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).gen_bool(p)
+            p > 0.0 && guard(&self.rng).gen_bool(p)
         };
         if failed || self.knobs.hypervisor_error() {
             return Err(HvError::Reschedule(

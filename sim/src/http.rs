@@ -114,6 +114,8 @@ pub struct SimHttp {
     ip: IpAddr,
     endpoints: Arc<Endpoints>,
     ids: RequestIds,
+    /// The node's clock: requests' timeouts.
+    clock: Clock,
     /// Round-robin cursor per service.
     cursors: Mutex<BTreeMap<String, usize>>,
     /// Idle keep-alive connections per endpoint.
@@ -121,12 +123,14 @@ pub struct SimHttp {
 }
 
 impl SimHttp {
-    /// The stack of `node` at `ip`; request ids carry the node name and the start instant.
-    pub fn new(node: &str, ip: IpAddr, endpoints: Arc<Endpoints>, clock: Clock) -> Arc<SimHttp> {
+    /// The stack of `node` at `ip`; request ids carry the node name and the start instant
+    /// on the run's clock (a skewed node's clock could repeat an earlier incarnation's).
+    pub fn new(node: &str, ip: IpAddr, endpoints: Arc<Endpoints>, run_clock: &Clock, clock: Clock) -> Arc<SimHttp> {
         Arc::new(SimHttp {
             ip,
             endpoints,
-            ids: RequestIds::new(node, clock.now_ms()),
+            ids: RequestIds::new(node, run_clock.now_ms()),
+            clock,
             cursors: Mutex::new(BTreeMap::new()),
             idle: Mutex::new(BTreeMap::new()),
         })
@@ -181,18 +185,18 @@ impl Http for SimHttp {
             let (node, addr) = &endpoints[(start + k) % endpoints.len()];
             // Refused (dead worker, clogged link) or no local port: the next endpoint.
             let Some((tx, mut rx)) = self.send(*addr, req.clone()).await else { continue };
-            return match tokio::time::timeout(timeout, conn::recv::<HttpResponse>(&mut rx)).await {
-                Ok(Some(resp)) => {
+            return match self.clock.timeout(timeout, conn::recv::<HttpResponse>(&mut rx)).await {
+                Some(Some(resp)) => {
                     self.keep(*addr, (tx, rx));
                     Ok(*resp)
                 }
-                Ok(None) => Err(HttpError::ConnectionReset {
+                Some(None) => Err(HttpError::ConnectionReset {
                     service: service.to_string(),
                     endpoint: node.clone(),
                     method,
                     path,
                 }),
-                Err(_) => Err(HttpError::Timeout {
+                None => Err(HttpError::Timeout {
                     service: service.to_string(),
                     method,
                     path,

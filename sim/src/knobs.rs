@@ -3,6 +3,7 @@
 //! sets them per node; the node's connections and hypervisor model read their own node's
 //! cell (one uncontended lock per read), so a run without such faults pays next to nothing.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -63,7 +64,7 @@ pub enum Fate {
 impl NodeCell {
     fn lock(&self) -> MutexGuard<'_, Cell> {
         // Each critical section is a copy or a draw: nothing can leave it half-done.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.0)
     }
 
     pub fn get(&self) -> NodeKnobs {
@@ -116,7 +117,7 @@ impl Knobs {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, NodeCell>> {
         // Inserts and lookups only.
-        self.cells.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.cells)
     }
 
     /// Node `name`'s cell (made on first use).

@@ -2,6 +2,7 @@
 //! deployment (`stackbed_core::faults::nodes`), run the fault schedule against them, drive
 //! the workload from the client node, report.
 
+use stackbed_core::sync::guard;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ impl World {
         Ok(Ctx {
             bus,
             db,
-            http: SimHttp::new(node, ip, self.endpoints.clone(), self.clock.clone()),
+            http: SimHttp::new(node, ip, self.endpoints.clone(), &self.clock, clock.clone()),
             cpu: Arc::new(crate::cpu::SimCpu::new(self.knobs.node(node), clock.clone())),
             clock,
             db_retry: DbRetry::for_node(
@@ -138,8 +139,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             let scenario = opts.scenario.clone();
             let monitor: MonitorRef =
                 Monitor::new(scenario.control.quota_recheck, scenario.workload.liveness_bound.ms());
-            let triggers =
-                monitor.lock().unwrap_or_else(|e| e.into_inner()).watch_task_states(task_state_triggers(&schedule));
+            let triggers = guard(&monitor).watch_task_states(task_state_triggers(&schedule));
             let knobs = Knobs::new(opts.seed);
             let world = World {
                 opts: opts.clone(),
@@ -249,9 +249,9 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
             let (ctx, data) = outcome?;
             if check_guests {
                 let guests = chaos.registry().guests();
-                monitor.lock().unwrap_or_else(|e| e.into_inner()).check_guests(clock.now_ms(), &guests);
+                guard(&monitor).check_guests(clock.now_ms(), &guests);
             }
-            let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let faults = guard(&log).clone();
             Ok::<_, String>((ctx, data, monitor, faults))
         }
     });

@@ -128,6 +128,27 @@ fn simulated_selects_are_biased() {
     }
 }
 
+/// A poisoned lock is never swallowed (`core/src/sync.rs` says why): locks go through
+/// `stackbed_core::sync::guard`. The one exception is the sweep's panic hook, whose record
+/// of the panic is what reports it; its lines say `panic hook`.
+#[test]
+fn poisoned_locks_are_not_swallowed() {
+    for dir in ["core/src", "services/src", "sim/src", "real/src", "images/src", "cli/src", "benches"] {
+        for file in rust_files(dir) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let swallowed = line.contains("e.into_inner())") || line.contains("PoisonError::into_inner");
+                assert!(
+                    !swallowed || line.contains("panic hook"),
+                    "{}:{}: a poisoned lock swallowed; use stackbed_core::sync::guard",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
 /// Every time read and wait in the services goes through the clock seam
 /// (`services/src/clock.rs`), so a node's clock can be skewed and one place swaps real and
 /// simulated time. The conformance suites, which run against the seams from outside any

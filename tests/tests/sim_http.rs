@@ -63,7 +63,7 @@ fn simulated_http_conforms() {
                             .name(&worker)
                             .ip(ip(at))
                             .init(move || {
-                                let http = SimHttp::new(&worker, ip(at), eps.clone(), clock.clone());
+                                let http = SimHttp::new(&worker, ip(at), eps.clone(), &clock, clock.clone());
                                 let handler = handler.clone();
                                 async move {
                                     let _ = http.serve(conformance::HTTP_SERVICE, handler).await;
@@ -79,8 +79,13 @@ fn simulated_http_conforms() {
                     };
                     let (client_clock, client_eps) = (clock.clone(), eps.clone());
                     conformance::http(start, move |name| {
-                        let http: stackbed_services::seams::HttpRef =
-                            SimHttp::new(&name, ip("10.9.1.1"), client_eps.clone(), client_clock.clone());
+                        let http: stackbed_services::seams::HttpRef = SimHttp::new(
+                            &name,
+                            ip("10.9.1.1"),
+                            client_eps.clone(),
+                            &client_clock,
+                            client_clock.clone(),
+                        );
                         async move { http }
                     })
                     .await;
@@ -117,7 +122,7 @@ async fn ctx(d: &World, node: &str, at: IpAddr) -> Ctx {
             d.clock.clone(),
             Metrics::default(),
         ),
-        http: SimHttp::new(node, at, d.endpoints.clone(), d.clock.clone()),
+        http: SimHttp::new(node, at, d.endpoints.clone(), &d.clock, d.clock.clone()),
         cpu: Arc::new(stackbed_services::seams::RealCpu),
         clock: d.clock.clone(),
         metrics: Metrics::default(),

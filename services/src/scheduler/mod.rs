@@ -4,6 +4,7 @@
 //! nova's filters and weighers), claims the first host that takes the claim and returns it
 //! with unclaimed alternates.
 
+use stackbed_core::sync::guard;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -295,7 +296,7 @@ impl Scheduler {
         self.ctx.cpu.spend(self.ctx.scenario.model.service_time.scheduler_per_host.0 * hosts).await;
         let now = self.ctx.clock.now_ms();
         let down_after = self.ctx.scenario.control.service_down_time.ms();
-        let mut guard = self.decider.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = guard(&self.decider);
         let Decider { rng, strategy, table } = &mut *guard;
         let inputs = Inputs { providers: &snapshot, nodes: &nodes, services: &services };
         table.sync(&inputs, &self.hosts, now, down_after, &members_per_host);
@@ -351,7 +352,7 @@ impl Scheduler {
     /// shared snapshots, nothing copied.
     async fn host_cache(&self) -> Result<(Snapshot, Snapshot), ServiceError> {
         {
-            let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let c = guard(&self.cache);
             if c.refreshed.is_some_and(|t| self.ctx.clock.since(t) < HOST_STATE_REFRESH) {
                 return Ok((c.nodes.clone(), c.services.clone()));
             }
@@ -368,7 +369,7 @@ impl Scheduler {
             });
         let nodes = snapshots.next().unwrap_or_default();
         let services = snapshots.next().unwrap_or_default();
-        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = guard(&self.cache);
         *c = HostCache { refreshed: Some(self.ctx.clock.now()), nodes: nodes.clone(), services: services.clone() };
         Ok((nodes, services))
     }
