@@ -288,6 +288,34 @@ fn broker_outage_marks_every_host_down_and_a_longer_service_down_time_does_not()
     }
 }
 
+/// `scenarios/faults/conductor-overload.toml`: issue 9's overload question, nova's part.
+/// Boots arrive faster than the one scheduler decides; every conductor executor thread
+/// waits in select_destinations, the state reports queue behind them and time out, the
+/// fleet is marked down and boots get NoValidHost on idle hosts. What the model used to add
+/// is gone: nova-api answers every create (no 500 "database unavailable": the database
+/// client has no timeout nova's lacks, and no commit that happened is reported failed),
+/// nothing is lost (every invariant holds) and the run fails on its SLA only. With enough
+/// scheduler workers nothing waits and every boot succeeds.
+#[test]
+fn an_overloaded_conductor_marks_the_fleet_down_and_enough_schedulers_do_not() {
+    let s = scenario("faults/conductor-overload.toml");
+    let r = run(&s, 1);
+    assert!(!r.passed, "the overload broke nothing: {:?}", r.counters);
+    assert!(r.first_violation.violation.is_none(), "nothing may be lost: {:?}", r.first_violation);
+    let nvh = r.counters.get("no_valid_host").copied().unwrap_or(0);
+    assert!(nvh > 0, "no NoValidHost: {:?}", r.counters);
+    assert_eq!(nvh as usize, r.iterations.failed, "every failure is a NoValidHost: {:?}", r.iterations.errors);
+    assert!(r.counters.get("compute.report_state_failed").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    assert!(r.sla.iter().any(|c| c.criterion == "failure_rate" && !c.success), "{:?}", r.sla);
+    let create = r.actions.iter().find(|a| a.action == "api.create").expect("api.create");
+    assert_eq!((create.count, create.success_pct), (2400, 100.0), "the API answered every create");
+
+    let m = mitigated("faults/conductor-overload.toml");
+    let r = run(&m, 1);
+    assert!(r.passed, "with the mitigation: {}", r.failure_text().unwrap_or_default());
+    assert_eq!(r.counters.get("compute.report_state_failed").copied().unwrap_or(0), 0, "{:?}", r.counters);
+}
+
 /// `scenarios/faults/scheduler-kill.toml` (F4's dead worker): one of two schedulers dies with
 /// calls in flight; with call monitoring each lost call fails a minute later (no heartbeat)
 /// instead of after long_rpc_timeout, nova's retry_select_destinations sends it again, and

@@ -143,7 +143,7 @@ impl LiveTable {
         down_after_ms: u64,
         members_per_host: &BTreeMap<String, u32>,
     ) {
-        if !self.refresh(inputs) {
+        if !self.refresh(inputs, now_ms, down_after_ms) {
             self.rebuild(inputs, statics);
         }
         self.liveness(now_ms, down_after_ms);
@@ -159,7 +159,7 @@ impl LiveTable {
     }
 
     /// Applies what changed since the last read; false when a rebuild is due.
-    fn refresh(&mut self, inputs: &Inputs) -> bool {
+    fn refresh(&mut self, inputs: &Inputs, now_ms: u64, down_after_ms: u64) -> bool {
         let table = &mut self.table;
         // Placement's usage is read per request, and between two requests of one worker
         // only the few providers claimed against changed: a diff of the two snapshots
@@ -198,6 +198,7 @@ impl LiveTable {
             _ => false,
         });
         let service = &mut self.service;
+        let next_down = &mut self.next_down_ms;
         let services = nodes
             && self.services.changed(inputs.services, |i, row| {
                 let view = ServiceView::of(row);
@@ -205,11 +206,18 @@ impl LiveTable {
                     return false;
                 }
                 let (disabled, failed) = (disabled(view), failed_builds(view));
+                // A new report: this row's liveness now, and when it may go down. The
+                // others' still hold until the earliest of those (see `liveness`).
+                let up = is_up(view, now_ms, down_after_ms);
+                if up {
+                    *next_down = (*next_down).min(down_at(view, down_after_ms));
+                }
                 let h = &table.hosts()[i];
-                if h.service_disabled != disabled || h.failed_builds != failed {
+                if h.service_disabled != disabled || h.failed_builds != failed || h.service_up != up {
                     table.update(i, |h| {
                         h.service_disabled = disabled;
                         h.failed_builds = failed;
+                        h.service_up = up;
                     });
                 }
                 service[i] = view;
@@ -219,23 +227,22 @@ impl LiveTable {
             return false;
         }
         self.read = Some((inputs.nodes.clone(), inputs.services.clone()));
-        // Heartbeats moved: liveness is computed again.
-        self.next_down_ms = 0;
         true
     }
 
-    /// ComputeFilter's view, recomputed only when a row may have changed: after a refresh,
-    /// once the first up row's report grows too old, or when the clock went back (skew).
+    /// ComputeFilter's view of every row, recomputed only when one may have gone down
+    /// without a new report: once the earliest up row's report grows too old, or when the
+    /// clock went back (skew). A row that was down stays down until it reports again,
+    /// which `refresh` applies as it reads it.
     fn liveness(&mut self, now_ms: u64, down_after_ms: u64) {
         if now_ms < self.next_down_ms && now_ms >= self.liveness_at {
             return;
         }
         let mut next_down = u64::MAX;
-        for (i, s) in self.service.iter().enumerate() {
-            let up = s.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms);
+        for (i, &s) in self.service.iter().enumerate() {
+            let up = is_up(s, now_ms, down_after_ms);
             if up {
-                let seen = s.map_or(0, |s| s.last_seen_ms);
-                next_down = next_down.min(seen.saturating_add(down_after_ms).saturating_add(1));
+                next_down = next_down.min(down_at(s, down_after_ms));
             }
             if self.table.hosts()[i].service_up != up {
                 self.table.update(i, |h| h.service_up = up);
@@ -314,6 +321,16 @@ impl LiveTable {
         self.grouped.clear();
         self.next_down_ms = 0;
     }
+}
+
+/// ComputeFilter's liveness: a services row seen within `down_after_ms`.
+fn is_up(s: Option<ServiceView>, now_ms: u64, down_after_ms: u64) -> bool {
+    s.is_some_and(|s| now_ms.saturating_sub(s.last_seen_ms) <= down_after_ms)
+}
+
+/// The first instant at which a row that is up goes down without a new report.
+fn down_at(s: Option<ServiceView>, down_after_ms: u64) -> u64 {
+    s.map_or(0, |s| s.last_seen_ms).saturating_add(down_after_ms).saturating_add(1)
 }
 
 /// A host without a services row counts as disabled.
