@@ -9,6 +9,7 @@
 //! the same semantics, and both pass the same conformance test.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -201,11 +202,17 @@ pub fn conflict(table: Table, key: &str, expected: Expect, found: Option<u64>) -
 }
 
 /// A table as of one moment: a persistent map, so taking one is O(1) and later writes copy
-/// only the paths they change.
-pub type Snapshot = imbl::OrdMap<String, Row>;
+/// only the paths they change. Rows are shared: a write to a node some reader's snapshot
+/// still holds copies the node's keys and pointers, not its 64 records.
+pub type Snapshot = imbl::OrdMap<String, Arc<Row>>;
 
 /// One difference between two snapshots (`Snapshot::diff` skips the subtrees they share).
 pub use imbl::ordmap::DiffItem;
+
+/// A replaced row's value: moved out when no snapshot holds the row any more.
+fn unshared_value(row: Arc<Row>) -> Record {
+    Arc::try_unwrap(row).map_or_else(|shared| shared.value.clone(), |row| row.value)
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
@@ -239,19 +246,21 @@ impl MemStore {
         // Reads see the state before this transaction's writes, so do them first.
         for op in &ops {
             results.push(match op {
-                Op::Get { table, key } => OpResult::Row(self.tables.get(table).and_then(|t| t.get(key)).cloned()),
+                Op::Get { table, key } => {
+                    OpResult::Row(self.tables.get(table).and_then(|t| t.get(key)).map(|r| Row::clone(r)))
+                }
                 Op::Scan { table, prefix } => OpResult::Rows(match self.tables.get(table) {
                     None => Vec::new(),
                     // A whole table: its size is known, so the result is allocated once.
                     Some(t) if prefix.is_empty() => {
                         let mut rows = Vec::with_capacity(t.len());
-                        rows.extend(t.iter().map(|(k, r)| (k.clone(), r.clone())));
+                        rows.extend(t.iter().map(|(k, r)| (k.clone(), Row::clone(r))));
                         rows
                     }
                     Some(t) => t
                         .range(prefix.clone()..)
                         .take_while(|(k, _)| k.starts_with(prefix.as_str()))
-                        .map(|(k, r)| (k.clone(), r.clone()))
+                        .map(|(k, r)| (k.clone(), Row::clone(r)))
                         .collect(),
                 }),
                 Op::Snapshot { table } => OpResult::Snapshot(self.tables.get(table).cloned().unwrap_or_default()),
@@ -263,12 +272,12 @@ impl MemStore {
             match op {
                 Op::Put { table, key, value, .. } => {
                     let t = self.tables.entry(table).or_default();
-                    let old = t.insert(key.clone(), Row { version: seq, value: value.clone() });
-                    writes.push(Write { table, key, old: old.map(|r| r.value), new: Some(value) });
+                    let old = t.insert(key.clone(), Arc::new(Row { version: seq, value: value.clone() }));
+                    writes.push(Write { table, key, old: old.map(unshared_value), new: Some(value) });
                 }
                 Op::Delete { table, key, .. } => {
                     let old = self.tables.get_mut(&table).and_then(|t| t.remove(&key));
-                    writes.push(Write { table, key, old: old.map(|r| r.value), new: None });
+                    writes.push(Write { table, key, old: old.map(unshared_value), new: None });
                 }
                 _ => {}
             }

@@ -374,7 +374,7 @@ mod tests {
                 [Inventory::new(16, 0, 4.0), Inventory::new(65536, 512, 1.0), Inventory::new(500, 0, 1.0)];
             let value = Record::Provider(Provider { host: host.into(), inventories, used });
             let version = self.next();
-            self.providers.insert(host.into(), Row { version, value });
+            self.providers.insert(host.into(), Arc::new(Row { version, value }));
         }
 
         fn node(&mut self, host: &str, instances: u64) {
@@ -392,7 +392,7 @@ mod tests {
                 stats: Default::default(),
             });
             let version = self.next();
-            self.nodes.insert(host.into(), Row { version, value });
+            self.nodes.insert(host.into(), Arc::new(Row { version, value }));
         }
 
         fn service(&mut self, host: &str, seen: u64, disabled: bool, failed_builds: u32) {
@@ -405,7 +405,7 @@ mod tests {
                 failed_builds,
             });
             let version = self.next();
-            self.services.insert(host.into(), Row { version, value });
+            self.services.insert(host.into(), Arc::new(Row { version, value }));
         }
 
         fn inputs(&self) -> Inputs<'_> {
