@@ -13,7 +13,7 @@ use crate::states::{self, TaskState, VmState};
 use crate::store::Commit;
 
 /// The invariants, by the names scenario files and reports use.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "no_instance_lost",
     "no_overcommit",
     "allocations_match_instances",
@@ -23,6 +23,7 @@ pub const NAMES: [&str; 9] = [
     "guests_match_instances",
     "usage_matches_instances",
     "no_valid_host_is_true",
+    "replies_complete_their_call_once",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -66,6 +67,10 @@ pub struct Checker {
     usage_rows: BTreeMap<String, ProjectUsage>,
     events: u64,
     violations: BTreeMap<&'static str, (u64, Option<Violation>)>,
+    /// Calls numbered so far, and which of them a reply completed (one bit each).
+    calls: u64,
+    completed_calls: Vec<u64>,
+    replies: u64,
 }
 
 /// How nova's NoValidHost fault message begins.
@@ -127,7 +132,10 @@ impl Checker {
             .iter()
             .map(|&name| {
                 let (n, first) = self.violations.get(name).cloned().unwrap_or((0, None));
-                InvariantResult { name, checked_events: self.events, violations: n, first }
+                // The reply check runs on replies, not commits.
+                let checked_events =
+                    if name == "replies_complete_their_call_once" { self.replies } else { self.events };
+                InvariantResult { name, checked_events, violations: n, first }
             })
             .collect()
     }
@@ -446,6 +454,33 @@ impl Checker {
         for detail in problems {
             self.violate("guests_match_instances", now_ms, 0, detail);
         }
+    }
+
+    /// Numbers a new RPC call (from 1).
+    pub fn start_call(&mut self) -> u64 {
+        self.calls += 1;
+        self.calls
+    }
+
+    /// `replies_complete_their_call_once`: the caller waiting on call `call` was completed
+    /// by a reply to call `answers`. That must be its own call's reply, and the first to
+    /// complete it. (A late reply delivered to another call with the same id, as a reply
+    /// queue reused across a restart would, breaks the first; a pending call answered
+    /// twice, the second.)
+    pub fn check_reply(&mut self, now_ms: Millis, call: u64, answers: u64) {
+        self.replies += 1;
+        if answers != call {
+            let detail = format!("the reply to call #{answers} completed call #{call}, which waited for its own");
+            self.violate("replies_complete_their_call_once", now_ms, 0, detail);
+        }
+        let (word, bit) = ((call / 64) as usize, 1u64 << (call % 64));
+        if self.completed_calls.len() <= word {
+            self.completed_calls.resize(word + 1, 0);
+        }
+        if self.completed_calls[word] & bit != 0 {
+            self.violate("replies_complete_their_call_once", now_ms, 0, format!("call #{call} completed twice"));
+        }
+        self.completed_calls[word] |= bit;
     }
 
     /// Accepted requests not yet terminal.

@@ -119,7 +119,7 @@ impl ImageCache {
         let result = self.download(glance, image_id, &base);
         {
             let (lock, cv) = &*flight;
-            *guard(&lock) = Slot::Done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            *guard(lock) = Slot::Done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             cv.notify_all();
         }
         guard(&self.in_flight).remove(image_id);

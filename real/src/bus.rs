@@ -111,7 +111,8 @@ impl InProcBroker {
             let Some(client) = st.clients.get_mut(&d.conn) else { continue };
             if d.queue == client.reply_queue {
                 let msg = d.payload.msg;
-                if !d.payload.correlation.is_some_and(|id| reply::route(&mut client.pending, id, msg)) {
+                let routed = d.payload.correlation.map(|id| reply::route(&mut client.pending, id, msg));
+                if matches!(routed, None | Some(reply::Routed::Late)) {
                     st.late_replies += 1;
                     if let Some(m) = &self.metrics {
                         m.count(LATE_REPLIES_COUNTER, 1);
@@ -170,7 +171,8 @@ impl InProcBus {
     }
 
     fn envelope(&self, id: u64, msg: Rpc, reply_to: Option<ReplyTo>, correlation: Option<u64>) -> Envelope {
-        Envelope { msg, reply_to, msg_id: format!("{}-{id}", self.name), correlation }
+        // Real runs have no oracle numbering calls: a reply answers call 0.
+        Envelope { msg, reply_to, msg_id: format!("{}-{id}", self.name), correlation, answers: 0 }
     }
 }
 
@@ -205,9 +207,9 @@ impl Bus for InProcBus {
     ) -> Result<Rpc, BusError> {
         let method = msg.method();
         let id = self.next_id();
-        let reply_to = ReplyTo::new(&self.reply_queue, id, monitor);
+        let reply_to = ReplyTo::new(&self.reply_queue, id, monitor, 0);
         let env = self.envelope(id, msg, Some(reply_to), None);
-        let (pending, waiter) = reply::pending();
+        let (pending, waiter) = reply::pending(0);
         match self.broker.lock().clients.get_mut(&self.conn) {
             Some(c) => c.pending.insert(id, pending),
             None => return Err(BusError::Unavailable(format!("connection of {} closed", self.name))),
@@ -218,7 +220,7 @@ impl Bus for InProcBus {
     }
 
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError> {
-        let env = self.envelope(self.next_id(), msg, None, Some(to.msg_id));
+        let env = Envelope { answers: to.call, ..self.envelope(self.next_id(), msg, None, Some(to.msg_id)) };
         self.broker.publish(&to.queue, env, false);
         Ok(())
     }

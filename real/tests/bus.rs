@@ -55,7 +55,7 @@ async fn call_times_out_and_a_late_reply_is_dropped_and_counted() {
     assert_eq!(metrics.counter(LATE_REPLIES_COUNTER), 1);
     // A duplicate of it too, and a reply to an unknown queue.
     server.reply(to, token("late again")).await.unwrap();
-    server.reply(stackbed_services::seams::ReplyTo::new("reply_nobody", 1, None), token("x")).await.unwrap();
+    server.reply(stackbed_services::seams::ReplyTo::new("reply_nobody", 1, None, 0), token("x")).await.unwrap();
     assert_eq!(broker.late_replies(), 2, "the duplicate is late too");
     assert_eq!(metrics.counter("broker.unroutable"), 1, "a reply to a queue that does not exist is unroutable");
     // The client still works afterwards.

@@ -152,28 +152,36 @@ impl Monitor {
     /// Deadline checks that must run even when nothing commits.
     pub fn tick(&mut self, now_ms: Millis) {
         self.checker.check_deadlines(now_ms, 0);
-        self.note_first(now_ms);
+        self.note_first(now_ms, "check on a quiet system, after the last commit");
     }
 
     pub fn check_quiet(&mut self, now_ms: Millis) {
         self.checker.check_quiet(now_ms);
-        self.note_first(now_ms);
+        self.note_first(now_ms, "check on a quiet system, after the last commit");
     }
 
     /// The guests every hypervisor runs, against the instances (see
     /// `Checker::check_guests`); after the quiet checks.
-    pub fn check_guests(&mut self, now_ms: Millis, guests: &std::collections::BTreeMap<String, Vec<String>>) {
-        self.checker.check_guests(now_ms, guests);
-        self.note_first(now_ms);
+    /// A new call's number, for [`Monitor::on_reply`].
+    pub fn start_call(&mut self) -> u64 {
+        self.checker.start_call()
     }
 
-    fn note_first(&mut self, now_ms: Millis) {
+    /// A reply to call `answers` completed the caller waiting on call `call`.
+    pub fn on_reply(&mut self, now_ms: Millis, call: u64, answers: u64) {
+        self.checker.check_reply(now_ms, call, answers);
+        self.note_first(now_ms, "a reply on a caller's reply queue");
+    }
+
+    pub fn check_guests(&mut self, now_ms: Millis, guests: &std::collections::BTreeMap<String, Vec<String>>) {
+        self.checker.check_guests(now_ms, guests);
+        self.note_first(now_ms, "check on a quiet system, after the last commit");
+    }
+
+    fn note_first(&mut self, now_ms: Millis, what: &str) {
         if self.first.violation.is_none() {
             if let Some(v) = self.checker.first_violation() {
-                self.first = FirstViolation {
-                    violation: Some(v.clone()),
-                    event: vec![format!("{now_ms} (check on a quiet system, after the last commit)")],
-                };
+                self.first = FirstViolation { violation: Some(v.clone()), event: vec![format!("{now_ms} ({what})")] };
             }
         }
     }

@@ -22,6 +22,8 @@ use crate::seams::{BusError, Rpc};
 pub struct Pending {
     reply: oneshot::Sender<Rpc>,
     heard: Arc<Notify>,
+    /// The oracle's number of the call (`ReplyTo::call`).
+    call: u64,
 }
 
 /// What the caller waits on.
@@ -51,29 +53,45 @@ impl NoReply {
     }
 }
 
-/// A new pending call and its waiter.
-pub fn pending() -> (Pending, Waiter) {
+/// A new pending call (the oracle's number `call`) and its waiter.
+pub fn pending(call: u64) -> (Pending, Waiter) {
     let (tx, rx) = oneshot::channel();
     let heard = Arc::new(Notify::new());
-    (Pending { reply: tx, heard: heard.clone() }, Waiter { reply: rx, heard })
+    (Pending { reply: tx, heard: heard.clone(), call }, Waiter { reply: rx, heard })
+}
+
+/// What became of a message on the reply queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Nobody waits for it any more (the caller timed out: oslo drops such replies).
+    Late,
+    /// A heartbeat: the call's monitor starts again.
+    Heartbeat,
+    /// It answered the pending call the oracle numbers `call`.
+    Completed { call: u64 },
 }
 
 /// Hands a message that arrived on the reply queue for call `id` to its waiter: a
-/// heartbeat resets its monitor, anything else answers it. Returns false when nobody
-/// waits for it any more (the caller timed out: oslo drops such replies).
-pub fn route(pending: &mut BTreeMap<u64, Pending>, id: u64, msg: Rpc) -> bool {
+/// heartbeat resets its monitor, anything else answers it.
+pub fn route(pending: &mut BTreeMap<u64, Pending>, id: u64, msg: Rpc) -> Routed {
     if msg == Rpc::Heartbeat {
         return match pending.get(&id) {
             Some(p) => {
                 p.heard.notify_one();
-                true
+                Routed::Heartbeat
             }
-            None => false,
+            None => Routed::Late,
         };
     }
     match pending.remove(&id) {
-        Some(p) => p.reply.send(msg).is_ok(),
-        None => false,
+        Some(p) => {
+            let call = p.call;
+            match p.reply.send(msg) {
+                Ok(()) => Routed::Completed { call },
+                Err(_) => Routed::Late,
+            }
+        }
+        None => Routed::Late,
     }
 }
 

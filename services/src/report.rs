@@ -37,7 +37,7 @@ pub struct RunData {
 pub const COMPUTE_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
 
 fn lock(m: &MonitorRef) -> std::sync::MutexGuard<'_, crate::monitor::Monitor> {
-    guard(&m)
+    guard(m)
 }
 
 /// Runs the workload against nova-api through `api`, waits for quiet, runs the quiet checks.

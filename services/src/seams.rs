@@ -126,13 +126,18 @@ pub struct ReplyTo {
     /// oslo.messaging's `_call_monitor_timeout`: set on a monitored call, so that the
     /// server sends [`Rpc::Heartbeat`] every half of it while it works (see `reply.rs`).
     pub monitor_ms: Option<u64>,
+    /// The run's serial number of this call, for the oracle only (the invariant that a
+    /// reply completes its own call, once): the server copies it into its reply and no
+    /// service reads it. 0 where nothing checks (real runs).
+    pub call: u64,
 }
 
 impl ReplyTo {
-    /// The reply address of call `msg_id` from `queue`, monitored when `monitor` is set.
-    pub fn new(queue: &str, msg_id: u64, monitor: Option<Duration>) -> ReplyTo {
+    /// The reply address of call `msg_id` from `queue`, monitored when `monitor` is set;
+    /// `call` is the oracle's number for it.
+    pub fn new(queue: &str, msg_id: u64, monitor: Option<Duration>, call: u64) -> ReplyTo {
         let monitor_ms = monitor.map(|m| m.as_millis().try_into().unwrap_or(u64::MAX));
-        ReplyTo { queue: queue.to_string(), msg_id, monitor_ms }
+        ReplyTo { queue: queue.to_string(), msg_id, monitor_ms, call }
     }
 }
 
@@ -155,6 +160,8 @@ pub struct Envelope {
     pub msg_id: String,
     /// Set on replies: the msg_id of the call answered.
     pub correlation: Option<u64>,
+    /// On replies, the oracle's number of the call answered (`ReplyTo::call`); else 0.
+    pub answers: u64,
 }
 
 /// A message delivered to a consumer of a topic.

@@ -20,8 +20,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use stackbed_core::amqp_conn::ConnPolicy;
 use stackbed_core::queue::{ConnId, Delivery, Queues, Tag};
 use stackbed_core::scenario::Control;
+use stackbed_core::sync::guard;
 use stackbed_services::clock::Clock;
 use stackbed_services::metrics::Metrics;
+use stackbed_services::monitor::MonitorRef;
 use stackbed_services::reply::{self, NoReply};
 use stackbed_services::seams::{Bus, BusError, BusOptions, DeliveryTag, Envelope, Incoming, ReplyTo, Rpc};
 
@@ -269,17 +271,20 @@ pub async fn serve_default(addr: SocketAddr, state: BrokerState) -> io::Result<(
 
 /// What a client needs to know to connect: the brokers, oslo's connection options, the
 /// queue options.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SimBusConfig {
     pub brokers: Vec<SocketAddr>,
     pub policy: ConnPolicy,
     pub options: BusOptions,
+    /// The run's oracle: numbers each call and checks that a reply completes its own call,
+    /// once (`replies_complete_their_call_once`). None outside a checked run.
+    pub oracle: Option<MonitorRef>,
 }
 
 impl SimBusConfig {
     pub fn new(brokers: Vec<SocketAddr>, control: &Control) -> SimBusConfig {
         let policy = ConnPolicy::from_control(control, brokers.iter().map(|a| a.to_string()).collect());
-        SimBusConfig { brokers, policy, options: BusOptions { durable: control.amqp_durable_queues } }
+        SimBusConfig { brokers, policy, options: BusOptions { durable: control.amqp_durable_queues }, oracle: None }
     }
 }
 
@@ -465,8 +470,15 @@ impl SimBus {
         let mut st = self.lock();
         if queue == self.reply_queue {
             // A reply whose caller timed out already is dropped, as oslo.messaging does.
-            if !env.correlation.is_some_and(|id| reply::route(&mut st.pending, id, env.msg)) {
-                self.metrics.count("bus.late_replies", 1);
+            match env.correlation.map(|id| reply::route(&mut st.pending, id, env.msg)) {
+                Some(reply::Routed::Completed { call }) => {
+                    drop(st);
+                    if let Some(oracle) = &self.cfg.oracle {
+                        guard(oracle).on_reply(self.clock.now_ms(), call, env.answers);
+                    }
+                }
+                Some(reply::Routed::Heartbeat) => {}
+                Some(reply::Routed::Late) | None => self.metrics.count("bus.late_replies", 1),
             }
             return true;
         }
@@ -582,7 +594,7 @@ const MISSING_CONSUMER_SLEEP: Duration = Duration::from_millis(250);
 impl Bus for SimBus {
     async fn cast(&self, topic: &str, msg: Rpc) -> Result<(), BusError> {
         let (_, msg_id) = self.next_msg();
-        let env = Envelope { msg, reply_to: None, msg_id, correlation: None };
+        let env = Envelope { msg, reply_to: None, msg_id, correlation: None, answers: 0 };
         self.publish(topic, env, self.cfg.options.durable).await;
         Ok(())
     }
@@ -596,10 +608,11 @@ impl Bus for SimBus {
     ) -> Result<Rpc, BusError> {
         let method = msg.method();
         let (id, msg_id) = self.next_msg();
-        let (pending, waiter) = reply::pending();
+        let call = self.cfg.oracle.as_ref().map_or(0, |o| guard(o).start_call());
+        let (pending, waiter) = reply::pending(call);
         self.lock().pending.insert(id, pending);
-        let reply_to = Some(ReplyTo::new(&self.reply_queue, id, monitor));
-        let env = Envelope { msg, reply_to, msg_id, correlation: None };
+        let reply_to = Some(ReplyTo::new(&self.reply_queue, id, monitor, call));
+        let env = Envelope { msg, reply_to, msg_id, correlation: None, answers: 0 };
         // oslo bounds the publish by the call's timeout (the socket timeout it sets around
         // it), then waits as long again for the reply: a call made while the broker is
         // unreachable fails with MessagingTimeout instead of waiting for the reconnect.
@@ -622,7 +635,7 @@ impl Bus for SimBus {
     /// dropped and the caller times out.
     async fn reply(&self, to: ReplyTo, msg: Rpc) -> Result<(), BusError> {
         let (_, msg_id) = self.next_msg();
-        let env = Envelope { msg, reply_to: None, msg_id, correlation: Some(to.msg_id) };
+        let env = Envelope { msg, reply_to: None, msg_id, correlation: Some(to.msg_id), answers: to.call };
         let start = self.clock.now();
         while !self.publish(&to.queue, env.clone(), false).await {
             if self.clock.since(start) >= MISSING_CONSUMER_RETRY {

@@ -49,7 +49,7 @@ pub struct Chaos {
 fn lock(log: &Log) -> std::sync::MutexGuard<'_, FaultsReport> {
     // The log is appended to under the lock and read once at the end; a panic in between
     // would end the simulation anyway.
-    guard(&log)
+    guard(log)
 }
 
 impl Chaos {

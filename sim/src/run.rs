@@ -54,13 +54,13 @@ struct World {
 impl World {
     async fn ctx(&self, node: &str, incarnation: u32, ip: IpAddr) -> std::io::Result<Ctx> {
         let clock = self.clock.skewed(self.knobs.node(node).skew());
-        let bus = SimBus::connect(
-            self.bus.clone(),
-            &format!("{node}.{incarnation}"),
-            clock.clone(),
-            self.metrics.clone(),
-            self.knobs.node(node),
-        );
+        // A client's name makes its reply queue and msg ids; the incarnation keeps them
+        // unique across restarts, as oslo's reply_<uuid4> is per process.
+        let name = match self.opts.scenario.debug.plant_bug {
+            Some(stackbed_core::scenario::PlantedBug::ReplyQueueReusedAfterRestart) => node.to_string(),
+            _ => format!("{node}.{incarnation}"),
+        };
+        let bus = SimBus::connect(self.bus.clone(), &name, clock.clone(), self.metrics.clone(), self.knobs.node(node));
         let db = SimDb::new(DATABASE, &self.opts.scenario.control);
         Ok(Ctx {
             bus,
@@ -147,7 +147,10 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 metrics: metrics.clone(),
                 knobs: knobs.clone(),
                 endpoints: Arc::new(Endpoints::of(&scenario)),
-                bus: SimBusConfig::new(vec![BROKER], &scenario.control),
+                bus: SimBusConfig {
+                    oracle: Some(monitor.clone()),
+                    ..SimBusConfig::new(vec![BROKER], &scenario.control)
+                },
             };
             let mut reg = Registry::new(handle.clone());
 

@@ -121,6 +121,42 @@ fn a_scheduler_that_skips_the_claim_is_caught() {
     }
 }
 
+/// `replies_complete_their_call_once` and its planted bug: the conductor dies with
+/// select_destinations calls in flight (each takes 3 s in the scheduler) and is back half a
+/// second later. Its new incarnation's calls get new reply queue and msg ids, as oslo's
+/// reply_<uuid4> per process, so the old calls' late replies are dropped. With the bug the
+/// new incarnation reuses the old reply queue and ids: a late reply completes a new call
+/// that has the same id, with another request's hosts. (The requests the dead conductor had
+/// taken are lost either way: it acked them before dispatch, nova's at-most-once.)
+#[test]
+fn a_reply_queue_reused_after_a_restart_is_caught() {
+    let overrides = [
+        "faults.0.target=nova-conductor-1",
+        "faults.0.at=2s",
+        "faults.0.duration=500ms",
+        "topology.workers.scheduler=8",
+        "workload.runner.rate=2.0",
+        "workload.runner.times=60",
+        "model.service_time.scheduler_per_request=3s",
+    ];
+    let s = with_overrides("faults/scheduler-kill.toml", &overrides);
+    let bugged = with_overrides(
+        "faults/scheduler-kill.toml",
+        &[&overrides[..], &["debug.plant_bug=reply_queue_reused_after_restart"]].concat(),
+    );
+    let replies = |r: &Report| {
+        r.invariants.iter().find(|i| i.name == "replies_complete_their_call_once").cloned().expect("checked")
+    };
+    for seed in BUG_SEEDS {
+        let clean = replies(&run(&s, seed));
+        assert!(clean.checked_events > 0 && clean.violations == 0, "seed {seed}: {clean:?}");
+        let caught = replies(&run(&bugged, seed));
+        assert!(caught.violations > 0, "seed {seed}: the reused reply queue went unnoticed");
+        let v = caught.first.expect("the first violation");
+        assert!(v.detail.contains("completed call #"), "seed {seed}: {}", v.detail);
+    }
+}
+
 #[test]
 fn skipped_quota_checks_are_caught() {
     let s = with_bug("quickstart.toml", |s| {

@@ -832,6 +832,10 @@ pub enum PlantedBug {
     AckAfterDispatchWithoutDupFilter,
     /// The database retry wrapper also retries writes whose commit is in doubt.
     RetryNonIdempotentWrites,
+    /// A restarted process's bus client takes the reply queue and msg ids its previous
+    /// incarnation had (a fixed name instead of oslo's reply_<uuid4>), so a late reply to
+    /// a dead caller's call completes a new call that happens to have the same id.
+    ReplyQueueReusedAfterRestart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
