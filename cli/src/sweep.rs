@@ -400,8 +400,14 @@ fn failed_row(seed: u64, failure: String, detail: String) -> Row {
 /// The first panic's message and location since the last `take`.
 static PANIC: Mutex<Option<(String, String)>> = Mutex::new(None);
 
+/// The panic hook's record. Poisoning is ignored here only: the record is written whole,
+/// and a panic hook must not panic.
+fn panic_record() -> std::sync::MutexGuard<'static, Option<(String, String)>> {
+    PANIC.lock().unwrap_or_else(|e| e.into_inner()) // panic hook
+}
+
 fn take_panic() -> Option<(String, String)> {
-    PANIC.lock().unwrap_or_else(|e| e.into_inner()).take() // the panic hook's own record, written whole
+    panic_record().take()
 }
 
 /// `sweep-child`: runs each seed and prints its row. A panicking seed becomes a failing row.
@@ -418,9 +424,7 @@ pub fn child(args: ChildArgs) -> Result<bool, String> {
         let at = info.location().map_or("?".into(), |l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
         // On stderr too, for the parent's report should the child then die.
         eprintln!("panicked at {at}: {msg}");
-        // Poisoning is ignored in the panic hook only: its record is written whole.
-        PANIC.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert((msg, at));
-        // panic hook
+        panic_record().get_or_insert((msg, at));
     }));
     let mut stdout = std::io::stdout().lock();
     for seed in args.seeds_list {
