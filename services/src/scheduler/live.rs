@@ -4,11 +4,11 @@
 //!
 //! Keeping it up to date costs, per request, a diff of placement's snapshot against the
 //! one read before (the two share every subtree no claim touched), and per refresh one
-//! pass over the nodes and services snapshots comparing row versions (most of their
-//! leaves change within a second: heartbeats), with no lookup, copy or allocation for the
-//! rows that did not change. Versions come from the
-//! database's one commit counter, so a version names exactly one write of one key: an
-//! entry whose version is the one read last time is the same row at the same place.
+//! pass over the nodes and services snapshots comparing row pointers (most of their
+//! leaves change within a second: heartbeats), with no lookup, copy, allocation or even a
+//! read of the rows that did not change. The store makes a new shared row for every write
+//! and the live table holds the rows it read, so their addresses cannot be reused: an
+//! entry pointing at the row read last time is the same row at the same place.
 //! Keys only ever get added (a compute registers; nothing deletes a provider, node or
 //! service), so a snapshot of the size read last holds the same keys in the same order;
 //! anything else, and any changed entry under an unexpected key, rebuilds the table.
@@ -30,28 +30,29 @@ pub(super) struct StaticHost {
 #[derive(Default)]
 struct Tracked {
     keys: Vec<String>,
-    versions: Vec<u64>,
+    /// The rows read, held (see the module's comment).
+    held: Vec<Arc<Row>>,
     /// The table row each entry feeds (an entry may feed none: a provider whose compute
     /// node is not registered yet, a services row of another binary).
     rows: Vec<Option<u32>>,
 }
 
 impl Tracked {
-    fn push(&mut self, key: &str, version: u64, row: Option<usize>) {
+    fn push(&mut self, key: &str, held: &Arc<Row>, row: Option<usize>) {
         self.keys.push(key.to_string());
-        self.versions.push(version);
+        self.held.push(held.clone());
         self.rows.push(row.map(|r| r as u32));
     }
 
-    /// Calls `apply(row, value)` for every entry whose version moved since the last read,
-    /// and records the new versions. False when `snap` does not hold the tracked keys (a
+    /// Calls `apply(row, value)` for every entry written since the last read, and holds
+    /// the new rows. False when `snap` does not hold the tracked keys (a
     /// rebuild is due; what was applied so far is thrown away by it).
     fn changed(&mut self, snap: &Snapshot, mut apply: impl FnMut(usize, &Row) -> bool) -> bool {
         if snap.len() != self.keys.len() {
             return false;
         }
         for (pos, (key, row)) in snap.iter().enumerate() {
-            if self.versions[pos] == row.version {
+            if Arc::ptr_eq(&self.held[pos], row) {
                 continue;
             }
             if self.keys[pos] != *key {
@@ -62,7 +63,7 @@ impl Tracked {
                     return false;
                 }
             }
-            self.versions[pos] = row.version;
+            self.held[pos] = row.clone();
         }
         true
     }
@@ -260,21 +261,21 @@ impl LiveTable {
         let mut node_rows = inputs.nodes.iter().peekable();
         for (key, row) in inputs.providers.iter() {
             while let Some((k, r)) = node_rows.next_if(|(k, _)| *k < key) {
-                nodes.push(k, r.version, None);
+                nodes.push(k, r, None);
             }
             let node = match (&row.value, node_rows.next_if(|(k, _)| *k == key)) {
                 (Record::Provider(p), Some((k, r))) => match &r.value {
                     Record::ComputeNode(n) => {
-                        nodes.push(k, r.version, Some(hosts.len()));
+                        nodes.push(k, r, Some(hosts.len()));
                         Some((p, n))
                     }
                     _ => {
-                        nodes.push(k, r.version, None);
+                        nodes.push(k, r, None);
                         None
                     }
                 },
                 (_, Some((k, r))) => {
-                    nodes.push(k, r.version, None);
+                    nodes.push(k, r, None);
                     None
                 }
                 (_, None) => None,
@@ -295,7 +296,7 @@ impl LiveTable {
             names.push(key);
         }
         for (k, r) in node_rows {
-            nodes.push(k, r.version, None);
+            nodes.push(k, r, None);
         }
         // Services rows are keyed by host name too: a merge, not a lookup per host.
         let mut service = vec![None; hosts.len()];
@@ -311,7 +312,7 @@ impl LiveTable {
                 hosts[i].failed_builds = failed_builds(view);
                 service[i] = view;
             }
-            services.push(key, r.version, here);
+            services.push(key, r, here);
         }
         self.by_name = names.iter().enumerate().map(|(i, n)| ((*n).clone(), i)).collect();
         self.table = HostTable::new(hosts);
