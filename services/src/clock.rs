@@ -7,7 +7,6 @@
 //! offset and drift from the moment the skew was set; intervals and sleeps are not, as a
 //! process measures them with a monotonic clock.
 
-use stackbed_core::sync::guard;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use stackbed_core::model::Millis;
+use stackbed_core::sync::guard;
 
 /// A node's clock error: `offset_ms`, plus `drift_ppm` parts per million of the time
 /// since it was set.

@@ -290,6 +290,21 @@ fn broker_restart_loses_casts_on_transient_queues_and_durable_queues_keep_them()
     }
 }
 
+/// A run in which state reports failed and the fleet was marked down (F6's shape): it fails,
+/// on its SLA only (no invariant broken, nothing lost), every failed boot is a NoValidHost,
+/// and nova-api answered all `creates` creates.
+fn assert_fleet_marked_down(r: &Report, creates: u64) {
+    assert!(!r.passed, "nothing broke: {:?}", r.counters);
+    assert!(r.first_violation.violation.is_none(), "nothing may be lost: {:?}", r.first_violation);
+    let nvh = r.counters.get("no_valid_host").copied().unwrap_or(0);
+    assert!(nvh > 0, "no NoValidHost: {:?}", r.counters);
+    assert_eq!(nvh as usize, r.iterations.failed, "every failure is a NoValidHost: {:?}", r.iterations.errors);
+    assert!(r.counters.get("compute.report_state_failed").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    assert!(r.sla.iter().any(|c| c.criterion == "failure_rate" && !c.success), "{:?}", r.sla);
+    let create = r.actions.iter().find(|a| a.action == "api.create").expect("api.create");
+    assert_eq!((create.count, create.success_pct), (creates, 100.0), "the API answered every create");
+}
+
 /// `scenarios/faults/broker-outage.toml` (F6): the computes cannot reach the broker for 90 s,
 /// so their state reports (RPC calls to the conductor) fail; once the last one is older than
 /// `service_down_time` every host is down and the boots scheduled then get NoValidHost,
@@ -300,15 +315,7 @@ fn broker_restart_loses_casts_on_transient_queues_and_durable_queues_keep_them()
 fn broker_outage_marks_every_host_down_and_a_longer_service_down_time_does_not() {
     let s = scenario("faults/broker-outage.toml");
     let r = run(&s, 1);
-    assert!(!r.passed, "the outage broke nothing: {:?}", r.counters);
-    assert!(r.first_violation.violation.is_none(), "{:?}", r.first_violation);
-    let nvh = r.counters.get("no_valid_host").copied().unwrap_or(0);
-    assert!(nvh > 0, "no NoValidHost: {:?}", r.counters);
-    assert_eq!(nvh as usize, r.iterations.failed, "every failure is a NoValidHost: {:?}", r.iterations.errors);
-    assert!(r.counters.get("compute.report_state_failed").copied().unwrap_or(0) > 0, "{:?}", r.counters);
-    assert!(r.sla.iter().any(|c| c.criterion == "failure_rate" && !c.success), "{:?}", r.sla);
-    let create = r.actions.iter().find(|a| a.action == "api.create").expect("api.create");
-    assert_eq!((create.count, create.success_pct), (240, 100.0), "the API kept answering");
+    assert_fleet_marked_down(&r, 240);
     // The NoValidHosts fall in the window: hosts last reported before the cut at 60 s,
     // count as down 60 s later, and report again once the link is back at 150 s.
     for i in r.instances.iter().filter(|i| i.status == "ERROR") {
@@ -336,15 +343,7 @@ fn broker_outage_marks_every_host_down_and_a_longer_service_down_time_does_not()
 fn an_overloaded_conductor_marks_the_fleet_down_and_enough_schedulers_do_not() {
     let s = scenario("faults/conductor-overload.toml");
     let r = run(&s, 1);
-    assert!(!r.passed, "the overload broke nothing: {:?}", r.counters);
-    assert!(r.first_violation.violation.is_none(), "nothing may be lost: {:?}", r.first_violation);
-    let nvh = r.counters.get("no_valid_host").copied().unwrap_or(0);
-    assert!(nvh > 0, "no NoValidHost: {:?}", r.counters);
-    assert_eq!(nvh as usize, r.iterations.failed, "every failure is a NoValidHost: {:?}", r.iterations.errors);
-    assert!(r.counters.get("compute.report_state_failed").copied().unwrap_or(0) > 0, "{:?}", r.counters);
-    assert!(r.sla.iter().any(|c| c.criterion == "failure_rate" && !c.success), "{:?}", r.sla);
-    let create = r.actions.iter().find(|a| a.action == "api.create").expect("api.create");
-    assert_eq!((create.count, create.success_pct), (2400, 100.0), "the API answered every create");
+    assert_fleet_marked_down(&r, 2400);
 
     let m = mitigated("faults/conductor-overload.toml");
     let r = run(&m, 1);
