@@ -5,6 +5,7 @@
 //! seam implementation: those live in `stackbed-sim` and `stackbed-real`.
 
 pub mod api;
+pub mod checks;
 pub mod clock;
 pub mod compute;
 pub mod conductor;
@@ -22,3 +23,4 @@ pub mod rpc;
 pub mod runner;
 pub mod scheduler;
 pub mod seams;
+pub mod timeline;

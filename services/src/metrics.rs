@@ -132,6 +132,26 @@ impl Metrics {
         part.summaries()
     }
 
+    /// Per action (in [`Metrics::summaries`]' order), the successful samples' durations at
+    /// every whole percentile, 0 to 100, as [`stats::percentile`] computes the table's: the
+    /// latency CDF the HTML report draws. Actions without a successful sample are left out.
+    pub fn quantiles(&self) -> Vec<(String, Vec<f64>)> {
+        let order: Vec<String> = self.summaries().into_iter().map(|a| a.action).collect();
+        let inner = self.lock();
+        order
+            .into_iter()
+            .filter_map(|name| {
+                let mut ok: Vec<f64> = inner.actions.get(&name)?.iter().filter(|s| s.1).map(|s| s.0).collect();
+                if ok.is_empty() {
+                    return None;
+                }
+                ok.sort_by(f64::total_cmp);
+                let q = (0..=100).map(|p| stats::percentile(&ok, p as f64)).collect();
+                Some((name, q))
+            })
+            .collect()
+    }
+
     /// Rally-style rows, in the order the boot flow runs them, then any others by name.
     pub fn summaries(&self) -> Vec<ActionSummary> {
         const ORDER: [&str; 21] = [

@@ -19,12 +19,15 @@ use crate::ctx::Ctx;
 use crate::metrics::ExplainedDecision;
 use crate::monitor::{FirstViolation, MonitorRef};
 use crate::runner::{final_instances, FinalInstance, Iteration, PassWindow, Workload};
+use crate::timeline::{HostHeat, HostSample, Timeline};
 
 /// What one run produced, before it is dressed as a report.
 pub struct RunData {
     pub iterations: Vec<Iteration>,
     /// Host utilisation every `workload.sample_interval` while the workload ran.
     pub utilisation: Vec<UtilSample>,
+    /// The same samples, host by host.
+    pub host_samples: Vec<HostSample>,
     pub instances: Vec<FinalInstance>,
     pub simulated_ms: u64,
     /// Set when the run could not start or finish (computes never registered, time limit).
@@ -47,7 +50,7 @@ pub async fn drive(ctx: Ctx, api: NovaClient, monitor: MonitorRef, submitted: Op
     let workload = Workload::new(ctx.clone(), api);
     let mut aborted = None;
     let mut iterations = Vec::new();
-    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let samples = Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
     if let Err(e) = workload.wait_for_computes(COMPUTE_REGISTRATION_WAIT).await {
         aborted = Some(e);
     } else {
@@ -86,19 +89,20 @@ pub async fn drive(ctx: Ctx, api: NovaClient, monitor: MonitorRef, submitted: Op
         for it in iterations.iter_mut() {
             if let Some(i) = it.servers.first().and_then(|id| by_id.get(id.as_str())) {
                 it.ok = i.launched_at_ms.is_some();
+                it.end_ms = i.launched_at_ms.unwrap_or(it.end_ms).max(it.start_ms);
                 if !it.ok {
                     it.error = Some(i.fault.clone().unwrap_or_else(|| format!("server went {}", i.status)));
                 }
             }
         }
     }
-    let utilisation = std::mem::take(&mut *guard(&samples));
+    let (utilisation, host_samples) = std::mem::take(&mut *guard(&samples));
     let passes = workload.pass_windows();
-    RunData { iterations, utilisation, instances, simulated_ms: now, aborted, passes }
+    RunData { iterations, utilisation, host_samples, instances, simulated_ms: now, aborted, passes }
 }
 
 /// Samples placement's view of every host until aborted.
-async fn sample_utilisation(ctx: Ctx, out: Arc<std::sync::Mutex<Vec<UtilSample>>>) {
+async fn sample_utilisation(ctx: Ctx, out: Arc<std::sync::Mutex<(Vec<UtilSample>, Vec<HostSample>)>>) {
     let smallest = ctx
         .scenario
         .flavors
@@ -115,8 +119,12 @@ async fn sample_utilisation(ctx: Ctx, out: Arc<std::sync::Mutex<Vec<UtilSample>>
                     _ => None,
                 })
                 .collect();
-            let sample = stats::utilisation(ctx.clock.now_ms() as f64 / 1000.0, &providers, &smallest);
-            guard(&out).push(sample);
+            let t_s = ctx.clock.now_ms() as f64 / 1000.0;
+            let sample = stats::utilisation(t_s, &providers, &smallest);
+            let hosts = HostSample::of(t_s, &providers);
+            let mut out = guard(&out);
+            out.0.push(sample);
+            out.1.push(hosts);
         }
         ctx.clock.sleep(ctx.scenario.workload.sample_interval.0).await;
     }
@@ -253,6 +261,12 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explained: Vec<ExplainedDecision>,
     pub utilisation: Vec<UtilSample>,
+    /// Each host's utilisation at each sample (hosts grouped beyond 64 rows).
+    pub host_utilisation: HostHeat,
+    /// Per action, the successful samples' durations at each whole percentile 0..=100.
+    pub latency_quantiles: Vec<(String, Vec<f64>)>,
+    /// Iterations started, ended and in flight over simulated time.
+    pub timeline: Timeline,
     pub iterations: IterationSummary,
     pub final_states: BTreeMap<String, usize>,
     pub instances: Vec<FinalInstance>,
@@ -357,6 +371,9 @@ impl Report {
             counters: ctx.metrics.counters(),
             explained: ctx.metrics.explanations(),
             utilisation: data.utilisation,
+            host_utilisation: HostHeat::of(&data.host_samples),
+            latency_quantiles: ctx.metrics.quantiles(),
+            timeline: Timeline::of(&data.iterations, data.simulated_ms),
             iterations: IterationSummary { total: data.iterations.len(), ok, failed, errors },
             final_states,
             instances: data.instances,

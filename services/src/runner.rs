@@ -32,6 +32,11 @@ pub struct Iteration {
     pub servers: Vec<String>,
     pub ok: bool,
     pub error: Option<String>,
+    /// When the iteration started and when its boot ended (ACTIVE, ERROR or the create's
+    /// error; a trace request's: its server's launched_at when it has one), in ms since the
+    /// run started on the Rally client's clock (no fault targets it, so no skew).
+    pub start_ms: u64,
+    pub end_ms: u64,
 }
 
 struct Tenant {
@@ -273,7 +278,9 @@ impl Workload {
         let count = self.ctx.scenario.workload.servers_per_request;
         let req = CreateServer { name: format!("rally-{index}"), flavor, image, server_group: group, count };
         let t0 = self.ctx.clock.now();
+        let start_ms = self.ctx.clock.now_ms();
         let result = self.boot(tenant, &req).await;
+        let end_ms = self.ctx.clock.now_ms();
         let (servers, ok, error) = match result {
             Ok(done) => {
                 // Rally's boot_servers: the iteration fails on the first server not ACTIVE.
@@ -292,7 +299,7 @@ impl Workload {
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
         }
-        guard(&self.results).push(Iteration { index, pass, servers, ok, error });
+        guard(&self.results).push(Iteration { index, pass, servers, ok, error, start_ms, end_ms });
     }
 
     /// One trace row: boot at its arrival, delete at the end of its lifetime. The request is
@@ -308,11 +315,13 @@ impl Workload {
         let name = format!("trace-{index}");
         let req = CreateServer { name, flavor: row.flavor_name(), image, server_group: group, count: 1 };
         let req = &req;
+        let start_ms = self.ctx.clock.now_ms();
         let created = self.with_token(tenant, |t| async move { self.api.create_server(&t, req).await }).await;
         let (servers, ok, error) = match created {
             Ok(uuids) => (uuids, true, None),
             Err(e) => (Vec::new(), false, Some(e.to_string())),
         };
+        let end_ms = self.ctx.clock.now_ms();
         if row.lifetime_s > 0.0 && !servers.is_empty() {
             self.ctx.clock.sleep(Duration::from_secs_f64(row.lifetime_s)).await;
             for uuid in &servers {
@@ -321,7 +330,7 @@ impl Workload {
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
         }
-        let it = Iteration { index, pass: 0, servers, ok, error };
+        let it = Iteration { index, pass: 0, servers, ok, error, start_ms, end_ms };
         guard(&self.results).push(it);
     }
 
