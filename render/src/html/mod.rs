@@ -27,6 +27,7 @@ pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; font-size: 0.85em; 
 .fail { color: #c62828; font-weight: bold; }
 .note { color: #666; font-size: 0.85em; }
 .grid { display: flex; flex-wrap: wrap; gap: 4px; }
+.grid figure { width: 340px; }
 figure { margin: 0.5em 0; }
 figcaption { font-size: 0.8em; color: #666; }
 ";
@@ -56,19 +57,30 @@ fn figure(id: &str, svg: &str, caption: &str) -> String {
 const PHASES: [&str; 4] =
     ["api.create", "scheduler.select_destinations", "compute.networking", "compute.block_device_mapping"];
 
-/// One stacked bar: the mean of each phase in `actions`, and what of boot_server's mean the
-/// phases do not cover (queues, polling). None without phase data.
+/// Parts of `compute.spawn.image_fetch` the simulated host also reports on their own (for
+/// the boot that fetched): stacked with it they would count twice.
+const INSIDE_IMAGE_FETCH: [&str; 3] =
+    ["compute.spawn.image_download", "compute.spawn.image_verify", "compute.spawn.image_convert"];
+
+/// One stacked bar: each phase's seconds per successful boot_server (its successful samples'
+/// total over boot_server's successes: a phase not every boot has, such as a download, counts
+/// by how often it happened), and what of boot_server's mean the phases do not cover
+/// (queues, polling). None without phase data.
 fn phase_bar(actions: &[stackbed_core::stats::ActionSummary]) -> Option<Vec<(String, f64)>> {
-    let mean = |name: &str| actions.iter().find(|a| a.action == name && a.count > 0).map(|a| a.mean_s);
-    let boot = mean("boot_server")?;
-    let mut segs: Vec<(String, f64)> = PHASES.iter().filter_map(|p| mean(p).map(|m| (p.to_string(), m))).collect();
+    let successes = |a: &stackbed_core::stats::ActionSummary| (a.count as f64 * a.success_pct / 100.0).round();
+    let boot = actions.iter().find(|a| a.action == "boot_server" && successes(a) > 0.0)?;
+    let boots = successes(boot);
+    let per_boot = |a: &stackbed_core::stats::ActionSummary| (a.action.clone(), a.mean_s * successes(a) / boots);
+    let find = |name: &str| actions.iter().find(|a| a.action == name && successes(a) > 0.0);
+    let mut segs: Vec<(String, f64)> = PHASES.iter().filter_map(|p| find(p).map(per_boot)).collect();
     let spawn: Vec<(String, f64)> = actions
         .iter()
-        .filter(|a| a.action.starts_with("compute.spawn.") && a.count > 0)
-        .map(|a| (a.action.clone(), a.mean_s))
+        .filter(|a| a.action.starts_with("compute.spawn.") && !INSIDE_IMAGE_FETCH.contains(&a.action.as_str()))
+        .filter(|a| successes(a) > 0.0)
+        .map(per_boot)
         .collect();
     if spawn.is_empty() {
-        segs.extend(mean("compute.spawn").map(|m| ("compute.spawn".to_string(), m)));
+        segs.extend(find("compute.spawn").map(per_boot));
     } else {
         segs.extend(spawn);
     }
@@ -76,7 +88,7 @@ fn phase_bar(actions: &[stackbed_core::stats::ActionSummary]) -> Option<Vec<(Str
         return None;
     }
     let covered: f64 = segs.iter().map(|s| s.1).sum();
-    segs.push(("other (queues, polling)".to_string(), (boot - covered).max(0.0)));
+    segs.push(("other (queues, polling)".to_string(), (boot.mean_s - covered).max(0.0)));
     Some(segs)
 }
 
@@ -132,11 +144,11 @@ pub fn report_page(r: &Report) -> Result<String, String> {
     if bars.is_empty() {
         body += "<p>This report has no phase data for boot_server.</p>\n";
     } else {
-        let svg = plots::stacked_bars("boot_server: mean seconds per phase", &bars)?;
+        let svg = plots::stacked_bars("boot_server: seconds per successful boot, by phase", &bars)?;
         body += &figure(
             "phases",
             &svg,
-            "the phases' means stacked; the top segment is what of boot_server's mean they do not cover",
+            "each phase's successful samples' total per successful boot_server, stacked (image_fetch includes its download, verify and convert); the top segment is what of boot_server's mean the phases do not cover",
         );
     }
 
@@ -161,7 +173,7 @@ pub fn report_page(r: &Report) -> Result<String, String> {
         body += "<p>No utilisation sample was taken.</p>\n";
     } else {
         let caption = format!(
-            "{} rows, {} samples every workload.sample_interval",
+            "{} rows, {} samples every workload.sample_interval; white: idle, dark blue: full",
             r.host_utilisation.rows.len(),
             r.host_utilisation.t_s.len()
         );

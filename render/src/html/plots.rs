@@ -17,7 +17,7 @@ pub const SMALL_PLOT: (u32, u32) = (330, 220);
 const Y_LABELS: u32 = 70;
 const X_LABELS: u32 = 36;
 
-pub const COLORS: [RGBColor; 10] = [
+pub const COLORS: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -28,6 +28,8 @@ pub const COLORS: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(0, 0, 128),
+    RGBColor(255, 215, 0),
 ];
 const FAULT: RGBColor = RGBColor(214, 39, 40);
 
@@ -182,7 +184,7 @@ pub fn stacked_bars(caption: &str, bars: &[(String, Vec<(String, f64)>)]) -> Res
             .disable_x_mesh()
             .x_labels(bars.len() + 3)
             .x_label_formatter(&label)
-            .y_desc("mean seconds")
+            .y_desc("seconds per boot")
             .draw()
             .map_err(err(what))?;
         for (k, phase) in phases.iter().enumerate() {
@@ -274,9 +276,22 @@ pub fn latency_over_time(r: &Report, t_max: f64, faults: &[FaultSpan]) -> Result
             [(0, "median", (|b: &TimeBin| b.boot_p50_s) as fn(&TimeBin) -> Option<f64>), (1, "max", |b| b.boot_max_s)]
         {
             let color = COLORS[k];
-            let points = bins.iter().filter_map(|b| f(b).map(|v| (b.t_s + w / 2.0, v)));
+            // One line per run of bins with a successful boot: a bin without one is a gap.
+            let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+            for b in bins {
+                match f(b) {
+                    Some(v) => runs.last_mut().map_or((), |r| r.push((b.t_s + w / 2.0, v))),
+                    None if runs.last().is_some_and(|r| !r.is_empty()) => runs.push(Vec::new()),
+                    None => {}
+                }
+            }
+            for run in runs.iter().filter(|r| r.len() == 1) {
+                chart.draw_series(run.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err(what))?;
+            }
             chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .draw_series(
+                    runs.into_iter().filter(|r| r.len() > 1).map(|r| PathElement::new(r, color.stroke_width(2))),
+                )
                 .map_err(err(what))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
@@ -289,7 +304,7 @@ pub fn latency_over_time(r: &Report, t_max: f64, faults: &[FaultSpan]) -> Result
 pub fn fault_timeline(faults: &[FaultSpan], t_max: f64, healed_at_s: Option<f64>) -> Result<String, String> {
     let what = "fault timeline";
     let n = faults.len().max(1);
-    let height = 90 + 26 * n as u32;
+    let height = 120 + 30 * n as u32;
     svg((TIME_PLOT.0, height), what, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("faults applied (red: on; dashed: heal)", ("sans-serif", 16))
@@ -350,18 +365,20 @@ pub fn heatmap(r: &Report, t_max: f64) -> Result<String, String> {
         let k = y.floor();
         if (y - k - 0.5).abs() < 1e-6 && k >= 0.0 {
             let label = labels.get(labels.len().saturating_sub(1 + k as usize)).cloned().unwrap_or_default();
-            label.split(" (").next().unwrap_or("").to_string()
+            // The axis is as wide as the time plots' (so the time axes line up): short labels.
+            let first = label.split(" ..").next().unwrap_or("");
+            let n = first.chars().count();
+            first.chars().skip(n.saturating_sub(11)).collect()
         } else {
             String::new()
         }
     };
     svg((TIME_PLOT.0, height), what, |root| {
-        let (main, scale) = root.split_horizontally(TIME_PLOT.0 - 60);
-        let mut chart = ChartBuilder::on(&main)
+        let mut chart = ChartBuilder::on(root)
             .caption("host utilisation (fullest of vCPU, RAM, disk: used / capacity)", ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(X_LABELS)
-            .y_label_area_size(Y_LABELS + 60)
+            .y_label_area_size(Y_LABELS)
             .build_cartesian_2d(0.0..t_max, 0.0..rows as f64)
             .map_err(err(what))?;
         let every = rows.div_ceil(16).max(1);
@@ -390,19 +407,6 @@ pub fn heatmap(r: &Report, t_max: f64) -> Result<String, String> {
             }
         }
         chart.draw_series(cells).map_err(err(what))?;
-        // The colour scale: 0 at the bottom, 1 at the top.
-        let mut s = ChartBuilder::on(&scale)
-            .margin_top(40)
-            .margin_bottom(X_LABELS + 10)
-            .y_label_area_size(30)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-            .map_err(err(what))?;
-        s.configure_mesh().disable_mesh().disable_x_axis().y_labels(3).draw().map_err(err(what))?;
-        s.draw_series((0..20).map(|k| {
-            let lo = k as f64 / 20.0;
-            Rectangle::new([(0.0, lo), (1.0, lo + 0.05)], heat(lo + 0.025).filled())
-        }))
-        .map_err(err(what))?;
         Ok(())
     })
 }
