@@ -94,7 +94,7 @@ pub fn figures(strategy: &str, scenario: &Scenario, r: &Report) -> RunFigures {
     }
 }
 
-const METRICS: [&str; 14] = [
+pub(crate) const METRICS: [&str; 14] = [
     "accepted",
     "no_valid_host",
     "reschedules",

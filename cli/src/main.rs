@@ -20,6 +20,7 @@ mod images_bench;
 
 mod compare;
 mod explain;
+mod pages;
 mod sweep;
 
 #[cfg(madsim)]
@@ -53,9 +54,13 @@ enum Command {
         /// Run seeds A..B, both included (e.g. 1..20).
         #[arg(long)]
         seeds: Option<String>,
-        /// Where report.json goes (default: reports/<scenario name>).
+        /// Where report.json and report.html go (default: reports/<scenario name>).
         #[arg(long)]
         report_dir: Option<PathBuf>,
+        /// Also write JUnit XML here: one test case per invariant and SLA criterion per seed,
+        /// failures with the replay command.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -75,6 +80,10 @@ enum Command {
         /// Runs at once (default: the machine's cores).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Also write JUnit XML here: one test case per invariant and SLA criterion per seed,
+        /// failures with the replay command.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -233,6 +242,7 @@ fn cmd_run(
     seed: Option<u64>,
     seeds: Option<String>,
     report_dir: Option<PathBuf>,
+    junit: Option<&Path>,
     overrides: &Overrides,
 ) -> Result<bool, String> {
     let scenario = load_with(path, overrides)?;
@@ -246,20 +256,24 @@ fn cmd_run(
         let report = world::run(&options(&scenario, path, seed_list[0], &rev))?;
         print!("{}", report.render());
         let file = dir.join("report.json");
-        write_json(&file, &report)?;
-        println!("report: {}", file.display());
+        let page = pages::write_report(&file, &report)?;
+        println!("report: {} ({})", file.display(), page.display());
+        let title = format!("stackbed run {}", report.scenario);
+        pages::write_junit(junit, &title, &[pages::seed_suite(&report, "")])?;
         if let Some(text) = report.failure_text() {
             eprint!("{text}");
         }
         return Ok(report.passed);
     }
     let mut rows = Vec::new();
+    let mut suites = Vec::new();
     let mut failed = 0;
     progress(0, seed_list.len(), 0);
     for (i, &s) in seed_list.iter().enumerate() {
         let report = world::run(&options(&scenario, path, s, &rev))?;
         let file = dir.join(format!("seed-{s}")).join("report.json");
-        write_json(&file, &report)?;
+        pages::write_report(&file, &report)?;
+        suites.push(pages::seed_suite(&report, ""));
         if !report.passed {
             failed += 1;
             if let Some(text) = report.failure_text() {
@@ -273,7 +287,9 @@ fn cmd_run(
     print!("{}", render_summary(&summary));
     let file = dir.join("report.json");
     write_json(&file, &summary)?;
-    println!("report: {}", file.display());
+    let page = pages::write_multi_seed_page(&file, &summary)?;
+    println!("report: {} ({})", file.display(), page.display());
+    pages::write_junit(junit, &format!("stackbed run {}", summary.scenario), &suites)?;
     Ok(summary.failed == 0)
 }
 
@@ -358,6 +374,7 @@ fn cmd_compare(
     seeds: Option<String>,
     report_dir: Option<PathBuf>,
     jobs: Option<usize>,
+    junit: Option<&Path>,
     overrides: &Overrides,
 ) -> Result<bool, String> {
     let base = load_with(path, overrides)?;
@@ -403,7 +420,7 @@ fn cmd_compare(
                 // Each run's report is written here, on the run's thread, not after all runs.
                 let outcome = world::run(&opts).and_then(|r| {
                     let file = dir.join(&strategy).join(format!("seed-{}", r.seed)).join("report.json");
-                    write_json(&file, &r).map(|()| r)
+                    pages::write_report(&file, &r).map(|_| r)
                 });
                 if !matches!(&outcome, Ok(r) if r.passed) {
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -419,11 +436,13 @@ fn cmd_compare(
     let mut figures = Vec::new();
     let mut first_reports: Vec<(String, Arc<Report>)> = Vec::new();
     let mut latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut suites = Vec::new();
     for (_, strategy, outcome) in results {
         let report = Arc::new(outcome?);
         if let Some(text) = report.failure_text() {
             eprint!("{text}");
         }
+        suites.push(pages::seed_suite(&report, &format!("{strategy} ")));
         figures.push(compare::figures(&strategy, &base, &report));
         latencies.entry(strategy.clone()).or_default().extend(compare::boot_latencies(&report));
         if !first_reports.iter().any(|(s, _)| *s == strategy) {
@@ -446,9 +465,12 @@ fn cmd_compare(
         })
         .collect();
     compare::plot_latency_cdf(&cdf_svg, &cdf)?;
-    for f in [&json, &csv, &util_svg, &cdf_svg] {
+    let svgs = [("Mean host utilisation", util_svg.as_path()), ("Boot latency CDF", cdf_svg.as_path())];
+    let page = pages::write_compare_page(&dir, &comparison, &svgs)?;
+    for f in [&json, &csv, &util_svg, &cdf_svg, &page] {
         println!("wrote {}", f.display());
     }
+    pages::write_junit(junit, &format!("stackbed compare {}", comparison.scenario), &suites)?;
     Ok(comparison.strategies.iter().all(|s| s.failed_runs == 0))
 }
 
@@ -543,11 +565,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, seed, seeds, report_dir, overrides } => {
-            cmd_run(&scenario, seed, seeds, report_dir, &overrides)
+        Command::Run { scenario, seed, seeds, report_dir, junit, overrides } => {
+            cmd_run(&scenario, seed, seeds, report_dir, junit.as_deref(), &overrides)
         }
-        Command::Compare { scenario, strategies, seeds, report_dir, jobs, overrides } => {
-            cmd_compare(&scenario, strategies, seeds, report_dir, jobs, &overrides)
+        Command::Compare { scenario, strategies, seeds, report_dir, jobs, junit, overrides } => {
+            cmd_compare(&scenario, strategies, seeds, report_dir, jobs, junit.as_deref(), &overrides)
         }
         Command::Explain { scenario, request, seed, json } => load(&scenario).and_then(|s| {
             let seed = seed.unwrap_or(s.scenario.seeds.start);

@@ -47,6 +47,9 @@ pub struct SweepArgs {
     /// shard-I-of-N.json with --shard).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write JUnit XML here: one test case per invariant and SLA criterion per seed.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     /// The `--set KEY=VALUE` overrides: they reach every child, every replay command, the
     /// summary's `overrides`, and the merge's check that shards ran the same experiment.
     #[command(flatten)]
@@ -98,6 +101,10 @@ pub struct Row {
     pub detail: Option<String>,
     pub simulated_s: f64,
     pub events: u64,
+    /// The run's checks (run finished, each invariant, each SLA criterion), for `--junit`;
+    /// empty when the seed produced no report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<stackbed_services::checks::Check>,
 }
 
 /// What a child prints per seed (after `ROW_MARK`).
@@ -381,6 +388,7 @@ fn row_of_report(r: &stackbed_services::report::Report) -> Row {
         detail,
         simulated_s: r.simulated_s,
         events: r.events,
+        checks: r.checks(),
     }
 }
 
@@ -394,6 +402,7 @@ fn failed_row(seed: u64, failure: String, detail: String) -> Row {
         detail: Some(detail),
         simulated_s: 0.0,
         events: 0,
+        checks: Vec::new(),
     }
 }
 
@@ -595,9 +604,12 @@ pub fn sweep(args: SweepArgs) -> Result<bool, String> {
     };
     summary.regroup();
     crate::write_json(&out_file, &summary)?;
+    let page = crate::pages::write_sweep_page(&out_file, &summary)?;
     print!("{}", render(&summary));
     println!("{} child processes at once, {:.1} s wall", jobs, summary.timing.wall_s);
-    println!("summary: {}", out_file.display());
+    println!("summary: {} ({})", out_file.display(), page.display());
+    let title = format!("stackbed sweep {}", summary.scenario);
+    crate::pages::write_junit(args.junit.as_deref(), &title, &crate::pages::sweep_suites(&summary))?;
     Ok(summary.failed == 0)
 }
 
@@ -633,6 +645,7 @@ mod tests {
             detail: None,
             simulated_s: 1.0,
             events: 10,
+            checks: Vec::new(),
         }
     }
 
