@@ -16,8 +16,9 @@ cd "$(dirname "$0")/.."
 # check the project's qcow2 images and config drives against.
 # qemu-system-x86, libvirt-daemon-system, linux-image-amd64, busybox-static, cpio, xz-utils: the
 # real guest (scripts/guest/build.sh) and the daemon that runs it.
+# chromium: tests/tests/reports.rs opens report.html headless (screenshot, no request).
 packages=(libvirt-dev libsqlite3-dev pkg-config qemu-utils genisoimage
-    qemu-system-x86 libvirt-daemon-system linux-image-amd64 busybox-static cpio xz-utils)
+    qemu-system-x86 libvirt-daemon-system linux-image-amd64 busybox-static cpio xz-utils chromium)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 updated=""
@@ -30,11 +31,11 @@ for _ in 1 2; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     [ "${#missing[@]}" -gt 0 ] || break
-    echo "== installing ${missing[*]} (needed by the real build)"
+    echo "== installing ${missing[*]} (needed by the real build and the report tests)"
     [ -n "$updated" ] || { $sudo apt-get update -qq; updated=1; }
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 done
-for tool in qemu-img qemu-io isoinfo qemu-system-x86_64; do
+for tool in qemu-img qemu-io isoinfo qemu-system-x86_64 chromium; do
     command -v "$tool" >/dev/null || { echo "FAILED: $tool is missing after the install" >&2; exit 1; }
 done
 
@@ -64,7 +65,8 @@ echo "$out" | grep -E '^scenario|guest_boot|^\| boot_server|^iterations'
 echo "$out" | grep -q '^iterations: 4 ok, 0 failed' || { echo "FAILED: real guests did not all boot" >&2; exit 1; }
 
 echo "== tests, simulator build (--cfg madsim)"
-cargo sim-test --workspace
+# The headless-Chromium test of report.html may not skip here: chromium was installed above.
+STACKBED_REQUIRE_CHROMIUM=1 cargo sim-test --workspace
 
 echo "== determinism: same seed, same digest, in separate processes; another seed differs"
 digest() {

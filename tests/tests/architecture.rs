@@ -247,6 +247,7 @@ fn architecture_md_names_every_crate() {
         "real/",
         "images/",
         "cli/",
+        "render/",
         "tests/",
         "scenarios/",
         "traces/",
