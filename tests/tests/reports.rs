@@ -107,8 +107,11 @@ fn report_html_is_self_contained_and_every_plot_has_drawn_content() {
     assert_ne!(html::report_page(&run(2, &[])).unwrap(), page);
 }
 
-/// The `<testcase>`s of a JUnit document: (classname, name, failure message and text).
-fn cases(doc: &Element) -> Vec<(String, String, Option<(String, String)>)> {
+/// A `<failure>`'s message and text.
+type Failure = (String, String);
+
+/// The `<testcase>`s of a JUnit document: (classname, name, failure).
+fn cases(doc: &Element) -> Vec<(String, String, Option<Failure>)> {
     doc.all("testcase")
         .iter()
         .map(|c| {
