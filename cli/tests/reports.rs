@@ -48,6 +48,13 @@ fn run_writes_report_html_and_junit_and_exits_by_its_checks() {
     let xml = read(&d.join("pass.xml"));
     assert!(xml.contains("failures=\"0\"") && !xml.contains("<failure"), "{xml}");
     assert!(xml.contains(&format!("cargo sim run {OUTAGE} --seed 1 --set {MITIGATION}")), "{xml}");
+    // The same seed in another process: the same page, byte for byte.
+    let (rc, text) = stackbed(&["run", OUTAGE, "--seed", "1", "--report-dir", &f("again")]);
+    assert_eq!(rc, 1, "{text}");
+    assert!(
+        read(&d.join("again/report.html")) == read(&d.join("fail/report.html")),
+        "report.html differs between runs"
+    );
     // Several seeds: a page per seed and one linking them, a suite per seed.
     let (rc, text) = stackbed(&["run", OUTAGE, "--seeds", "1..2", "--report-dir", &f("multi"), "--junit", &f("m.xml")]);
     assert_eq!(rc, 1, "{text}");

@@ -382,9 +382,10 @@ pub fn heatmap(r: &Report, t_max: f64) -> Result<String, String> {
             .build_cartesian_2d(0.0..t_max, 0.0..rows as f64)
             .map_err(err(what))?;
         let every = rows.div_ceil(16).max(1);
+        // Every `every`-th row labelled, counting from the top row (the first host).
         let shown = move |y: &f64| {
-            let k = y.floor() as usize;
-            if k.is_multiple_of(every) {
+            let from_top = (rows - 1).saturating_sub(y.floor().max(0.0) as usize);
+            if from_top.is_multiple_of(every) {
                 row_label(y)
             } else {
                 String::new()
