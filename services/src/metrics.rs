@@ -152,6 +152,13 @@ impl Metrics {
             .collect()
     }
 
+    /// Per action, the durations of its successful samples, in the order recorded: what
+    /// `[sla] max_avg_duration_per_atomic` averages.
+    pub fn successful(&self) -> BTreeMap<String, Vec<f64>> {
+        let inner = self.lock();
+        inner.actions.iter().map(|(name, s)| (name.clone(), s.iter().filter(|s| s.1).map(|s| s.0).collect())).collect()
+    }
+
     /// Rally-style rows, in the order the boot flow runs them, then any others by name.
     pub fn summaries(&self) -> Vec<ActionSummary> {
         const ORDER: [&str; 21] = [

@@ -343,7 +343,12 @@ impl Report {
         }
         let invariants = m.results();
         let first_violation = m.first_violation().clone();
-        let sla = ctx.scenario.sla.check(data.iterations.len(), failed);
+        let samples: Vec<stackbed_core::sla::IterationSample> = data
+            .iterations
+            .iter()
+            .map(|i| stackbed_core::sla::IterationSample { duration_s: i.duration_ms as f64 / 1000.0, ok: i.ok })
+            .collect();
+        let sla = ctx.scenario.sla.check(&samples, &ctx.metrics.successful());
         let passed = data.aborted.is_none() && first_violation.violation.is_none() && sla.iter().all(|c| c.success);
         let (passes, pass_diff) = pass_reports(ctx, &data);
         Report {

@@ -37,6 +37,8 @@ pub struct Iteration {
     /// run started on the Rally client's clock (no fault targets it, so no skew).
     pub start_ms: u64,
     pub end_ms: u64,
+    /// The whole iteration, delete included: Rally's iteration duration, which the SLAs read.
+    pub duration_ms: u64,
 }
 
 struct Tenant {
@@ -299,7 +301,8 @@ impl Workload {
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
         }
-        guard(&self.results).push(Iteration { index, pass, servers, ok, error, start_ms, end_ms });
+        let duration_ms = self.ctx.clock.now_ms().saturating_sub(start_ms);
+        guard(&self.results).push(Iteration { index, pass, servers, ok, error, start_ms, end_ms, duration_ms });
     }
 
     /// One trace row: boot at its arrival, delete at the end of its lifetime. The request is
@@ -330,7 +333,8 @@ impl Workload {
                 self.ctx.metrics.record("delete_server", self.ctx.clock.secs_since(t1), r.is_ok());
             }
         }
-        let it = Iteration { index, pass: 0, servers, ok, error, start_ms, end_ms };
+        let duration_ms = self.ctx.clock.now_ms().saturating_sub(start_ms);
+        let it = Iteration { index, pass: 0, servers, ok, error, start_ms, end_ms, duration_ms };
         guard(&self.results).push(it);
     }
 

@@ -290,6 +290,31 @@ fn broker_restart_loses_casts_on_transient_queues_and_durable_queues_keep_them()
     }
 }
 
+/// Rally's duration SLAs over a real run: each criterion set just above what the run measured
+/// passes, set just below fails the run and names the criterion; the seed's run is the same
+/// either way.
+#[test]
+fn duration_slas_pass_above_the_measured_values_and_fail_below() {
+    let base = run(&scenario("quickstart.toml"), 1);
+    let boot = base.actions.iter().find(|a| a.action == "boot_server").expect("boot_server");
+    let criteria = [
+        ("max_avg_duration_per_atomic.boot_server", "sla.max_avg_duration_per_atomic.boot_server", boot.mean_s),
+        // Every quickstart iteration is one boot: the iteration lasts at least as long as its boot.
+        ("max_seconds_per_iteration", "sla.max_seconds_per_iteration", boot.max_s),
+    ];
+    for (criterion, key, measured) in criteria {
+        let verdict = |limit: f64| {
+            let r = run(&with_overrides("quickstart.toml", &[format!("{key}={limit}")]), 1);
+            assert_eq!(r.digest, base.digest, "an SLA does not change the run");
+            let c = r.sla.iter().find(|c| c.criterion == criterion).expect("the criterion is checked");
+            assert_eq!(c.success, r.passed, "{criterion}: {}", c.detail);
+            c.success
+        };
+        assert!(verdict(measured * 1.5 + 1.0), "{criterion} above {measured}");
+        assert!(!verdict(measured * 0.5), "{criterion} below {measured}");
+    }
+}
+
 /// A run in which state reports failed and the fleet was marked down (F6's shape): it fails,
 /// on its SLA only (no invariant broken, nothing lost), every failed boot is a NoValidHost,
 /// and nova-api answered all `creates` creates.

@@ -150,7 +150,7 @@ pub fn sla(r: &Report) -> String {
         return "<p>The scenario states no <code>[sla]</code>.</p>\n".into();
     }
     let rows: Vec<Vec<String>> =
-        r.sla.iter().map(|c| vec![escape(c.criterion), verdict(c.success), escape(&c.detail)]).collect();
+        r.sla.iter().map(|c| vec![escape(&c.criterion), verdict(c.success), escape(&c.detail)]).collect();
     table("checks", &["Criterion", "Verdict", "Detail"], &rows)
 }
 
