@@ -136,12 +136,12 @@ impl Metrics {
     /// every whole percentile, 0 to 100, as [`stats::percentile`] computes the table's: the
     /// latency CDF the HTML report draws. Actions without a successful sample are left out.
     pub fn quantiles(&self) -> Vec<(String, Vec<f64>)> {
-        let order: Vec<String> = self.summaries().into_iter().map(|a| a.action).collect();
-        let inner = self.lock();
-        order
+        let mut successful = self.successful();
+        self.summaries()
             .into_iter()
-            .filter_map(|name| {
-                let mut ok: Vec<f64> = inner.actions.get(&name)?.iter().filter(|s| s.1).map(|s| s.0).collect();
+            .filter_map(|a| {
+                let name = a.action;
+                let mut ok = successful.remove(&name)?;
                 if ok.is_empty() {
                     return None;
                 }
