@@ -20,6 +20,7 @@ mod images_bench;
 
 mod compare;
 mod explain;
+mod gate;
 mod pages;
 mod sweep;
 
@@ -119,6 +120,13 @@ enum Command {
     /// Measure speed. With scenarios (default: scenarios/quickstart.toml and
     /// scenarios/large.toml): simulated seconds and boots per wall second. `bench images`
     /// (real build): image I/O against qemu-img side by side.
+    ///
+    /// The regression gate: `--save FILE` records the scenarios' simulated metrics per seed
+    /// and wall-clock samples; `--baseline FILE` re-runs them, compares simulated metrics
+    /// exactly (or within the scenario's `[bench] tolerance`) and wall-clock metrics side by
+    /// side with the baseline build over alternating rounds, prints before, after, ratio and
+    /// verdict for every metric and exits 1 on a regression. `--set` overrides apply to this
+    /// build's runs only.
     Bench {
         /// Scenario files, or the word `images`.
         scenarios: Vec<PathBuf>,
@@ -127,6 +135,10 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        #[command(flatten)]
+        gate: gate::GateArgs,
+        #[command(flatten)]
+        overrides: Overrides,
     },
 }
 
@@ -490,15 +502,31 @@ struct BenchRow {
     revision: String,
 }
 
-fn cmd_bench(scenarios: Vec<PathBuf>, seed: u64, json: Option<PathBuf>) -> Result<bool, String> {
+fn cmd_bench(
+    scenarios: Vec<PathBuf>,
+    seed: u64,
+    json: Option<PathBuf>,
+    gate: &gate::GateArgs,
+    overrides: &Overrides,
+) -> Result<bool, String> {
     if scenarios.len() == 1 && scenarios[0] == Path::new("images") {
         return images_bench(json);
+    }
+    let sets: Vec<String> = overrides.set.iter().map(|o| o.to_string()).collect();
+    if gate.baseline.is_some() {
+        if !scenarios.is_empty() {
+            return Err("--baseline re-runs the cases its file recorded: give no scenarios".into());
+        }
+        return gate::check(gate, json.as_deref(), &sets);
     }
     let scenarios = if scenarios.is_empty() {
         vec![PathBuf::from("scenarios/quickstart.toml"), PathBuf::from("scenarios/large.toml")]
     } else {
         scenarios
     };
+    if gate.save.is_some() {
+        return gate::save(gate, &scenarios, seed, &sets);
+    }
     let rev = revision();
     let mut rows = Vec::new();
     println!(
@@ -506,7 +534,7 @@ fn cmd_bench(scenarios: Vec<PathBuf>, seed: u64, json: Option<PathBuf>) -> Resul
         "scenario", "hosts", "boots", "sim s", "wall s", "sim s/wall s", "boots/wall s"
     );
     for path in &scenarios {
-        let scenario = load(path)?;
+        let scenario = load_with(path, overrides)?;
         let r = world::run(&options(&scenario, path, seed, &rev))?;
         let row = BenchRow {
             scenario: r.scenario.clone(),
@@ -599,7 +627,9 @@ fn main() -> ExitCode {
             }
             true
         }),
-        Command::Bench { scenarios, seed, json } => cmd_bench(scenarios, seed, json),
+        Command::Bench { scenarios, seed, json, gate, overrides } => {
+            cmd_bench(scenarios, seed, json, &gate, &overrides)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -122,6 +122,9 @@ pub struct Scenario {
     /// Rally's SLAs (`[sla]`): a run that misses one fails.
     #[serde(default, skip_serializing_if = "crate::sla::Sla::is_empty")]
     pub sla: crate::sla::Sla,
+    /// How `stackbed bench --baseline` judges this scenario (`[bench]`).
+    #[serde(default, skip_serializing_if = "crate::gate::BenchDecl::is_default")]
+    pub bench: crate::gate::BenchDecl,
     /// The `--set KEY=VALUE` overrides applied to the file, in order (`Scenario::load_with`);
     /// never read from the file, written to report.json so a replay can repeat them.
     #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]

@@ -11,6 +11,7 @@ impl Scenario {
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
         let err = |field: &str, message: String| Err((field.to_string(), message));
         self.sla.validate()?;
+        self.bench.validate()?;
         if let Some(g) = &self.guest {
             for (field, v) in
                 [("guest.kernel", &g.kernel), ("guest.initrd", &g.initrd), ("guest.libvirt_uri", &g.libvirt_uri)]
