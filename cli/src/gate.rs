@@ -93,6 +93,11 @@ pub struct Row {
     /// Wall clock: the one-sided Mann-Whitney p-value in the direction of the change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p: Option<f64>,
+    /// Wall clock: each build's samples, one per round.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub before_samples: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after_samples: Vec<f64>,
 }
 
 pub fn save(args: &GateArgs, scenarios: &[PathBuf], seed: u64, overrides: &[String]) -> Result<bool, String> {
@@ -177,6 +182,14 @@ pub fn check(args: &GateArgs, json: Option<&Path>, extra_overrides: &[String]) -
         file.cases.iter().map(|c| empty_case(Path::new(&c.scenario_file), c.seed, &c.overrides)).collect();
     let work = WorkDir::new()?;
     let started = Instant::now();
+    // A warm-up run of each case on each build, not measured: the first start of a binary
+    // just built or copied pays for reading it from disk.
+    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+        run_case(&this, a, &work.path.join(format!("warm-c{i}-after")))?;
+        if let Some(bin) = &other {
+            run_case(bin, b, &work.path.join(format!("warm-c{i}-before")))?;
+        }
+    }
     for round in 0..rounds {
         for i in 0..after.len() {
             // ABBA: the order flips every round, so neither build always runs first.
@@ -301,6 +314,8 @@ fn simulated_rows(label: &str, saved: &Case, now: &Case, bench: &gate::BenchDecl
                 verdict: gate::compare(before, after, better, bench.tolerance_for(metric)),
                 wall: false,
                 p: None,
+                before_samples: Vec::new(),
+                after_samples: Vec::new(),
             },
             None => Row {
                 case: label.into(),
@@ -311,6 +326,8 @@ fn simulated_rows(label: &str, saved: &Case, now: &Case, bench: &gate::BenchDecl
                 verdict: Verdict::Missing,
                 wall: false,
                 p: None,
+                before_samples: Vec::new(),
+                after_samples: Vec::new(),
             },
         };
         rows.push(row);
@@ -326,6 +343,8 @@ fn simulated_rows(label: &str, saved: &Case, now: &Case, bench: &gate::BenchDecl
                 verdict: Verdict::New,
                 wall: false,
                 p: None,
+                before_samples: Vec::new(),
+                after_samples: Vec::new(),
             });
         }
     }
@@ -344,6 +363,8 @@ fn wall_row(label: &str, metric: &str, before: &[f64], after: &[f64], max_ratio:
         p: Some(if j.ratio >= 1.0 { j.p_slower } else { j.p_faster }),
         verdict,
         wall: true,
+        before_samples: before.to_vec(),
+        after_samples: after.to_vec(),
     }
 }
 

@@ -46,11 +46,21 @@ fn verdicts<'a>(table: &'a str, metric: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The tests time builds against each other: one at a time, so one's build does not load
+/// the other's rounds.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // The lock guards no data: a test that failed holding it left nothing half-changed.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const SPAWN: &str = "spawn = { dist = \"lognormal\", median_s = 1.5,";
 const LARGE_TIMES: &str = "times = 10000";
 
 #[test]
 fn an_unchanged_build_passes_five_times_and_a_scenario_raising_boot_p90_fails() {
+    let _one = one_at_a_time();
     let bin = Path::new(env!("CARGO_BIN_EXE_stackbed"));
     let d = out_dir("unchanged");
     let quick = scenario_copy(&d, "quickstart.toml", &[]);
@@ -97,10 +107,10 @@ fn an_unchanged_build_passes_five_times_and_a_scenario_raising_boot_p90_fails() 
     assert!(text.contains("not a baseline written by --save"), "{text}");
 }
 
-/// The planted regression: a commit that runs the scheduler's filter and weigher pass 20
+/// The planted regression: a commit that runs the scheduler's filter and weigher pass 60
 /// extra times per request (same decisions: the simulated metrics cannot see it).
 const PLANT_ANCHOR: &str = "let decided = strategy.select_table(&table.table, &req, rng, k);";
-const PLANT: &str = "for _ in 0..20 {\n            std::hint::black_box(strategy.select_table(&table.table, &req, &mut rng.clone(), k).is_ok());\n        }\n        let decided = strategy.select_table(&table.table, &req, rng, k);";
+const PLANT: &str = "for _ in 0..60 {\n            std::hint::black_box(strategy.select_table(&table.table, &req, &mut rng.clone(), k).is_ok());\n        }\n        let decided = strategy.select_table(&table.table, &req, rng, k);";
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
@@ -120,6 +130,7 @@ impl Drop for Worktree {
 
 #[test]
 fn a_commit_that_slows_the_scheduler_fails_side_by_side_against_the_revision_before_it() {
+    let _one = one_at_a_time();
     let d = out_dir("plant");
     let head = git(&root(), &["rev-parse", "HEAD"]);
     let tree = d.join("tree");
@@ -147,11 +158,22 @@ fn a_commit_that_slows_the_scheduler_fails_side_by_side_against_the_revision_bef
 
     let large = scenario_copy(&d, "large.toml", &[(LARGE_TIMES, "times = 2000")]);
     let base = d.join("base.json");
-    let (l, b) = (large.to_str().unwrap(), base.to_str().unwrap());
+    let json = d.join("gate.json");
+    let (l, b, j) = (large.to_str().unwrap(), base.to_str().unwrap(), json.to_str().unwrap());
     let (rc, text) = stackbed(&planted, &tree, &["bench", l, "--save", b, "--rounds", "1"]);
     assert_eq!(rc, 0, "{text}");
-    let (rc, text) = stackbed(&planted, &tree, &["bench", "--baseline", b, "--baseline-rev", &head, "--rounds", "5"]);
-    assert_eq!(rc, 1, "the slower scheduler went unnoticed:\n{text}");
+    let (rc, text) =
+        stackbed(&planted, &tree, &["bench", "--baseline", b, "--baseline-rev", &head, "--rounds", "5", "--json", j]);
+    let samples: Vec<String> = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| v["rows"].as_array().cloned().unwrap_or_default())
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["wall"] == true)
+        .map(|r| format!("{} {}: {} vs {}", r["case"], r["metric"], r["before_samples"], r["after_samples"]))
+        .collect();
+    assert_eq!(rc, 1, "the slower scheduler went unnoticed:\n{text}\n{}", samples.join("\n"));
     assert_eq!(verdicts(&text, "wall_s"), ["SLOWER", "SLOWER"], "per case and in total:\n{text}");
     assert!(text.contains(&format!("building baseline {}", &head[..12])), "{text}");
     // Only the wall clock saw it: every simulated metric is the same.

@@ -248,16 +248,16 @@ mod tests {
 
     #[test]
     fn simulated_metrics_compare_exactly_unless_a_tolerance_is_stated() {
-        use Better::*;
-        use Verdict::*;
+        use Better::{Higher, Lower};
+        use Verdict::{Same, Worse};
         let table: &[(f64, f64, Better, f64, Verdict)] = &[
             (10.0, 10.0, Lower, 0.0, Same),
             (10.0, 10.000001, Lower, 0.0, Worse),
-            (10.0, 9.99, Lower, 0.0, Better),
+            (10.0, 9.99, Lower, 0.0, Verdict::Better),
             (10.0, 10.4, Lower, 0.05, Same),
             (10.0, 10.6, Lower, 0.05, Worse),
             (100.0, 99.0, Higher, 0.0, Worse),
-            (100.0, 101.0, Higher, 0.0, Better),
+            (100.0, 101.0, Higher, 0.0, Verdict::Better),
             (100.0, 99.0, Higher, 0.02, Same),
             (0.0, 0.0, Lower, 0.5, Same),
             (0.0, 1.0, Lower, 0.5, Worse),
