@@ -106,7 +106,33 @@ fn sweep_and_compare_write_pages_and_junit() {
     assert!(page.contains("<th>spread</th><th>pack</th>") && page.matches("<svg").count() == 2, "{page}");
     let xml = read(&d.join("c.xml"));
     assert!(xml.contains("classname=\"stackbed.quickstart.pack.seed-1.invariant\""), "{xml}");
+    pages_render_in_chromium(&d, &read(&d.join("s.html")), &page);
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The sweep page and the compare page in headless Chromium: each renders, makes no request,
+/// and the compare page's plots are drawn (well-formed SVGs with a data line, and a
+/// screenshot well beyond the same page without them). The run's page: tests/tests/reports.rs.
+fn pages_render_in_chromium(dir: &Path, sweep: &str, compare: &str) {
+    use stackbed_tests::chromium;
+    if !chromium::available() {
+        return;
+    }
+    for svg in compare.split("<svg").skip(1) {
+        let svg = format!("<svg{}", &svg[..svg.find("</svg>").expect("svg closed") + 6]);
+        let svg = stackbed_tests::parse_xml(&svg).unwrap_or_else(|e| panic!("a compare plot is not well-formed: {e}"));
+        assert!(stackbed_tests::svg_has_data(&svg), "a compare plot has nothing drawn but its axes");
+    }
+    let (_, fetch_log) = chromium::shoot(dir, "fetching", chromium::FETCHING);
+    assert!(chromium::page_requested(&fetch_log), "the control page's request is not in the net log");
+    for (name, page) in [("sweep", sweep), ("compare", compare)] {
+        let (size, log) = chromium::shoot(dir, name, page);
+        assert!(!chromium::page_requested(&log), "the {name} page made a request");
+        assert!(size > 20_000, "the {name} page's screenshot is nearly blank: {size} bytes");
+    }
+    let (with, _) = chromium::shoot(dir, "compare-plots", compare);
+    let (without, _) = chromium::shoot(dir, "compare-bare", &chromium::without_svgs(compare));
+    assert!(with > without * 3 / 2, "the compare plots add little: {with} bytes against {without} without them");
 }
 
 #[test]

@@ -211,3 +211,89 @@ mod tests {
         }
     }
 }
+
+/// Drawn data, not an empty canvas: a data series (the plots draw them 2 px wide; axes and
+/// grid are 1 px) through several points, or an opaque filled shape other than the white
+/// background (a bar, a fault, a heatmap cell).
+pub fn svg_has_data(svg: &Element) -> bool {
+    let line = svg
+        .all("polyline")
+        .iter()
+        .any(|p| p.attr("stroke-width") == Some("2") && p.attr("points").unwrap_or("").split_whitespace().count() >= 3);
+    let filled = svg.all("rect").iter().any(|r| {
+        r.attr("opacity") == Some("1")
+            && r.attr("fill").is_some_and(|f| f != "#FFFFFF" && f != "none")
+            && r.attr("width").and_then(|w| w.parse::<f64>().ok()).unwrap_or(0.0) > 0.0
+    });
+    line || filled
+}
+
+/// Headless Chromium for the page tests: screenshots and the network log of a page opened
+/// from a file.
+pub mod chromium {
+    use std::path::Path;
+
+    /// Whether chromium can run here. Absent, the caller skips, unless
+    /// STACKBED_REQUIRE_CHROMIUM is set (scripts/test.sh installs it and sets that): then
+    /// this panics.
+    pub fn available() -> bool {
+        match std::process::Command::new("chromium").arg("--version").output() {
+            Ok(out) => {
+                assert!(out.status.success(), "chromium --version failed");
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assert!(
+                    std::env::var("STACKBED_REQUIRE_CHROMIUM").is_err(),
+                    "STACKBED_REQUIRE_CHROMIUM is set but chromium is not installed"
+                );
+                eprintln!(
+                    "SKIPPED: chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does)"
+                );
+                false
+            }
+            Err(e) => panic!("chromium is there but cannot start: {e}"),
+        }
+    }
+
+    /// Opens `html` (written to `dir/name.html`) in headless Chromium: the screenshot's size
+    /// in bytes and the network log.
+    pub fn shoot(dir: &Path, name: &str, html: &str) -> (u64, String) {
+        let file = dir.join(format!("{name}.html"));
+        std::fs::write(&file, html).unwrap();
+        let (png, log) = (dir.join(format!("{name}.png")), dir.join(format!("{name}-net.json")));
+        let status = std::process::Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            .arg(format!("--user-data-dir={}", dir.join(format!("profile-{name}")).display()))
+            .arg(format!("--log-net-log={}", log.display()))
+            .arg(format!("--screenshot={}", png.display()))
+            .arg("--window-size=1280,4000")
+            .arg(format!("file://{}", file.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "chromium failed on {name}");
+        let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+        (size, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// Whether the page made a request: a request the page makes has the file's (opaque)
+    /// origin as its initiator; the browser's own background requests have none.
+    pub fn page_requested(net_log: &str) -> bool {
+        net_log.contains("\"initiator\":\"null\"")
+    }
+
+    /// `page` without its `<svg>` elements: what the page would look like with blank plots.
+    pub fn without_svgs(page: &str) -> String {
+        let mut bare = page.to_string();
+        while let (Some(a), Some(b)) = (bare.find("<svg"), bare.find("</svg>")) {
+            bare.replace_range(a..b + 6, "");
+        }
+        bare
+    }
+
+    /// A page that does fetch: the control that shows the net log would see a request.
+    pub const FETCHING: &str = "<html><body><img src=\"http://127.0.0.1:9/x.png\"></body></html>";
+}

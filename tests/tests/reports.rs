@@ -8,7 +8,7 @@ use std::sync::Arc;
 use stackbed_core::scenario::Scenario;
 use stackbed_render::{html, junit};
 use stackbed_services::report::{Report, RunOptions};
-use stackbed_tests::{mitigation, parse_xml, root, Element};
+use stackbed_tests::{chromium, mitigation, parse_xml, root, svg_has_data, Element};
 
 /// broker-outage fails its SLA as shipped (a fault, its phases, utilisation samples, an
 /// explained decision: every section of the page has data) and passes with its mitigation.
@@ -43,22 +43,6 @@ fn plots(page: &str) -> Vec<(String, Element)> {
     out
 }
 
-/// Drawn data, not an empty canvas: a data series (the plots draw them 2 px wide; axes and
-/// grid are 1 px) through several points, or an opaque filled shape other than the white
-/// background (a bar, a fault, a heatmap cell).
-fn has_data(svg: &Element) -> bool {
-    let line = svg
-        .all("polyline")
-        .iter()
-        .any(|p| p.attr("stroke-width") == Some("2") && p.attr("points").unwrap_or("").split_whitespace().count() >= 3);
-    let filled = svg.all("rect").iter().any(|r| {
-        r.attr("opacity") == Some("1")
-            && r.attr("fill").is_some_and(|f| f != "#FFFFFF" && f != "none")
-            && r.attr("width").and_then(|w| w.parse::<f64>().ok()).unwrap_or(0.0) > 0.0
-    });
-    line || filled
-}
-
 #[test]
 fn report_html_is_self_contained_and_every_plot_has_drawn_content() {
     let r = run(1, &[]);
@@ -77,7 +61,7 @@ fn report_html_is_self_contained_and_every_plot_has_drawn_content() {
     assert_eq!(ids, want, "one plot per atomic action's CDF, then the phase bars and the time plots");
     assert!(r.latency_quantiles.len() >= 10, "{:?}", r.latency_quantiles.iter().map(|q| &q.0).collect::<Vec<_>>());
     for (id, svg) in &plots {
-        assert!(has_data(svg), "plot {id} has nothing drawn but its axes");
+        assert!(svg_has_data(svg), "plot {id} has nothing drawn but its axes");
     }
     // The fault is on the fault timeline and shaded on the time plots.
     assert!(!r.faults.applied.is_empty());
@@ -164,19 +148,9 @@ fn junit_of_a_failing_run_and_its_mitigation() {
 /// STACKBED_REQUIRE_CHROMIUM=1 (scripts/test.sh installs it and sets that).
 #[test]
 fn report_html_renders_in_headless_chromium_without_a_request() {
-    let out = match std::process::Command::new("chromium").arg("--version").output() {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var("STACKBED_REQUIRE_CHROMIUM").is_err(),
-                "STACKBED_REQUIRE_CHROMIUM is set but chromium is not installed"
-            );
-            eprintln!("SKIPPED: chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does)");
-            return;
-        }
-        Err(e) => panic!("chromium is there but cannot start: {e}"),
-    };
-    assert!(out.status.success(), "chromium --version failed");
+    if !chromium::available() {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("stackbed-chromium-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -186,39 +160,14 @@ fn report_html_renders_in_headless_chromium_without_a_request() {
     // log would see a request from the page.
     let (a, b) = (page.find("<h2>Latency CDF").unwrap(), page.find("<h2>Invariants").unwrap());
     let plots_only = format!("{}{}</body></html>", &page[..page.find("<body>").unwrap() + 6], &page[a..b]);
-    let mut bare = plots_only.clone();
-    while let (Some(a), Some(b)) = (bare.find("<svg"), bare.find("</svg>")) {
-        bare.replace_range(a..b + 6, "");
-    }
-    let fetching = "<html><body><img src=\"http://127.0.0.1:9/x.png\"></body></html>";
-    let shoot = |name: &str, html: &str| -> (u64, String) {
-        let file = dir.join(format!("{name}.html"));
-        std::fs::write(&file, html).unwrap();
-        let (png, log) = (dir.join(format!("{name}.png")), dir.join(format!("{name}-net.json")));
-        let status = std::process::Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
-            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            .arg(format!("--user-data-dir={}", dir.join(format!("profile-{name}")).display()))
-            .arg(format!("--log-net-log={}", log.display()))
-            .arg(format!("--screenshot={}", png.display()))
-            .arg("--window-size=1280,4000")
-            .arg(format!("file://{}", file.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "chromium failed on {name}");
-        let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
-        (size, std::fs::read_to_string(&log).unwrap_or_default())
-    };
+    let bare = chromium::without_svgs(&plots_only);
+    let shoot = |name: &str, html: &str| chromium::shoot(&dir, name, html);
     let (_, full_log) = shoot("report", &page);
     let (full, _) = shoot("plots", &plots_only);
     let (plain, _) = shoot("bare", &bare);
-    let (_, fetch_log) = shoot("fetching", fetching);
-    // A request the page makes has the file's (opaque) origin as its initiator; the
-    // browser's own background requests have none.
-    assert!(fetch_log.contains("\"initiator\":\"null\""), "the control page's request is not in the net log");
-    assert!(!full_log.contains("\"initiator\":\"null\""), "report.html made a request");
+    let (_, fetch_log) = shoot("fetching", chromium::FETCHING);
+    assert!(chromium::page_requested(&fetch_log), "the control page's request is not in the net log");
+    assert!(!chromium::page_requested(&full_log), "report.html made a request");
     assert!(full > 50_000, "the screenshot is nearly blank: {full} bytes");
     assert!(full > plain * 2, "the plots add little to the screenshot: {full} bytes against {plain} without them");
     let _ = std::fs::remove_dir_all(&dir);
