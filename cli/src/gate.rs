@@ -167,7 +167,6 @@ pub fn check(args: &GateArgs, json: Option<&Path>, extra_overrides: &[String]) -
         ));
     }
     let this = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let other = baseline_binary(args, &file, &this)?;
     let rounds = args.rounds.max(1);
     let mut after: Vec<Case> = file
         .cases
@@ -180,6 +179,17 @@ pub fn check(args: &GateArgs, json: Option<&Path>, extra_overrides: &[String]) -
         .collect();
     let mut before: Vec<Case> =
         file.cases.iter().map(|c| empty_case(Path::new(&c.scenario_file), c.seed, &c.overrides)).collect();
+    // Each scenario's `[bench]` as the file reads now (its tolerances are part
+    // of the change), loaded before anything runs so that a bad one costs no rounds.
+    let benches: Vec<gate::BenchDecl> = after
+        .iter()
+        .map(|c| {
+            let set = c.overrides.iter().map(|o| o.parse()).collect::<Result<Vec<_>, String>>()?;
+            crate::load_with(Path::new(&c.scenario_file), &crate::Overrides { set }).map(|s| s.bench.clone())
+        })
+        .collect::<Result<_, String>>()?;
+    let max_ratio = benches.iter().map(|b| b.max_wall_ratio).fold(gate::BenchDecl::default().max_wall_ratio, f64::max);
+    let other = baseline_binary(args, &file, &this)?;
     let work = WorkDir::new()?;
     let started = Instant::now();
     // A warm-up run of each case on each build, not measured: the first start of a binary
@@ -221,15 +231,6 @@ pub fn check(args: &GateArgs, json: Option<&Path>, extra_overrides: &[String]) -
     if side_by_side && rounds < 5 {
         notes.push(format!("{rounds} rounds: no wall-clock difference can be significant below 5"));
     }
-    // Each scenario's `[bench]` as the file reads now (its tolerances are part of the change).
-    let benches: Vec<gate::BenchDecl> = after
-        .iter()
-        .map(|c| {
-            let set = c.overrides.iter().map(|o| o.parse()).collect::<Result<Vec<_>, String>>()?;
-            crate::load_with(Path::new(&c.scenario_file), &crate::Overrides { set }).map(|s| s.bench.clone())
-        })
-        .collect::<Result<_, String>>()?;
-    let max_ratio = benches.iter().map(|b| b.max_wall_ratio).fold(gate::BenchDecl::default().max_wall_ratio, f64::max);
     let mut totals: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for (((saved, b), a), bench) in file.cases.iter().zip(&before).zip(&after).zip(&benches) {
         let label = a.label();

@@ -173,7 +173,9 @@ fn a_commit_that_slows_the_scheduler_fails_side_by_side_against_the_revision_bef
         .filter(|r| r["wall"] == true)
         .map(|r| format!("{} {}: {} vs {}", r["case"], r["metric"], r["before_samples"], r["after_samples"]))
         .collect();
-    assert_eq!(rc, 1, "the slower scheduler went unnoticed:\n{text}\n{}", samples.join("\n"));
+    // The table and the samples in the test's output, for the record (`--nocapture`).
+    eprintln!("{text}\n{}", samples.join("\n"));
+    assert_eq!(rc, 1, "the slower scheduler went unnoticed");
     assert_eq!(verdicts(&text, "wall_s"), ["SLOWER", "SLOWER"], "per case and in total:\n{text}");
     assert!(text.contains(&format!("building baseline {}", &head[..12])), "{text}");
     // Only the wall clock saw it: every simulated metric is the same.
