@@ -303,50 +303,31 @@ fn add_rounds(total: &mut Vec<f64>, samples: &[f64]) {
 }
 
 fn simulated_rows(label: &str, saved: &Case, now: &Case, bench: &gate::BenchDecl) -> Vec<Row> {
+    let row = |metric: &str, before: Option<f64>, after: Option<f64>, verdict: Verdict| Row {
+        case: label.into(),
+        metric: metric.into(),
+        before,
+        after,
+        ratio: before.zip(after).filter(|(b, _)| *b != 0.0).map(|(b, a)| a / b),
+        verdict,
+        wall: false,
+        p: None,
+        before_samples: Vec::new(),
+        after_samples: Vec::new(),
+    };
     let mut rows = Vec::new();
     for (metric, &(before, better)) in &saved.simulated {
-        let row = match now.simulated.get(metric) {
-            Some(&(after, _)) => Row {
-                case: label.into(),
-                metric: metric.clone(),
-                before: Some(before),
-                after: Some(after),
-                ratio: (before != 0.0).then(|| after / before),
-                verdict: gate::compare(before, after, better, bench.tolerance_for(metric)),
-                wall: false,
-                p: None,
-                before_samples: Vec::new(),
-                after_samples: Vec::new(),
-            },
-            None => Row {
-                case: label.into(),
-                metric: metric.clone(),
-                before: Some(before),
-                after: None,
-                ratio: None,
-                verdict: Verdict::Missing,
-                wall: false,
-                p: None,
-                before_samples: Vec::new(),
-                after_samples: Vec::new(),
-            },
-        };
-        rows.push(row);
+        rows.push(match now.simulated.get(metric) {
+            Some(&(after, _)) => {
+                let verdict = gate::compare(before, after, better, bench.tolerance_for(metric));
+                row(metric, Some(before), Some(after), verdict)
+            }
+            None => row(metric, Some(before), None, Verdict::Missing),
+        });
     }
     for (metric, &(after, _)) in &now.simulated {
         if !saved.simulated.contains_key(metric) {
-            rows.push(Row {
-                case: label.into(),
-                metric: metric.clone(),
-                before: None,
-                after: Some(after),
-                ratio: None,
-                verdict: Verdict::New,
-                wall: false,
-                p: None,
-                before_samples: Vec::new(),
-                after_samples: Vec::new(),
-            });
+            rows.push(row(metric, None, Some(after), Verdict::New));
         }
     }
     rows
