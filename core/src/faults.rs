@@ -22,6 +22,8 @@ pub const NOVA_API: &str = "nova-api";
 pub const NOVA_CONDUCTOR: &str = "nova-conductor";
 pub const NOVA_SCHEDULER: &str = "nova-scheduler";
 pub const COMPUTE: &str = "compute";
+/// The control services, whose workers run on the controllers (`[topology.controller]`).
+pub const CONTROL_GROUPS: [&str; 5] = [KEYSTONE, PLACEMENT, NOVA_CONDUCTOR, NOVA_SCHEDULER, NOVA_API];
 /// The Rally-style client: never a fault target (the workload must survive every fault).
 pub const CLIENT: &str = "rally";
 
@@ -40,7 +42,7 @@ pub struct NodeName {
 pub fn nodes(scenario: &Scenario) -> Vec<NodeName> {
     let node = |name: String, group: &str| NodeName { name, group: group.to_string() };
     let mut out = vec![node(BROKER.into(), BROKER), node(DATABASE.into(), DATABASE)];
-    let w = scenario.topology.workers;
+    let w = scenario.topology.workers();
     for (group, count) in [
         (KEYSTONE, w.keystone),
         (PLACEMENT, w.placement),

@@ -309,7 +309,7 @@ async fn run_services(
         spawn_service("nova-scheduler", &metrics, &failures, Scheduler::new(ctx("nova-scheduler")).run()),
     ];
     // The HTTP services' workers (the scenario's `[topology.workers]`), served in-process.
-    let workers = scenario.topology.workers;
+    let workers = scenario.topology.workers();
     for i in 1..=workers.keystone {
         let name = format!("keystone-{i}");
         tasks.push(spawn_service(&name, &metrics, &failures, Identity::new(ctx(&name)).run()));

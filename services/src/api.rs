@@ -206,6 +206,7 @@ impl Api {
         if req.count == 0 {
             return Err(ApiError::new(400, "min_count must be at least 1".to_string()));
         }
+        self.ctx.cpu.spend(self.ctx.scenario.model.service_time.api_per_instance.0 * req.count).await;
         // min_count = max_count: the quota must allow all of them (nova's
         // check_num_instances_quota would lower max_count to min_count at most).
         let n = u64::from(req.count);
@@ -463,6 +464,7 @@ fn answer<T>(res: Result<T, ApiError>, status: u16, body: impl FnOnce(T) -> Body
 #[async_trait::async_trait]
 impl HttpHandler for Api {
     async fn handle(&self, req: HttpRequest) -> HttpResponse {
+        self.ctx.cpu.spend(self.ctx.scenario.model.service_time.api_per_request.0).await;
         let Some(token) = req.auth_token.clone() else {
             return HttpResponse::error(401, "The request you have made requires authentication.");
         };

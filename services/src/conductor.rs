@@ -59,6 +59,7 @@ impl Conductor {
         rpc::serve(&ctx, TOPIC, ServeOptions::of(&ctx, "conductor"), move |req: Request| {
             let this = this.clone();
             async move {
+                this.ctx.cpu.spend(this.ctx.scenario.model.service_time.conductor_per_call.0).await;
                 let res = match req.msg {
                     Rpc::ServiceUpdate { host, service, node } => {
                         return Some(match this.service_update(host, service, node).await {
@@ -219,6 +220,22 @@ impl Conductor {
                             e.to_string()
                         }
                     };
+                    // A redelivered copy whose claim met the one the first delivery made
+                    // meanwhile (both in flight, the first past oslo's 16-id window) builds
+                    // on that claim instead of failing the instance (stackbed's guard).
+                    if redelivered {
+                        let mut rest = Vec::new();
+                        for spec in todo {
+                            match self.placement.allocation(&spec.instance_uuid).await {
+                                Ok(Some(host)) => {
+                                    self.ctx.metrics.count("conductor.redelivered_claim_resumed", 1);
+                                    placed.push((spec, vec![host]));
+                                }
+                                _ => rest.push(spec),
+                            }
+                        }
+                        todo = rest;
+                    }
                     // Bury in cell0: each instance exists, in ERROR, with the fault. One that
                     // cannot be (another copy of the request created it) does not keep the
                     // others from it.
@@ -247,6 +264,7 @@ impl Conductor {
     /// One scheduled server: created in its cell (unless the user deleted it meanwhile),
     /// quota checked again, cast to its host. False when it did not get to its host.
     async fn build_placed(&self, spec: RequestSpec, hosts: Vec<String>) -> Result<bool, ServiceError> {
+        self.ctx.cpu.spend(self.ctx.scenario.model.service_time.conductor_per_instance.0).await;
         let (host, alternates) = (hosts[0].clone(), hosts[1..].to_vec());
         // No BuildRequest: the user deleted the server while it was being scheduled, and
         // its claim goes back; or another copy of this request (a redelivery, a republish)

@@ -111,9 +111,10 @@ impl Identity {
 #[async_trait::async_trait]
 impl HttpHandler for Identity {
     async fn handle(&self, req: HttpRequest) -> HttpResponse {
+        let t0 = self.ctx.clock.now();
+        self.ctx.cpu.spend(self.ctx.scenario.model.service_time.keystone_per_request.0).await;
         match (req.method, req.path.as_str(), req.body) {
             (Method::Post, TOKENS_PATH, Body::PasswordAuth { user, password, project }) => {
-                let t0 = self.ctx.clock.now();
                 let res = self.authenticate(&user, &password, &project).await;
                 self.ctx.metrics.record("keystone.authenticate", self.ctx.clock.secs_since(t0), res.is_ok());
                 match res {

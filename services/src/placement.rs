@@ -203,6 +203,8 @@ fn server_error(e: ServiceError) -> HttpResponse {
 #[async_trait::async_trait]
 impl HttpHandler for Placement {
     async fn handle(&self, req: HttpRequest) -> HttpResponse {
+        let cost = self.ctx.scenario.model.service_time;
+        self.ctx.cpu.spend(cost.placement_per_request.0).await;
         let (db, metrics) = (&*self.ctx.db, &self.ctx.metrics);
         let consumer = req.path.strip_prefix(ALLOCATIONS_PREFIX).filter(|c| !c.is_empty());
         let provider = req
@@ -220,7 +222,11 @@ impl HttpHandler for Placement {
             // Every provider, as the scheduler's shared snapshot: the scheduler applies the
             // capacity check itself (the candidates' limit and filtering are its strategy's).
             (Method::Get, CANDIDATES_PATH, _, _) => match dbx::snapshot(db, Table::Providers).await {
-                Ok(s) => HttpResponse::new(200, Body::Providers(s)),
+                Ok(s) => {
+                    let providers = u32::try_from(s.len()).unwrap_or(u32::MAX);
+                    self.ctx.cpu.spend(cost.placement_per_provider.0 * providers).await;
+                    HttpResponse::new(200, Body::Providers(s))
+                }
                 Err(e) => server_error(e.into()),
             },
             (Method::Put, _, Some(consumer), Body::Allocation { project, host, resources }) => {

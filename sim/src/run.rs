@@ -49,6 +49,8 @@ struct World {
     knobs: Knobs,
     endpoints: Arc<Endpoints>,
     bus: SimBusConfig,
+    /// Each control process's controller cores (`cpu::controller_cores`).
+    cores: Arc<BTreeMap<String, crate::cpu::Cores>>,
 }
 
 impl World {
@@ -66,7 +68,7 @@ impl World {
             bus,
             db,
             http: SimHttp::new(node, ip, self.endpoints.clone(), &self.clock, clock.clone()),
-            cpu: Arc::new(crate::cpu::SimCpu::new(self.knobs.node(node), clock.clone())),
+            cpu: Arc::new(crate::cpu::SimCpu::new(self.knobs.node(node), clock.clone(), self.cores.get(node).cloned())),
             clock,
             db_retry: DbRetry::for_node(
                 &self.opts.scenario,
@@ -147,6 +149,7 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                 metrics: metrics.clone(),
                 knobs: knobs.clone(),
                 endpoints: Arc::new(Endpoints::of(&scenario)),
+                cores: Arc::new(crate::cpu::controller_cores(&scenario)),
                 bus: SimBusConfig {
                     oracle: Some(monitor.clone()),
                     ..SimBusConfig::new(vec![BROKER], &scenario.control)

@@ -460,12 +460,15 @@ fn a_second_copy_of_a_create_leaves_the_first_copy_s_claim_alone() {
         "faults/broker-restart.toml",
         &["control.amqp_durable_queues=true", "control.rpc_ack=after_dispatch"],
     );
-    // Seeds on which a copy meets the gone BuildRequest (as of this tree: 4, 5, 8, 11).
+    // Seeds on which a copy meets the gone BuildRequest (as of this tree: every seed of 1..=8),
+    // and a redelivered copy's claim meets the first copy's: it builds on that claim (before,
+    // its AllocationUpdateFailed buried the instance while the first copy's claim stayed).
     for seed in [4, 5] {
         let r = run(&s, seed);
         assert!(r.passed, "seed {seed}: {}", r.failure_text().unwrap_or_default());
-        let skipped = r.counters.get("conductor.duplicate_request_skipped").copied().unwrap_or(0);
-        assert!(skipped > 0, "seed {seed}: {:?}", r.counters);
+        for counter in ["conductor.duplicate_request_skipped", "conductor.redelivered_claim_resumed"] {
+            assert!(r.counters.get(counter).copied().unwrap_or(0) > 0, "seed {seed}: no {counter}: {:?}", r.counters);
+        }
     }
 }
 
@@ -504,4 +507,49 @@ fn a_compute_that_skips_init_host_is_caught() {
         ["requests_terminal", "guests_match_instances", "allocations_match_instances"].contains(&v.invariant),
         "{v:?}"
     );
+}
+
+/// Each control service's CPU time reaches the action that pays it: a cost of 2 s raises
+/// that action's minimum latency on quickstart by at least 1.5 s.
+#[test]
+fn each_service_s_cpu_time_is_charged_where_it_does_the_work() {
+    let base = run(&with_overrides("quickstart.toml", &["workload.runner.times=8"]), 1);
+    for (set, action, at_least_s) in [
+        // nova-api's own timing starts after the request's share: the client sees it.
+        ("model.service_time.api_per_request=2s", "boot_server", 1.5),
+        ("model.service_time.api_per_instance=2s", "api.create", 1.5),
+        ("model.service_time.keystone_per_request=2s", "keystone.authenticate", 1.5),
+        ("model.service_time.conductor_per_instance=2s", "conductor.schedule_and_build", 1.5),
+        ("model.service_time.conductor_per_call=2s", "boot_server", 1.5),
+        // 16 providers at 125 ms each, per allocation candidates request.
+        ("model.service_time.placement_per_provider=125ms", "scheduler.select_destinations", 1.5),
+        ("model.service_time.placement_per_request=1s", "scheduler.select_destinations", 1.5),
+        ("model.service_time.scheduler_per_request=2s", "scheduler.select_destinations", 1.5),
+    ] {
+        let s = with_overrides("quickstart.toml", &[set, "workload.runner.times=8"]);
+        let r = run(&s, 1);
+        let a = r.actions.iter().find(|a| a.action == action).unwrap_or_else(|| panic!("{set}: no {action}"));
+        let b = base.actions.iter().find(|a| a.action == action).expect("the action without the override");
+        assert!(a.min_s - b.min_s >= at_least_s, "{set}: {action} min {} s, {} s without", a.min_s, b.min_s);
+    }
+}
+
+/// `[topology.controller]`: the processes on a controller share its cores. Four schedulers
+/// that each own a core decide four requests at once; on a one-core controller they take
+/// turns (with every other control process), so the same decisions take more than twice
+/// as long.
+#[test]
+fn workers_on_one_controller_share_its_cores() {
+    let base = ["topology.workers.scheduler=4", "model.service_time.scheduler_per_request=1s"];
+    let mean = |extra: &[&str]| {
+        let s = with_overrides("quickstart.toml", &[&base[..], extra].concat());
+        let r = run(&s, 1);
+        assert!(r.passed, "{extra:?}: {}", r.failure_text().unwrap_or_default());
+        r.actions.iter().find(|a| a.action == "scheduler.select_destinations").expect("select").mean_s
+    };
+    let own = mean(&[]);
+    let shared = mean(&["topology.controller={ count = 1, cores = 1 }"]);
+    let four = mean(&["topology.controller={ count = 1, cores = 4 }"]);
+    assert!(shared > 2.0 * own, "one core for four schedulers: {shared} s against {own} s with a core each");
+    assert!(four < 1.5 * own, "four cores for four schedulers: {four} s against {own} s");
 }

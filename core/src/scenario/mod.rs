@@ -166,33 +166,77 @@ pub struct SeedRange {
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     pub hosts: Vec<HostGroup>,
-    /// Worker processes per control service. nova's defaults are the controller's CPU count
-    /// (`osapi_compute_workers`, `[conductor] workers`, `[scheduler] workers`); a simulated
-    /// controller counts as one core, so one worker each unless the scenario says more.
+    /// Worker processes per control service (`[topology.workers]`); unset counts take
+    /// their defaults from the controller ([`Topology::workers`]).
     #[serde(default)]
-    pub workers: Workers,
+    pub workers: WorkersDecl,
+    /// The controller hosts the control services run on (`[topology.controller]`). Unset:
+    /// every worker process has a core of its own, as if the controller had as many cores
+    /// as processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<Controller>,
 }
 
-/// `[topology.workers]`: how many processes of each control service run, each on its own
-/// simulated node with its own connections and RNG stream.
+/// `[topology.workers]` as written: how many processes of each control service run, each
+/// on its own simulated node with its own connections and RNG stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersDecl {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conductor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystone: Option<u32>,
+}
+
+/// The most worker processes of one service (the simulated HTTP workers' addresses run
+/// out after 254 per service).
+pub const MAX_WORKERS: u32 = 254;
+
+/// `[topology.controller]`: `count` controller hosts of `cores` CPU cores each. The
+/// control services' workers are spread over them in turn (worker i on controller
+/// `(i - 1) % count`), and every process on a controller computes on its cores: a piece of
+/// work waits for its own process (one eventlet hub) and then for a free core of its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Controller {
+    #[serde(default = "one_u32")]
+    pub count: u32,
+    pub cores: u32,
+}
+
+/// The worker counts a run starts: [`Topology::workers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Workers {
-    #[serde(default = "one_u32")]
     pub api: u32,
-    #[serde(default = "one_u32")]
     pub conductor: u32,
-    #[serde(default = "one_u32")]
     pub scheduler: u32,
-    #[serde(default = "one_u32")]
     pub placement: u32,
-    #[serde(default = "one_u32")]
     pub keystone: u32,
 }
 
-impl Default for Workers {
-    fn default() -> Self {
-        Workers { api: 1, conductor: 1, scheduler: 1, placement: 1, keystone: 1 }
+impl Topology {
+    /// The worker counts, unset ones defaulted as the services default them. nova's API,
+    /// conductor and scheduler run one worker per CPU of their host (`osapi_compute_workers`,
+    /// `[conductor] workers`, `[scheduler] workers`: `processutils.get_worker_count()`), so
+    /// with a `[topology.controller]` each runs `count × cores` workers; without one, one
+    /// each. placement and keystone run under a WSGI server whose process count the
+    /// deployment sets: one unless the scenario says more.
+    pub fn workers(&self) -> Workers {
+        let per_cpu = self.controller.map_or(1, |c| c.count.saturating_mul(c.cores));
+        let w = self.workers;
+        Workers {
+            api: w.api.unwrap_or(per_cpu),
+            conductor: w.conductor.unwrap_or(per_cpu),
+            scheduler: w.scheduler.unwrap_or(per_cpu),
+            placement: w.placement.unwrap_or(1),
+            keystone: w.keystone.unwrap_or(1),
+        }
     }
 }
 
@@ -751,10 +795,11 @@ pub struct HostModel {
 }
 
 /// CPU time the control services spend per operation, in the simulator (the real build
-/// spends real CPU). One nova-scheduler process is one eventlet hub: it runs one
-/// greenthread's filter pass at a time, so its CPU work is served one after another, and
-/// a scheduler saturates at `1 / (per_request + per_host × hosts)` decisions per second
-/// per worker. Defaults: `docs/calibration.md`.
+/// spends real CPU). A nova service process is one eventlet hub: it runs one greenthread's
+/// CPU work at a time, so each process serves its work one piece after another (and, with
+/// a `[topology.controller]`, shares its host's cores with the other processes there).
+/// A scheduler worker saturates at `1 / (per_request + per_host × hosts)` decisions per
+/// second. Defaults and where they come from: `docs/calibration.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTime {
@@ -764,6 +809,31 @@ pub struct ServiceTime {
     /// Per host through the filters and weighers, per instance placed.
     #[serde(default = "d_sched_host")]
     pub scheduler_per_host: Dur,
+    /// Per request nova-api serves: WSGI, keystonemiddleware (a cached token), policy,
+    /// the database reads and the response's view.
+    #[serde(default = "d_api_request")]
+    pub api_per_request: Dur,
+    /// Per server of a create, on top: quota, build request, request spec, mappings.
+    #[serde(default = "d_api_instance")]
+    pub api_per_instance: Dur,
+    /// Per RPC message nova-conductor handles (a state report: the object's
+    /// deserialisation, its update, the reply).
+    #[serde(default = "d_conductor_call")]
+    pub conductor_per_call: Dur,
+    /// Per instance of schedule_and_build_instances, on top: the instance record, its
+    /// block device mappings, the mapping updates, the cast to its compute.
+    #[serde(default = "d_conductor_instance")]
+    pub conductor_per_instance: Dur,
+    /// Per request placement serves: WSGI, auth, the SQL and the JSON.
+    #[serde(default = "d_placement_request")]
+    pub placement_per_request: Dur,
+    /// Per resource provider an allocation candidates request goes over.
+    #[serde(default = "d_placement_provider")]
+    pub placement_per_provider: Dur,
+    /// Per request keystone serves (a token issued or validated: fernet, the assignment
+    /// and catalog reads).
+    #[serde(default = "d_keystone_request")]
+    pub keystone_per_request: Dur,
 }
 
 fn d_sched_request() -> Dur {
@@ -772,10 +842,41 @@ fn d_sched_request() -> Dur {
 fn d_sched_host() -> Dur {
     Dur(Duration::from_micros(200))
 }
+fn d_api_request() -> Dur {
+    Dur(Duration::from_millis(10))
+}
+fn d_api_instance() -> Dur {
+    Dur(Duration::from_millis(30))
+}
+fn d_conductor_call() -> Dur {
+    Dur(Duration::from_millis(2))
+}
+fn d_conductor_instance() -> Dur {
+    Dur(Duration::from_millis(30))
+}
+fn d_placement_request() -> Dur {
+    Dur(Duration::from_millis(5))
+}
+fn d_placement_provider() -> Dur {
+    Dur(Duration::from_micros(20))
+}
+fn d_keystone_request() -> Dur {
+    Dur(Duration::from_millis(10))
+}
 
 impl Default for ServiceTime {
     fn default() -> Self {
-        ServiceTime { scheduler_per_request: d_sched_request(), scheduler_per_host: d_sched_host() }
+        ServiceTime {
+            scheduler_per_request: d_sched_request(),
+            scheduler_per_host: d_sched_host(),
+            api_per_request: d_api_request(),
+            api_per_instance: d_api_instance(),
+            conductor_per_call: d_conductor_call(),
+            conductor_per_instance: d_conductor_instance(),
+            placement_per_request: d_placement_request(),
+            placement_per_provider: d_placement_provider(),
+            keystone_per_request: d_keystone_request(),
+        }
     }
 }
 

@@ -604,7 +604,7 @@ fn overrides_change_fields_before_checks() {
     .unwrap();
     assert!(s.control.amqp_durable_queues);
     assert_eq!(s.control.service_down_time.ms(), 180_000);
-    assert_eq!(s.topology.workers.scheduler, 3);
+    assert_eq!(s.topology.workers().scheduler, 3);
     assert_eq!(s.workload.runner.times(&[]), 7);
     assert_eq!(s.control.scheduler.filters.as_deref(), Some(&["Compute".to_string(), "ImageProperties".into()][..]));
     assert_eq!(s.workload.flavors["m1.small"], 2.0);
@@ -617,7 +617,7 @@ fn overrides_change_fields_before_checks() {
         .map(|s| s.parse().unwrap())
         .collect();
     let s = Scenario::parse_with("o.toml", GOOD, &o).unwrap();
-    assert_eq!((s.topology.workers.scheduler, s.phases.chaos), (2, Some(Dur::secs(600))));
+    assert_eq!((s.topology.workers().scheduler, s.phases.chaos), (2, Some(Dur::secs(600))));
     assert_eq!(s.control.scheduler.strategy, "pack");
     // A later override wins; an override of a fault entry reaches its schedule.
     let base = format!("{}\n[[faults]]\nkind = \"kill\"\ntarget = \"db\"\nat = \"1s\"\n", fault_base());
@@ -688,4 +688,49 @@ fn readme_fault_example_parses() {
     let faults = s.fault_schedule(1).unwrap().faults;
     let sources: Vec<&str> = faults.iter().map(|f| f.source.as_str()).take(6).collect();
     assert_eq!(sources, ["faults[0]", "faults[1]", "faults[2]", "faults[3]", "faults[4]", "random_faults.drop_rate"]);
+}
+
+/// `[topology.controller]` sets nova's per-CPU worker defaults (API, conductor, scheduler:
+/// `count × cores`; placement and keystone one each); a count the file gives wins.
+#[test]
+fn controller_cores_set_nova_s_worker_defaults() {
+    let with =
+        |extra: &str| Scenario::parse("t.toml", &GOOD.replace("[topology]\n", &format!("[topology]\n{extra}\n")));
+    let w = |s: &Scenario| {
+        let w = s.topology.workers();
+        (w.api, w.conductor, w.scheduler, w.placement, w.keystone)
+    };
+    for (extra, expect) in [
+        ("", (1, 1, 1, 1, 1)),
+        ("controller = { cores = 8 }", (8, 8, 8, 1, 1)),
+        ("controller = { count = 3, cores = 4 }", (12, 12, 12, 1, 1)),
+        ("controller = { count = 3, cores = 4 }\nworkers = { scheduler = 2, placement = 5 }", (12, 12, 2, 5, 1)),
+        ("workers = { api = 6 }", (6, 1, 1, 1, 1)),
+    ] {
+        let s = with(extra).unwrap_or_else(|e| panic!("{extra}: {e}"));
+        assert_eq!(w(&s), expect, "{extra}");
+        // The nodes the run starts follow the resolved counts.
+        let apis = crate::faults::nodes(&s).iter().filter(|n| n.group == crate::faults::NOVA_API).count();
+        assert_eq!(apis as u32, expect.0, "{extra}");
+    }
+    for (extra, field, message) in [
+        ("controller = { cores = 0 }", "topology.controller.cores", "must be within 1..=1024, got 0"),
+        ("controller = { count = 0, cores = 2 }", "topology.controller.count", "must be within 1..=64, got 0"),
+        ("controller = { count = 2 }", "topology.controller.cores", "missing field `cores`"),
+        (
+            "workers = { conductor = 0 }",
+            "topology.workers.conductor",
+            "conductor workers must be within 1..=254, got 0",
+        ),
+        (
+            "controller = { count = 16, cores = 16 }",
+            "topology.controller",
+            "api workers must be within 1..=254, got 256",
+        ),
+    ] {
+        let e = with(extra).unwrap_err();
+        assert_eq!(e.field, field, "{extra}: {e}");
+        assert!(e.message.contains(message), "{extra}: {e}");
+        assert!(e.line > 0, "{extra}: {e}");
+    }
 }

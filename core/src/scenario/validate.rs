@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{AggregateDecl, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST};
+use super::{AggregateDecl, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST, MAX_WORKERS};
+
+/// The most controller hosts, and cores per controller, a scenario may declare.
+const MAX_CONTROLLERS: u32 = 64;
+const MAX_CONTROLLER_CORES: u32 = 1024;
 use crate::scheduler::{FilterKind, WeigherKind};
 
 impl Scenario {
@@ -26,6 +30,36 @@ impl Scenario {
         }
         if self.topology.hosts.is_empty() || self.topology.hosts.iter().all(|h| h.count == 0) {
             return err("topology.hosts", "the topology needs at least one host".into());
+        }
+        if let Some(c) = self.topology.controller {
+            if !(1..=MAX_CONTROLLERS).contains(&c.count) {
+                return err(
+                    "topology.controller.count",
+                    format!("must be within 1..={MAX_CONTROLLERS}, got {}", c.count),
+                );
+            }
+            if !(1..=MAX_CONTROLLER_CORES).contains(&c.cores) {
+                return err(
+                    "topology.controller.cores",
+                    format!("must be within 1..={MAX_CONTROLLER_CORES}, got {}", c.cores),
+                );
+            }
+        }
+        let (declared, resolved) = (self.topology.workers, self.topology.workers());
+        for (name, set, count) in [
+            ("api", declared.api, resolved.api),
+            ("conductor", declared.conductor, resolved.conductor),
+            ("scheduler", declared.scheduler, resolved.scheduler),
+            ("placement", declared.placement, resolved.placement),
+            ("keystone", declared.keystone, resolved.keystone),
+        ] {
+            if !(1..=MAX_WORKERS).contains(&count) {
+                let (field, why) = match set {
+                    Some(_) => (format!("topology.workers.{name}"), String::new()),
+                    None => ("topology.controller".to_string(), " (count × cores, nova's default)".to_string()),
+                };
+                return err(&field, format!("{name} workers must be within 1..={MAX_WORKERS}, got {count}{why}"));
+            }
         }
         for (i, h) in self.topology.hosts.iter().enumerate() {
             if h.vcpus == 0 || h.ram_mb == 0 {
