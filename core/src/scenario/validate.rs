@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use super::{AggregateDecl, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST, MAX_WORKERS};
+use crate::scheduler::{FilterKind, WeigherKind};
 
 /// The most controller hosts, and cores per controller, a scenario may declare.
 const MAX_CONTROLLERS: u32 = 64;
 const MAX_CONTROLLER_CORES: u32 = 1024;
-use crate::scheduler::{FilterKind, WeigherKind};
 
 impl Scenario {
     /// Checks what serde cannot: names that refer to each other, ranges, sizes.
