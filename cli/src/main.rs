@@ -22,6 +22,7 @@ mod compare;
 mod explain;
 mod gate;
 mod pages;
+mod shrink;
 mod sweep;
 
 #[cfg(madsim)]
@@ -111,6 +112,10 @@ enum Command {
     /// Internal: runs seeds for `sweep`, one JSON line each.
     #[command(hide = true)]
     SweepChild(sweep::ChildArgs),
+    /// Shrink a failing seed to a minimal repro: while the same invariant still fails on the
+    /// same seed, remove faults, requests, hosts and service nodes; write the smallest
+    /// scenario found and print its replay command and the sizes before and after.
+    Shrink(shrink::ShrinkArgs),
     /// Parse and validate a scenario without running it.
     Check {
         scenario: PathBuf,
@@ -612,6 +617,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => sweep::sweep(args),
         Command::SweepMerge(args) => sweep::merge_files(args),
         Command::SweepChild(args) => sweep::child(args),
+        Command::Shrink(args) => shrink::shrink(args),
         Command::Check { scenario, overrides } => load_with(&scenario, &overrides).map(|s| {
             println!(
                 "{}: ok ({} hosts, {} boots)",

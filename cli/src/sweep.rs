@@ -363,16 +363,24 @@ pub fn render(s: &Summary) -> String {
 
 // ---- processes ----------------------------------------------------------------------------
 
-fn row_of_report(r: &stackbed_services::report::Report) -> Row {
+/// The group a failed run falls in (None when it passed): its first violated invariant,
+/// `aborted: ...`, `sla: CRITERION` or `error`. Sweeps group by it; `shrink` keeps it.
+pub fn failure_group(r: &stackbed_services::report::Report) -> Option<String> {
     let v = r.first_violation.violation.as_ref();
     let sla = r.sla.iter().find(|c| !c.success);
-    let failure = match (v, &r.aborted, sla) {
+    match (v, &r.aborted, sla) {
         _ if r.passed => None,
         (Some(v), _, _) => Some(v.invariant.to_string()),
         (None, Some(a), _) => Some(abort_group(a)),
         (None, None, Some(c)) => Some(format!("sla: {}", c.criterion)),
         (None, None, None) => Some("error".into()),
-    };
+    }
+}
+
+fn row_of_report(r: &stackbed_services::report::Report) -> Row {
+    let v = r.first_violation.violation.as_ref();
+    let sla = r.sla.iter().find(|c| !c.success);
+    let failure = failure_group(r);
     let detail = match (v, &r.aborted, sla) {
         _ if r.passed => None,
         (Some(v), _, _) => Some(format!("{} at {} ms (commit #{}): {}", v.invariant, v.at_ms, v.commit_seq, v.detail)),

@@ -15,6 +15,7 @@ use crate::scheduler::{FilterKind, HostAggregates, SchedulerConfig, WeigherKind}
 
 mod overrides;
 mod schedule;
+pub mod shrink;
 mod spans;
 #[cfg(test)]
 mod tests;
@@ -985,15 +986,21 @@ impl Scenario {
 
     /// Reads a scenario file, applies `--set` overrides to it, and validates the result.
     pub fn load_with(path: &Path, overrides: &[Override]) -> Result<Scenario, ScenarioError> {
-        let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
-            file: file.clone(),
+            file: path.display().to_string(),
             line: 0,
             column: 0,
             field: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
-        let mut scenario = Scenario::parse_with(&file, &text, overrides)?;
+        Scenario::load_text(path, &text, overrides)
+    }
+
+    /// [`Scenario::load_with`] of `text` as if it were the file at `path`: errors name
+    /// `path`, and the trace and guest files it names are found beside it.
+    pub fn load_text(path: &Path, text: &str, overrides: &[Override]) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let mut scenario = Scenario::parse_with(&file, text, overrides)?;
         if let Some(g) = &mut scenario.guest {
             let dir = path.parent().unwrap_or(Path::new("."));
             for p in [&mut g.kernel, &mut g.initrd] {
@@ -1003,8 +1010,8 @@ impl Scenario {
         if let Runner::Trace { file: trace_file, .. } = &scenario.workload.runner {
             let trace_path = path.parent().unwrap_or(Path::new(".")).join(trace_file);
             let field_error = |message: String| {
-                let offset = span_of(&text, "workload.runner.file").unwrap_or(0);
-                let (line, column) = line_col(&text, offset);
+                let offset = span_of(text, "workload.runner.file").unwrap_or(0);
+                let (line, column) = line_col(text, offset);
                 ScenarioError { file: file.clone(), line, column, field: "workload.runner.file".into(), message }
             };
             let trace_text = std::fs::read_to_string(&trace_path)
