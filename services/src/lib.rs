@@ -4,6 +4,7 @@
 //! normal build, the madsim simulator under `--cfg madsim`. It never names a concrete
 //! seam implementation: those live in `stackbed-sim` and `stackbed-real`.
 
+pub mod anomalies;
 pub mod api;
 pub mod checks;
 pub mod clock;

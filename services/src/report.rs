@@ -282,6 +282,9 @@ pub struct Report {
     /// The fault schedule resolved for this seed and what the executor applied of it.
     #[serde(skip_serializing_if = "FaultsReport::is_empty")]
     pub faults: FaultsReport,
+    /// Losses, retries, duplicates and failovers underneath the workload, and what each
+    /// fault cost it (downtime, MTTR, throughput): `anomalies.rs`.
+    pub anomalies: crate::anomalies::Anomalies,
     /// The scenario's `[sla]` criteria, each with its verdict.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sla: Vec<stackbed_core::sla::SlaResult>,
@@ -351,6 +354,8 @@ impl Report {
         let sla = ctx.scenario.sla.check(&samples, &ctx.metrics.successful());
         let passed = data.aborted.is_none() && first_violation.violation.is_none() && sla.iter().all(|c| c.success);
         let (passes, pass_diff) = pass_reports(ctx, &data);
+        let counters = ctx.metrics.counters();
+        let anomalies = crate::anomalies::Anomalies::of(&counters, &data.iterations, &rc.faults);
         Report {
             scenario: ctx.scenario.scenario.name.clone(),
             scenario_file: rc.opts.scenario_file.clone(),
@@ -373,7 +378,7 @@ impl Report {
             ),
             passes,
             pass_diff,
-            counters: ctx.metrics.counters(),
+            counters,
             explained: ctx.metrics.explanations(),
             utilisation: data.utilisation,
             host_utilisation: HostHeat::of(&data.host_samples),
@@ -391,6 +396,7 @@ impl Report {
             simulated_s: data.simulated_ms as f64 / 1000.0,
             wall_s: rc.wall_s,
             faults: rc.faults,
+            anomalies,
             sla,
             passed,
             replay: rc.opts.replay.clone(),
@@ -450,6 +456,7 @@ impl Report {
         }
         let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out += &format!("counters: {}\n", if counters.is_empty() { "-".to_string() } else { counters.join(" ") });
+        out += &self.anomalies.render();
         let states: Vec<String> = self.final_states.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out += &format!(
             "iterations: {} ok, {} failed | final states: {}\n",

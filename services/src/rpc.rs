@@ -99,6 +99,7 @@ where
     while let Some(Incoming { msg, reply_to, msg_id, redelivered, tag }) = rx.recv().await {
         let Ok(permit) = pool.clone().acquire_owned().await else { break };
         let (ctx, cache, handler) = (ctx.clone(), cache.clone(), handler.clone());
+        ctx.metrics.delivered(&msg_id);
         tokio::spawn(async move {
             let remember = |id: &str| cache.lock().expect("msg id cache lock poisoned").add(id);
             let duplicate = opts.dup_filter && cache.lock().expect("msg id cache lock poisoned").contains(&msg_id);

@@ -367,6 +367,7 @@ impl SimBus {
     async fn manage(self: Arc<Self>) {
         let policy = &self.cfg.policy;
         let (mut attempt, mut failures, mut generation) = (0u64, 0u32, 0u64);
+        let mut last_addr = None;
         loop {
             // Round-robin over the brokers, as the policy says (its addresses are `brokers`).
             let addr = policy.address(attempt).and_then(|a| a.parse().ok()).unwrap_or(self.cfg.brokers[0]);
@@ -387,6 +388,11 @@ impl SimBus {
                     if generation > 1 {
                         self.metrics.count("bus.reconnects", 1);
                     }
+                    // A failover: the connection now goes to another broker than the last.
+                    if last_addr.is_some_and(|a| a != addr) {
+                        self.metrics.count("bus.failovers", 1);
+                    }
+                    last_addr = Some(addr);
                     self.run_connection(generation, rx).await;
                     self.lost(generation);
                     self.metrics.count("bus.connections_lost", 1);

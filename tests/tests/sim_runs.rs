@@ -274,6 +274,12 @@ fn broker_restart_loses_casts_on_transient_queues_and_durable_queues_keep_them()
     let v = r.first_violation.violation.as_ref().expect("a violation");
     assert!(["requests_terminal", "no_instance_lost"].contains(&v.invariant), "{v:?}");
     assert!(r.counters.get("broker.restart_lost_messages").copied().unwrap_or(0) > 0, "{:?}", r.counters);
+    // report.json's anomalies: the lost casts had been confirmed to nova; the restart's
+    // downtime runs to the lost boots' end at the liveness bound.
+    let a = &r.anomalies;
+    assert!(a.lost_acked_messages > 0, "{a:?}");
+    assert_eq!(a.faults.len(), 1, "{a:?}");
+    assert!(a.faults[0].failed > 0 && a.faults[0].downtime_s > 60.0, "{a:?}");
     assert!(r.failure_text().unwrap_or_default().contains("replay: cargo sim run"), "a failure prints its replay");
     assert_eq!(run(&s, 1).digest, r.digest, "same seed, same digest, with a broker restart");
 
@@ -282,6 +288,10 @@ fn broker_restart_loses_casts_on_transient_queues_and_durable_queues_keep_them()
         let r = run(&m, seed);
         assert!(r.passed, "seed {seed} with the mitigation: {}", r.failure_text().unwrap_or_default());
         assert_eq!(r.counters.get("broker.restart_lost_messages").copied().unwrap_or(0), 0, "{:?}", r.counters);
+        let a = &r.anomalies;
+        assert_eq!((a.lost_acked_messages, a.faults[0].failed, a.faults[0].downtime_s), (0, 0, 0.0), "{a:?}");
+        // The unacknowledged casts came again: delivered twice, counted from outside.
+        assert!(a.duplicate_deliveries > 0, "{a:?}");
         assert!(
             r.counters.get("rpc.redelivered").copied().unwrap_or(0) > 0,
             "nothing was redelivered: {:?}",
