@@ -8,6 +8,7 @@ pub mod db_retry;
 pub mod dist;
 pub mod extra_specs;
 pub mod faults;
+pub mod galera;
 pub mod gate;
 pub mod image_model;
 pub mod invariants;

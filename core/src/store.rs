@@ -297,6 +297,15 @@ impl MemStore {
     pub fn is_empty(&self) -> bool {
         self.tables.values().all(|t| t.is_empty())
     }
+
+    /// The same rows (key, version and value) in every table, and the same commit counter:
+    /// two replicas that applied the same commits in the same order.
+    pub fn rows_equal(&self, other: &MemStore) -> bool {
+        let rows = |m: &MemStore| -> Vec<(Table, Snapshot)> {
+            m.tables.iter().filter(|(_, t)| !t.is_empty()).map(|(k, t)| (*k, t.clone())).collect()
+        };
+        self.seq == other.seq && rows(self) == rows(other)
+    }
 }
 
 #[cfg(test)]
