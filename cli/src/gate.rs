@@ -542,7 +542,8 @@ fn build_revision(commit: &str) -> Result<PathBuf, String> {
     result
 }
 
-fn git(args: &[&str]) -> Result<String, String> {
+/// Runs git with `args`; its trimmed stdout, or why it failed.
+pub(crate) fn git(args: &[&str]) -> Result<String, String> {
     let out = Command::new("git").args(args).output().map_err(|e| format!("cannot run git: {e}"))?;
     if !out.status.success() {
         return Err(format!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));

@@ -158,12 +158,9 @@ pub(crate) struct Overrides {
     pub(crate) set: Vec<Override>,
 }
 
+/// HEAD's short hash, as reports name the revision; `unknown` outside a git checkout.
 fn revision() -> String {
-    let out = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => "unknown".into(),
-    }
+    gate::git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|_| "unknown".into())
 }
 
 fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {

@@ -127,18 +127,8 @@ impl Http for InProcHttp {
                 resp.request_id = request_id;
                 Ok(resp)
             }
-            Ok(None) => Err(HttpError::ConnectionReset {
-                service: service.to_string(),
-                endpoint: endpoint.node.clone(),
-                method,
-                path,
-            }),
-            Err(_) => Err(HttpError::Timeout {
-                service: service.to_string(),
-                method,
-                path,
-                timeout_ms: timeout.as_millis() as u64,
-            }),
+            Ok(None) => Err(HttpError::reset(service, &endpoint.node, method, path)),
+            Err(_) => Err(HttpError::timeout(service, method, path, timeout)),
         }
     }
 

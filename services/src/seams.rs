@@ -469,6 +469,18 @@ pub enum HttpError {
     CannotServe { service: String, reason: String },
 }
 
+impl HttpError {
+    /// `endpoint` of `service` broke the connection during `method path`.
+    pub fn reset(service: &str, endpoint: &str, method: &'static str, path: String) -> HttpError {
+        HttpError::ConnectionReset { service: service.to_string(), endpoint: endpoint.to_string(), method, path }
+    }
+
+    /// `service` did not answer `method path` within `timeout`.
+    pub fn timeout(service: &str, method: &'static str, path: String, timeout: std::time::Duration) -> HttpError {
+        HttpError::Timeout { service: service.to_string(), method, path, timeout_ms: timeout.as_millis() as u64 }
+    }
+}
+
 /// Serves one service's requests: one call per request, concurrently.
 #[async_trait]
 pub trait HttpHandler: Send + Sync + 'static {

@@ -269,11 +269,10 @@ pub async fn serve_default(addr: SocketAddr, state: BrokerState) -> io::Result<(
 // The client
 // ---------------------------------------------------------------------------------------
 
-/// What a client needs to know to connect: the brokers, oslo's connection options, the
-/// queue options.
+/// What a client needs to know to connect: oslo's connection policy (which holds the
+/// brokers' addresses), the queue options.
 #[derive(Clone)]
 pub struct SimBusConfig {
-    pub brokers: Vec<SocketAddr>,
     pub policy: ConnPolicy,
     pub options: BusOptions,
     /// The run's oracle: numbers each call and checks that a reply completes its own call,
@@ -282,9 +281,11 @@ pub struct SimBusConfig {
 }
 
 impl SimBusConfig {
+    /// A client of `brokers` (at least one).
     pub fn new(brokers: Vec<SocketAddr>, control: &Control) -> SimBusConfig {
+        assert!(!brokers.is_empty(), "a bus client needs a broker address");
         let policy = ConnPolicy::from_control(control, brokers.iter().map(|a| a.to_string()).collect());
-        SimBusConfig { brokers, policy, options: BusOptions { durable: control.amqp_durable_queues }, oracle: None }
+        SimBusConfig { policy, options: BusOptions { durable: control.amqp_durable_queues }, oracle: None }
     }
 }
 
@@ -369,8 +370,11 @@ impl SimBus {
         let (mut attempt, mut failures, mut generation) = (0u64, 0u32, 0u64);
         let mut last_addr = None;
         loop {
-            // Round-robin over the brokers, as the policy says (its addresses are `brokers`).
-            let addr = policy.address(attempt).and_then(|a| a.parse().ok()).unwrap_or(self.cfg.brokers[0]);
+            // Round-robin over the brokers, as the policy says.
+            let addr: SocketAddr = policy
+                .address(attempt)
+                .and_then(|a| a.parse().ok())
+                .expect("SimBusConfig::new gave the policy at least one broker address, each a socket address");
             attempt += 1;
             let connected = self.clock.timeout(policy.connect_timeout, conn::connect(addr)).await;
             if let Some(Ok((tx, rx, _))) = connected {

@@ -190,18 +190,8 @@ impl Http for SimHttp {
                     self.keep(*addr, (tx, rx));
                     Ok(*resp)
                 }
-                Some(None) => Err(HttpError::ConnectionReset {
-                    service: service.to_string(),
-                    endpoint: node.clone(),
-                    method,
-                    path,
-                }),
-                None => Err(HttpError::Timeout {
-                    service: service.to_string(),
-                    method,
-                    path,
-                    timeout_ms: timeout.as_millis() as u64,
-                }),
+                Some(None) => Err(HttpError::reset(service, node, method, path)),
+                None => Err(HttpError::timeout(service, method, path, timeout)),
             };
         }
         Err(HttpError::ConnectionRefused { service: service.to_string(), endpoints: endpoints.len() })
