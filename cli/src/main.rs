@@ -242,12 +242,23 @@ fn progress(done: usize, total: usize, failed: usize) {
     progress_of("seeds", done, total, failed)
 }
 
+/// A progress bar redrawn in place on a terminal; elsewhere (a CI log) a line at every
+/// tenth of the way, so a log does not get one redraw per seed.
 fn progress_of(what: &str, done: usize, total: usize, failed: usize) {
+    use std::io::IsTerminal;
     let width = 30;
     let filled = done * width / total.max(1);
-    eprint!("\r[{}{}] {done}/{total} {what}, {failed} failed", "#".repeat(filled), ".".repeat(width - filled));
-    if done == total {
-        eprintln!();
+    let bar = format!("[{}{}] {done}/{total} {what}, {failed} failed", "#".repeat(filled), ".".repeat(width - filled));
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{bar}");
+        if done == total {
+            eprintln!();
+        }
+    } else {
+        let tenth = |n: usize| n * 10 / total.max(1);
+        if done == 0 || done == total || tenth(done) != tenth(done - 1) {
+            eprintln!("{bar}");
+        }
     }
 }
 
