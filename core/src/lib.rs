@@ -15,6 +15,7 @@ pub mod invariants;
 pub mod model;
 pub mod placement;
 pub mod policy;
+pub mod proxy;
 pub mod queue;
 pub mod quota;
 pub mod scenario;
