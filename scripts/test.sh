@@ -107,6 +107,22 @@ for f in scenarios/faults/*.toml; do
     fi
 done
 
+echo "== a strategy from outside the tree: examples/custom-strategy through compare beside spread"
+# Its own crate (not a workspace member), on stackbed as a library; the simulator build
+# shares target/sim, so stackbed's compiled dependencies are reused.
+example=(--manifest-path examples/custom-strategy/Cargo.toml --target-dir target/sim
+    --config "build.rustflags=['--cfg','madsim']")
+cargo fmt --manifest-path examples/custom-strategy/Cargo.toml --check
+cargo clippy --release -q "${example[@]}" -- -D warnings
+cargo build --release -q "${example[@]}"
+out=$(target/sim/release/stackbed-custom compare scenarios/quickstart.toml --strategies spread,fewest-instances \
+    --seeds 1..2 --report-dir target/custom-strategy 2>/dev/null)
+echo "$out" | grep -E '^metric|^accepted|^runs with'
+echo "$out" | grep -qE '^metric +spread +fewest-instances' ||
+    { echo "FAILED: compare did not run the custom strategy beside spread" >&2; exit 1; }
+echo "$out" | grep -q 'runs with a violated invariant or aborted: 0' ||
+    { echo "FAILED: a run with the custom strategy failed" >&2; exit 1; }
+
 echo "== determinism with faults: kills and a broker restart, in separate processes"
 fa=$(cargo sim run scenarios/faults/broker-restart.toml --seed 1 --report-dir target/determinism/fa 2>&1 | grep '^digest:' || true)
 fb=$(cargo sim run scenarios/faults/broker-restart.toml --seed 1 --report-dir target/determinism/fb 2>&1 | grep '^digest:' || true)

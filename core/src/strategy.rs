@@ -129,6 +129,47 @@ pub fn builtin(name: &str, config: &SchedulerConfig) -> Option<Box<dyn Strategy>
     })
 }
 
+/// Makes a strategy configured from the scenario's scheduler settings.
+pub type Factory = fn(&SchedulerConfig) -> Box<dyn Strategy>;
+
+/// Strategies registered from outside the tree, by name ([`register`]). Ordered, so the
+/// names list the same way every run.
+static REGISTERED: std::sync::Mutex<std::collections::BTreeMap<String, Factory>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn registered() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<String, Factory>> {
+    crate::sync::guard(&REGISTERED)
+}
+
+/// Registers a strategy from outside the tree under `name`, for `run`, `compare`, `explain`
+/// and `sweep` (and scenario files' `control.scheduler.strategy`) to find. Call it before
+/// `stackbed_cli::main()`; a sweep's child processes run the same `main` and register the
+/// same names. Refuses a built-in name, a name taken, and an empty one.
+pub fn register(name: &str, factory: Factory) -> Result<(), String> {
+    if name.is_empty() || name.contains(',') || name.chars().any(char::is_whitespace) {
+        return Err(format!("strategy name `{name}`: empty, or with a comma or a space"));
+    }
+    if BUILTIN.contains(&name) {
+        return Err(format!("strategy `{name}` is built in"));
+    }
+    let mut r = registered();
+    if r.contains_key(name) {
+        return Err(format!("strategy `{name}` is registered twice"));
+    }
+    r.insert(name.to_string(), factory);
+    Ok(())
+}
+
+/// A strategy by name: a built-in one, or one [`register`]ed.
+pub fn by_name(name: &str, config: &SchedulerConfig) -> Option<Box<dyn Strategy>> {
+    builtin(name, config).or_else(|| registered().get(name).map(|f| f(config)))
+}
+
+/// Every strategy name `by_name` knows: the built-in ones, then the registered ones.
+pub fn names() -> Vec<String> {
+    BUILTIN.iter().map(|s| s.to_string()).chain(registered().keys().cloned()).collect()
+}
+
 /// `pack`: nova's documented packing set-up, a negative RAM weigher multiplier.
 pub fn pack_config(mut config: SchedulerConfig) -> SchedulerConfig {
     let ram = config.weighers.get(&WeigherKind::Ram).copied().unwrap_or(1.0);

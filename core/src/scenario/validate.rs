@@ -166,10 +166,11 @@ impl Scenario {
     fn validate_scheduling(&self) -> Result<(), (String, String)> {
         let err = |field: String, message: String| Err((field, message));
         let knobs = &self.control.scheduler;
-        if !crate::strategy::BUILTIN.contains(&knobs.strategy.as_str()) {
+        let known = crate::strategy::names();
+        if !known.contains(&knobs.strategy) {
             return err(
                 "control.scheduler.strategy".into(),
-                format!("unknown strategy `{}`; built in: {}", knobs.strategy, crate::strategy::BUILTIN.join(", ")),
+                format!("unknown strategy `{}`; known: {}", knobs.strategy, known.join(", ")),
             );
         }
         for (name, m) in &knobs.weighers {

@@ -301,3 +301,29 @@ proptest! {
         }
     }
 }
+
+/// A strategy from outside the tree: registered by name, found by `by_name`, listed by
+/// `names` after the built-in ones; built-in, taken and malformed names refused.
+#[test]
+fn registered_strategies_are_found_by_name_and_bad_names_refused() {
+    fn make(config: &SchedulerConfig) -> Box<dyn super::Strategy> {
+        builtin("first-fit", config).expect("built in")
+    }
+    let config = SchedulerConfig::default();
+    assert!(super::by_name("test-registered", &config).is_none());
+    super::register("test-registered", make).unwrap();
+    assert_eq!(super::by_name("test-registered", &config).map(|s| s.name().to_string()), Some("first-fit".into()));
+    let names = super::names();
+    assert_eq!(&names[..BUILTIN.len()], BUILTIN.map(String::from).as_slice());
+    assert!(names.contains(&"test-registered".to_string()));
+    for (name, why) in [
+        ("spread", "is built in"),
+        ("test-registered", "registered twice"),
+        ("", "empty"),
+        ("a,b", "comma"),
+        ("a b", "space"),
+    ] {
+        let e = super::register(name, make).expect_err(name);
+        assert!(e.contains(why), "{name}: {e}");
+    }
+}

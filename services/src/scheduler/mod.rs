@@ -73,9 +73,9 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(ctx: Ctx) -> Scheduler {
         let config = ctx.scenario.scheduler_config();
-        // The scenario was validated: the name is a built-in one.
+        // The scenario was validated: the name is a built-in or a registered one.
         let name = &ctx.scenario.control.scheduler.strategy;
-        let strategy = strategy::builtin(name, &config)
+        let strategy = strategy::by_name(name, &config)
             .or_else(|| strategy::builtin("spread", &config))
             .expect("spread is built in");
         let decider = Mutex::new(Decider { rng: ctx.rng("scheduler"), strategy, table: LiveTable::default() });
