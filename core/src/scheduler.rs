@@ -23,6 +23,8 @@ use crate::cpu_topology::{self, CpuTopology};
 use crate::extra_specs;
 use crate::model::{Aggregate, ComputeNode, Flavor, GroupPolicy, Image, Inventory, Resources, SchedulerHints};
 use crate::placement::CANDIDATE_LIMIT;
+use crate::scenario::Era;
+use image_props::{image_properties_node, ImageKey, ImageWants};
 
 /// Everything the filters and weighers read about one host. Cheap to clone: the node
 /// record and the aggregate view are shared.
@@ -396,21 +398,6 @@ fn reject(why: &mut impl Why, reason: impl FnOnce() -> String) -> bool {
     false
 }
 
-/// What the image asks of the host (ImagePropertiesFilter), read once per request.
-#[derive(Debug, Default)]
-struct ImageWants<'a> {
-    arch: Option<&'a str>,
-    hv_type: Option<&'a str>,
-    vm_mode: Option<&'a str>,
-    version: Option<&'a str>,
-}
-
-impl ImageWants<'_> {
-    fn any(&self) -> bool {
-        self.arch.is_some() || self.hv_type.is_some() || self.vm_mode.is_some() || self.version.is_some()
-    }
-}
-
 /// Per-request work done once rather than per host.
 struct Prepared<'r> {
     image: ImageWants<'r>,
@@ -424,14 +411,7 @@ struct Prepared<'r> {
 
 impl<'r> Prepared<'r> {
     fn new(req: &RequestView<'r>, config: &SchedulerConfig) -> Prepared<'r> {
-        let props = &req.image.properties;
-        let prop = |names: &[&str]| names.iter().find_map(|n| props.get(*n)).map(String::as_str);
-        let image = ImageWants {
-            arch: prop(&["hw_architecture", "architecture"]),
-            hv_type: prop(&["img_hv_type", "hypervisor_type"]),
-            vm_mode: prop(&["hw_vm_mode", "vm_mode"]),
-            version: prop(&["img_hv_requested_version"]),
-        };
+        let image = ImageWants::new(&req.image.properties, config.era);
         let capabilities = req.flavor.extra_specs.keys().any(|k| !k.contains(':') || k.starts_with("capabilities:"));
         let json =
             req.hints.query.as_deref().filter(|q| !q.is_empty()).map(|q| {
@@ -801,45 +781,8 @@ fn compute_capabilities(host: &HostState, flavor: &Flavor, why: &mut impl Why) -
     true
 }
 
-/// Whether the host supports (arch, hypervisor type, vm mode); `None` matches anything.
-/// A libvirt KVM host also offers plain QEMU guests.
-fn supports(node: &ComputeNode, wants: &ImageWants<'_>) -> bool {
-    let arch_ok = wants.arch.is_none_or(|a| a.eq_ignore_ascii_case(&node.cpu_arch));
-    let hv_ok = wants.hv_type.is_none_or(|h| {
-        h.eq_ignore_ascii_case(&node.hypervisor_type)
-            || (h.eq_ignore_ascii_case("qemu") && node.hypervisor_type.eq_ignore_ascii_case("kvm"))
-    });
-    let mode_ok = wants.vm_mode.is_none_or(|m| node.vm_modes.iter().any(|v| v.eq_ignore_ascii_case(m)));
-    arch_ok && hv_ok && mode_ok && !node.vm_modes.is_empty()
-}
-
 fn image_properties(host: &HostState, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
     image_properties_node(&host.node, wants, why)
-}
-
-/// ImagePropertiesFilter reads only the node record's arch, hypervisor type and version and
-/// vm modes.
-fn image_properties_node(node: &ComputeNode, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
-    if (wants.arch.is_some() || wants.hv_type.is_some() || wants.vm_mode.is_some()) && !supports(node, wants) {
-        return reject(why, || {
-            format!(
-                "image wants arch={} hypervisor_type={} vm_mode={}, host is {} {} {:?}",
-                wants.arch.unwrap_or("*"),
-                wants.hv_type.unwrap_or("*"),
-                wants.vm_mode.unwrap_or("*"),
-                node.cpu_arch,
-                node.hypervisor_type,
-                node.vm_modes
-            )
-        });
-    }
-    // nova skips the check when the host reports no version.
-    if let (Some(req), v @ 1..) = (wants.version, node.hypervisor_version) {
-        if !version_satisfies(v, req) {
-            return reject(why, || format!("hypervisor version {} does not satisfy `{req}`", version_string(v)));
-        }
-    }
-    true
 }
 
 /// nova's `convert_version_to_str`: 9001002 is "9.1.2".
@@ -847,29 +790,55 @@ pub fn version_string(version: u64) -> String {
     format!("{}.{}.{}", version / 1_000_000, version / 1_000 % 1_000, version % 1_000)
 }
 
-/// oslo's `VersionPredicate(req).satisfied_by(version)` for ImagePropertiesFilter's
+/// One clause of a version predicate: the comparison and the version as (major, minor, micro).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionClause {
+    pub op: std::cmp::Ordering,
+    /// `op` or equal (`<=`, `>=`), or not `op` (`!=`, with `op` Equal).
+    pub or_equal: bool,
+    pub negated: bool,
+    pub version: [u64; 3],
+}
+
+/// Parses oslo's `VersionPredicate` text for ImagePropertiesFilter's
 /// `img_hv_requested_version`: comma-separated clauses `<op> <version>` with ops
-/// `< <= == != >= >`, versions compared as integer tuples. A malformed predicate matches
-/// nothing (nova raises and the host fails).
+/// `< <= == != >= >`, versions of one to three integers.
+pub fn parse_version_predicate(predicate: &str) -> Result<Vec<VersionClause>, String> {
+    use std::cmp::Ordering::*;
+    predicate
+        .split(',')
+        .map(|clause| {
+            let clause = clause.trim();
+            let split = clause.find(|c: char| c.is_ascii_digit()).unwrap_or(clause.len());
+            let (op, wanted) = clause.split_at(split);
+            let parts: Option<Vec<u64>> = wanted.trim().split('.').map(|p| p.parse().ok()).collect();
+            let Some(mut parts) = parts.filter(|p| !p.is_empty() && p.len() <= 3) else {
+                return Err(format!("`{clause}` has no version like 6.0 or 9.1.2"));
+            };
+            parts.resize(3, 0);
+            let version = [parts[0], parts[1], parts[2]];
+            let (op, or_equal, negated) = match op.trim() {
+                "<" => (Less, false, false),
+                "<=" => (Less, true, false),
+                "==" => (Equal, false, false),
+                "!=" => (Equal, false, true),
+                ">=" => (Greater, true, false),
+                ">" => (Greater, false, false),
+                other => return Err(format!("`{other}` is not one of < <= == != >= >")),
+            };
+            Ok(VersionClause { op, or_equal, negated, version })
+        })
+        .collect()
+}
+
+/// oslo's `VersionPredicate(req).satisfied_by(version)`, versions compared as integer
+/// tuples. A malformed predicate matches nothing (nova raises and the host fails).
 pub fn version_satisfies(version: u64, predicate: &str) -> bool {
     let have = [version / 1_000_000, version / 1_000 % 1_000, version % 1_000];
-    predicate.split(',').all(|clause| {
-        let clause = clause.trim();
-        let split = clause.find(|c: char| c.is_ascii_digit()).unwrap_or(clause.len());
-        let (op, wanted) = clause.split_at(split);
-        let parts: Option<Vec<u64>> = wanted.trim().split('.').map(|p| p.parse().ok()).collect();
-        let Some(mut parts) = parts.filter(|p| !p.is_empty() && p.len() <= 3) else { return false };
-        parts.resize(3, 0);
-        let ord = have.as_slice().cmp(parts.as_slice());
-        match op.trim() {
-            "<" => ord.is_lt(),
-            "<=" => ord.is_le(),
-            "==" => ord.is_eq(),
-            "!=" => ord.is_ne(),
-            ">=" => ord.is_ge(),
-            ">" => ord.is_gt(),
-            _ => false,
-        }
+    let Ok(clauses) = parse_version_predicate(predicate) else { return false };
+    clauses.iter().all(|c| {
+        let ord = have.cmp(&c.version);
+        (ord == c.op || (c.or_equal && ord.is_eq())) != c.negated
     })
 }
 
@@ -1109,6 +1078,9 @@ pub struct SchedulerConfig {
     pub restrict_isolated_hosts_to_isolated_images: bool,
     /// Zone of hosts in no aggregate with an `availability_zone` ("nova").
     pub default_availability_zone: String,
+    /// Whose filter semantics: today's nova or 2014.1's (see each filter).
+    #[serde(default)]
+    pub era: Era,
 }
 
 impl Default for SchedulerConfig {
@@ -1127,6 +1099,7 @@ impl Default for SchedulerConfig {
             isolated_images: Vec::new(),
             restrict_isolated_hosts_to_isolated_images: true,
             default_availability_zone: "nova".into(),
+            era: Era::Current,
         }
     }
 }
@@ -1139,6 +1112,7 @@ impl SchedulerConfig {
             filters: FilterKind::icehouse_defaults(),
             weighers: [(WeigherKind::Ram, 1.0)].into_iter().collect(),
             use_placement: false,
+            era: Era::Icehouse,
             ..SchedulerConfig::default()
         }
     }
@@ -1237,16 +1211,6 @@ struct NodeFacts {
     image_ok: bool,
 }
 
-type ImageKey = [Option<String>; 4];
-
-fn image_key(wants: &ImageWants<'_>) -> ImageKey {
-    [wants.arch, wants.hv_type, wants.vm_mode, wants.version].map(|w| w.map(str::to_string))
-}
-
-fn same_image_key(key: &ImageKey, wants: &ImageWants<'_>) -> bool {
-    key.iter().zip([wants.arch, wants.hv_type, wants.vm_mode, wants.version]).all(|(k, w)| k.as_deref() == w)
-}
-
 impl Workspace {
     pub fn new() -> Workspace {
         Workspace::default()
@@ -1282,8 +1246,8 @@ impl Workspace {
         self.active.clear();
         self.active.extend(config.filters.iter().copied().filter(|f| f.active(&prepared, req, config)));
         self.rows.clear();
-        if !self.image_key.as_ref().is_some_and(|k| same_image_key(k, &prepared.image)) {
-            self.image_key = Some(image_key(&prepared.image));
+        if !self.image_key.as_ref().is_some_and(|k| prepared.image.same_key(k)) {
+            self.image_key = Some(prepared.image.key());
             self.image_generation += 1;
         }
         if self.facts.len() < hosts.len() {
@@ -1720,8 +1684,11 @@ pub fn explain(
     out
 }
 
+pub mod image_props;
 mod table;
 pub use table::HostTable;
 
+#[cfg(test)]
+mod fidelity_tests;
 #[cfg(test)]
 mod tests;

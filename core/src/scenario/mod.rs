@@ -13,6 +13,8 @@ use crate::dist::Dist;
 use crate::model::{Aggregate, Flavor, Image, QuotaLimits, SchedulerHints};
 use crate::scheduler::{FilterKind, HostAggregates, SchedulerConfig, WeigherKind};
 
+#[cfg(test)]
+mod fidelity_tests;
 mod overrides;
 mod schedule;
 mod spans;
@@ -260,6 +262,17 @@ pub struct HostGroup {
     /// Free-form host stats (ComputeCapabilities reads `capabilities:stats:x`).
     #[serde(default)]
     pub stats: BTreeMap<String, String>,
+    /// nova's `supported_instances`: `[[arch, hypervisor_type, vm_mode], ...]`. Unset: one
+    /// triple from `cpu_arch`, `hypervisor_type` and `hvm` (and the same with `qemu` on a KVM
+    /// host); `[]`: none (ImagePropertiesFilter then refuses any image that asks for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported_instances: Option<Vec<[String; 3]>>,
+    /// nova's `cpu_info`, a JSON object as a string (`capabilities:cpu_info:vendor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_info: Option<String>,
+    /// Host metrics by name for MetricsFilter and MetricsWeigher (`{ "cpu.percent" = 0.4 }`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 impl HostGroup {
@@ -277,6 +290,9 @@ impl HostGroup {
             num_instances: 0,
             num_io_ops: 0,
             stats: self.stats.clone(),
+            supported_instances: self.supported_instances.clone(),
+            cpu_info: self.cpu_info.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -317,10 +333,11 @@ impl Default for Reserved {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Era {
     /// Placement, alternates, counting quota with recheck, ratios 4/1/1.
+    #[default]
     Current,
     /// 2014.1: no placement; the scheduler gets a cast and casts to the compute, which
     /// claims on its own resource tracker; reschedules go back to the scheduler with the

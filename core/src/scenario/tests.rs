@@ -1,6 +1,6 @@
 use super::*;
 
-const GOOD: &str = r#"
+pub(super) const GOOD: &str = r#"
 [scenario]
 name = "t"
 
@@ -41,7 +41,7 @@ fn good_file_parses_with_nova_defaults() {
     assert_eq!(s.scheduler_config(), SchedulerConfig::default());
 }
 
-fn error_of(text: &str) -> ScenarioError {
+pub(super) fn error_of(text: &str) -> ScenarioError {
     Scenario::parse("bad.toml", text).unwrap_err()
 }
 
@@ -97,7 +97,7 @@ fn guest_section() {
     assert!(e.message.contains("initrd"), "{e}");
 }
 
-const AGGREGATES: &str = r#"
+pub(super) const AGGREGATES: &str = r#"
 [[aggregates]]
 name = "fast"
 hosts = ["compute-2"]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AggregateDecl, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST, MAX_WORKERS};
+use super::{AggregateDecl, Era, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST, MAX_WORKERS};
 use crate::scheduler::{FilterKind, WeigherKind};
 
 /// The most controller hosts, and cores per controller, a scenario may declare.
@@ -72,6 +72,7 @@ impl Scenario {
                 );
             }
         }
+        self.validate_host_records()?;
         for (i, f) in self.flavors.iter().enumerate() {
             if f.vcpus == 0 || f.ram_mb == 0 {
                 return err(
@@ -159,6 +160,47 @@ impl Scenario {
             d.validate().map_err(|m| (format!("model.{name}"), m))?;
         }
         self.validate_faults()?;
+        Ok(())
+    }
+
+    /// What the hosts advertise and the images ask for, as nova reads them: canonical
+    /// architectures, hypervisor types and vm modes, `cpu_info` as JSON, finite metrics.
+    fn validate_host_records(&self) -> Result<(), (String, String)> {
+        use crate::scheduler::image_props::{canonical_arch, canonical_hv_type, canonical_vm_mode};
+        let era = self.control.era;
+        for (i, h) in self.topology.hosts.iter().enumerate() {
+            for (j, [arch, hv, mode]) in h.supported_instances.iter().flatten().enumerate() {
+                // nova's HVSpec fields canonicalise and refuse unknown names (Icehouse kept
+                // the driver's strings as they were).
+                let bad = match era {
+                    Era::Icehouse => None,
+                    Era::Current if canonical_arch(arch).is_none() => Some(format!("architecture `{arch}`")),
+                    Era::Current if canonical_hv_type(hv).is_none() => Some(format!("hypervisor type `{hv}`")),
+                    Era::Current if canonical_vm_mode(mode, era).is_none() => Some(format!("vm mode `{mode}`")),
+                    Era::Current => None,
+                };
+                if let Some(bad) = bad {
+                    return Err((
+                        format!("topology.hosts.{i}.supported_instances.{j}"),
+                        format!("{bad} is not one nova knows; a triple is [arch, hypervisor_type, vm_mode]"),
+                    ));
+                }
+            }
+            if let Some(info) = &h.cpu_info {
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(info) {
+                    return Err((format!("topology.hosts.{i}.cpu_info"), format!("must be a JSON string: {e}")));
+                }
+            }
+            for (name, v) in &h.metrics {
+                if !v.is_finite() {
+                    return Err((format!("topology.hosts.{i}.metrics.{name}"), format!("must be a number, got {v}")));
+                }
+            }
+        }
+        for (i, image) in self.images.iter().enumerate() {
+            crate::scheduler::image_props::validate_image_properties(&image.properties, era)
+                .map_err(|(name, message)| (format!("images.{i}.properties.{name}"), message))?;
+        }
         Ok(())
     }
 

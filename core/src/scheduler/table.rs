@@ -67,8 +67,9 @@ const RAW_COLUMNS: usize = 7;
 /// A host's raw weigher values in the first [`RAW_COLUMNS`] lanes, the last lane 0.
 type Raw = [f64; 8];
 
-/// (cpu_arch, hypervisor_type, vm_modes, hypervisor_version): all ImagePropertiesFilter reads.
-type ClassKey = (String, String, Vec<String>, u64);
+/// (cpu_arch, hypervisor_type, vm_modes, hypervisor_version, supported_instances): all
+/// ImagePropertiesFilter reads.
+type ClassKey = (String, String, Vec<String>, u64, Option<Vec<[String; 3]>>);
 
 /// What placement's check and ComputeFilter read about a host.
 #[derive(Debug, Clone, Copy, Default)]
@@ -206,8 +207,13 @@ impl HostTable {
     /// The image class of host `i`'s node, interned.
     fn intern(&mut self, i: usize) -> u32 {
         let node = &self.hosts[i].node;
-        let key: ClassKey =
-            (node.cpu_arch.clone(), node.hypervisor_type.clone(), node.vm_modes.clone(), node.hypervisor_version);
+        let key: ClassKey = (
+            node.cpu_arch.clone(),
+            node.hypervisor_type.clone(),
+            node.vm_modes.clone(),
+            node.hypervisor_version,
+            node.supported_instances.clone(),
+        );
         let next = self.classes.len() as u32;
         let class = *self.class_of.entry(key).or_insert(next);
         if class == next {
@@ -458,8 +464,8 @@ impl Workspace {
                 }
             }
         }
-        if !self.image_key.as_ref().is_some_and(|k| same_image_key(k, &prepared.image)) {
-            self.image_key = Some(image_key(&prepared.image));
+        if !self.image_key.as_ref().is_some_and(|k| prepared.image.same_key(k)) {
+            self.image_key = Some(prepared.image.key());
             self.image_generation += 1;
         }
         if self.table_id != table.id || self.verdicts_for != self.image_generation {

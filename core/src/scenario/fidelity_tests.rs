@@ -1,0 +1,68 @@
+//! The scenario side of the scheduler's fidelity fixes: what nova refuses is an error with
+//! its line and field, what nova tolerates (an aggregate ratio that is not a number) loads.
+
+use super::tests::{error_of, GOOD};
+use super::*;
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn image_and_host_records_nova_refuses_are_named() {
+    let image = |props: &str| {
+        GOOD.replace("disk_format = \"qcow2\"", &format!("disk_format = \"qcow2\"\nproperties = {{ {props} }}"))
+    };
+    let host = |extra: &str| GOOD.replace("disk_gb = 100", &format!("disk_gb = 100\n{extra}"));
+    let icehouse = |text: String| format!("{text}\n[control]\nera = \"icehouse\"\n");
+    // (text, field, message fragment); None: loads.
+    let cases: Vec<(String, Option<(&str, &str)>)> = vec![
+        (image("hw_architecture = \"x64\""), Some(("images.0.properties.hw_architecture", "x86_64"))),
+        (image("architecture = \"AMD64\", vm_mode = \"pv\", hypervisor_type = \"xapi\""), None),
+        (image("hypervisor_type = \"esx\""), Some(("images.0.properties.hypervisor_type", "hypervisor type"))),
+        (icehouse(image("hypervisor_type = \"esx\"")), None),
+        (icehouse(image("vm_mode = \"baremetal\"")), Some(("images.0.properties.vm_mode", "vm mode"))),
+        (
+            image("hypervisor_version_requires = \"newest\""),
+            Some(("images.0.properties.hypervisor_version_requires", "predicate")),
+        ),
+        (host("supported_instances = [[\"x86_64\", \"kvm\", \"hvm\"], [\"i686\", \"qemu\", \"hvm\"]]"), None),
+        (host("supported_instances = []"), None),
+        (
+            host("supported_instances = [[\"x86_64\", \"kvm\", \"hvm\"], [\"x86_64\", \"esx\", \"hvm\"]]"),
+            Some(("topology.hosts.0.supported_instances.1", "esx")),
+        ),
+        (host("cpu_info = '{\"vendor\": \"Intel\"}'"), None),
+        (host("cpu_info = 'Intel'"), Some(("topology.hosts.0.cpu_info", "JSON"))),
+        (host("metrics = { \"cpu.percent\" = 0.25 }"), None),
+    ];
+    for (text, expect) in cases {
+        let got = Scenario::parse("t.toml", &text);
+        match (got, expect) {
+            (Ok(_), None) => {}
+            (Err(e), Some((field, fragment))) => {
+                assert_eq!(e.field, field, "{e}");
+                assert!(e.message.contains(fragment), "{e}");
+                let needle = field.rsplit('.').find(|p| p.parse::<usize>().is_err()).unwrap();
+                assert_eq!(e.line, line_of(&text, needle), "{e}");
+            }
+            (got, expect) => panic!("{text}\nexpected {expect:?}, got {got:?}"),
+        }
+    }
+    let s = Scenario::parse("t.toml", &host("supported_instances = []\nmetrics = { \"cpu.percent\" = 0.25 }")).unwrap();
+    let node = s.topology.hosts[0].node("compute-1");
+    assert_eq!(node.supported_instances, Some(vec![]));
+    assert_eq!(node.metrics["cpu.percent"], 0.25);
+}
+
+#[test]
+fn flavors_take_ephemeral_disk_and_swap() {
+    let text = GOOD.replace("disk_gb = 20", "disk_gb = 20\nephemeral_gb = 10\nswap = 1536");
+    let s = Scenario::parse("t.toml", &text).unwrap();
+    let f = &s.flavors[0];
+    assert_eq!((f.ephemeral_gb, f.swap), (10, 1536));
+    // nova's DISK_GB: root + ephemeral + ceil(swap / 1024).
+    assert_eq!(f.resources().0[2], 32);
+    let e = error_of(&GOOD.replace("disk_gb = 20", "disk_gb = 20\nswap = -1"));
+    assert_eq!(e.field, "flavors.0.swap", "{e}");
+}
