@@ -716,7 +716,10 @@ fn passes(
             // Icehouse: limit = total * ratio; used counts the reserved memory.
             let usable = inv.total as f64 * ratio - (inv.reserved + host.used.0[1]) as f64;
             usable >= req.flavor.ram_mb as f64
-                || reject(why, || format!("{usable} MB usable RAM < {} MB requested", req.flavor.ram_mb))
+                || reject(why, || {
+                    let note = ratio_fallback_note(host, kind == FilterKind::AggregateRam, "ram_allocation_ratio");
+                    format!("{usable} MB usable RAM < {} MB requested{note}", req.flavor.ram_mb)
+                })
         }
         FilterKind::Core | FilterKind::AggregateCore => {
             let inv = &host.inventories[0];
@@ -726,23 +729,44 @@ fn passes(
             let ratio = aggregate_ratio(host, kind == FilterKind::AggregateCore, "cpu_allocation_ratio", inv);
             let free = inv.total as f64 * ratio - host.used.0[0] as f64;
             free >= req.flavor.vcpus as f64
-                || reject(why, || format!("{free} usable vCPUs < {} requested", req.flavor.vcpus))
+                || reject(why, || {
+                    let note = ratio_fallback_note(host, kind == FilterKind::AggregateCore, "cpu_allocation_ratio");
+                    format!("{free} usable vCPUs < {} requested{note}", req.flavor.vcpus)
+                })
         }
         FilterKind::Disk | FilterKind::AggregateDisk => {
             let inv = &host.inventories[2];
             let ratio = aggregate_ratio(host, kind == FilterKind::AggregateDisk, "disk_allocation_ratio", inv);
             let usable_mb = inv.total as f64 * 1024.0 * ratio - ((inv.reserved + host.used.0[2]) * 1024) as f64;
-            usable_mb >= (req.flavor.disk_gb * 1024) as f64
-                || reject(why, || format!("{usable_mb} MB usable disk < {} MB requested", req.flavor.disk_gb * 1024))
+            // Icehouse's DiskFilter: 1024 * (root_gb + ephemeral_gb) + swap MB.
+            let wanted = req.flavor.disk_mb();
+            usable_mb >= wanted as f64
+                || reject(why, || {
+                    let note = ratio_fallback_note(host, kind == FilterKind::AggregateDisk, "disk_allocation_ratio");
+                    format!("{usable_mb} MB usable disk < {wanted} MB requested{note}")
+                })
         }
     }
 }
 
+/// The allocation ratio an Aggregate{Core,Ram,Disk}Filter uses: the smallest of the host's
+/// aggregates' values, or the configured ratio when none sets it or a value is not a number
+/// (nova logs a warning and falls back).
 fn aggregate_ratio(host: &HostState, per_aggregate: bool, key: &str, inv: &Inventory) -> f64 {
     if per_aggregate {
         host.aggregates.min_number(key).unwrap_or(inv.allocation_ratio)
     } else {
         inv.allocation_ratio
+    }
+}
+
+/// For a rejection's reason: the aggregates' `key` values when they are not all numbers.
+fn ratio_fallback_note(host: &HostState, per_aggregate: bool, key: &str) -> String {
+    match host.aggregates.values.get(key) {
+        Some(vals) if per_aggregate && host.aggregates.min_number(key).is_none() => {
+            format!(" (aggregate {key} {vals:?} is not a number: the configured ratio applies)")
+        }
+        _ => String::new(),
     }
 }
 

@@ -66,3 +66,28 @@ fn flavors_take_ephemeral_disk_and_swap() {
     let e = error_of(&GOOD.replace("disk_gb = 20", "disk_gb = 20\nswap = -1"));
     assert_eq!(e.field, "flavors.0.swap", "{e}");
 }
+
+#[test]
+fn aggregate_numbers_that_are_not_numbers_load_with_a_warning() {
+    let aggregates = r#"
+[[aggregates]]
+name = "odd"
+hosts = ["compute-1"]
+metadata = { cpu_allocation_ratio = "lots", ram_weight_multiplier = "heavy", max_io_ops_per_host = "8.5", disk_allocation_ratio = "2.0" }
+"#;
+    let s = Scenario::parse("t.toml", &format!("{GOOD}{aggregates}")).unwrap();
+    let fields: Vec<String> = s.warnings().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(
+        fields,
+        [
+            "aggregates.0.metadata.cpu_allocation_ratio",
+            "aggregates.0.metadata.max_io_ops_per_host",
+            "aggregates.0.metadata.ram_weight_multiplier"
+        ]
+    );
+    assert!(s.warnings()[0].1.contains("configured value"), "{:?}", s.warnings());
+    assert!(Scenario::parse("t.toml", GOOD).unwrap().warnings().is_empty());
+    // An unknown weigher is still a mistake in the file.
+    let e = error_of(&format!("{GOOD}{}", aggregates.replace("ram_weight", "colour_weight")));
+    assert_eq!(e.field, "aggregates.0.metadata.colour_weight_multiplier", "{e}");
+}

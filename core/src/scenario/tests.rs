@@ -131,8 +131,6 @@ fn scheduling_declarations_are_checked_with_line_and_field() {
     let e = with(&AGGREGATES.replace("[\"compute-2\"]", "[\"compute-2\", \"gpu-*\"]"));
     assert_eq!(e.field, "aggregates.0.hosts.1", "{e}");
     assert_eq!(e.line, 33, "{e}");
-    let e = with(&AGGREGATES.replace("\"-1.0\"", "\"lots\""));
-    assert_eq!(e.field, "aggregates.0.metadata.ram_weight_multiplier", "{e}");
     let e = with(&AGGREGATES.replace("ram_weight", "colour_weight"));
     assert!(e.message.contains("no weigher `colour`"), "{e}");
     let e = with("\n[control.scheduler]\nstrategy = \"magic\"\n");

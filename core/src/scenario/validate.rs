@@ -252,9 +252,10 @@ impl Scenario {
                     "set the zone once: availability_zone or metadata.availability_zone".into(),
                 );
             }
-            for (key, value) in &agg.metadata {
-                let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");
-                let integer = key == "max_io_ops_per_host" || key == "max_instances_per_host";
+            // A ratio, multiplier or limit that is not a number is not refused: nova's
+            // validate_num_values raises, the filter or weigher logs a warning and uses the
+            // configured value (see `Scenario::warnings`).
+            for key in agg.metadata.keys() {
                 if key.ends_with("_weight_multiplier") && !WeigherKind::ALL.iter().any(|w| w.aggregate_key() == *key) {
                     return err(
                         format!("aggregates.{i}.metadata.{key}"),
@@ -263,14 +264,6 @@ impl Scenario {
                             key.trim_end_matches("_weight_multiplier"),
                             WeigherKind::NAMES.join(", ")
                         ),
-                    );
-                }
-                if (numeric && value.trim().parse::<f64>().is_err())
-                    || (integer && value.trim().parse::<i64>().is_err())
-                {
-                    return err(
-                        format!("aggregates.{i}.metadata.{key}"),
-                        format!("must be a {}, got `{value}`", if integer { "whole number" } else { "number" }),
                     );
                 }
             }
@@ -295,6 +288,33 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+impl Scenario {
+    /// What nova would log a warning for and then go on: aggregate metadata that should be a
+    /// number and is not (the configured value applies instead). Each is a field and a
+    /// message.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, agg) in self.aggregates.iter().enumerate() {
+            for (key, value) in &agg.metadata {
+                let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");
+                let integer = key == "max_io_ops_per_host" || key == "max_instances_per_host";
+                if (numeric && value.trim().parse::<f64>().is_err())
+                    || (integer && value.trim().parse::<i64>().is_err())
+                {
+                    out.push((
+                        format!("aggregates.{i}.metadata.{key}"),
+                        format!(
+                            "`{value}` is not a {}: nova logs a warning and uses the configured value",
+                            if integer { "whole number" } else { "number" }
+                        ),
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 

@@ -5,7 +5,7 @@
 //! hot path agree).
 
 use super::image_props::*;
-use super::tests::{check, flavor, host, image, with_node};
+use super::tests::{check, flavor, host, image, in_aggregates, with_node};
 use super::*;
 use rand::SeedableRng;
 
@@ -203,4 +203,102 @@ fn invalid_image_properties_are_named() {
         let got = validate_image_properties(&props(p), era);
         assert_eq!(got.as_ref().err().map(|e| e.0.as_str()), bad, "{p:?} in {era:?}: {got:?}");
     }
+}
+
+#[test]
+fn ephemeral_disk_and_swap_count_as_nova_counts_them() {
+    // (root_gb, ephemeral_gb, swap MB, nova's DISK_GB: root + ephemeral + ceil(swap / 1024),
+    // Icehouse's DiskFilter MB: 1024 * (root + ephemeral) + swap)
+    for (root, ephemeral, swap, disk_gb, disk_mb) in [
+        (20, 0, 0, 20, 20_480),
+        (20, 10, 0, 30, 30_720),
+        (20, 0, 512, 21, 20_992),
+        (20, 0, 1024, 21, 21_504),
+        (20, 0, 1025, 22, 21_505),
+        (0, 5, 2048, 7, 7_168),
+    ] {
+        let f = Flavor { disk_gb: root, ephemeral_gb: ephemeral, swap, ..flavor(&[]) };
+        assert_eq!(f.resources().0[2], disk_gb, "{root}/{ephemeral}/{swap}");
+        assert_eq!(f.disk_mb(), disk_mb, "{root}/{ephemeral}/{swap}");
+    }
+    // The host has 100 GB of disk at `ratio` with `used` GB taken.
+    let i = image(&[]);
+    let cases = [
+        // (root, ephemeral, swap, ratio, used, placement offers it, Icehouse's DiskFilter passes)
+        (20, 10, 0, 1.0, 70, true, true),
+        (20, 10, 0, 1.0, 71, false, false),
+        (20, 0, 512, 1.0, 79, true, true),
+        (20, 0, 512, 1.0, 80, false, false),
+        (10, 10, 2048, 1.0, 78, true, true),
+        (10, 10, 2049, 1.0, 78, false, false),
+        // 100.6 GB: placement's 21 GB (512 MB of swap rounded up) does not fit, the filter's
+        // 20.5 GB does.
+        (20, 0, 512, 1.006, 80, false, true),
+        (20, 0, 0, 1.006, 80, true, true),
+    ];
+    for (root, ephemeral, swap, ratio, used, offered, disk_ok) in cases {
+        let f = Flavor { disk_gb: root, ephemeral_gb: ephemeral, swap, ..flavor(&[]) };
+        let mut h = host("a", 8192);
+        h.inventories[2].allocation_ratio = ratio;
+        h.used.0[2] = used;
+        let req = RequestView::new(&f, &i);
+        let what = format!("{root}/{ephemeral}/{swap} at {ratio} with {used} used");
+        assert_eq!(h.placement_fits(&f.resources()), offered, "placement {what}");
+        let current = SchedulerConfig { filters: vec![], ..Default::default() };
+        assert_eq!(Workspace::new().filter(std::slice::from_ref(&h), &req, &current).is_ok(), offered, "{what}");
+        check(FilterKind::Disk, &h, &req, &SchedulerConfig::icehouse(), disk_ok);
+    }
+}
+
+#[test]
+fn aggregate_ratio_that_is_not_a_number_falls_back_to_the_configured_one() {
+    let cfg = SchedulerConfig::default();
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    // 8 vCPUs at the configured 4.0, all 32 used; RAM 1024 MB free of 16384 at 1.0.
+    let mut cpu_full = host("a", 8192);
+    cpu_full.used.0[0] = 32;
+    let ram_short = host("b", 1024);
+    type Aggs<'a> = &'a [&'a [(&'a str, &'a str)]];
+    let cases: &[(FilterKind, &HostState, Aggs, bool)] = &[
+        (FilterKind::AggregateCore, &cpu_full, &[&[("cpu_allocation_ratio", "16")]], true),
+        (FilterKind::AggregateCore, &cpu_full, &[&[("cpu_allocation_ratio", " 16 ")]], true),
+        (FilterKind::AggregateCore, &cpu_full, &[&[("cpu_allocation_ratio", "1e1")]], true),
+        (FilterKind::AggregateCore, &cpu_full, &[&[("cpu_allocation_ratio", "lots")]], false),
+        (FilterKind::AggregateCore, &cpu_full, &[&[("cpu_allocation_ratio", "16,8")]], false),
+        // One value that is not a number spoils them all (nova casts every value).
+        (
+            FilterKind::AggregateCore,
+            &cpu_full,
+            &[&[("cpu_allocation_ratio", "16")], &[("cpu_allocation_ratio", "x")]],
+            false,
+        ),
+        (FilterKind::AggregateRam, &ram_short, &[&[("ram_allocation_ratio", "1.5")]], true),
+        (FilterKind::AggregateRam, &ram_short, &[&[("ram_allocation_ratio", "one and a half")]], false),
+        (FilterKind::AggregateDisk, &with_used_disk(100), &[&[("disk_allocation_ratio", "2.0")]], true),
+        (FilterKind::AggregateDisk, &with_used_disk(100), &[&[("disk_allocation_ratio", "double")]], false),
+    ];
+    for (filter, h, aggs, pass) in cases {
+        check(*filter, &in_aggregates((*h).clone(), aggs), &req, &cfg, *pass);
+    }
+    // The reason says why the aggregate's value did not count.
+    let garbled = in_aggregates(cpu_full.clone(), &[&[("cpu_allocation_ratio", "lots")]]);
+    let why = FilterKind::AggregateCore.check(&garbled, &req, &cfg).unwrap_err();
+    assert!(why.contains("not a number") && why.contains("lots"), "{why}");
+    let why = FilterKind::Core.check(&garbled, &req, &cfg).unwrap_err();
+    assert!(!why.contains("not a number"), "CoreFilter reads no aggregate: {why}");
+    // Multipliers and limits fall back the same way.
+    let agg = HostAggregates::new(&[Aggregate {
+        name: "x".into(),
+        hosts: vec![],
+        metadata: [("ram_weight_multiplier".to_string(), "heavy".to_string())].into_iter().collect(),
+    }]);
+    assert_eq!(agg.weigher_multiplier(WeigherKind::Ram), None);
+}
+
+fn with_used_disk(used: u64) -> HostState {
+    let mut h = host("a", 8192);
+    h.used.0[2] = used;
+    h
 }
