@@ -97,7 +97,9 @@ impl HostState {
                     <= inv.total.saturating_sub(inv.reserved) as f64 * inv.allocation_ratio)
     }
 
-    /// Host attributes by nova's HostState attribute names (ComputeCapabilities, JsonFilter).
+    /// Host attributes by nova's HostState attribute names (ComputeCapabilities, JsonFilter);
+    /// a name that is no attribute, or one that is unset, reads the stats (as
+    /// ComputeCapabilitiesFilter's `getattr(...) or stats.get(...)` does).
     fn attribute(&self, name: &str) -> Option<Attr<'_>> {
         Some(match name {
             "host" | "nodename" => Attr::Text(&self.node.host),
@@ -113,6 +115,7 @@ impl HostState {
             "num_instances" => Attr::Number(self.node.num_instances as f64),
             "num_io_ops" => Attr::Number(self.node.num_io_ops as f64),
             "failed_builds" => Attr::Number(self.failed_builds as f64),
+            "cpu_info" if self.node.cpu_info.is_some() => Attr::Text(self.node.cpu_info.as_deref().unwrap_or_default()),
             _ => return self.node.stats.get(name).map(|s| Attr::Text(s)),
         })
     }
@@ -573,7 +576,9 @@ fn passes(
                 true
             }
         }
-        FilterKind::ComputeCapabilities => !prep.capabilities || compute_capabilities(host, req.flavor, why),
+        FilterKind::ComputeCapabilities => {
+            !prep.capabilities || capabilities::compute_capabilities(host, req.flavor, config.era, why)
+        }
         FilterKind::ImageProperties => !prep.image.any() || image_properties(host, &prep.image, why),
         FilterKind::ServerGroupAntiAffinity => match req.group_policy {
             Some(GroupPolicy::AntiAffinity) if host.group_members_here >= req.group_max_per_host => reject(why, || {
@@ -768,41 +773,6 @@ fn ratio_fallback_note(host: &HostState, per_aggregate: bool, key: &str) -> Stri
         }
         _ => String::new(),
     }
-}
-
-fn compute_capabilities(host: &HostState, flavor: &Flavor, why: &mut impl Why) -> bool {
-    for (key, req) in &flavor.extra_specs {
-        let mut scope = key.split(':');
-        let first = scope.next().unwrap_or("");
-        let (name, nested) = match (first, scope.next(), scope.next(), scope.next()) {
-            // Unscoped keys count only if the host has such an attribute (nova skips others).
-            (name, None, _, _) => {
-                if host.attribute(name).is_none() {
-                    continue;
-                }
-                (name, None)
-            }
-            ("capabilities", Some(name), None, _) => (name, None),
-            // Nested capabilities (`capabilities:stats:x`) walk into the stats map.
-            ("capabilities", Some(outer), Some(inner), None) => (outer, Some(inner)),
-            ("capabilities", ..) => return reject(why, || format!("no capability `{key}`")),
-            _ => continue,
-        };
-        let value = match nested {
-            None => host.attribute(name).map(Attr::to_text),
-            Some(inner) if name == "stats" => host.node.stats.get(inner).cloned(),
-            Some(_) => None,
-        };
-        let Some(value) = value else {
-            return reject(why, || format!("no capability `{}`", key.trim_start_matches("capabilities:")));
-        };
-        match extra_specs::matches(&value, req) {
-            Ok(true) => {}
-            Ok(false) => return reject(why, || format!("{key}={value} does not satisfy `{req}`")),
-            Err(e) => return reject(why, || format!("{key}: {e}")),
-        }
-    }
-    true
 }
 
 fn image_properties(host: &HostState, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
@@ -1708,6 +1678,7 @@ pub fn explain(
     out
 }
 
+mod capabilities;
 pub mod image_props;
 mod table;
 pub use table::HostTable;

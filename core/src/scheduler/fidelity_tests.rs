@@ -302,3 +302,65 @@ fn with_used_disk(used: u64) -> HostState {
     h.used.0[2] = used;
     h
 }
+
+#[test]
+fn compute_capabilities_walk_nested_scopes_and_json_strings() {
+    let cpu_info = r#"{"arch": "x86_64", "vendor": "Intel", "model": "Cascadelake-Server",
+        "topology": {"sockets": 2, "cores": 8, "threads": 2, "numa": {"nodes": 2}},
+        "features": ["avx2", "vmx"], "maxphysaddr": {"mode": "passthrough", "bits": 46}}"#;
+    let h = with_node(host("a", 1), |n| {
+        n.cpu_info = Some(cpu_info.into());
+        n.stats.insert("gpu".into(), r#"{"model": "a100", "count": 4, "mig": {"enabled": true}}"#.into());
+        n.stats.insert("rack".into(), "r1".into());
+        n.stats.insert("nested".into(), r#""{\"deep\": \"yes\"}""#.into());
+    });
+    let bare = host("b", 1);
+    let current = SchedulerConfig::default();
+    let icehouse = SchedulerConfig::icehouse();
+    // (extra_specs, host, passes today, passes in Icehouse)
+    let cases: &[(Props, &HostState, bool, bool)] = &[
+        // cpu_info is a JSON string: loaded, then walked at any depth.
+        (&[("capabilities:cpu_info:vendor", "Intel")], &h, true, false),
+        (&[("capabilities:cpu_info:vendor", "AMD")], &h, false, false),
+        (&[("capabilities:cpu_info:topology:cores", ">= 8")], &h, true, false),
+        (&[("capabilities:cpu_info:topology:numa:nodes", "== 2")], &h, true, false),
+        (&[("capabilities:cpu_info:topology:numa:nodes", ">= 3")], &h, false, false),
+        (&[("capabilities:cpu_info:maxphysaddr:bits", ">= 40")], &h, true, false),
+        (&[("capabilities:cpu_info:features", "<in> avx2")], &h, true, false),
+        (&[("capabilities:cpu_info:topology:dies", "1")], &h, false, false),
+        // Past a value that is neither a dict nor a string there is nothing.
+        (&[("capabilities:cpu_info:topology:cores:x", "8")], &h, false, false),
+        (&[("capabilities:hypervisor_version:major", "9")], &h, false, false),
+        // A host without cpu_info has no such capability.
+        (&[("capabilities:cpu_info:vendor", "Intel")], &bare, false, false),
+        // Stats, through `stats:` or straight from the host, and JSON inside a stat.
+        (&[("capabilities:stats:rack", "r1")], &h, true, true),
+        (&[("capabilities:rack", "r1")], &h, true, true),
+        (&[("capabilities:stats:gpu:model", "a100")], &h, true, false),
+        (&[("capabilities:gpu:count", ">= 4")], &h, true, false),
+        (&[("capabilities:gpu:mig:enabled", "True")], &h, true, false),
+        (&[("capabilities:stats:rack:x", "r1")], &h, false, false),
+        // A string is loaded once per level: JSON text inside a JSON string is a string
+        // there, with nothing under it.
+        (&[("capabilities:nested:deep", "yes")], &h, false, false),
+        // The whole value as Python prints it.
+        (&[("capabilities:cpu_info:features", "['avx2', 'vmx']")], &h, true, false),
+        // Unscoped keys: host attributes and stats count, others are skipped today and fail
+        // the host in Icehouse.
+        (&[("rack", "r1")], &h, true, true),
+        (&[("hypervisor_type", "kvm")], &h, true, true),
+        (&[("free_ram_mb", ">= 2")], &h, false, false),
+        (&[("color", "blue")], &h, true, false),
+        // Other scopes are never the filter's.
+        (&[("hw:cpu_policy", "dedicated"), ("aggregate_instance_extra_specs:ssd", "true")], &h, true, true),
+    ];
+    let f0 = flavor(&[]);
+    let i = image(&[]);
+    for (specs, host, today, then) in cases {
+        let f =
+            Flavor { extra_specs: specs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..f0.clone() };
+        let req = RequestView::new(&f, &i);
+        check(FilterKind::ComputeCapabilities, host, &req, &current, *today);
+        check(FilterKind::ComputeCapabilities, host, &req, &icehouse, *then);
+    }
+}
