@@ -20,7 +20,6 @@ use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::cpu_topology::{self, CpuTopology};
-use crate::extra_specs;
 use crate::model::{Aggregate, ComputeNode, Flavor, GroupPolicy, Image, Inventory, Resources, SchedulerHints};
 use crate::placement::CANDIDATE_LIMIT;
 use crate::scenario::Era;
@@ -580,15 +579,16 @@ fn passes(
             !prep.capabilities || capabilities::compute_capabilities(host, req.flavor, config.era, why)
         }
         FilterKind::ImageProperties => !prep.image.any() || image_properties(host, &prep.image, why),
-        FilterKind::ServerGroupAntiAffinity => match req.group_policy {
-            Some(GroupPolicy::AntiAffinity) if host.group_members_here >= req.group_max_per_host => reject(why, || {
-                format!(
-                    "{} group member(s) here, max_server_per_host {}",
-                    host.group_members_here, req.group_max_per_host
-                )
-            }),
-            _ => true,
-        },
+        FilterKind::ServerGroupAntiAffinity => {
+            // Icehouse's groups had no rules: any member on the host is one too many.
+            let max = if config.era == Era::Icehouse { 1 } else { req.group_max_per_host };
+            match req.group_policy {
+                Some(GroupPolicy::AntiAffinity) if host.group_members_here >= max => reject(why, || {
+                    format!("{} group member(s) here, max_server_per_host {max}", host.group_members_here)
+                }),
+                _ => true,
+            }
+        }
         FilterKind::ServerGroupAffinity => match req.group_policy {
             Some(GroupPolicy::Affinity)
                 if !req.group_hosts.is_empty() && !req.group_hosts.contains(&host.node.host) =>
@@ -616,41 +616,18 @@ fn passes(
                 None => reject(why, || "host has no known ip".into()),
             },
         },
-        FilterKind::AggregateInstanceExtraSpecs => aggregate_instance_extra_specs(host, req.flavor, why),
+        FilterKind::AggregateInstanceExtraSpecs => {
+            aggregate_filters::instance_extra_specs(&host.aggregates, req.flavor, config.era, why)
+        }
         FilterKind::AggregateImagePropertiesIsolation => {
-            for (key, options) in &host.aggregates.metadata {
-                if let Some(prop) = req.image.properties.get(key) {
-                    if !prop.is_empty() && !options.contains(prop) {
-                        return reject(why, || format!("image {key}={prop} not in aggregate values {options:?}"));
-                    }
-                }
-            }
-            true
+            aggregate_filters::image_properties_isolation(&host.aggregates, req.image, config.era, why)
         }
         FilterKind::AggregateMultiTenancyIsolation => {
-            let aggs = &host.aggregates;
-            let mut restricted = false;
-            for (key, tenants) in aggs
-                .metadata
-                .range::<str, _>((std::ops::Bound::Included("filter_tenant_id"), std::ops::Bound::Unbounded))
-            {
-                if !key.starts_with("filter_tenant_id") {
-                    break;
-                }
-                restricted = true;
-                if tenants.contains(req.project_id) {
-                    return true;
-                }
-            }
-            !restricted || reject(why, || format!("aggregate restricted to other tenants than `{}`", req.project_id))
+            aggregate_filters::multi_tenancy_isolation(&host.aggregates, req.project_id, config.era, why)
         }
-        FilterKind::AggregateTypeAffinity => match host.aggregates.values.get("instance_type") {
-            None => true,
-            Some(vals) => {
-                vals.iter().any(|v| v.split(',').any(|x| x.trim() == req.flavor.name))
-                    || reject(why, || format!("aggregate instance_type {vals:?} excludes `{}`", req.flavor.name))
-            }
-        },
+        FilterKind::AggregateTypeAffinity => {
+            aggregate_filters::type_affinity(&host.aggregates, &req.flavor.name, config.era, why)
+        }
         FilterKind::AvailabilityZone => match req.availability_zone {
             None => true,
             Some(az) => match host.aggregates.values.get("availability_zone") {
@@ -834,26 +811,6 @@ pub fn version_satisfies(version: u64, predicate: &str) -> bool {
         let ord = have.cmp(&c.version);
         (ord == c.op || (c.or_equal && ord.is_eq())) != c.negated
     })
-}
-
-/// nova's scope for AggregateInstanceExtraSpecsFilter.
-const AGGREGATE_SCOPE: &str = "aggregate_instance_extra_specs";
-
-fn aggregate_instance_extra_specs(host: &HostState, flavor: &Flavor, why: &mut impl Why) -> bool {
-    for (key, req) in &flavor.extra_specs {
-        let key = match key.split_once(':') {
-            Some((AGGREGATE_SCOPE, rest)) => rest,
-            Some(_) => continue,
-            None => key.as_str(),
-        };
-        let Some(values) = host.aggregates.metadata.get(key).filter(|v| !v.is_empty()) else {
-            return reject(why, || format!("no aggregate of the host sets `{key}`"));
-        };
-        if !values.iter().any(|v| extra_specs::matches(v, req).unwrap_or(false)) {
-            return reject(why, || format!("aggregate values {values:?} of `{key}` do not match `{req}`"));
-        }
-    }
-    true
 }
 
 /// A JsonFilter value. Python compares across types by raising; here a comparison of
@@ -1321,7 +1278,9 @@ impl Workspace {
         if n <= 1 {
             return;
         }
-        let overrides = self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        // Aggregates override multipliers since Stein; not in Icehouse.
+        let overrides =
+            config.era == Era::Current && self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
         self.rows.resize(n, [0.0; WeigherKind::COUNT]);
         for (&weigher, &multiplier) in &config.weighers {
             // A weigher off in the configuration still counts where an aggregate sets it.
@@ -1639,7 +1598,8 @@ pub fn explain(
     }
     let mut weights = vec![0.0; survivors.len()];
     if survivors.len() > 1 {
-        let overrides = survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        let per_aggregate = config.era == Era::Current;
+        let overrides = per_aggregate && survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
         for (&weigher, &multiplier) in &config.weighers {
             let minval = weigher.minval();
             let floor = minval.unwrap_or(f64::NEG_INFINITY);
@@ -1648,7 +1608,10 @@ pub fn explain(
             let skipped = (multiplier == 0.0 && !overrides) || weigher.idle(req) || hi <= lo;
             let mut column = WeigherColumn { weigher: weigher.name().into(), multiplier, minval, values: Vec::new() };
             for (k, &i) in survivors.iter().enumerate() {
-                let m = hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier);
+                let m = match per_aggregate {
+                    true => hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier),
+                    false => multiplier,
+                };
                 let n = normalized(raw[k], lo, hi);
                 if !skipped {
                     weights[k] += if overrides { m * n } else { multiplier * ((raw[k] - lo) / (hi - lo)) };
@@ -1678,6 +1641,7 @@ pub fn explain(
     out
 }
 
+mod aggregate_filters;
 mod capabilities;
 pub mod image_props;
 mod table;

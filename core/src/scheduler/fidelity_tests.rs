@@ -364,3 +364,127 @@ fn compute_capabilities_walk_nested_scopes_and_json_strings() {
         check(FilterKind::ComputeCapabilities, host, &req, &icehouse, *then);
     }
 }
+
+#[test]
+fn icehouse_filters_keep_their_2014_1_semantics() {
+    let current = SchedulerConfig::default();
+    let icehouse = SchedulerConfig::icehouse();
+    use FilterKind as F;
+    type Aggs<'a> = &'a [&'a [(&'a str, &'a str)]];
+    let f = flavor(&[]); // m1.small
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    let extra = |specs: Props| Flavor {
+        extra_specs: specs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..f.clone()
+    };
+    let (ssd, ssd_scoped, ssd_whole) = (
+        extra(&[("ssd", "true")]),
+        extra(&[("aggregate_instance_extra_specs:ssd", "maybe")]),
+        extra(&[("ssd", "true, fast")]),
+    );
+    let props =
+        |p: Props| Image { properties: p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..i.clone() };
+    let (linux, legacy_arch, arm, custom) = (
+        props(&[("os_type", "linux")]),
+        props(&[("architecture", "aarch64")]),
+        props(&[("hw_architecture", "AMD64")]),
+        props(&[("ssd", "false")]),
+    );
+    // (filter, aggregates' metadata, flavor, image, project, passes today, passes in Icehouse)
+    let cases: &[(F, Aggs, &Flavor, &Image, &str, bool, bool)] = &[
+        // AggregateInstanceExtraSpecs: values split on commas today, whole in 2014.1.
+        (F::AggregateInstanceExtraSpecs, &[&[("ssd", "true")]], &ssd, &i, "p", true, true),
+        (F::AggregateInstanceExtraSpecs, &[&[("ssd", "false, true")]], &ssd, &i, "p", true, false),
+        (F::AggregateInstanceExtraSpecs, &[&[("ssd", "false,maybe")]], &ssd_scoped, &i, "p", true, false),
+        (F::AggregateInstanceExtraSpecs, &[&[("ssd", "true, fast")]], &ssd_whole, &i, "p", false, true),
+        (F::AggregateInstanceExtraSpecs, &[&[("hdd", "true")]], &ssd, &i, "p", false, false),
+        // AggregateImagePropertiesIsolation: split values today, whole in 2014.1; today only
+        // ImageMetaProps fields count (under current or legacy name, canonical), in 2014.1
+        // any property under the aggregate's key as written.
+        (F::AggregateImagePropertiesIsolation, &[&[("os_type", "windows, linux")]], &f, &linux, "p", true, false),
+        (F::AggregateImagePropertiesIsolation, &[&[("os_type", "windows")]], &f, &linux, "p", false, false),
+        (F::AggregateImagePropertiesIsolation, &[&[("hw_architecture", "x86_64")]], &f, &legacy_arch, "p", false, true),
+        (F::AggregateImagePropertiesIsolation, &[&[("architecture", "x86_64")]], &f, &legacy_arch, "p", true, false),
+        (F::AggregateImagePropertiesIsolation, &[&[("hw_architecture", "x86_64")]], &f, &arm, "p", true, false),
+        (F::AggregateImagePropertiesIsolation, &[&[("ssd", "true")]], &f, &custom, "p", true, false),
+        // AggregateMultiTenancyIsolation: every filter_tenant_id* key, comma-split, today;
+        // only filter_tenant_id, whole, in 2014.1.
+        (F::AggregateMultiTenancyIsolation, &[&[("filter_tenant_id", "p1")]], &f, &i, "p1", true, true),
+        (F::AggregateMultiTenancyIsolation, &[&[("filter_tenant_id", "p1")]], &f, &i, "p2", false, false),
+        (F::AggregateMultiTenancyIsolation, &[&[("filter_tenant_id", "p1,p2")]], &f, &i, "p2", true, false),
+        (F::AggregateMultiTenancyIsolation, &[&[("filter_tenant_id", "p1,p2")]], &f, &i, "p1,p2", false, true),
+        (F::AggregateMultiTenancyIsolation, &[&[("filter_tenant_id_2", "p3")]], &f, &i, "p3", true, true),
+        (F::AggregateMultiTenancyIsolation, &[&[("filter_tenant_id_2", "p3")]], &f, &i, "p4", false, true),
+        (
+            F::AggregateMultiTenancyIsolation,
+            &[&[("filter_tenant_id", "p1"), ("filter_tenant_id_2", "p3")]],
+            &f,
+            &i,
+            "p3",
+            true,
+            false,
+        ),
+        // AggregateTypeAffinity: a comma list of flavor names today, one name in 2014.1.
+        (F::AggregateTypeAffinity, &[&[("instance_type", "m1.small")]], &f, &i, "p", true, true),
+        (F::AggregateTypeAffinity, &[&[("instance_type", "m1.tiny, m1.small")]], &f, &i, "p", true, false),
+        (F::AggregateTypeAffinity, &[&[("instance_type", "m1.tiny")]], &f, &i, "p", false, false),
+    ];
+    for (filter, aggs, flavor, image, project, today, then) in cases {
+        let h = in_aggregates(host("a", 1), aggs);
+        let r = RequestView { flavor, image, project_id: project, ..req.clone() };
+        check(*filter, &h, &r, &current, *today);
+        check(*filter, &h, &r, &icehouse, *then);
+    }
+    // Server groups had no rules: one member is one too many whatever max_server_per_host.
+    let mut crowded = host("b", 1);
+    crowded.group_members_here = 1;
+    let anti = RequestView { group_policy: Some(GroupPolicy::AntiAffinity), group_max_per_host: 2, ..req.clone() };
+    check(F::ServerGroupAntiAffinity, &crowded, &anti, &current, true);
+    check(F::ServerGroupAntiAffinity, &crowded, &anti, &icehouse, false);
+    // Image properties: legacy names only, arch and hypervisor type as written.
+    for (p, today, then) in [
+        (&[("hw_architecture", "aarch64")][..], false, true),
+        (&[("architecture", "aarch64")][..], false, false),
+        (&[("architecture", "AMD64")][..], true, false),
+        (&[("hypervisor_type", "QEMU")][..], true, false),
+        (&[("hypervisor_type", "qemu")][..], true, true),
+        (&[("vm_mode", "hv")][..], true, true),
+        (&[("architecture", "x86_64"), ("hypervisor_version_requires", ">= 10")][..], false, false),
+        (&[("architecture", "x86_64"), ("img_hv_requested_version", ">= 10")][..], false, true),
+    ] {
+        let img = props(p);
+        let r = RequestView::new(&f, &img);
+        check(F::ImageProperties, &host("a", 1), &r, &current, today);
+        check(F::ImageProperties, &host("a", 1), &r, &icehouse, then);
+    }
+}
+
+#[test]
+fn icehouse_weighers_ignore_aggregate_multipliers() {
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    // a has the least free RAM but its aggregate's multiplier of -1 today makes it... still
+    // last; b's aggregate sets 0, which today drops it below c.
+    let hosts =
+        vec![host("a", 1000), in_aggregates(host("b", 9000), &[&[("ram_weight_multiplier", "0")]]), host("c", 5000)];
+    let only_ram = |era_config: SchedulerConfig| SchedulerConfig {
+        weighers: [(WeigherKind::Ram, 1.0)].into_iter().collect(),
+        use_placement: false,
+        filters: vec![],
+        ..era_config
+    };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+    let today = sorted_hosts(&hosts, &req, &only_ram(SchedulerConfig::default()), &mut rng).unwrap();
+    let then = sorted_hosts(&hosts, &req, &only_ram(SchedulerConfig::icehouse()), &mut rng).unwrap();
+    assert_eq!(today, vec![2, 0, 1]);
+    assert_eq!(then, vec![1, 2, 0]);
+    let e = explain(&hosts, &req, &only_ram(SchedulerConfig::icehouse()), &mut rng);
+    assert_eq!(e.order, then);
+    assert_eq!(e.weighers[0].values[1].multiplier, 1.0);
+    let table = HostTable::new(hosts.clone());
+    let mut ws = Workspace::new();
+    let got = ws.table_best_hosts(&table, &req, &only_ram(SchedulerConfig::icehouse()), &mut rng, 3).unwrap();
+    assert_eq!(got, then);
+}
