@@ -302,6 +302,7 @@ filter_kinds! {
     AggregateCore = "AggregateCore",
     Disk = "Disk",
     AggregateDisk = "AggregateDisk",
+    Metrics = "Metrics",
 }
 
 impl FilterKind {
@@ -368,6 +369,7 @@ impl FilterKind {
             }
             FilterKind::Json => req.hints.query.as_deref().is_some_and(|q| !q.is_empty()),
             FilterKind::Retry => !req.retry_hosts.is_empty(),
+            FilterKind::Metrics => !config.metrics.weight_setting.is_empty(),
             _ => true,
         }
     }
@@ -692,6 +694,7 @@ fn passes(
         FilterKind::Retry => {
             !req.retry_hosts.contains(&host.node.host) || reject(why, || "already tried for this instance".into())
         }
+        FilterKind::Metrics => metrics::metrics_filter(host, &config.metrics, why),
         FilterKind::Ram | FilterKind::AggregateRam => {
             let inv = &host.inventories[1];
             let ratio = aggregate_ratio(host, kind == FilterKind::AggregateRam, "ram_allocation_ratio", inv);
@@ -956,10 +959,11 @@ weigher_kinds! {
     BuildFailure = "build_failure", -1_000_000.0, None;
     SoftAffinity = "soft_affinity", 1.0, None;
     SoftAntiAffinity = "soft_anti_affinity", 1.0, None;
+    Metrics = "metrics", 1.0, None;
 }
 
 impl WeigherKind {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     pub fn from_name(name: &str) -> Option<WeigherKind> {
         WeigherKind::ALL.into_iter().find(|w| w.name() == name)
@@ -976,7 +980,7 @@ impl WeigherKind {
 
     /// nova's `_weigh_object` (before the minval clamp).
     #[inline]
-    pub fn raw(self, host: &HostState, req: &RequestView<'_>) -> f64 {
+    pub fn raw(self, host: &HostState, req: &RequestView<'_>, config: &SchedulerConfig) -> f64 {
         match self {
             WeigherKind::Ram => host.free_ram_mb(),
             WeigherKind::Cpu => host.free_vcpus(),
@@ -993,15 +997,17 @@ impl WeigherKind {
                 Some(GroupPolicy::SoftAntiAffinity) => -(host.group_members_here as f64),
                 _ => 0.0,
             },
+            WeigherKind::Metrics => metrics::metrics_weight(host, config),
         }
     }
 
     /// Whether every host weighs 0 for this request (soft-affinity weighers without a soft
-    /// group): skipping them changes no score.
-    fn idle(self, req: &RequestView<'_>) -> bool {
+    /// group, metrics without a weight_setting): skipping them changes no score.
+    fn idle(self, req: &RequestView<'_>, config: &SchedulerConfig) -> bool {
         match self {
             WeigherKind::SoftAffinity => req.group_policy != Some(GroupPolicy::SoftAffinity),
             WeigherKind::SoftAntiAffinity => req.group_policy != Some(GroupPolicy::SoftAntiAffinity),
+            WeigherKind::Metrics => config.metrics.weight_setting.is_empty(),
             _ => false,
         }
     }
@@ -1032,6 +1038,9 @@ pub struct SchedulerConfig {
     /// Whose filter semantics: today's nova or 2014.1's (see each filter).
     #[serde(default)]
     pub era: Era,
+    /// `[metrics]`: MetricsFilter's and MetricsWeigher's setting.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -1051,6 +1060,7 @@ impl Default for SchedulerConfig {
             restrict_isolated_hosts_to_isolated_images: true,
             default_availability_zone: "nova".into(),
             era: Era::Current,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1253,7 +1263,7 @@ impl Workspace {
                             WeigherKind::IoOps => facts.num_io_ops,
                             WeigherKind::NumInstances => facts.num_instances,
                             WeigherKind::HypervisorVersion => facts.hypervisor_version,
-                            _ => w.raw(host, req),
+                            _ => w.raw(host, req, config),
                         };
                     }
                 }
@@ -1284,13 +1294,13 @@ impl Workspace {
         self.rows.resize(n, [0.0; WeigherKind::COUNT]);
         for (&weigher, &multiplier) in &config.weighers {
             // A weigher off in the configuration still counts where an aggregate sets it.
-            if weigher.idle(req) || (multiplier == 0.0 && !overrides) {
+            if weigher.idle(req, config) || (multiplier == 0.0 && !overrides) {
                 continue;
             }
             let at = weigher.index();
             if !self.collected.contains(&weigher) {
                 for (row, &i) in self.rows.iter_mut().zip(&self.survivors) {
-                    row[at] = weigher.raw(&hosts[i], req);
+                    row[at] = weigher.raw(&hosts[i], req, config);
                 }
             }
             let per_host = overrides.then_some((hosts, &self.survivors[..]));
@@ -1334,13 +1344,15 @@ impl Workspace {
     ) -> Result<&[usize], NoValidHost> {
         self.collect_weighers(req, config);
         self.filter_pass(hosts, req, config)?;
+        metrics::required_metrics(self.survivors.iter().map(|&i| &hosts[i]), config)?;
         self.weigh(hosts, req, config);
         self.finish(config, rng, k)
     }
 
     fn collect_weighers(&mut self, req: &RequestView<'_>, config: &SchedulerConfig) {
         self.collected.clear();
-        self.collected.extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req)).map(|(w, _)| *w));
+        self.collected
+            .extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req, config)).map(|(w, _)| *w));
     }
 
     /// Orders the weighed survivors: the first `k` exactly (all when `k` is larger), then the
@@ -1593,6 +1605,9 @@ pub fn explain(
         no_valid_host: nvh,
         cpu_topology: cpu_topology::best_cpu_topology(req.flavor, req.image).map_err(|e| e.to_string()),
     };
+    if let Err(e) = metrics::required_metrics(survivors.iter().map(|&i| &hosts[i]), config) {
+        out.no_valid_host = Some(e);
+    }
     if out.no_valid_host.is_some() {
         return out;
     }
@@ -1603,9 +1618,9 @@ pub fn explain(
         for (&weigher, &multiplier) in &config.weighers {
             let minval = weigher.minval();
             let floor = minval.unwrap_or(f64::NEG_INFINITY);
-            let raw: Vec<f64> = survivors.iter().map(|&i| weigher.raw(&hosts[i], req).max(floor)).collect();
+            let raw: Vec<f64> = survivors.iter().map(|&i| weigher.raw(&hosts[i], req, config).max(floor)).collect();
             let (lo, hi) = bounds(raw.iter().copied(), minval);
-            let skipped = (multiplier == 0.0 && !overrides) || weigher.idle(req) || hi <= lo;
+            let skipped = (multiplier == 0.0 && !overrides) || weigher.idle(req, config) || hi <= lo;
             let mut column = WeigherColumn { weigher: weigher.name().into(), multiplier, minval, values: Vec::new() };
             for (k, &i) in survivors.iter().enumerate() {
                 let m = match per_aggregate {
@@ -1644,6 +1659,8 @@ pub fn explain(
 mod aggregate_filters;
 mod capabilities;
 pub mod image_props;
+mod metrics;
+pub use metrics::{parse_weight_setting, MetricsConfig};
 mod table;
 pub use table::HostTable;
 

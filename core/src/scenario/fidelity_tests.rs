@@ -91,3 +91,28 @@ metadata = { cpu_allocation_ratio = "lots", ram_weight_multiplier = "heavy", max
     let e = error_of(&format!("{GOOD}{}", aggregates.replace("ram_weight", "colour_weight")));
     assert_eq!(e.field, "aggregates.0.metadata.colour_weight_multiplier", "{e}");
 }
+
+#[test]
+fn metrics_knobs_reach_the_config() {
+    let text = format!(
+        "{GOOD}\n[control.scheduler]\nfilters = [\"Compute\", \"Metrics\"]\nweighers = {{ metrics = -2.0 }}\n\n[control.scheduler.metrics]\nweight_setting = \"cpu.percent=1.0, bogus, mem=-0.5\"\nrequired = false\nweight_of_unavailable = -50.0\n"
+    );
+    let s = Scenario::parse("t.toml", &text).unwrap();
+    let c = s.scheduler_config();
+    assert_eq!(c.filters, vec![FilterKind::Compute, FilterKind::Metrics]);
+    assert_eq!(c.weighers[&WeigherKind::Metrics], -2.0);
+    assert_eq!(c.metrics.weight_setting, vec![("cpu.percent".to_string(), 1.0), ("mem".to_string(), -0.5)]);
+    assert_eq!((c.metrics.required, c.metrics.weight_of_unavailable), (false, -50.0));
+    let warnings = s.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].0, "control.scheduler.metrics.weight_setting");
+    assert!(warnings[0].1.contains("bogus"), "{warnings:?}");
+    // Defaults: nova's.
+    let d = Scenario::parse("t.toml", GOOD).unwrap().scheduler_config();
+    assert_eq!(
+        (d.metrics.weight_setting.len(), d.metrics.required, d.metrics.weight_of_unavailable),
+        (0, true, -10000.0)
+    );
+    let e = error_of(&format!("{GOOD}\n[control.scheduler.metrics]\nweight_settings = \"a=1\"\n"));
+    assert!(e.message.contains("weight_settings"), "{e}");
+}

@@ -445,6 +445,35 @@ pub struct SchedulerKnobs {
     /// The zone of hosts in no zone aggregate (nova's `default_availability_zone`).
     #[serde(default = "default_zone")]
     pub default_availability_zone: String,
+    /// nova's `[metrics]` (MetricsFilter, MetricsWeigher; its multiplier is `weighers.metrics`).
+    #[serde(default)]
+    pub metrics: MetricsKnobs,
+}
+
+/// `[control.scheduler.metrics]`: nova's `[metrics]` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsKnobs {
+    /// `"name1=1.0, name2=-1.0"`, as in nova.conf (elements that do not parse are ignored
+    /// with a warning, as nova does).
+    #[serde(default)]
+    pub weight_setting: String,
+    /// A host to weigh without one of the metrics fails the request (true).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// The weight of such a host when not `required` (-10000.0).
+    #[serde(default = "default_weight_of_unavailable")]
+    pub weight_of_unavailable: f64,
+}
+
+fn default_weight_of_unavailable() -> f64 {
+    -10000.0
+}
+
+impl Default for MetricsKnobs {
+    fn default() -> Self {
+        MetricsKnobs { weight_setting: String::new(), required: true, weight_of_unavailable: -10000.0 }
+    }
 }
 
 fn default_strategy() -> String {
@@ -480,6 +509,7 @@ impl Default for SchedulerKnobs {
             isolated_images: Vec::new(),
             restrict_isolated_hosts_to_isolated_images: true,
             default_availability_zone: default_zone(),
+            metrics: MetricsKnobs::default(),
         }
     }
 }
@@ -1181,6 +1211,11 @@ impl Scenario {
             isolated_images: knobs.isolated_images.clone(),
             restrict_isolated_hosts_to_isolated_images: knobs.restrict_isolated_hosts_to_isolated_images,
             default_availability_zone: knobs.default_availability_zone.clone(),
+            metrics: crate::scheduler::MetricsConfig {
+                weight_setting: crate::scheduler::parse_weight_setting(&knobs.metrics.weight_setting).0,
+                required: knobs.metrics.required,
+                weight_of_unavailable: knobs.metrics.weight_of_unavailable,
+            },
             ..era
         };
         for (name, m) in &knobs.weighers {

@@ -214,6 +214,12 @@ impl Scenario {
                 format!("unknown strategy `{}`; built in: {}", knobs.strategy, crate::strategy::BUILTIN.join(", ")),
             );
         }
+        if !knobs.metrics.weight_of_unavailable.is_finite() {
+            return err(
+                "control.scheduler.metrics.weight_of_unavailable".into(),
+                format!("must be a number, got {}", knobs.metrics.weight_of_unavailable),
+            );
+        }
         for (name, m) in &knobs.weighers {
             if !m.is_finite() {
                 return err(format!("control.scheduler.weighers.{name}"), format!("must be a number, got {m}"));
@@ -292,11 +298,18 @@ impl Scenario {
 }
 
 impl Scenario {
-    /// What nova would log a warning for and then go on: aggregate metadata that should be a
-    /// number and is not (the configured value applies instead). Each is a field and a
-    /// message.
+    /// What nova would log a warning for and then go on: `[metrics] weight_setting` elements
+    /// that do not parse (ignored), aggregate metadata that should be a number and is not
+    /// (the configured value applies instead). Each is a field and a message.
     pub fn warnings(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        let (_, bad) = crate::scheduler::parse_weight_setting(&self.control.scheduler.metrics.weight_setting);
+        if !bad.is_empty() {
+            out.push((
+                "control.scheduler.metrics.weight_setting".to_string(),
+                format!("ignoring `{}` (not name=ratio), as nova does", bad.join("`, `")),
+            ));
+        }
         for (i, agg) in self.aggregates.iter().enumerate() {
             for (key, value) in &agg.metadata {
                 let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");

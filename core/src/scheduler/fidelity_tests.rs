@@ -488,3 +488,114 @@ fn icehouse_weighers_ignore_aggregate_multipliers() {
     let got = ws.table_best_hosts(&table, &req, &only_ram(SchedulerConfig::icehouse()), &mut rng, 3).unwrap();
     assert_eq!(got, then);
 }
+
+fn with_metrics(name: &str, metrics: &[(&str, f64)]) -> HostState {
+    with_node(host(name, 4096), |n| n.metrics = metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+}
+
+fn metrics_config(setting: &str, required: bool, multiplier: f64) -> SchedulerConfig {
+    SchedulerConfig {
+        filters: vec![],
+        use_placement: false,
+        weighers: [(WeigherKind::Metrics, multiplier)].into_iter().collect(),
+        metrics: MetricsConfig {
+            weight_setting: parse_weight_setting(setting).0,
+            required,
+            weight_of_unavailable: -10000.0,
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn weight_setting_parses_as_nova_parse_options() {
+    for (setting, good, bad) in [
+        ("", vec![], vec![]),
+        ("cpu.percent=1.0", vec![("cpu.percent", 1.0)], vec![]),
+        ("a=1.0, b=-2.5 ,c=1e1", vec![("a", 1.0), ("b", -2.5), ("c", 10.0)], vec![]),
+        ("a=x, =1.0, b, c=2", vec![("c", 2.0)], vec!["a=x", "=1.0", "b"]),
+        ("a=1=2", vec![], vec!["a=1=2"]),
+    ] {
+        let (g, b) = parse_weight_setting(setting);
+        let g: Vec<(&str, f64)> = g.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        assert_eq!((g, b), (good, bad.iter().map(|s| s.to_string()).collect::<Vec<_>>()), "{setting}");
+    }
+}
+
+#[test]
+fn metrics_filter_and_weigher() {
+    let f = flavor(&[]);
+    let i = image(&[]);
+    let req = RequestView::new(&f, &i);
+    // MetricsFilter: every metric of the setting, whatever the ratio.
+    for (setting, metrics, pass) in [
+        ("", &[][..], true),
+        ("cpu.percent=1.0", &[("cpu.percent", 0.5)][..], true),
+        ("cpu.percent=1.0, mem=0", &[("cpu.percent", 0.5)][..], false),
+        ("cpu.percent=1.0", &[("cpu.frequency", 2.0)][..], false),
+    ] {
+        check(FilterKind::Metrics, &with_metrics("a", metrics), &req, &metrics_config(setting, true, 1.0), pass);
+    }
+    // MetricsWeigher: sum of value * ratio, normalised, times the multiplier.
+    let hosts = vec![
+        with_metrics("a", &[("cpu", 0.9), ("mem", 0.1)]),
+        with_metrics("b", &[("cpu", 0.2), ("mem", 0.5)]),
+        with_metrics("c", &[("cpu", 0.5), ("mem", 0.9)]),
+        with_metrics("d", &[("mem", 0.0)]),
+    ];
+    let three = &hosts[..3];
+    let order = |hosts: &[HostState], config: &SchedulerConfig| {
+        let mut ws = Workspace::new();
+        let rng = &mut rand::rngs::SmallRng::seed_from_u64(1);
+        let general = ws.best_hosts(hosts, &req, config, rng, 10).map(<[usize]>::to_vec);
+        let table = HostTable::new(hosts.to_vec());
+        let fast = ws.table_best_hosts(&table, &req, config, rng, 10).map(<[usize]>::to_vec);
+        assert_eq!(general, fast, "the table path agrees");
+        let e = explain(hosts, &req, config, rng);
+        assert_eq!(general.as_ref().err(), e.no_valid_host.as_ref(), "explain agrees");
+        if let Ok(o) = &general {
+            assert_eq!(&e.order, o, "explain agrees");
+        }
+        general.map_err(|e| e.reason)
+    };
+    // (hosts, setting, required, multiplier, expected order or the error's start)
+    type Case<'a> = (&'a [HostState], &'a str, bool, f64, Result<Vec<usize>, &'a str>);
+    let cases: &[Case] = &[
+        (three, "cpu=1.0", true, 1.0, Ok(vec![0, 2, 1])),
+        (three, "cpu=-1.0", true, 1.0, Ok(vec![1, 2, 0])),
+        (three, "cpu=1.0", true, -1.0, Ok(vec![1, 2, 0])),
+        // a: 0.9 - 0.1 = 0.8, b: 0.2 - 0.5, c: 0.5 - 0.9.
+        (three, "cpu=1.0, mem=-1.0", true, 1.0, Ok(vec![0, 1, 2])),
+        (three, "cpu=1.0, mem=2.0", true, 1.0, Ok(vec![2, 1, 0])),
+        // No setting: the weigher weighs nothing (input order).
+        (three, "", true, 1.0, Ok(vec![0, 1, 2])),
+        (three, "cpu=1.0", true, 0.0, Ok(vec![0, 1, 2])),
+        // d lacks cpu: required raises (whatever the multiplier); otherwise it weighs
+        // weight_of_unavailable, unless ratio * multiplier is 0.
+        (&hosts, "cpu=1.0", true, 1.0, Err("ComputeHostMetricNotFound")),
+        (&hosts, "cpu=1.0", true, 0.0, Err("ComputeHostMetricNotFound")),
+        (&hosts, "cpu=1.0", false, 1.0, Ok(vec![0, 2, 1, 3])),
+        (&hosts, "cpu=1.0", false, -1.0, Ok(vec![3, 1, 2, 0])),
+        (&hosts, "cpu=0.0, mem=1.0", false, 1.0, Ok(vec![2, 1, 0, 3])),
+        // A single host is not weighed, so nothing raises.
+        (&hosts[3..], "cpu=1.0", true, 1.0, Ok(vec![0])),
+    ];
+    for (hosts, setting, required, m, expect) in cases {
+        let got = order(hosts, &metrics_config(setting, *required, *m));
+        match (got, expect) {
+            (Ok(got), Ok(want)) => assert_eq!(&got, want, "{setting} required={required} x {m}"),
+            (Err(e), Err(start)) => assert!(e.starts_with(start), "{e}"),
+            (got, want) => panic!("{setting} required={required} x {m}: got {got:?}, want {want:?}"),
+        }
+    }
+    // An aggregate's metrics_weight_multiplier overrides the configured one (today).
+    let packed = vec![
+        hosts[0].clone(),
+        in_aggregates(hosts[1].clone(), &[&[("metrics_weight_multiplier", "-1")]]),
+        hosts[2].clone(),
+    ];
+    // a: 0.9/0.9 = 1, b: -1 * 0.2/0.9, c: 0.5/0.9.
+    assert_eq!(order(&packed, &metrics_config("cpu=1.0", true, 1.0)), Ok(vec![0, 2, 1]));
+    let icehouse = SchedulerConfig { era: Era::Icehouse, ..metrics_config("cpu=1.0", true, -1.0) };
+    assert_eq!(order(&packed, &icehouse), Ok(vec![1, 2, 0]));
+}

@@ -401,6 +401,7 @@ impl Workspace {
                 .1
                 .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
         }
+        metrics::required_metrics(self.picked[..n].iter().map(|&i| &hosts[i as usize]), config)?;
         if self.table_needs_general_weighing(req, config) {
             // Per-host multipliers or request-dependent weighers: the general weighing.
             self.survivors.extend(self.picked[..n].iter().map(|&i| i as usize));
@@ -408,8 +409,8 @@ impl Workspace {
             for &i in &self.survivors {
                 let mut row = [0.0; WeigherKind::COUNT];
                 row[..RAW_COLUMNS].copy_from_slice(&table.raw[i][..RAW_COLUMNS]);
-                for w in [WeigherKind::SoftAffinity, WeigherKind::SoftAntiAffinity] {
-                    row[w.index()] = w.raw(&hosts[i], req);
+                for w in [WeigherKind::SoftAffinity, WeigherKind::SoftAntiAffinity, WeigherKind::Metrics] {
+                    row[w.index()] = w.raw(&hosts[i], req, config);
                 }
                 self.rows.push(row);
             }
@@ -505,11 +506,13 @@ impl Workspace {
     }
 
     /// Whether the survivors need [`Workspace::weigh`]: an aggregate overrides a multiplier,
-    /// or a soft-affinity weigher runs.
+    /// or a soft-affinity or metrics weigher runs.
     fn table_needs_general_weighing(&self, req: &RequestView<'_>, config: &SchedulerConfig) -> bool {
         self.flags_seen & MULTIPLIERS != 0
             || config.weighers.iter().any(|(w, m)| {
-                matches!(w, WeigherKind::SoftAffinity | WeigherKind::SoftAntiAffinity) && *m != 0.0 && !w.idle(req)
+                matches!(w, WeigherKind::SoftAffinity | WeigherKind::SoftAntiAffinity | WeigherKind::Metrics)
+                    && *m != 0.0
+                    && !w.idle(req, config)
             })
     }
 
@@ -548,7 +551,7 @@ impl Workspace {
         let narrow = config
             .weighers
             .iter()
-            .all(|(w, m)| *m == 0.0 || w.idle(req) || w.index() < NARROW || table.constant(w.index()));
+            .all(|(w, m)| *m == 0.0 || w.idle(req, config) || w.index() < NARROW || table.constant(w.index()));
         let picked = &self.picked[..n];
         let (lo, hi) = match narrow {
             true => gather_rows::<NARROW>(&table.raw, picked, &floor, &mut self.cand[..n]),
@@ -559,11 +562,11 @@ impl Workspace {
         let mut active = [(0usize, 0.0, 0.0, 0.0); RAW_COLUMNS];
         let mut count = 0;
         for (&weigher, &multiplier) in &config.weighers {
-            if weigher.idle(req) || multiplier == 0.0 {
+            if weigher.idle(req, config) || multiplier == 0.0 {
                 continue;
             }
             let c = weigher.index();
-            debug_assert!(c < RAW_COLUMNS, "soft-affinity weighers take the general path");
+            debug_assert!(c < RAW_COLUMNS, "soft-affinity and metrics weighers take the general path");
             if narrow && c >= NARROW {
                 continue; // constant over the table: normalises to 0
             }
