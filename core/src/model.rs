@@ -153,17 +153,23 @@ impl ComputeNode {
     /// The (architecture, hypervisor type, vm mode) triples the host advertises, as written
     /// (not canonicalised).
     pub fn supported_instances(&self) -> Vec<[&str; 3]> {
-        if let Some(list) = &self.supported_instances {
-            return list.iter().map(|[a, h, m]| [a.as_str(), h.as_str(), m.as_str()]).collect();
-        }
         let mut out = Vec::new();
-        for mode in &self.vm_modes {
-            out.push([self.cpu_arch.as_str(), self.hypervisor_type.as_str(), mode.as_str()]);
-            if self.hypervisor_type.eq_ignore_ascii_case("kvm") {
-                out.push([self.cpu_arch.as_str(), "qemu", mode.as_str()]);
-            }
-        }
+        self.any_supported_instance(|t| {
+            out.push(t);
+            false
+        });
         out
+    }
+
+    /// Whether `f` holds for one of [`ComputeNode::supported_instances`], in their order,
+    /// without collecting them.
+    pub fn any_supported_instance<'a>(&'a self, mut f: impl FnMut([&'a str; 3]) -> bool) -> bool {
+        if let Some(list) = &self.supported_instances {
+            return list.iter().any(|[a, h, m]| f([a.as_str(), h.as_str(), m.as_str()]));
+        }
+        let (arch, hv) = (self.cpu_arch.as_str(), self.hypervisor_type.as_str());
+        let kvm = hv.eq_ignore_ascii_case("kvm");
+        self.vm_modes.iter().any(|mode| f([arch, hv, mode.as_str()]) || (kvm && f([arch, "qemu", mode.as_str()])))
     }
 }
 

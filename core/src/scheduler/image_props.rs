@@ -269,8 +269,7 @@ pub(super) fn image_properties_node(node: &ComputeNode, wants: &ImageWants<'_>, 
             return reject(why, || format!("image {what} `{bad}` is not a value nova accepts"));
         }
     }
-    let triples = node.supported_instances();
-    if triples.is_empty() {
+    if !node.any_supported_instance(|_| true) {
         return reject(why, || {
             "image asks for an arch, hypervisor type or vm mode; host advertises no supported_instances".into()
         });
@@ -278,22 +277,22 @@ pub(super) fn image_properties_node(node: &ComputeNode, wants: &ImageWants<'_>, 
     // nova's `_compare_props`: each requested value must be one of the triple's three values
     // (membership in the triple, not position by position).
     let wanted = [wants.arch, wants.hv_type, wants.vm_mode];
-    let matches = |t: &[&str; 3]| {
-        let t = host_triple(*t, wants.icehouse);
+    let matches = |t: [&str; 3]| {
+        let t = host_triple(t, wants.icehouse);
         wanted
             .iter()
             .flatten()
             .flatten()
             .all(|w| t.iter().any(|v| if wants.icehouse { v == w } else { v.eq_ignore_ascii_case(w) }))
     };
-    if !triples.iter().any(matches) {
+    if !node.any_supported_instance(matches) {
         return reject(why, || {
             format!(
                 "image wants arch={} hypervisor_type={} vm_mode={}, host supports {:?}",
                 ImageWants::show(&wants.arch),
                 ImageWants::show(&wants.hv_type),
                 ImageWants::show(&wants.vm_mode),
-                triples
+                node.supported_instances()
             )
         });
     }
