@@ -415,8 +415,15 @@ struct Prepared<'r> {
 
 impl<'r> Prepared<'r> {
     fn new(req: &RequestView<'r>, config: &SchedulerConfig) -> Prepared<'r> {
-        let image = ImageWants::new(&req.image.properties, config.era);
-        let capabilities = req.flavor.extra_specs.keys().any(|k| !k.contains(':') || k.starts_with("capabilities:"));
+        // nova's option takes only names of arch.ALL (the scenario refuses others).
+        let default_arch =
+            config.image_properties_default_architecture.as_deref().and_then(image_props::canonical_arch);
+        let image = ImageWants::new(&req.image.properties, config.era, default_arch);
+        let capabilities = req.flavor.extra_specs.keys().any(|k| {
+            !k.contains(':')
+                || k.starts_with("capabilities:")
+                || (config.era == Era::Current && k == capabilities::MAXPHYSADDR_BITS)
+        });
         let json =
             req.hints.query.as_deref().filter(|q| !q.is_empty()).map(|q| {
                 serde_json::from_str::<serde_json::Value>(q).map_err(|e| format!("query hint is not JSON: {e}"))
@@ -1041,6 +1048,10 @@ pub struct SchedulerConfig {
     /// `[metrics]`: MetricsFilter's and MetricsWeigher's setting.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// ImagePropertiesFilter's `image_properties_default_architecture`: the architecture of
+    /// an image that names none (unset: none).
+    #[serde(default)]
+    pub image_properties_default_architecture: Option<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -1061,6 +1072,7 @@ impl Default for SchedulerConfig {
             default_availability_zone: "nova".into(),
             era: Era::Current,
             metrics: MetricsConfig::default(),
+            image_properties_default_architecture: None,
         }
     }
 }

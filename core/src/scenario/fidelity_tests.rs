@@ -116,3 +116,16 @@ fn metrics_knobs_reach_the_config() {
     let e = error_of(&format!("{GOOD}\n[control.scheduler.metrics]\nweight_settings = \"a=1\"\n"));
     assert!(e.message.contains("weight_settings"), "{e}");
 }
+
+#[test]
+fn default_architecture_knob_takes_nova_s_names_only() {
+    let with =
+        |arch: &str| format!("{GOOD}\n[control.scheduler]\nimage_properties_default_architecture = \"{arch}\"\n");
+    let s = Scenario::parse("t.toml", &with("aarch64")).unwrap();
+    assert_eq!(s.scheduler_config().image_properties_default_architecture.as_deref(), Some("aarch64"));
+    let text = with("amd64");
+    let e = error_of(&text);
+    assert_eq!(e.field, "control.scheduler.image_properties_default_architecture", "{e}");
+    assert_eq!(e.line, line_of(&text, "image_properties_default_architecture"), "{e}");
+    assert_eq!(Scenario::parse("t.toml", GOOD).unwrap().scheduler_config().image_properties_default_architecture, None);
+}

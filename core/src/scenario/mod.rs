@@ -448,6 +448,9 @@ pub struct SchedulerKnobs {
     /// nova's `[metrics]` (MetricsFilter, MetricsWeigher; its multiplier is `weighers.metrics`).
     #[serde(default)]
     pub metrics: MetricsKnobs,
+    /// ImagePropertiesFilter's architecture for images that name none (unset: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_properties_default_architecture: Option<String>,
 }
 
 /// `[control.scheduler.metrics]`: nova's `[metrics]` options.
@@ -510,6 +513,7 @@ impl Default for SchedulerKnobs {
             restrict_isolated_hosts_to_isolated_images: true,
             default_availability_zone: default_zone(),
             metrics: MetricsKnobs::default(),
+            image_properties_default_architecture: None,
         }
     }
 }
@@ -1216,6 +1220,7 @@ impl Scenario {
                 required: knobs.metrics.required,
                 weight_of_unavailable: knobs.metrics.weight_of_unavailable,
             },
+            image_properties_default_architecture: knobs.image_properties_default_architecture.clone(),
             ..era
         };
         for (name, m) in &knobs.weighers {

@@ -214,6 +214,18 @@ impl Scenario {
                 format!("unknown strategy `{}`; built in: {}", knobs.strategy, crate::strategy::BUILTIN.join(", ")),
             );
         }
+        if let Some(arch) = &knobs.image_properties_default_architecture {
+            // An oslo option with choices=arch.ALL: exact names only.
+            if !crate::scheduler::image_props::ARCHITECTURES.contains(&arch.as_str()) {
+                return err(
+                    "control.scheduler.image_properties_default_architecture".into(),
+                    format!(
+                        "`{arch}` is not one of nova's architectures ({})",
+                        crate::scheduler::image_props::ARCHITECTURES.join(", ")
+                    ),
+                );
+            }
+        }
         if !knobs.metrics.weight_of_unavailable.is_finite() {
             return err(
                 "control.scheduler.metrics.weight_of_unavailable".into(),

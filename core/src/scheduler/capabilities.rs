@@ -12,6 +12,10 @@ use crate::extra_specs;
 use crate::model::Flavor;
 use crate::scenario::Era;
 
+/// The flavor extra_spec today's filter reads as `capabilities:cpu_info:maxphysaddr:bits`
+/// with `>= ` before its value.
+pub(super) const MAXPHYSADDR_BITS: &str = "hw:maxphysaddr_bits";
+
 /// HostState attribute names nova's `hasattr` finds even when unset (an unscoped extra_spec
 /// with such a name is checked, not skipped).
 const ATTRIBUTES: [&str; 17] = [
@@ -134,7 +138,10 @@ fn text(host: &HostState, cap: Cap<'_>) -> String {
 }
 
 pub(super) fn compute_capabilities(host: &HostState, flavor: &Flavor, era: Era, why: &mut impl Why) -> bool {
-    for (key, req) in &flavor.extra_specs {
+    let bits = flavor.extra_specs.get(MAXPHYSADDR_BITS).filter(|_| era == Era::Current);
+    let rewritten = bits.map(|b| ("capabilities:cpu_info:maxphysaddr:bits".to_string(), format!(">= {b}")));
+    let specs = flavor.extra_specs.iter().filter(|(k, _)| bits.is_none() || k.as_str() != MAXPHYSADDR_BITS);
+    for (key, req) in specs.chain(rewritten.iter().map(|(k, v)| (k, v))) {
         let parts: Vec<&str> = key.split(':').collect();
         let scope = match parts.as_slice() {
             // Unscoped: only a host attribute or stat counts today (backward compatible);

@@ -599,3 +599,45 @@ fn metrics_filter_and_weigher() {
     let icehouse = SchedulerConfig { era: Era::Icehouse, ..metrics_config("cpu=1.0", true, -1.0) };
     assert_eq!(order(&packed, &icehouse), Ok(vec![1, 2, 0]));
 }
+
+#[test]
+fn default_architecture_and_physical_address_bits() {
+    let f = flavor(&[]);
+    let defaulted =
+        SchedulerConfig { image_properties_default_architecture: Some("aarch64".into()), ..Default::default() };
+    let arm = advertising(Some(&[["aarch64", "kvm", "hvm"]]));
+    let x86 = host("a", 1);
+    let cpu = |bits: &str| {
+        with_node(host("a", 1), |n| {
+            n.cpu_info = Some(format!(r#"{{"maxphysaddr": {{"mode": "passthrough", "bits": {bits}}}}}"#))
+        })
+    };
+    let (b40, b46, b0) = (cpu("40"), cpu("46"), cpu("0"));
+    let cases: &[(Props, &HostState, &SchedulerConfig, bool)] = &[
+        // image_properties_default_architecture stands in for a missing hw_architecture.
+        (&[], &x86, &defaulted, false),
+        (&[], &arm, &defaulted, true),
+        (&[("architecture", "x86_64")], &x86, &defaulted, true),
+        (&[], &x86, &SchedulerConfig::default(), true),
+        // hw_maxphysaddr_bits, checked once a triple matches, against cpu_info's bits.
+        (&[("hw_architecture", "x86_64"), ("hw_maxphysaddr_bits", "42")], &b46, &SchedulerConfig::default(), true),
+        (&[("hw_architecture", "x86_64"), ("hw_maxphysaddr_bits", "42")], &b40, &SchedulerConfig::default(), false),
+        (&[("hw_architecture", "x86_64"), ("hw_maxphysaddr_bits", "42")], &b0, &SchedulerConfig::default(), true),
+        (&[("hw_architecture", "x86_64"), ("hw_maxphysaddr_bits", "42")], &x86, &SchedulerConfig::default(), true),
+        // Without an arch, hypervisor type or vm mode nothing is checked.
+        (&[("hw_maxphysaddr_bits", "42")], &b40, &SchedulerConfig::default(), true),
+        (&[("hw_architecture", "x86_64"), ("hw_maxphysaddr_bits", "42")], &b40, &SchedulerConfig::icehouse(), true),
+    ];
+    for (props, h, cfg, pass) in cases {
+        let img = image(props);
+        check(FilterKind::ImageProperties, h, &RequestView::new(&f, &img), cfg, *pass);
+    }
+    // The flavor's hw:maxphysaddr_bits is ComputeCapabilities' cpu_info:maxphysaddr:bits >= N.
+    let i = image(&[]);
+    for (bits, h, today, then) in [("42", &b46, true, true), ("42", &b40, false, true), ("42", &x86, false, true)] {
+        let f = flavor(&[("hw:maxphysaddr_bits", bits)]);
+        let req = RequestView::new(&f, &i);
+        check(FilterKind::ComputeCapabilities, h, &req, &SchedulerConfig::default(), today);
+        check(FilterKind::ComputeCapabilities, h, &req, &SchedulerConfig::icehouse(), then);
+    }
+}

@@ -156,6 +156,7 @@ pub fn validate_image_properties(props: &BTreeMap<String, String>, era: Era) -> 
             (Era::Current, "hw_vm_mode") => canonical_vm_mode(value, era).is_some(),
             (Era::Icehouse, _) if name == "vm_mode" => canonical_vm_mode(value, era).is_some(),
             (_, "img_hv_requested_version") => super::parse_version_predicate(value).is_ok(),
+            (Era::Current, "hw_maxphysaddr_bits") => value.trim().parse::<u64>().is_ok(),
             _ => true,
         };
         if !ok {
@@ -163,6 +164,7 @@ pub fn validate_image_properties(props: &BTreeMap<String, String>, era: Era) -> 
                 "hw_architecture" => format!("not an architecture nova knows ({})", ARCHITECTURES.join(", ")),
                 "img_hv_type" => format!("not a hypervisor type nova knows ({})", HV_TYPES.join(", ")),
                 "hw_vm_mode" => "not a vm mode nova knows (hvm, xen, uml, exe; pv, hv, baremetal)".to_string(),
+                "hw_maxphysaddr_bits" => "not a whole number of bits".to_string(),
                 _ => "not a version predicate like \">= 6.0, < 9.0\"".to_string(),
             };
             return Err((name.clone(), format!("`{value}` is {what}")));
@@ -182,16 +184,28 @@ pub(super) struct ImageWants<'a> {
     pub(super) hv_type: Want<'a>,
     pub(super) vm_mode: Want<'a>,
     pub(super) version: Option<&'a str>,
+    /// `hw_maxphysaddr_bits` (current era), as written.
+    pub(super) maxphysaddr_bits: Option<&'a str>,
 }
 
 /// The cache key of a request's ImageProperties verdicts: the era and each want.
-pub(super) type ImageKey = (bool, [Option<Result<String, String>>; 4]);
+pub(super) type ImageKey = (bool, [Option<Result<String, String>>; 5]);
 
 impl<'a> ImageWants<'a> {
-    pub(super) fn new(props: &'a BTreeMap<String, String>, era: Era) -> ImageWants<'a> {
+    /// `default_arch`: nova's `image_properties_default_architecture`, for an image without
+    /// one (current era).
+    pub(super) fn new(props: &'a BTreeMap<String, String>, era: Era, default_arch: Option<&'a str>) -> ImageWants<'a> {
         let get = |current: &str, legacy: &str| match era {
             Era::Current => image_property(props, current),
             Era::Icehouse => props.get(legacy).map(String::as_str),
+        };
+        let arch = match era {
+            Era::Current => get("hw_architecture", "architecture").or(default_arch),
+            Era::Icehouse => get("hw_architecture", "architecture"),
+        };
+        let maxphysaddr_bits = match era {
+            Era::Current => image_property(props, "hw_maxphysaddr_bits").filter(|v| !v.is_empty()),
+            Era::Icehouse => None,
         };
         let canon = |v: Option<&'a str>, f: fn(&str) -> Option<&'static str>| -> Want<'a> {
             v.filter(|v| !v.is_empty()).map(|v| match era {
@@ -204,10 +218,11 @@ impl<'a> ImageWants<'a> {
             .map(|v| canonical_vm_mode(v, era).map(|c| -> &'a str { c }).ok_or(v));
         ImageWants {
             icehouse: era == Era::Icehouse,
-            arch: canon(get("hw_architecture", "architecture"), canonical_arch),
+            arch: canon(arch, canonical_arch),
             hv_type: canon(get("img_hv_type", "hypervisor_type"), canonical_hv_type),
             vm_mode,
             version: get("img_hv_requested_version", "hypervisor_version_requires").filter(|v| !v.is_empty()),
+            maxphysaddr_bits,
         }
     }
 
@@ -221,7 +236,13 @@ impl<'a> ImageWants<'a> {
         let own = |w: &Want<'_>| w.map(|r| r.map(str::to_string).map_err(str::to_string));
         (
             self.icehouse,
-            [own(&self.arch), own(&self.hv_type), own(&self.vm_mode), self.version.map(|v| Ok(v.to_string()))],
+            [
+                own(&self.arch),
+                own(&self.hv_type),
+                own(&self.vm_mode),
+                self.version.map(|v| Ok(v.to_string())),
+                self.maxphysaddr_bits.map(|v| Ok(v.to_string())),
+            ],
         )
     }
 
@@ -236,6 +257,7 @@ impl<'a> ImageWants<'a> {
             && same(&key.1[1], &self.hv_type)
             && same(&key.1[2], &self.vm_mode)
             && same(&key.1[3], &self.version.map(Ok))
+            && same(&key.1[4], &self.maxphysaddr_bits.map(Ok))
     }
 
     fn show(w: &Want<'_>) -> String {
@@ -300,6 +322,21 @@ pub(super) fn image_properties_node(node: &ComputeNode, wants: &ImageWants<'_>, 
     if let (Some(req), v @ 1..) = (wants.version, node.hypervisor_version) {
         if !super::version_satisfies(v, req) {
             return reject(why, || format!("hypervisor version {} does not satisfy `{req}`", super::version_string(v)));
+        }
+    }
+    // `_compare_maxphysaddr_bits`: the host's cpu_info maxphysaddr bits, when it reports them.
+    if let Some(text) = wants.maxphysaddr_bits {
+        let Ok(required) = text.trim().parse::<u64>() else {
+            return reject(why, || format!("image hw_maxphysaddr_bits `{text}` is not an integer"));
+        };
+        let bits = node
+            .cpu_info
+            .as_deref()
+            .and_then(|info| serde_json::from_str::<serde_json::Value>(info).ok())
+            .and_then(|info| info.get("maxphysaddr")?.get("bits")?.as_u64())
+            .filter(|b| *b != 0);
+        if let Some(bits) = bits.filter(|b| *b < required) {
+            return reject(why, || format!("host has {bits} physical address bits, image needs {required}"));
         }
     }
     true

@@ -67,9 +67,9 @@ const RAW_COLUMNS: usize = 7;
 /// A host's raw weigher values in the first [`RAW_COLUMNS`] lanes, the last lane 0.
 type Raw = [f64; 8];
 
-/// (cpu_arch, hypervisor_type, vm_modes, hypervisor_version, supported_instances): all
-/// ImagePropertiesFilter reads.
-type ClassKey = (String, String, Vec<String>, u64, Option<Vec<[String; 3]>>);
+/// (cpu_arch, hypervisor_type, vm_modes, hypervisor_version, supported_instances,
+/// cpu_info): all ImagePropertiesFilter reads.
+type ClassKey = (String, String, Vec<String>, u64, Option<Vec<[String; 3]>>, Option<String>);
 
 /// What placement's check and ComputeFilter read about a host.
 #[derive(Debug, Clone, Copy, Default)]
@@ -213,6 +213,7 @@ impl HostTable {
             node.vm_modes.clone(),
             node.hypervisor_version,
             node.supported_instances.clone(),
+            node.cpu_info.clone(),
         );
         let next = self.classes.len() as u32;
         let class = *self.class_of.entry(key).or_insert(next);
