@@ -790,6 +790,11 @@ mod table_equivalence {
             if s.aarch64 {
                 n.cpu_arch = "aarch64".into();
             }
+            // Metrics on most hosts (MetricsFilter, MetricsWeigher), none on a third.
+            if !s.failed.is_multiple_of(3) {
+                n.metrics.insert("cpu".into(), s.used.0 as f64 / 10.0);
+                n.metrics.insert("mem".into(), s.io_ops as f64);
+            }
         });
         match s.aggregate {
             0 => in_aggregates(h, &[&[("ram_weight_multiplier", "3")]]),
@@ -814,7 +819,7 @@ mod table_equivalence {
     }
 
     fn request() -> impl Strategy<Value = Request> {
-        (1u64..6, prop::sample::select(vec![512u64, 1024, 2048, 4096]), 0u64..30, 0u8..3, 0u8..8, 0usize..6).prop_map(
+        (1u64..6, prop::sample::select(vec![512u64, 1024, 2048, 4096]), 0u64..30, 0u8..4, 0u8..8, 0usize..6).prop_map(
             |(vcpus, ram_mb, disk_gb, arch, group, k)| Request {
                 vcpus,
                 ram_mb,
@@ -851,13 +856,27 @@ mod table_equivalence {
             prop::collection::vec(prop::option::weighted(0.3, multiplier), WeigherKind::COUNT),
             1usize..4,
             prop::sample::select(vec![2usize, 5, 1000]),
-            0u8..6,
+            0u8..8,
         )
             .prop_map(|(overrides, subset, limit, era)| {
                 let mut config = match era {
                     0 => SchedulerConfig::icehouse(),
                     1 => SchedulerConfig {
                         filters: [FilterKind::defaults(), vec![FilterKind::NumInstances, FilterKind::IoOps]].concat(),
+                        ..SchedulerConfig::default()
+                    },
+                    // The metrics weigher, hosts without metrics weighing weight_of_unavailable,
+                    // or filtered out before a required weigher could raise.
+                    2 | 3 => SchedulerConfig {
+                        filters: match era {
+                            2 => FilterKind::defaults(),
+                            _ => [FilterKind::defaults(), vec![FilterKind::Metrics]].concat(),
+                        },
+                        metrics: MetricsConfig {
+                            weight_setting: vec![("cpu".into(), 1.0), ("mem".into(), -0.5)],
+                            required: era == 3,
+                            weight_of_unavailable: -10000.0,
+                        },
                         ..SchedulerConfig::default()
                     },
                     _ => SchedulerConfig::default(),
@@ -886,6 +905,7 @@ mod table_equivalence {
         let image = match r.arch {
             0 => image(&[]),
             1 => image(&[("hw_architecture", "x86_64")]),
+            2 => image(&[("architecture", "AMD64"), ("hypervisor_version_requires", ">= 9.0")]),
             _ => image(&[("hw_architecture", "aarch64"), ("img_hv_requested_version", ">= 9.0")]),
         };
         let group_hosts = vec!["h0".to_string(), "h3".to_string()];
@@ -922,7 +942,8 @@ mod table_equivalence {
         /// hosts, same order, same random draws (ties included), through claims, releases, usage refreshes
         /// and host updates, with down and disabled hosts, unit constraints, other-arch
         /// nodes, aggregates overriding multipliers, soft-affinity weighers, random
-        /// multipliers, subsets, candidate limits and the Icehouse filters.
+        /// multipliers, subsets, candidate limits, the Icehouse filters, legacy image
+        /// property names, and the metrics filter and weigher (hosts without metrics too).
         #[test]
         fn table_path_decides_as_best_hosts(
             specs in prop::collection::vec(host_spec(), 1..30),
