@@ -348,6 +348,12 @@ impl FilterKind {
         }
     }
 
+    /// Whether 2014.1 shipped this filter (AggregateIoOps, AggregateNumInstances and
+    /// AggregateDisk came in Juno).
+    pub fn in_icehouse(self) -> bool {
+        !matches!(self, FilterKind::AggregateIoOps | FilterKind::AggregateNumInstances | FilterKind::AggregateDisk)
+    }
+
     /// Whether the filter can reject anything for this request (no-ops are skipped).
     fn active(self, prepared: &Prepared<'_>, req: &RequestView<'_>, config: &SchedulerConfig) -> bool {
         match self {
@@ -976,6 +982,11 @@ impl WeigherKind {
         WeigherKind::ALL.into_iter().find(|w| w.name() == name)
     }
 
+    /// Whether 2014.1 shipped this weigher (only `ram.py` and `metrics.py`).
+    pub fn in_icehouse(self) -> bool {
+        matches!(self, WeigherKind::Ram | WeigherKind::Metrics)
+    }
+
     pub fn index(self) -> usize {
         self as usize
     }
@@ -1078,12 +1089,12 @@ impl Default for SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    /// Icehouse (2014.1): its default filters, the RAM weigher only (the one it shipped,
-    /// besides metrics), no placement.
+    /// Icehouse (2014.1): its default filters, the weighers it shipped (`all_weighers`: RAM
+    /// and metrics), no placement.
     pub fn icehouse() -> SchedulerConfig {
         SchedulerConfig {
             filters: FilterKind::icehouse_defaults(),
-            weighers: [(WeigherKind::Ram, 1.0)].into_iter().collect(),
+            weighers: [(WeigherKind::Ram, 1.0), (WeigherKind::Metrics, 1.0)].into_iter().collect(),
             use_placement: false,
             era: Era::Icehouse,
             ..SchedulerConfig::default()

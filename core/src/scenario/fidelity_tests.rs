@@ -129,3 +129,35 @@ fn default_architecture_knob_takes_nova_s_names_only() {
     assert_eq!(e.line, line_of(&text, "image_properties_default_architecture"), "{e}");
     assert_eq!(Scenario::parse("t.toml", GOOD).unwrap().scheduler_config().image_properties_default_architecture, None);
 }
+
+#[test]
+fn icehouse_scenarios_name_only_2014_1_filters_and_weighers() {
+    let icehouse =
+        |scheduler: &str| format!("{GOOD}\n[control]\nera = \"icehouse\"\n\n[control.scheduler]\n{scheduler}\n");
+    let current = |scheduler: &str| format!("{GOOD}\n[control.scheduler]\n{scheduler}\n");
+    let cases = [
+        (icehouse("filters = [\"Retry\", \"AggregateCore\", \"Metrics\"]"), None),
+        (icehouse("filters = [\"Retry\", \"AggregateDisk\"]"), Some(("control.scheduler.filters.1", "Juno"))),
+        (icehouse("filters = [\"AggregateIoOps\"]"), Some(("control.scheduler.filters.0", "Juno"))),
+        (current("filters = [\"AggregateIoOps\", \"AggregateDisk\"]"), None),
+        (icehouse("weighers = { ram = -1.0, metrics = 2.0 }"), None),
+        (icehouse("weighers = { cpu = 1.0 }"), Some(("control.scheduler.weighers.cpu", "ram, metrics"))),
+        (current("weighers = { cpu = 1.0 }"), None),
+    ];
+    for (text, expect) in cases {
+        match (Scenario::parse("t.toml", &text), expect) {
+            (Ok(_), None) => {}
+            (Err(e), Some((field, fragment))) => {
+                assert_eq!(e.field, field, "{e}");
+                assert!(e.message.contains(fragment), "{e}");
+            }
+            (got, expect) => panic!("{text}\nexpected {expect:?}, got {got:?}"),
+        }
+    }
+    // 2014.1's all_weighers: RAM and metrics.
+    let s = Scenario::parse("t.toml", &icehouse("")).unwrap();
+    assert_eq!(
+        s.scheduler_config().weighers.keys().copied().collect::<Vec<_>>(),
+        [WeigherKind::Ram, WeigherKind::Metrics]
+    );
+}

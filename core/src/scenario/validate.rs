@@ -88,19 +88,37 @@ impl Scenario {
             }
         }
         for (i, f) in self.control.scheduler.filters.iter().flatten().enumerate() {
-            if FilterKind::from_name(f).is_none() {
-                return err(
-                    &format!("control.scheduler.filters.{i}"),
-                    format!("unknown filter `{f}`; known: {}", FilterKind::NAMES.join(", ")),
-                );
+            match FilterKind::from_name(f) {
+                None => {
+                    return err(
+                        &format!("control.scheduler.filters.{i}"),
+                        format!("unknown filter `{f}`; known: {}", FilterKind::NAMES.join(", ")),
+                    )
+                }
+                Some(k) if self.control.era == Era::Icehouse && !k.in_icehouse() => {
+                    return err(
+                        &format!("control.scheduler.filters.{i}"),
+                        format!("`{f}` is not a 2014.1 filter (it came in Juno); era is \"icehouse\""),
+                    )
+                }
+                Some(_) => {}
             }
         }
         for name in self.control.scheduler.weighers.keys() {
-            if WeigherKind::from_name(name).is_none() {
-                return err(
-                    &format!("control.scheduler.weighers.{name}"),
-                    format!("unknown weigher `{name}`; known: {}", WeigherKind::NAMES.join(", ")),
-                );
+            match WeigherKind::from_name(name) {
+                None => {
+                    return err(
+                        &format!("control.scheduler.weighers.{name}"),
+                        format!("unknown weigher `{name}`; known: {}", WeigherKind::NAMES.join(", ")),
+                    )
+                }
+                Some(w) if self.control.era == Era::Icehouse && !w.in_icehouse() => {
+                    return err(
+                        &format!("control.scheduler.weighers.{name}"),
+                        format!("2014.1 had no `{name}` weigher (its weighers: ram, metrics); era is \"icehouse\""),
+                    )
+                }
+                Some(_) => {}
             }
         }
         if self.control.scheduler.max_attempts == 0 {
