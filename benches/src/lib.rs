@@ -26,6 +26,9 @@ pub fn hosts(n: usize) -> (Vec<Provider>, Vec<HostState>) {
             num_instances: (i % 40) as u64,
             num_io_ops: (i % 5) as u64,
             stats: BTreeMap::new(),
+            supported_instances: None,
+            cpu_info: None,
+            metrics: BTreeMap::new(),
         });
         providers.push(Provider { host: node.host.clone(), inventories, used });
         states.push(HostState::new(node, inventories, used));
@@ -34,7 +37,15 @@ pub fn hosts(n: usize) -> (Vec<Provider>, Vec<HostState>) {
 }
 
 pub fn flavor() -> Flavor {
-    Flavor { name: "m1.medium".into(), vcpus: 2, ram_mb: 4096, disk_gb: 40, extra_specs: BTreeMap::new() }
+    Flavor {
+        name: "m1.medium".into(),
+        vcpus: 2,
+        ram_mb: 4096,
+        disk_gb: 40,
+        ephemeral_gb: 0,
+        swap: 0,
+        extra_specs: BTreeMap::new(),
+    }
 }
 
 pub fn image() -> Image {

@@ -646,6 +646,9 @@ pub fn main() -> ExitCode {
                 s.host_count(),
                 s.workload.runner.times(&s.trace)
             );
+            for (field, message) in s.warnings() {
+                println!("warning: {field}: {message}");
+            }
             let seed = s.scenario.seeds.start;
             match s.fault_schedule(seed) {
                 Ok(schedule) if schedule.is_empty() => {}

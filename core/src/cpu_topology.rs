@@ -224,6 +224,8 @@ mod tests {
             vcpus,
             ram_mb: 1024,
             disk_gb: 1,
+            ephemeral_gb: 0,
+            swap: 0,
             extra_specs: specs.iter().map(|(k, v)| (format!("hw:{k}"), v.to_string())).collect(),
         }
     }

@@ -72,14 +72,33 @@ pub struct Flavor {
     pub name: String,
     pub vcpus: u64,
     pub ram_mb: u64,
+    /// The root disk (nova's `root_gb`).
     pub disk_gb: u64,
+    /// nova's `ephemeral_gb`: local disk besides the root disk.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ephemeral_gb: u64,
+    /// nova's `swap`, in MB.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub swap: u64,
     #[serde(default)]
     pub extra_specs: BTreeMap<String, String>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Flavor {
+    /// What placement is asked for (nova's `resources_from_flavor`): DISK_GB is the root
+    /// disk, the ephemeral disk and the swap rounded up to whole GB.
     pub fn resources(&self) -> Resources {
-        Resources::new(self.vcpus, self.ram_mb, self.disk_gb)
+        Resources::new(self.vcpus, self.ram_mb, self.disk_gb + self.ephemeral_gb + self.swap.div_ceil(1024))
+    }
+
+    /// The local disk in MB as Icehouse's DiskFilter asks for it: 1024 * (root_gb +
+    /// ephemeral_gb) + swap, the swap not rounded.
+    pub fn disk_mb(&self) -> u64 {
+        1024 * (self.disk_gb + self.ephemeral_gb) + self.swap
     }
 }
 
@@ -114,6 +133,44 @@ pub struct ComputeNode {
     /// Free-form stats from the scenario (ComputeCapabilities reads `capabilities:stats:x`).
     #[serde(default)]
     pub stats: BTreeMap<String, String>,
+    /// nova's `supported_instances`: the (architecture, hypervisor type, vm mode) triples
+    /// the hypervisor offers. `None`: one per vm mode from `cpu_arch` and
+    /// `hypervisor_type`, and the same with `qemu` on a KVM host (libvirt lists both
+    /// domain types); see [`ComputeNode::supported_instances`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported_instances: Option<Vec<[String; 3]>>,
+    /// nova's `cpu_info`: a JSON string (ComputeCapabilities loads it to walk
+    /// `capabilities:cpu_info:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_info: Option<String>,
+    /// Host metrics by name (nova's monitors' `MonitorMetric` values: MetricsFilter and
+    /// MetricsWeigher).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl ComputeNode {
+    /// The (architecture, hypervisor type, vm mode) triples the host advertises, as written
+    /// (not canonicalised).
+    pub fn supported_instances(&self) -> Vec<[&str; 3]> {
+        let mut out = Vec::new();
+        self.any_supported_instance(|t| {
+            out.push(t);
+            false
+        });
+        out
+    }
+
+    /// Whether `f` holds for one of [`ComputeNode::supported_instances`], in their order,
+    /// without collecting them.
+    pub fn any_supported_instance<'a>(&'a self, mut f: impl FnMut([&'a str; 3]) -> bool) -> bool {
+        if let Some(list) = &self.supported_instances {
+            return list.iter().any(|[a, h, m]| f([a.as_str(), h.as_str(), m.as_str()]));
+        }
+        let (arch, hv) = (self.cpu_arch.as_str(), self.hypervisor_type.as_str());
+        let kvm = hv.eq_ignore_ascii_case("kvm");
+        self.vm_modes.iter().any(|mode| f([arch, hv, mode.as_str()]) || (kvm && f([arch, "qemu", mode.as_str()])))
+    }
 }
 
 /// nova's services row: heartbeat and operator/auto disable.

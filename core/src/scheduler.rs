@@ -20,9 +20,10 @@ use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::cpu_topology::{self, CpuTopology};
-use crate::extra_specs;
 use crate::model::{Aggregate, ComputeNode, Flavor, GroupPolicy, Image, Inventory, Resources, SchedulerHints};
 use crate::placement::CANDIDATE_LIMIT;
+use crate::scenario::Era;
+use image_props::{image_properties_node, ImageKey, ImageWants};
 
 /// Everything the filters and weighers read about one host. Cheap to clone: the node
 /// record and the aggregate view are shared.
@@ -95,7 +96,9 @@ impl HostState {
                     <= inv.total.saturating_sub(inv.reserved) as f64 * inv.allocation_ratio)
     }
 
-    /// Host attributes by nova's HostState attribute names (ComputeCapabilities, JsonFilter).
+    /// Host attributes by nova's HostState attribute names (ComputeCapabilities, JsonFilter);
+    /// a name that is no attribute, or one that is unset, reads the stats (as
+    /// ComputeCapabilitiesFilter's `getattr(...) or stats.get(...)` does).
     fn attribute(&self, name: &str) -> Option<Attr<'_>> {
         Some(match name {
             "host" | "nodename" => Attr::Text(&self.node.host),
@@ -111,6 +114,7 @@ impl HostState {
             "num_instances" => Attr::Number(self.node.num_instances as f64),
             "num_io_ops" => Attr::Number(self.node.num_io_ops as f64),
             "failed_builds" => Attr::Number(self.failed_builds as f64),
+            "cpu_info" if self.node.cpu_info.is_some() => Attr::Text(self.node.cpu_info.as_deref().unwrap_or_default()),
             _ => return self.node.stats.get(name).map(|s| Attr::Text(s)),
         })
     }
@@ -298,6 +302,7 @@ filter_kinds! {
     AggregateCore = "AggregateCore",
     Disk = "Disk",
     AggregateDisk = "AggregateDisk",
+    Metrics = "Metrics",
 }
 
 impl FilterKind {
@@ -343,6 +348,12 @@ impl FilterKind {
         }
     }
 
+    /// Whether 2014.1 shipped this filter (AggregateIoOps, AggregateNumInstances and
+    /// AggregateDisk came in Juno).
+    pub fn in_icehouse(self) -> bool {
+        !matches!(self, FilterKind::AggregateIoOps | FilterKind::AggregateNumInstances | FilterKind::AggregateDisk)
+    }
+
     /// Whether the filter can reject anything for this request (no-ops are skipped).
     fn active(self, prepared: &Prepared<'_>, req: &RequestView<'_>, config: &SchedulerConfig) -> bool {
         match self {
@@ -364,6 +375,7 @@ impl FilterKind {
             }
             FilterKind::Json => req.hints.query.as_deref().is_some_and(|q| !q.is_empty()),
             FilterKind::Retry => !req.retry_hosts.is_empty(),
+            FilterKind::Metrics => !config.metrics.weight_setting.is_empty(),
             _ => true,
         }
     }
@@ -396,21 +408,6 @@ fn reject(why: &mut impl Why, reason: impl FnOnce() -> String) -> bool {
     false
 }
 
-/// What the image asks of the host (ImagePropertiesFilter), read once per request.
-#[derive(Debug, Default)]
-struct ImageWants<'a> {
-    arch: Option<&'a str>,
-    hv_type: Option<&'a str>,
-    vm_mode: Option<&'a str>,
-    version: Option<&'a str>,
-}
-
-impl ImageWants<'_> {
-    fn any(&self) -> bool {
-        self.arch.is_some() || self.hv_type.is_some() || self.vm_mode.is_some() || self.version.is_some()
-    }
-}
-
 /// Per-request work done once rather than per host.
 struct Prepared<'r> {
     image: ImageWants<'r>,
@@ -424,15 +421,15 @@ struct Prepared<'r> {
 
 impl<'r> Prepared<'r> {
     fn new(req: &RequestView<'r>, config: &SchedulerConfig) -> Prepared<'r> {
-        let props = &req.image.properties;
-        let prop = |names: &[&str]| names.iter().find_map(|n| props.get(*n)).map(String::as_str);
-        let image = ImageWants {
-            arch: prop(&["hw_architecture", "architecture"]),
-            hv_type: prop(&["img_hv_type", "hypervisor_type"]),
-            vm_mode: prop(&["hw_vm_mode", "vm_mode"]),
-            version: prop(&["img_hv_requested_version"]),
-        };
-        let capabilities = req.flavor.extra_specs.keys().any(|k| !k.contains(':') || k.starts_with("capabilities:"));
+        // nova's option takes only names of arch.ALL (the scenario refuses others).
+        let default_arch =
+            config.image_properties_default_architecture.as_deref().and_then(image_props::canonical_arch);
+        let image = ImageWants::new(&req.image.properties, config.era, default_arch);
+        let capabilities = req.flavor.extra_specs.keys().any(|k| {
+            !k.contains(':')
+                || k.starts_with("capabilities:")
+                || (config.era == Era::Current && k == capabilities::MAXPHYSADDR_BITS)
+        });
         let json =
             req.hints.query.as_deref().filter(|q| !q.is_empty()).map(|q| {
                 serde_json::from_str::<serde_json::Value>(q).map_err(|e| format!("query hint is not JSON: {e}"))
@@ -593,17 +590,20 @@ fn passes(
                 true
             }
         }
-        FilterKind::ComputeCapabilities => !prep.capabilities || compute_capabilities(host, req.flavor, why),
+        FilterKind::ComputeCapabilities => {
+            !prep.capabilities || capabilities::compute_capabilities(host, req.flavor, config.era, why)
+        }
         FilterKind::ImageProperties => !prep.image.any() || image_properties(host, &prep.image, why),
-        FilterKind::ServerGroupAntiAffinity => match req.group_policy {
-            Some(GroupPolicy::AntiAffinity) if host.group_members_here >= req.group_max_per_host => reject(why, || {
-                format!(
-                    "{} group member(s) here, max_server_per_host {}",
-                    host.group_members_here, req.group_max_per_host
-                )
-            }),
-            _ => true,
-        },
+        FilterKind::ServerGroupAntiAffinity => {
+            // Icehouse's groups had no rules: any member on the host is one too many.
+            let max = if config.era == Era::Icehouse { 1 } else { req.group_max_per_host };
+            match req.group_policy {
+                Some(GroupPolicy::AntiAffinity) if host.group_members_here >= max => reject(why, || {
+                    format!("{} group member(s) here, max_server_per_host {max}", host.group_members_here)
+                }),
+                _ => true,
+            }
+        }
         FilterKind::ServerGroupAffinity => match req.group_policy {
             Some(GroupPolicy::Affinity)
                 if !req.group_hosts.is_empty() && !req.group_hosts.contains(&host.node.host) =>
@@ -631,41 +631,18 @@ fn passes(
                 None => reject(why, || "host has no known ip".into()),
             },
         },
-        FilterKind::AggregateInstanceExtraSpecs => aggregate_instance_extra_specs(host, req.flavor, why),
+        FilterKind::AggregateInstanceExtraSpecs => {
+            aggregate_filters::instance_extra_specs(&host.aggregates, req.flavor, config.era, why)
+        }
         FilterKind::AggregateImagePropertiesIsolation => {
-            for (key, options) in &host.aggregates.metadata {
-                if let Some(prop) = req.image.properties.get(key) {
-                    if !prop.is_empty() && !options.contains(prop) {
-                        return reject(why, || format!("image {key}={prop} not in aggregate values {options:?}"));
-                    }
-                }
-            }
-            true
+            aggregate_filters::image_properties_isolation(&host.aggregates, req.image, config.era, why)
         }
         FilterKind::AggregateMultiTenancyIsolation => {
-            let aggs = &host.aggregates;
-            let mut restricted = false;
-            for (key, tenants) in aggs
-                .metadata
-                .range::<str, _>((std::ops::Bound::Included("filter_tenant_id"), std::ops::Bound::Unbounded))
-            {
-                if !key.starts_with("filter_tenant_id") {
-                    break;
-                }
-                restricted = true;
-                if tenants.contains(req.project_id) {
-                    return true;
-                }
-            }
-            !restricted || reject(why, || format!("aggregate restricted to other tenants than `{}`", req.project_id))
+            aggregate_filters::multi_tenancy_isolation(&host.aggregates, req.project_id, config.era, why)
         }
-        FilterKind::AggregateTypeAffinity => match host.aggregates.values.get("instance_type") {
-            None => true,
-            Some(vals) => {
-                vals.iter().any(|v| v.split(',').any(|x| x.trim() == req.flavor.name))
-                    || reject(why, || format!("aggregate instance_type {vals:?} excludes `{}`", req.flavor.name))
-            }
-        },
+        FilterKind::AggregateTypeAffinity => {
+            aggregate_filters::type_affinity(&host.aggregates, &req.flavor.name, config.era, why)
+        }
         FilterKind::AvailabilityZone => match req.availability_zone {
             None => true,
             Some(az) => match host.aggregates.values.get("availability_zone") {
@@ -730,13 +707,17 @@ fn passes(
         FilterKind::Retry => {
             !req.retry_hosts.contains(&host.node.host) || reject(why, || "already tried for this instance".into())
         }
+        FilterKind::Metrics => metrics::metrics_filter(host, &config.metrics, why),
         FilterKind::Ram | FilterKind::AggregateRam => {
             let inv = &host.inventories[1];
             let ratio = aggregate_ratio(host, kind == FilterKind::AggregateRam, "ram_allocation_ratio", inv);
             // Icehouse: limit = total * ratio; used counts the reserved memory.
             let usable = inv.total as f64 * ratio - (inv.reserved + host.used.0[1]) as f64;
             usable >= req.flavor.ram_mb as f64
-                || reject(why, || format!("{usable} MB usable RAM < {} MB requested", req.flavor.ram_mb))
+                || reject(why, || {
+                    let note = ratio_fallback_note(host, kind == FilterKind::AggregateRam, "ram_allocation_ratio");
+                    format!("{usable} MB usable RAM < {} MB requested{note}", req.flavor.ram_mb)
+                })
         }
         FilterKind::Core | FilterKind::AggregateCore => {
             let inv = &host.inventories[0];
@@ -746,18 +727,29 @@ fn passes(
             let ratio = aggregate_ratio(host, kind == FilterKind::AggregateCore, "cpu_allocation_ratio", inv);
             let free = inv.total as f64 * ratio - host.used.0[0] as f64;
             free >= req.flavor.vcpus as f64
-                || reject(why, || format!("{free} usable vCPUs < {} requested", req.flavor.vcpus))
+                || reject(why, || {
+                    let note = ratio_fallback_note(host, kind == FilterKind::AggregateCore, "cpu_allocation_ratio");
+                    format!("{free} usable vCPUs < {} requested{note}", req.flavor.vcpus)
+                })
         }
         FilterKind::Disk | FilterKind::AggregateDisk => {
             let inv = &host.inventories[2];
             let ratio = aggregate_ratio(host, kind == FilterKind::AggregateDisk, "disk_allocation_ratio", inv);
             let usable_mb = inv.total as f64 * 1024.0 * ratio - ((inv.reserved + host.used.0[2]) * 1024) as f64;
-            usable_mb >= (req.flavor.disk_gb * 1024) as f64
-                || reject(why, || format!("{usable_mb} MB usable disk < {} MB requested", req.flavor.disk_gb * 1024))
+            // Icehouse's DiskFilter: 1024 * (root_gb + ephemeral_gb) + swap MB.
+            let wanted = req.flavor.disk_mb();
+            usable_mb >= wanted as f64
+                || reject(why, || {
+                    let note = ratio_fallback_note(host, kind == FilterKind::AggregateDisk, "disk_allocation_ratio");
+                    format!("{usable_mb} MB usable disk < {wanted} MB requested{note}")
+                })
         }
     }
 }
 
+/// The allocation ratio an Aggregate{Core,Ram,Disk}Filter uses: the smallest of the host's
+/// aggregates' values, or the configured ratio when none sets it or a value is not a number
+/// (nova logs a warning and falls back).
 fn aggregate_ratio(host: &HostState, per_aggregate: bool, key: &str, inv: &Inventory) -> f64 {
     if per_aggregate {
         host.aggregates.min_number(key).unwrap_or(inv.allocation_ratio)
@@ -766,80 +758,18 @@ fn aggregate_ratio(host: &HostState, per_aggregate: bool, key: &str, inv: &Inven
     }
 }
 
-fn compute_capabilities(host: &HostState, flavor: &Flavor, why: &mut impl Why) -> bool {
-    for (key, req) in &flavor.extra_specs {
-        let mut scope = key.split(':');
-        let first = scope.next().unwrap_or("");
-        let (name, nested) = match (first, scope.next(), scope.next(), scope.next()) {
-            // Unscoped keys count only if the host has such an attribute (nova skips others).
-            (name, None, _, _) => {
-                if host.attribute(name).is_none() {
-                    continue;
-                }
-                (name, None)
-            }
-            ("capabilities", Some(name), None, _) => (name, None),
-            // Nested capabilities (`capabilities:stats:x`) walk into the stats map.
-            ("capabilities", Some(outer), Some(inner), None) => (outer, Some(inner)),
-            ("capabilities", ..) => return reject(why, || format!("no capability `{key}`")),
-            _ => continue,
-        };
-        let value = match nested {
-            None => host.attribute(name).map(Attr::to_text),
-            Some(inner) if name == "stats" => host.node.stats.get(inner).cloned(),
-            Some(_) => None,
-        };
-        let Some(value) = value else {
-            return reject(why, || format!("no capability `{}`", key.trim_start_matches("capabilities:")));
-        };
-        match extra_specs::matches(&value, req) {
-            Ok(true) => {}
-            Ok(false) => return reject(why, || format!("{key}={value} does not satisfy `{req}`")),
-            Err(e) => return reject(why, || format!("{key}: {e}")),
+/// For a rejection's reason: the aggregates' `key` values when they are not all numbers.
+fn ratio_fallback_note(host: &HostState, per_aggregate: bool, key: &str) -> String {
+    match host.aggregates.values.get(key) {
+        Some(vals) if per_aggregate && host.aggregates.min_number(key).is_none() => {
+            format!(" (aggregate {key} {vals:?} is not a number: the configured ratio applies)")
         }
+        _ => String::new(),
     }
-    true
-}
-
-/// Whether the host supports (arch, hypervisor type, vm mode); `None` matches anything.
-/// A libvirt KVM host also offers plain QEMU guests.
-fn supports(node: &ComputeNode, wants: &ImageWants<'_>) -> bool {
-    let arch_ok = wants.arch.is_none_or(|a| a.eq_ignore_ascii_case(&node.cpu_arch));
-    let hv_ok = wants.hv_type.is_none_or(|h| {
-        h.eq_ignore_ascii_case(&node.hypervisor_type)
-            || (h.eq_ignore_ascii_case("qemu") && node.hypervisor_type.eq_ignore_ascii_case("kvm"))
-    });
-    let mode_ok = wants.vm_mode.is_none_or(|m| node.vm_modes.iter().any(|v| v.eq_ignore_ascii_case(m)));
-    arch_ok && hv_ok && mode_ok && !node.vm_modes.is_empty()
 }
 
 fn image_properties(host: &HostState, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
     image_properties_node(&host.node, wants, why)
-}
-
-/// ImagePropertiesFilter reads only the node record's arch, hypervisor type and version and
-/// vm modes.
-fn image_properties_node(node: &ComputeNode, wants: &ImageWants<'_>, why: &mut impl Why) -> bool {
-    if (wants.arch.is_some() || wants.hv_type.is_some() || wants.vm_mode.is_some()) && !supports(node, wants) {
-        return reject(why, || {
-            format!(
-                "image wants arch={} hypervisor_type={} vm_mode={}, host is {} {} {:?}",
-                wants.arch.unwrap_or("*"),
-                wants.hv_type.unwrap_or("*"),
-                wants.vm_mode.unwrap_or("*"),
-                node.cpu_arch,
-                node.hypervisor_type,
-                node.vm_modes
-            )
-        });
-    }
-    // nova skips the check when the host reports no version.
-    if let (Some(req), v @ 1..) = (wants.version, node.hypervisor_version) {
-        if !version_satisfies(v, req) {
-            return reject(why, || format!("hypervisor version {} does not satisfy `{req}`", version_string(v)));
-        }
-    }
-    true
 }
 
 /// nova's `convert_version_to_str`: 9001002 is "9.1.2".
@@ -847,50 +777,56 @@ pub fn version_string(version: u64) -> String {
     format!("{}.{}.{}", version / 1_000_000, version / 1_000 % 1_000, version % 1_000)
 }
 
-/// oslo's `VersionPredicate(req).satisfied_by(version)` for ImagePropertiesFilter's
-/// `img_hv_requested_version`: comma-separated clauses `<op> <version>` with ops
-/// `< <= == != >= >`, versions compared as integer tuples. A malformed predicate matches
-/// nothing (nova raises and the host fails).
-pub fn version_satisfies(version: u64, predicate: &str) -> bool {
-    let have = [version / 1_000_000, version / 1_000 % 1_000, version % 1_000];
-    predicate.split(',').all(|clause| {
-        let clause = clause.trim();
-        let split = clause.find(|c: char| c.is_ascii_digit()).unwrap_or(clause.len());
-        let (op, wanted) = clause.split_at(split);
-        let parts: Option<Vec<u64>> = wanted.trim().split('.').map(|p| p.parse().ok()).collect();
-        let Some(mut parts) = parts.filter(|p| !p.is_empty() && p.len() <= 3) else { return false };
-        parts.resize(3, 0);
-        let ord = have.as_slice().cmp(parts.as_slice());
-        match op.trim() {
-            "<" => ord.is_lt(),
-            "<=" => ord.is_le(),
-            "==" => ord.is_eq(),
-            "!=" => ord.is_ne(),
-            ">=" => ord.is_ge(),
-            ">" => ord.is_gt(),
-            _ => false,
-        }
-    })
+/// One clause of a version predicate: the comparison and the version as (major, minor, micro).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionClause {
+    pub op: std::cmp::Ordering,
+    /// `op` or equal (`<=`, `>=`), or not `op` (`!=`, with `op` Equal).
+    pub or_equal: bool,
+    pub negated: bool,
+    pub version: [u64; 3],
 }
 
-/// nova's scope for AggregateInstanceExtraSpecsFilter.
-const AGGREGATE_SCOPE: &str = "aggregate_instance_extra_specs";
+/// Parses oslo's `VersionPredicate` text for ImagePropertiesFilter's
+/// `img_hv_requested_version`: comma-separated clauses `<op> <version>` with ops
+/// `< <= == != >= >`, versions of one to three integers.
+pub fn parse_version_predicate(predicate: &str) -> Result<Vec<VersionClause>, String> {
+    use std::cmp::Ordering::*;
+    predicate
+        .split(',')
+        .map(|clause| {
+            let clause = clause.trim();
+            let split = clause.find(|c: char| c.is_ascii_digit()).unwrap_or(clause.len());
+            let (op, wanted) = clause.split_at(split);
+            let parts: Option<Vec<u64>> = wanted.trim().split('.').map(|p| p.parse().ok()).collect();
+            let Some(mut parts) = parts.filter(|p| !p.is_empty() && p.len() <= 3) else {
+                return Err(format!("`{clause}` has no version like 6.0 or 9.1.2"));
+            };
+            parts.resize(3, 0);
+            let version = [parts[0], parts[1], parts[2]];
+            let (op, or_equal, negated) = match op.trim() {
+                "<" => (Less, false, false),
+                "<=" => (Less, true, false),
+                "==" => (Equal, false, false),
+                "!=" => (Equal, false, true),
+                ">=" => (Greater, true, false),
+                ">" => (Greater, false, false),
+                other => return Err(format!("`{other}` is not one of < <= == != >= >")),
+            };
+            Ok(VersionClause { op, or_equal, negated, version })
+        })
+        .collect()
+}
 
-fn aggregate_instance_extra_specs(host: &HostState, flavor: &Flavor, why: &mut impl Why) -> bool {
-    for (key, req) in &flavor.extra_specs {
-        let key = match key.split_once(':') {
-            Some((AGGREGATE_SCOPE, rest)) => rest,
-            Some(_) => continue,
-            None => key.as_str(),
-        };
-        let Some(values) = host.aggregates.metadata.get(key).filter(|v| !v.is_empty()) else {
-            return reject(why, || format!("no aggregate of the host sets `{key}`"));
-        };
-        if !values.iter().any(|v| extra_specs::matches(v, req).unwrap_or(false)) {
-            return reject(why, || format!("aggregate values {values:?} of `{key}` do not match `{req}`"));
-        }
-    }
-    true
+/// oslo's `VersionPredicate(req).satisfied_by(version)`, versions compared as integer
+/// tuples. A malformed predicate matches nothing (nova raises and the host fails).
+pub fn version_satisfies(version: u64, predicate: &str) -> bool {
+    let have = [version / 1_000_000, version / 1_000 % 1_000, version % 1_000];
+    let Ok(clauses) = parse_version_predicate(predicate) else { return false };
+    clauses.iter().all(|c| {
+        let ord = have.cmp(&c.version);
+        (ord == c.op || (c.or_equal && ord.is_eq())) != c.negated
+    })
 }
 
 /// A JsonFilter value. Python compares across types by raising; here a comparison of
@@ -1036,13 +972,19 @@ weigher_kinds! {
     BuildFailure = "build_failure", -1_000_000.0, None;
     SoftAffinity = "soft_affinity", 1.0, None;
     SoftAntiAffinity = "soft_anti_affinity", 1.0, None;
+    Metrics = "metrics", 1.0, None;
 }
 
 impl WeigherKind {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     pub fn from_name(name: &str) -> Option<WeigherKind> {
         WeigherKind::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// Whether 2014.1 shipped this weigher (only `ram.py` and `metrics.py`).
+    pub fn in_icehouse(self) -> bool {
+        matches!(self, WeigherKind::Ram | WeigherKind::Metrics)
     }
 
     pub fn index(self) -> usize {
@@ -1056,7 +998,7 @@ impl WeigherKind {
 
     /// nova's `_weigh_object` (before the minval clamp).
     #[inline]
-    pub fn raw(self, host: &HostState, req: &RequestView<'_>) -> f64 {
+    pub fn raw(self, host: &HostState, req: &RequestView<'_>, config: &SchedulerConfig) -> f64 {
         match self {
             WeigherKind::Ram => host.free_ram_mb(),
             WeigherKind::Cpu => host.free_vcpus(),
@@ -1073,15 +1015,17 @@ impl WeigherKind {
                 Some(GroupPolicy::SoftAntiAffinity) => -(host.group_members_here as f64),
                 _ => 0.0,
             },
+            WeigherKind::Metrics => metrics::metrics_weight(host, config),
         }
     }
 
     /// Whether every host weighs 0 for this request (soft-affinity weighers without a soft
-    /// group): skipping them changes no score.
-    fn idle(self, req: &RequestView<'_>) -> bool {
+    /// group, metrics without a weight_setting): skipping them changes no score.
+    fn idle(self, req: &RequestView<'_>, config: &SchedulerConfig) -> bool {
         match self {
             WeigherKind::SoftAffinity => req.group_policy != Some(GroupPolicy::SoftAffinity),
             WeigherKind::SoftAntiAffinity => req.group_policy != Some(GroupPolicy::SoftAntiAffinity),
+            WeigherKind::Metrics => config.metrics.weight_setting.is_empty(),
             _ => false,
         }
     }
@@ -1109,6 +1053,16 @@ pub struct SchedulerConfig {
     pub restrict_isolated_hosts_to_isolated_images: bool,
     /// Zone of hosts in no aggregate with an `availability_zone` ("nova").
     pub default_availability_zone: String,
+    /// Whose filter semantics: today's nova or 2014.1's (see each filter).
+    #[serde(default)]
+    pub era: Era,
+    /// `[metrics]`: MetricsFilter's and MetricsWeigher's setting.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// ImagePropertiesFilter's `image_properties_default_architecture`: the architecture of
+    /// an image that names none (unset: none).
+    #[serde(default)]
+    pub image_properties_default_architecture: Option<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -1127,18 +1081,22 @@ impl Default for SchedulerConfig {
             isolated_images: Vec::new(),
             restrict_isolated_hosts_to_isolated_images: true,
             default_availability_zone: "nova".into(),
+            era: Era::Current,
+            metrics: MetricsConfig::default(),
+            image_properties_default_architecture: None,
         }
     }
 }
 
 impl SchedulerConfig {
-    /// Icehouse (2014.1): its default filters, the RAM weigher only (the one it shipped,
-    /// besides metrics), no placement.
+    /// Icehouse (2014.1): its default filters, the weighers it shipped (`all_weighers`: RAM
+    /// and metrics), no placement.
     pub fn icehouse() -> SchedulerConfig {
         SchedulerConfig {
             filters: FilterKind::icehouse_defaults(),
-            weighers: [(WeigherKind::Ram, 1.0)].into_iter().collect(),
+            weighers: [(WeigherKind::Ram, 1.0), (WeigherKind::Metrics, 1.0)].into_iter().collect(),
             use_placement: false,
+            era: Era::Icehouse,
             ..SchedulerConfig::default()
         }
     }
@@ -1237,16 +1195,6 @@ struct NodeFacts {
     image_ok: bool,
 }
 
-type ImageKey = [Option<String>; 4];
-
-fn image_key(wants: &ImageWants<'_>) -> ImageKey {
-    [wants.arch, wants.hv_type, wants.vm_mode, wants.version].map(|w| w.map(str::to_string))
-}
-
-fn same_image_key(key: &ImageKey, wants: &ImageWants<'_>) -> bool {
-    key.iter().zip([wants.arch, wants.hv_type, wants.vm_mode, wants.version]).all(|(k, w)| k.as_deref() == w)
-}
-
 impl Workspace {
     pub fn new() -> Workspace {
         Workspace::default()
@@ -1282,8 +1230,8 @@ impl Workspace {
         self.active.clear();
         self.active.extend(config.filters.iter().copied().filter(|f| f.active(&prepared, req, config)));
         self.rows.clear();
-        if !self.image_key.as_ref().is_some_and(|k| same_image_key(k, &prepared.image)) {
-            self.image_key = Some(image_key(&prepared.image));
+        if !self.image_key.as_ref().is_some_and(|k| prepared.image.same_key(k)) {
+            self.image_key = Some(prepared.image.key());
             self.image_generation += 1;
         }
         if self.facts.len() < hosts.len() {
@@ -1338,7 +1286,7 @@ impl Workspace {
                             WeigherKind::IoOps => facts.num_io_ops,
                             WeigherKind::NumInstances => facts.num_instances,
                             WeigherKind::HypervisorVersion => facts.hypervisor_version,
-                            _ => w.raw(host, req),
+                            _ => w.raw(host, req, config),
                         };
                     }
                 }
@@ -1363,17 +1311,19 @@ impl Workspace {
         if n <= 1 {
             return;
         }
-        let overrides = self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        // Aggregates override multipliers since Stein; not in Icehouse.
+        let overrides =
+            config.era == Era::Current && self.survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
         self.rows.resize(n, [0.0; WeigherKind::COUNT]);
         for (&weigher, &multiplier) in &config.weighers {
             // A weigher off in the configuration still counts where an aggregate sets it.
-            if weigher.idle(req) || (multiplier == 0.0 && !overrides) {
+            if weigher.idle(req, config) || (multiplier == 0.0 && !overrides) {
                 continue;
             }
             let at = weigher.index();
             if !self.collected.contains(&weigher) {
                 for (row, &i) in self.rows.iter_mut().zip(&self.survivors) {
-                    row[at] = weigher.raw(&hosts[i], req);
+                    row[at] = weigher.raw(&hosts[i], req, config);
                 }
             }
             let per_host = overrides.then_some((hosts, &self.survivors[..]));
@@ -1417,13 +1367,15 @@ impl Workspace {
     ) -> Result<&[usize], NoValidHost> {
         self.collect_weighers(req, config);
         self.filter_pass(hosts, req, config)?;
+        metrics::required_metrics(self.survivors.iter().map(|&i| &hosts[i]), config)?;
         self.weigh(hosts, req, config);
         self.finish(config, rng, k)
     }
 
     fn collect_weighers(&mut self, req: &RequestView<'_>, config: &SchedulerConfig) {
         self.collected.clear();
-        self.collected.extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req)).map(|(w, _)| *w));
+        self.collected
+            .extend(config.weighers.iter().filter(|(w, m)| **m != 0.0 && !w.idle(req, config)).map(|(w, _)| *w));
     }
 
     /// Orders the weighed survivors: the first `k` exactly (all when `k` is larger), then the
@@ -1676,21 +1628,28 @@ pub fn explain(
         no_valid_host: nvh,
         cpu_topology: cpu_topology::best_cpu_topology(req.flavor, req.image).map_err(|e| e.to_string()),
     };
+    if let Err(e) = metrics::required_metrics(survivors.iter().map(|&i| &hosts[i]), config) {
+        out.no_valid_host = Some(e);
+    }
     if out.no_valid_host.is_some() {
         return out;
     }
     let mut weights = vec![0.0; survivors.len()];
     if survivors.len() > 1 {
-        let overrides = survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
+        let per_aggregate = config.era == Era::Current;
+        let overrides = per_aggregate && survivors.iter().any(|&i| hosts[i].aggregates.has_multipliers);
         for (&weigher, &multiplier) in &config.weighers {
             let minval = weigher.minval();
             let floor = minval.unwrap_or(f64::NEG_INFINITY);
-            let raw: Vec<f64> = survivors.iter().map(|&i| weigher.raw(&hosts[i], req).max(floor)).collect();
+            let raw: Vec<f64> = survivors.iter().map(|&i| weigher.raw(&hosts[i], req, config).max(floor)).collect();
             let (lo, hi) = bounds(raw.iter().copied(), minval);
-            let skipped = (multiplier == 0.0 && !overrides) || weigher.idle(req) || hi <= lo;
+            let skipped = (multiplier == 0.0 && !overrides) || weigher.idle(req, config) || hi <= lo;
             let mut column = WeigherColumn { weigher: weigher.name().into(), multiplier, minval, values: Vec::new() };
             for (k, &i) in survivors.iter().enumerate() {
-                let m = hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier);
+                let m = match per_aggregate {
+                    true => hosts[i].aggregates.weigher_multiplier(weigher).unwrap_or(multiplier),
+                    false => multiplier,
+                };
                 let n = normalized(raw[k], lo, hi);
                 if !skipped {
                     weights[k] += if overrides { m * n } else { multiplier * ((raw[k] - lo) / (hi - lo)) };
@@ -1720,8 +1679,15 @@ pub fn explain(
     out
 }
 
+mod aggregate_filters;
+mod capabilities;
+pub mod image_props;
+mod metrics;
+pub use metrics::{parse_weight_setting, MetricsConfig};
 mod table;
 pub use table::HostTable;
 
+#[cfg(test)]
+mod fidelity_tests;
 #[cfg(test)]
 mod tests;

@@ -51,13 +51,14 @@
 //! #     host: name.into(), vcpus: 8, ram_mb: 16384, disk_gb: 100, hypervisor_type: "kvm".into(),
 //! #     hypervisor_version: 9_000_000, cpu_arch: "x86_64".into(), vm_modes: vec!["hvm".into()],
 //! #     num_instances: instances, num_io_ops: 0, stats: Default::default(),
+//! #     supported_instances: None, cpu_info: None, metrics: Default::default(),
 //! # });
 //! # let inv = [Inventory::new(8, 0, 4.0), Inventory::new(16384, 512, 1.0), Inventory::new(100, 0, 1.0)];
 //! # let hosts = vec![
 //! #     HostState::new(node("a", 5), inv, Resources::default()),
 //! #     HostState::new(node("b", 1), inv, Resources::default()),
 //! # ];
-//! # let flavor = Flavor { name: "m1.small".into(), vcpus: 1, ram_mb: 2048, disk_gb: 20, extra_specs: Default::default() };
+//! # let flavor = Flavor { name: "m1.small".into(), vcpus: 1, ram_mb: 2048, disk_gb: 20, ephemeral_gb: 0, swap: 0, extra_specs: Default::default() };
 //! # let image = Image { name: "cirros".into(), size_mb: 16, disk_format: "qcow2".into(), properties: Default::default() };
 //! let mut strategy = FewestInstances { config: SchedulerConfig::default(), workspace: Workspace::new() };
 //! let req = RequestView::new(&flavor, &image);

@@ -38,6 +38,8 @@ impl TraceRow {
             vcpus: self.vcpus,
             ram_mb: self.memory_mb,
             disk_gb: self.disk_gb,
+            ephemeral_gb: 0,
+            swap: 0,
             extra_specs: Default::default(),
         }
     }

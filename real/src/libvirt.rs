@@ -714,6 +714,9 @@ mod tests {
             cpu_arch: "x86_64".into(),
             reserved: Default::default(),
             stats: Default::default(),
+            supported_instances: None,
+            cpu_info: None,
+            metrics: Default::default(),
         }
     }
 
@@ -728,6 +731,8 @@ mod tests {
                 vcpus: 1,
                 ram_mb: 512,
                 disk_gb: 1,
+                ephemeral_gb: 0,
+                swap: 0,
                 extra_specs: Default::default(),
             },
             image: "cirros".into(),

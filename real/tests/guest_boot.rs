@@ -52,7 +52,15 @@ fn workspace() -> PathBuf {
 }
 
 fn instance(uuid: &str, name: &str) -> Instance {
-    let flavor = Flavor { name: "m1.guest".into(), vcpus: 1, ram_mb: 256, disk_gb: 1, extra_specs: Default::default() };
+    let flavor = Flavor {
+        name: "m1.guest".into(),
+        vcpus: 1,
+        ram_mb: 256,
+        disk_gb: 1,
+        ephemeral_gb: 0,
+        swap: 0,
+        extra_specs: Default::default(),
+    };
     common::spawning_instance(uuid, name, flavor, "tiny", "guest-host")
 }
 

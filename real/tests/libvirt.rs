@@ -48,7 +48,8 @@ fn group() -> HostGroup {
 }
 
 fn instance(name: &str, vcpus: u64, ram_mb: u64) -> Instance {
-    let flavor = Flavor { name: "f".into(), vcpus, ram_mb, disk_gb: 1, extra_specs: BTreeMap::new() };
+    let flavor =
+        Flavor { name: "f".into(), vcpus, ram_mb, disk_gb: 1, ephemeral_gb: 0, swap: 0, extra_specs: BTreeMap::new() };
     common::spawning_instance(name, name, flavor, "cirros", "compute-1")
 }
 

@@ -13,6 +13,8 @@ use crate::dist::Dist;
 use crate::model::{Aggregate, Flavor, Image, QuotaLimits, SchedulerHints};
 use crate::scheduler::{FilterKind, HostAggregates, SchedulerConfig, WeigherKind};
 
+#[cfg(test)]
+mod fidelity_tests;
 mod overrides;
 mod schedule;
 pub mod shrink;
@@ -261,6 +263,17 @@ pub struct HostGroup {
     /// Free-form host stats (ComputeCapabilities reads `capabilities:stats:x`).
     #[serde(default)]
     pub stats: BTreeMap<String, String>,
+    /// nova's `supported_instances`: `[[arch, hypervisor_type, vm_mode], ...]`. Unset: one
+    /// triple from `cpu_arch`, `hypervisor_type` and `hvm` (and the same with `qemu` on a KVM
+    /// host); `[]`: none (ImagePropertiesFilter then refuses any image that asks for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported_instances: Option<Vec<[String; 3]>>,
+    /// nova's `cpu_info`, a JSON object as a string (`capabilities:cpu_info:vendor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_info: Option<String>,
+    /// Host metrics by name for MetricsFilter and MetricsWeigher (`{ "cpu.percent" = 0.4 }`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 impl HostGroup {
@@ -278,6 +291,9 @@ impl HostGroup {
             num_instances: 0,
             num_io_ops: 0,
             stats: self.stats.clone(),
+            supported_instances: self.supported_instances.clone(),
+            cpu_info: self.cpu_info.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -318,10 +334,11 @@ impl Default for Reserved {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Era {
     /// Placement, alternates, counting quota with recheck, ratios 4/1/1.
+    #[default]
     Current,
     /// 2014.1: no placement; the scheduler gets a cast and casts to the compute, which
     /// claims on its own resource tracker; reschedules go back to the scheduler with the
@@ -429,6 +446,38 @@ pub struct SchedulerKnobs {
     /// The zone of hosts in no zone aggregate (nova's `default_availability_zone`).
     #[serde(default = "default_zone")]
     pub default_availability_zone: String,
+    /// nova's `[metrics]` (MetricsFilter, MetricsWeigher; its multiplier is `weighers.metrics`).
+    #[serde(default)]
+    pub metrics: MetricsKnobs,
+    /// ImagePropertiesFilter's architecture for images that name none (unset: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_properties_default_architecture: Option<String>,
+}
+
+/// `[control.scheduler.metrics]`: nova's `[metrics]` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsKnobs {
+    /// `"name1=1.0, name2=-1.0"`, as in nova.conf (elements that do not parse are ignored
+    /// with a warning, as nova does).
+    #[serde(default)]
+    pub weight_setting: String,
+    /// A host to weigh without one of the metrics fails the request (true).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// The weight of such a host when not `required` (-10000.0).
+    #[serde(default = "default_weight_of_unavailable")]
+    pub weight_of_unavailable: f64,
+}
+
+fn default_weight_of_unavailable() -> f64 {
+    -10000.0
+}
+
+impl Default for MetricsKnobs {
+    fn default() -> Self {
+        MetricsKnobs { weight_setting: String::new(), required: true, weight_of_unavailable: -10000.0 }
+    }
 }
 
 fn default_strategy() -> String {
@@ -464,6 +513,8 @@ impl Default for SchedulerKnobs {
             isolated_images: Vec::new(),
             restrict_isolated_hosts_to_isolated_images: true,
             default_availability_zone: default_zone(),
+            metrics: MetricsKnobs::default(),
+            image_properties_default_architecture: None,
         }
     }
 }
@@ -1171,6 +1222,12 @@ impl Scenario {
             isolated_images: knobs.isolated_images.clone(),
             restrict_isolated_hosts_to_isolated_images: knobs.restrict_isolated_hosts_to_isolated_images,
             default_availability_zone: knobs.default_availability_zone.clone(),
+            metrics: crate::scheduler::MetricsConfig {
+                weight_setting: crate::scheduler::parse_weight_setting(&knobs.metrics.weight_setting).0,
+                required: knobs.metrics.required,
+                weight_of_unavailable: knobs.metrics.weight_of_unavailable,
+            },
+            image_properties_default_architecture: knobs.image_properties_default_architecture.clone(),
             ..era
         };
         for (name, m) in &knobs.weighers {

@@ -1,6 +1,6 @@
 use super::*;
 
-const GOOD: &str = r#"
+pub(super) const GOOD: &str = r#"
 [scenario]
 name = "t"
 
@@ -41,7 +41,7 @@ fn good_file_parses_with_nova_defaults() {
     assert_eq!(s.scheduler_config(), SchedulerConfig::default());
 }
 
-fn error_of(text: &str) -> ScenarioError {
+pub(super) fn error_of(text: &str) -> ScenarioError {
     Scenario::parse("bad.toml", text).unwrap_err()
 }
 
@@ -97,7 +97,7 @@ fn guest_section() {
     assert!(e.message.contains("initrd"), "{e}");
 }
 
-const AGGREGATES: &str = r#"
+pub(super) const AGGREGATES: &str = r#"
 [[aggregates]]
 name = "fast"
 hosts = ["compute-2"]
@@ -131,8 +131,6 @@ fn scheduling_declarations_are_checked_with_line_and_field() {
     let e = with(&AGGREGATES.replace("[\"compute-2\"]", "[\"compute-2\", \"gpu-*\"]"));
     assert_eq!(e.field, "aggregates.0.hosts.1", "{e}");
     assert_eq!(e.line, 33, "{e}");
-    let e = with(&AGGREGATES.replace("\"-1.0\"", "\"lots\""));
-    assert_eq!(e.field, "aggregates.0.metadata.ram_weight_multiplier", "{e}");
     let e = with(&AGGREGATES.replace("ram_weight", "colour_weight"));
     assert!(e.message.contains("no weigher `colour`"), "{e}");
     let e = with("\n[control.scheduler]\nstrategy = \"magic\"\n");

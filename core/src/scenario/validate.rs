@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AggregateDecl, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST, MAX_WORKERS};
+use super::{AggregateDecl, Era, Runner, Scenario, MAX_PASSES, MAX_SERVERS_PER_REQUEST, MAX_WORKERS};
 use crate::scheduler::{FilterKind, WeigherKind};
 
 /// The most controller hosts, and cores per controller, a scenario may declare.
@@ -72,6 +72,7 @@ impl Scenario {
                 );
             }
         }
+        self.validate_host_records()?;
         for (i, f) in self.flavors.iter().enumerate() {
             if f.vcpus == 0 || f.ram_mb == 0 {
                 return err(
@@ -87,19 +88,37 @@ impl Scenario {
             }
         }
         for (i, f) in self.control.scheduler.filters.iter().flatten().enumerate() {
-            if FilterKind::from_name(f).is_none() {
-                return err(
-                    &format!("control.scheduler.filters.{i}"),
-                    format!("unknown filter `{f}`; known: {}", FilterKind::NAMES.join(", ")),
-                );
+            match FilterKind::from_name(f) {
+                None => {
+                    return err(
+                        &format!("control.scheduler.filters.{i}"),
+                        format!("unknown filter `{f}`; known: {}", FilterKind::NAMES.join(", ")),
+                    )
+                }
+                Some(k) if self.control.era == Era::Icehouse && !k.in_icehouse() => {
+                    return err(
+                        &format!("control.scheduler.filters.{i}"),
+                        format!("`{f}` is not a 2014.1 filter (it came in Juno); era is \"icehouse\""),
+                    )
+                }
+                Some(_) => {}
             }
         }
         for name in self.control.scheduler.weighers.keys() {
-            if WeigherKind::from_name(name).is_none() {
-                return err(
-                    &format!("control.scheduler.weighers.{name}"),
-                    format!("unknown weigher `{name}`; known: {}", WeigherKind::NAMES.join(", ")),
-                );
+            match WeigherKind::from_name(name) {
+                None => {
+                    return err(
+                        &format!("control.scheduler.weighers.{name}"),
+                        format!("unknown weigher `{name}`; known: {}", WeigherKind::NAMES.join(", ")),
+                    )
+                }
+                Some(w) if self.control.era == Era::Icehouse && !w.in_icehouse() => {
+                    return err(
+                        &format!("control.scheduler.weighers.{name}"),
+                        format!("2014.1 had no `{name}` weigher (its weighers: ram, metrics); era is \"icehouse\""),
+                    )
+                }
+                Some(_) => {}
             }
         }
         if self.control.scheduler.max_attempts == 0 {
@@ -162,6 +181,47 @@ impl Scenario {
         Ok(())
     }
 
+    /// What the hosts advertise and the images ask for, as nova reads them: canonical
+    /// architectures, hypervisor types and vm modes, `cpu_info` as JSON, finite metrics.
+    fn validate_host_records(&self) -> Result<(), (String, String)> {
+        use crate::scheduler::image_props::{canonical_arch, canonical_hv_type, canonical_vm_mode};
+        let era = self.control.era;
+        for (i, h) in self.topology.hosts.iter().enumerate() {
+            for (j, [arch, hv, mode]) in h.supported_instances.iter().flatten().enumerate() {
+                // nova's HVSpec fields canonicalise and refuse unknown names (Icehouse kept
+                // the driver's strings as they were).
+                let bad = match era {
+                    Era::Icehouse => None,
+                    Era::Current if canonical_arch(arch).is_none() => Some(format!("architecture `{arch}`")),
+                    Era::Current if canonical_hv_type(hv).is_none() => Some(format!("hypervisor type `{hv}`")),
+                    Era::Current if canonical_vm_mode(mode, era).is_none() => Some(format!("vm mode `{mode}`")),
+                    Era::Current => None,
+                };
+                if let Some(bad) = bad {
+                    return Err((
+                        format!("topology.hosts.{i}.supported_instances.{j}"),
+                        format!("{bad} is not one nova knows; a triple is [arch, hypervisor_type, vm_mode]"),
+                    ));
+                }
+            }
+            if let Some(info) = &h.cpu_info {
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(info) {
+                    return Err((format!("topology.hosts.{i}.cpu_info"), format!("must be a JSON string: {e}")));
+                }
+            }
+            for (name, v) in &h.metrics {
+                if !v.is_finite() {
+                    return Err((format!("topology.hosts.{i}.metrics.{name}"), format!("must be a number, got {v}")));
+                }
+            }
+        }
+        for (i, image) in self.images.iter().enumerate() {
+            crate::scheduler::image_props::validate_image_properties(&image.properties, era)
+                .map_err(|(name, message)| (format!("images.{i}.properties.{name}"), message))?;
+        }
+        Ok(())
+    }
+
     /// Aggregates, strategy, hints, zone: the scheduling declarations' cross-checks.
     fn validate_scheduling(&self) -> Result<(), (String, String)> {
         let err = |field: String, message: String| Err((field, message));
@@ -171,6 +231,24 @@ impl Scenario {
             return err(
                 "control.scheduler.strategy".into(),
                 format!("unknown strategy `{}`; known: {}", knobs.strategy, known.join(", ")),
+            );
+        }
+        if let Some(arch) = &knobs.image_properties_default_architecture {
+            // An oslo option with choices=arch.ALL: exact names only.
+            if !crate::scheduler::image_props::ARCHITECTURES.contains(&arch.as_str()) {
+                return err(
+                    "control.scheduler.image_properties_default_architecture".into(),
+                    format!(
+                        "`{arch}` is not one of nova's architectures ({})",
+                        crate::scheduler::image_props::ARCHITECTURES.join(", ")
+                    ),
+                );
+            }
+        }
+        if !knobs.metrics.weight_of_unavailable.is_finite() {
+            return err(
+                "control.scheduler.metrics.weight_of_unavailable".into(),
+                format!("must be a number, got {}", knobs.metrics.weight_of_unavailable),
             );
         }
         for (name, m) in &knobs.weighers {
@@ -211,9 +289,10 @@ impl Scenario {
                     "set the zone once: availability_zone or metadata.availability_zone".into(),
                 );
             }
-            for (key, value) in &agg.metadata {
-                let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");
-                let integer = key == "max_io_ops_per_host" || key == "max_instances_per_host";
+            // A ratio, multiplier or limit that is not a number is not refused: nova's
+            // validate_num_values raises, the filter or weigher logs a warning and uses the
+            // configured value (see `Scenario::warnings`).
+            for key in agg.metadata.keys() {
                 if key.ends_with("_weight_multiplier") && !WeigherKind::ALL.iter().any(|w| w.aggregate_key() == *key) {
                     return err(
                         format!("aggregates.{i}.metadata.{key}"),
@@ -222,14 +301,6 @@ impl Scenario {
                             key.trim_end_matches("_weight_multiplier"),
                             WeigherKind::NAMES.join(", ")
                         ),
-                    );
-                }
-                if (numeric && value.trim().parse::<f64>().is_err())
-                    || (integer && value.trim().parse::<i64>().is_err())
-                {
-                    return err(
-                        format!("aggregates.{i}.metadata.{key}"),
-                        format!("must be a {}, got `{value}`", if integer { "whole number" } else { "number" }),
                     );
                 }
             }
@@ -254,6 +325,40 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+impl Scenario {
+    /// What nova would log a warning for and then go on: `[metrics] weight_setting` elements
+    /// that do not parse (ignored), aggregate metadata that should be a number and is not
+    /// (the configured value applies instead). Each is a field and a message.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let (_, bad) = crate::scheduler::parse_weight_setting(&self.control.scheduler.metrics.weight_setting);
+        if !bad.is_empty() {
+            out.push((
+                "control.scheduler.metrics.weight_setting".to_string(),
+                format!("ignoring `{}` (not name=ratio), as nova does", bad.join("`, `")),
+            ));
+        }
+        for (i, agg) in self.aggregates.iter().enumerate() {
+            for (key, value) in &agg.metadata {
+                let numeric = key.ends_with("_weight_multiplier") || key.ends_with("_allocation_ratio");
+                let integer = key == "max_io_ops_per_host" || key == "max_instances_per_host";
+                if (numeric && value.trim().parse::<f64>().is_err())
+                    || (integer && value.trim().parse::<i64>().is_err())
+                {
+                    out.push((
+                        format!("aggregates.{i}.metadata.{key}"),
+                        format!(
+                            "`{value}` is not a {}: nova logs a warning and uses the configured value",
+                            if integer { "whole number" } else { "number" }
+                        ),
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 

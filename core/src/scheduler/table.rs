@@ -67,8 +67,9 @@ const RAW_COLUMNS: usize = 7;
 /// A host's raw weigher values in the first [`RAW_COLUMNS`] lanes, the last lane 0.
 type Raw = [f64; 8];
 
-/// (cpu_arch, hypervisor_type, vm_modes, hypervisor_version): all ImagePropertiesFilter reads.
-type ClassKey = (String, String, Vec<String>, u64);
+/// (cpu_arch, hypervisor_type, vm_modes, hypervisor_version, supported_instances,
+/// cpu_info): all ImagePropertiesFilter reads.
+type ClassKey = (String, String, Vec<String>, u64, Option<Vec<[String; 3]>>, Option<String>);
 
 /// What placement's check and ComputeFilter read about a host.
 #[derive(Debug, Clone, Copy, Default)]
@@ -206,8 +207,14 @@ impl HostTable {
     /// The image class of host `i`'s node, interned.
     fn intern(&mut self, i: usize) -> u32 {
         let node = &self.hosts[i].node;
-        let key: ClassKey =
-            (node.cpu_arch.clone(), node.hypervisor_type.clone(), node.vm_modes.clone(), node.hypervisor_version);
+        let key: ClassKey = (
+            node.cpu_arch.clone(),
+            node.hypervisor_type.clone(),
+            node.vm_modes.clone(),
+            node.hypervisor_version,
+            node.supported_instances.clone(),
+            node.cpu_info.clone(),
+        );
         let next = self.classes.len() as u32;
         let class = *self.class_of.entry(key).or_insert(next);
         if class == next {
@@ -395,6 +402,7 @@ impl Workspace {
                 .1
                 .unwrap_or_else(|| NoValidHost { reason: "no host passed the filters".into() }));
         }
+        metrics::required_metrics(self.picked[..n].iter().map(|&i| &hosts[i as usize]), config)?;
         if self.table_needs_general_weighing(req, config) {
             // Per-host multipliers or request-dependent weighers: the general weighing.
             self.survivors.extend(self.picked[..n].iter().map(|&i| i as usize));
@@ -402,8 +410,8 @@ impl Workspace {
             for &i in &self.survivors {
                 let mut row = [0.0; WeigherKind::COUNT];
                 row[..RAW_COLUMNS].copy_from_slice(&table.raw[i][..RAW_COLUMNS]);
-                for w in [WeigherKind::SoftAffinity, WeigherKind::SoftAntiAffinity] {
-                    row[w.index()] = w.raw(&hosts[i], req);
+                for w in [WeigherKind::SoftAffinity, WeigherKind::SoftAntiAffinity, WeigherKind::Metrics] {
+                    row[w.index()] = w.raw(&hosts[i], req, config);
                 }
                 self.rows.push(row);
             }
@@ -458,8 +466,8 @@ impl Workspace {
                 }
             }
         }
-        if !self.image_key.as_ref().is_some_and(|k| same_image_key(k, &prepared.image)) {
-            self.image_key = Some(image_key(&prepared.image));
+        if !self.image_key.as_ref().is_some_and(|k| prepared.image.same_key(k)) {
+            self.image_key = Some(prepared.image.key());
             self.image_generation += 1;
         }
         if self.table_id != table.id || self.verdicts_for != self.image_generation {
@@ -499,11 +507,13 @@ impl Workspace {
     }
 
     /// Whether the survivors need [`Workspace::weigh`]: an aggregate overrides a multiplier,
-    /// or a soft-affinity weigher runs.
+    /// or a soft-affinity or metrics weigher runs.
     fn table_needs_general_weighing(&self, req: &RequestView<'_>, config: &SchedulerConfig) -> bool {
         self.flags_seen & MULTIPLIERS != 0
             || config.weighers.iter().any(|(w, m)| {
-                matches!(w, WeigherKind::SoftAffinity | WeigherKind::SoftAntiAffinity) && *m != 0.0 && !w.idle(req)
+                matches!(w, WeigherKind::SoftAffinity | WeigherKind::SoftAntiAffinity | WeigherKind::Metrics)
+                    && *m != 0.0
+                    && !w.idle(req, config)
             })
     }
 
@@ -542,7 +552,7 @@ impl Workspace {
         let narrow = config
             .weighers
             .iter()
-            .all(|(w, m)| *m == 0.0 || w.idle(req) || w.index() < NARROW || table.constant(w.index()));
+            .all(|(w, m)| *m == 0.0 || w.idle(req, config) || w.index() < NARROW || table.constant(w.index()));
         let picked = &self.picked[..n];
         let (lo, hi) = match narrow {
             true => gather_rows::<NARROW>(&table.raw, picked, &floor, &mut self.cand[..n]),
@@ -553,11 +563,11 @@ impl Workspace {
         let mut active = [(0usize, 0.0, 0.0, 0.0); RAW_COLUMNS];
         let mut count = 0;
         for (&weigher, &multiplier) in &config.weighers {
-            if weigher.idle(req) || multiplier == 0.0 {
+            if weigher.idle(req, config) || multiplier == 0.0 {
                 continue;
             }
             let c = weigher.index();
-            debug_assert!(c < RAW_COLUMNS, "soft-affinity weighers take the general path");
+            debug_assert!(c < RAW_COLUMNS, "soft-affinity and metrics weighers take the general path");
             if narrow && c >= NARROW {
                 continue; // constant over the table: normalises to 0
             }

@@ -1,11 +1,11 @@
 use super::*;
 use rand::{rngs::SmallRng, SeedableRng};
 
-fn inv(total: u64, ratio: f64) -> Inventory {
+pub(super) fn inv(total: u64, ratio: f64) -> Inventory {
     Inventory::new(total, 0, ratio)
 }
 
-fn node(name: &str) -> ComputeNode {
+pub(super) fn node(name: &str) -> ComputeNode {
     ComputeNode {
         host: name.into(),
         vcpus: 8,
@@ -18,10 +18,13 @@ fn node(name: &str) -> ComputeNode {
         num_instances: 0,
         num_io_ops: 0,
         stats: BTreeMap::new(),
+        supported_instances: None,
+        cpu_info: None,
+        metrics: BTreeMap::new(),
     }
 }
 
-fn host(name: &str, free_ram: u64) -> HostState {
+pub(super) fn host(name: &str, free_ram: u64) -> HostState {
     HostState::new(
         Arc::new(node(name)),
         [inv(8, 4.0), inv(16384, 1.0), inv(100, 1.0)],
@@ -29,14 +32,14 @@ fn host(name: &str, free_ram: u64) -> HostState {
     )
 }
 
-fn with_node(mut h: HostState, edit: impl FnOnce(&mut ComputeNode)) -> HostState {
+pub(super) fn with_node(mut h: HostState, edit: impl FnOnce(&mut ComputeNode)) -> HostState {
     let mut n = (*h.node).clone();
     edit(&mut n);
     h.node = Arc::new(n);
     h
 }
 
-fn in_aggregates(mut h: HostState, aggs: &[&[(&str, &str)]]) -> HostState {
+pub(super) fn in_aggregates(mut h: HostState, aggs: &[&[(&str, &str)]]) -> HostState {
     let aggs: Vec<Aggregate> = aggs
         .iter()
         .enumerate()
@@ -50,17 +53,19 @@ fn in_aggregates(mut h: HostState, aggs: &[&[(&str, &str)]]) -> HostState {
     h
 }
 
-fn flavor(extra: &[(&str, &str)]) -> Flavor {
+pub(super) fn flavor(extra: &[(&str, &str)]) -> Flavor {
     Flavor {
         name: "m1.small".into(),
         vcpus: 1,
         ram_mb: 2048,
         disk_gb: 20,
+        ephemeral_gb: 0,
+        swap: 0,
         extra_specs: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     }
 }
 
-fn image(props: &[(&str, &str)]) -> Image {
+pub(super) fn image(props: &[(&str, &str)]) -> Image {
     Image {
         name: "cirros".into(),
         size_mb: 16,
@@ -71,7 +76,7 @@ fn image(props: &[(&str, &str)]) -> Image {
 
 /// The one helper of the filter table: `filter` on `host` for `req` passes or not, and the
 /// hot path agrees with `check` (which gives the reason).
-fn check(filter: FilterKind, host: &HostState, req: &RequestView<'_>, config: &SchedulerConfig, pass: bool) {
+pub(super) fn check(filter: FilterKind, host: &HostState, req: &RequestView<'_>, config: &SchedulerConfig, pass: bool) {
     let got = filter.check(host, req, config);
     assert_eq!(got.is_ok(), pass, "{filter:?} on {}: {got:?}", host.node.host);
     if let Err(reason) = got {
@@ -129,11 +134,13 @@ fn filter_table() {
         (&[("hw_architecture", "aarch64")][..], false),
         (&[("hw_vm_mode", "hvm")][..], true),
         (&[("hw_vm_mode", "exe")][..], false),
-        (&[("img_hv_requested_version", ">=8.0")][..], true),
-        (&[("img_hv_requested_version", ">= 10.0")][..], false),
-        (&[("img_hv_requested_version", ">=6.0,<9.0")][..], false),
-        (&[("img_hv_requested_version", ">=6.0, <=9.0.0")][..], true),
-        (&[("img_hv_requested_version", "newest")][..], false),
+        (&[("hw_architecture", "x86_64"), ("img_hv_requested_version", ">=8.0")][..], true),
+        (&[("hw_architecture", "x86_64"), ("img_hv_requested_version", ">= 10.0")][..], false),
+        (&[("hw_architecture", "x86_64"), ("img_hv_requested_version", ">=6.0,<9.0")][..], false),
+        (&[("hw_architecture", "x86_64"), ("img_hv_requested_version", ">=6.0, <=9.0.0")][..], true),
+        (&[("hw_architecture", "x86_64"), ("img_hv_requested_version", "newest")][..], false),
+        // A version requirement alone asks for nothing nova checks (`not any(...)`).
+        (&[("img_hv_requested_version", ">= 10.0")][..], true),
     ] {
         let img = image(props);
         check(F::ImageProperties, &host("a", 1), &RequestView::new(&f, &img), &cfg, pass);
@@ -331,11 +338,11 @@ fn normalisation_is_min_max_and_zero_when_equal() {
     assert_eq!(normalize_with(&[0.0, 0.0], Some(0.0)), vec![0.0, 0.0]);
 }
 
-fn order(hosts: &[HostState], req: &RequestView<'_>, config: &SchedulerConfig) -> Vec<usize> {
+pub(super) fn order(hosts: &[HostState], req: &RequestView<'_>, config: &SchedulerConfig) -> Vec<usize> {
     sorted_hosts(hosts, req, config, &mut SmallRng::seed_from_u64(1)).unwrap()
 }
 
-fn only(weigher: WeigherKind, multiplier: f64) -> SchedulerConfig {
+pub(super) fn only(weigher: WeigherKind, multiplier: f64) -> SchedulerConfig {
     // Without placement's check: these fixtures have hosts with less free RAM than the flavor.
     SchedulerConfig {
         weighers: [(weigher, multiplier)].into_iter().collect(),
@@ -345,7 +352,13 @@ fn only(weigher: WeigherKind, multiplier: f64) -> SchedulerConfig {
 }
 
 /// One weigher case: the hosts, the request, the weigher and multiplier, the expected order.
-fn check_weigher(hosts: &[HostState], req: &RequestView<'_>, weigher: WeigherKind, m: f64, expect: &[usize]) {
+pub(super) fn check_weigher(
+    hosts: &[HostState],
+    req: &RequestView<'_>,
+    weigher: WeigherKind,
+    m: f64,
+    expect: &[usize],
+) {
     assert_eq!(order(hosts, req, &only(weigher, m)), expect, "{weigher:?} x {m}");
 }
 
@@ -777,6 +790,11 @@ mod table_equivalence {
             if s.aarch64 {
                 n.cpu_arch = "aarch64".into();
             }
+            // Metrics on most hosts (MetricsFilter, MetricsWeigher), none on a third.
+            if !s.failed.is_multiple_of(3) {
+                n.metrics.insert("cpu".into(), s.used.0 as f64 / 10.0);
+                n.metrics.insert("mem".into(), s.io_ops as f64);
+            }
         });
         match s.aggregate {
             0 => in_aggregates(h, &[&[("ram_weight_multiplier", "3")]]),
@@ -801,7 +819,7 @@ mod table_equivalence {
     }
 
     fn request() -> impl Strategy<Value = Request> {
-        (1u64..6, prop::sample::select(vec![512u64, 1024, 2048, 4096]), 0u64..30, 0u8..3, 0u8..8, 0usize..6).prop_map(
+        (1u64..6, prop::sample::select(vec![512u64, 1024, 2048, 4096]), 0u64..30, 0u8..4, 0u8..8, 0usize..6).prop_map(
             |(vcpus, ram_mb, disk_gb, arch, group, k)| Request {
                 vcpus,
                 ram_mb,
@@ -838,13 +856,27 @@ mod table_equivalence {
             prop::collection::vec(prop::option::weighted(0.3, multiplier), WeigherKind::COUNT),
             1usize..4,
             prop::sample::select(vec![2usize, 5, 1000]),
-            0u8..6,
+            0u8..8,
         )
             .prop_map(|(overrides, subset, limit, era)| {
                 let mut config = match era {
                     0 => SchedulerConfig::icehouse(),
                     1 => SchedulerConfig {
                         filters: [FilterKind::defaults(), vec![FilterKind::NumInstances, FilterKind::IoOps]].concat(),
+                        ..SchedulerConfig::default()
+                    },
+                    // The metrics weigher, hosts without metrics weighing weight_of_unavailable,
+                    // or filtered out before a required weigher could raise.
+                    2 | 3 => SchedulerConfig {
+                        filters: match era {
+                            2 => FilterKind::defaults(),
+                            _ => [FilterKind::defaults(), vec![FilterKind::Metrics]].concat(),
+                        },
+                        metrics: MetricsConfig {
+                            weight_setting: vec![("cpu".into(), 1.0), ("mem".into(), -0.5)],
+                            required: era == 3,
+                            weight_of_unavailable: -10000.0,
+                        },
                         ..SchedulerConfig::default()
                     },
                     _ => SchedulerConfig::default(),
@@ -873,6 +905,7 @@ mod table_equivalence {
         let image = match r.arch {
             0 => image(&[]),
             1 => image(&[("hw_architecture", "x86_64")]),
+            2 => image(&[("architecture", "AMD64"), ("hypervisor_version_requires", ">= 9.0")]),
             _ => image(&[("hw_architecture", "aarch64"), ("img_hv_requested_version", ">= 9.0")]),
         };
         let group_hosts = vec!["h0".to_string(), "h3".to_string()];
@@ -909,7 +942,8 @@ mod table_equivalence {
         /// hosts, same order, same random draws (ties included), through claims, releases, usage refreshes
         /// and host updates, with down and disabled hosts, unit constraints, other-arch
         /// nodes, aggregates overriding multipliers, soft-affinity weighers, random
-        /// multipliers, subsets, candidate limits and the Icehouse filters.
+        /// multipliers, subsets, candidate limits, the Icehouse filters, legacy image
+        /// property names, and the metrics filter and weigher (hosts without metrics too).
         #[test]
         fn table_path_decides_as_best_hosts(
             specs in prop::collection::vec(host_spec(), 1..30),

@@ -22,13 +22,24 @@ fn host(name: &str, vcpus: u64, ram_mb: u64, cpu_ratio: f64) -> HostState {
         num_instances: 0,
         num_io_ops: 0,
         stats: BTreeMap::new(),
+        supported_instances: None,
+        cpu_info: None,
+        metrics: BTreeMap::new(),
     };
     let inv = [Inventory::new(vcpus, 0, cpu_ratio), Inventory::new(ram_mb, 512, 1.0), Inventory::new(200, 0, 1.0)];
     HostState::new(Arc::new(node), inv, Resources::default())
 }
 
 fn flavor(vcpus: u64, ram_mb: u64, disk_gb: u64) -> Flavor {
-    Flavor { name: format!("f{vcpus}-{ram_mb}"), vcpus, ram_mb, disk_gb, extra_specs: BTreeMap::new() }
+    Flavor {
+        name: format!("f{vcpus}-{ram_mb}"),
+        vcpus,
+        ram_mb,
+        disk_gb,
+        ephemeral_gb: 0,
+        swap: 0,
+        extra_specs: BTreeMap::new(),
+    }
 }
 
 fn image() -> Image {

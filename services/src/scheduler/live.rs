@@ -391,6 +391,9 @@ mod tests {
                 num_instances: instances,
                 num_io_ops: 0,
                 stats: Default::default(),
+                supported_instances: None,
+                cpu_info: None,
+                metrics: Default::default(),
             });
             let version = self.next();
             self.nodes.insert(host.into(), Arc::new(Row { version, value }));
@@ -454,7 +457,15 @@ mod tests {
         let statics = HashMap::new();
         let mut live = LiveTable::default();
         let mut strategy = strategy::builtin("spread", &SchedulerConfig::default()).expect("built in");
-        let flavor = Flavor { name: "m1".into(), vcpus: 2, ram_mb: 4096, disk_gb: 20, extra_specs: Default::default() };
+        let flavor = Flavor {
+            name: "m1".into(),
+            vcpus: 2,
+            ram_mb: 4096,
+            disk_gb: 20,
+            ephemeral_gb: 0,
+            swap: 0,
+            extra_specs: Default::default(),
+        };
         let image =
             Image { name: "i".into(), size_mb: 10, disk_format: "qcow2".into(), properties: Default::default() };
         let req = RequestView::new(&flavor, &image);
