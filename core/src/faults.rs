@@ -16,6 +16,8 @@ use crate::states::TaskState;
 /// pattern over node names (see [`FaultTarget`]).
 pub const BROKER: &str = "broker";
 pub const DATABASE: &str = "db";
+/// HAProxy in front of a Galera cluster (`[topology.db] nodes` above 1).
+pub const PROXY: &str = "haproxy";
 pub const KEYSTONE: &str = "keystone";
 pub const PLACEMENT: &str = "placement";
 pub const NOVA_API: &str = "nova-api";
@@ -41,7 +43,14 @@ pub struct NodeName {
 /// (`nova-scheduler-1`); a compute node is named after its host.
 pub fn nodes(scenario: &Scenario) -> Vec<NodeName> {
     let node = |name: String, group: &str| NodeName { name, group: group.to_string() };
-    let mut out = vec![node(BROKER.into(), BROKER), node(DATABASE.into(), DATABASE)];
+    let mut out = vec![node(BROKER.into(), BROKER)];
+    let db = &scenario.topology.db;
+    if db.clustered() {
+        out.extend((1..=db.nodes).map(|i| node(format!("{DATABASE}-{i}"), DATABASE)));
+        out.push(node(PROXY.into(), PROXY));
+    } else {
+        out.push(node(DATABASE.into(), DATABASE));
+    }
     let w = scenario.topology.workers();
     for (group, count) in [
         (KEYSTONE, w.keystone),

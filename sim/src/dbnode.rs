@@ -90,13 +90,19 @@ impl SimStore {
     }
 }
 
-struct Request {
-    ops: Vec<Op>,
+/// One transaction, as a client sends it (to the database, or to the proxy in front of it).
+pub(crate) struct Request {
+    pub(crate) ops: Vec<Op>,
 }
 
-struct Response {
-    result: Result<Vec<OpResult>, DbError>,
+/// Its answer.
+pub(crate) struct Response {
+    pub(crate) result: Result<Vec<OpResult>, DbError>,
 }
+
+/// MySQL's server greeting, which a client waits for before it sends anything: the proxy
+/// sends it once it has a server for the session (the embedded node's clients skip it).
+pub(crate) struct Greeting;
 
 /// The database node's main loop over `store`: one connection per client, one
 /// transaction at a time per connection, in arrival order. Returns only if its socket
@@ -134,6 +140,8 @@ struct Connection {
 /// database is back.
 pub struct SimDb {
     server: SocketAddr,
+    /// Whether a new connection waits for the server's [`Greeting`] (through the proxy).
+    greeting: bool,
     pool_size: usize,
     /// Connections checked out or idle never exceed `pool_size + max_overflow`.
     slots: Semaphore,
@@ -149,7 +157,21 @@ impl SimDb {
 
     pub fn with_pool(server: SocketAddr, pool_size: usize, max_overflow: usize) -> Arc<SimDb> {
         let slots = Semaphore::new((pool_size + max_overflow).max(1));
-        Arc::new(SimDb { server, pool_size, slots, idle: Mutex::new(Vec::new()) })
+        Arc::new(SimDb { server, greeting: false, pool_size, slots, idle: Mutex::new(Vec::new()) })
+    }
+
+    /// A pool for a server that greets each new connection first (HAProxy in front of a
+    /// Galera cluster: a connection it cannot give a server is closed before the greeting,
+    /// so nothing was sent on it).
+    pub fn greeted(server: SocketAddr, control: &Control) -> Arc<SimDb> {
+        let slots = Semaphore::new((control.db_max_pool_size + control.db_max_overflow).max(1));
+        Arc::new(SimDb {
+            server,
+            greeting: true,
+            pool_size: control.db_max_pool_size,
+            slots,
+            idle: Mutex::new(Vec::new()),
+        })
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
@@ -163,7 +185,15 @@ impl SimDb {
 
     async fn open(&self) -> Result<Connection, DbError> {
         match conn::connect(self.server).await {
-            Ok((tx, rx, _)) => Ok(Connection { tx, rx }),
+            Ok((tx, mut rx, _)) => {
+                if self.greeting && conn::recv::<Greeting>(&mut rx).await.is_none() {
+                    return Err(DbError::ConnectionLost(format!(
+                        "lost connection to the database at {} reading the initial communication packet",
+                        self.server
+                    )));
+                }
+                Ok(Connection { tx, rx })
+            }
             Err(e) => Err(DbError::ConnectionLost(format!("cannot connect to the database at {}: {e}", self.server))),
         }
     }

@@ -12,6 +12,7 @@ pub mod chaos;
 pub mod conn;
 pub mod cpu;
 pub mod dbnode;
+pub mod galera;
 pub mod host;
 pub mod http;
 pub mod knobs;

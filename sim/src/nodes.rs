@@ -40,6 +40,9 @@ struct Node {
     guests: Option<GuestTable>,
     /// How many times the node's init has run; read by the init to number incarnations.
     starts: Arc<AtomicU32>,
+    /// Told when the node is killed (state kept outside it that a crash changes: a Galera
+    /// node's log).
+    on_kill: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Every node of one run.
@@ -78,7 +81,8 @@ impl Registry {
         let starts = Arc::new(AtomicU32::new(0));
         let incarnations = Incarnations(starts.clone());
         let node = self.handle.create_node().name(name).ip(ip).init(move || init(incarnations.clone())).build();
-        let entry = Node { group: group.to_string(), id: node.id(), ip, state: NodeState::Up, guests, starts };
+        let entry =
+            Node { group: group.to_string(), id: node.id(), ip, state: NodeState::Up, guests, starts, on_kill: None };
         self.nodes.insert(name.to_string(), entry);
     }
 
@@ -120,8 +124,17 @@ impl Registry {
             return Ok(());
         }
         n.state = NodeState::Killed;
-        let id = n.id;
+        let (id, hook) = (n.id, n.on_kill.clone());
         self.handle.kill(id);
+        if let Some(f) = hook {
+            f();
+        }
+        Ok(())
+    }
+
+    /// `f` runs each time node `name` is killed (or powered off), after its tasks are gone.
+    pub fn on_kill(&mut self, name: &str, f: Arc<dyn Fn() + Send + Sync>) -> Result<(), String> {
+        self.node_mut(name)?.on_kill = Some(f);
         Ok(())
     }
 

@@ -63,7 +63,12 @@ impl World {
             _ => format!("{node}.{incarnation}"),
         };
         let bus = SimBus::connect(self.bus.clone(), &name, clock.clone(), self.metrics.clone(), self.knobs.node(node));
-        let db = SimDb::new(DATABASE, &self.opts.scenario.control);
+        let control = &self.opts.scenario.control;
+        let db = if self.opts.scenario.topology.db.clustered() {
+            SimDb::greeted(crate::galera::PROXY_ADDR, control)
+        } else {
+            SimDb::new(DATABASE, control)
+        };
         Ok(Ctx {
             bus,
             db,
@@ -112,6 +117,34 @@ fn service_node<F, Fut>(
                 Err(e) => world.metrics.count(&format!("node_connect_errors.{e}"), 1),
             }
         }
+    });
+}
+
+/// The Galera nodes `db-1`..`db-N` on one cluster state, each crashing in the model when
+/// killed, and HAProxy in front of them (`galera.rs`).
+fn add_galera(
+    reg: &mut Registry,
+    scenario: &stackbed_core::scenario::Scenario,
+    monitor: &MonitorRef,
+    clock: &Clock,
+    metrics: &Metrics,
+) {
+    let db = &scenario.topology.db;
+    let n = db.nodes as usize;
+    let cluster = crate::galera::SimCluster::new(db.galera(), monitor.clone(), metrics.clone());
+    for i in 0..n {
+        let name = format!("{}-{}", faults::DATABASE, i + 1);
+        let (c, k) = (cluster.clone(), clock.clone());
+        reg.add(&name, faults::DATABASE, crate::galera::node_ip(i), None, move |_| {
+            crate::galera::serve_node(i, n, c.clone(), k.clone())
+        });
+        let (c, k) = (cluster.clone(), clock.clone());
+        // Registered just above: the name exists.
+        let _ = reg.on_kill(&name, Arc::new(move || c.crashed(i, k.now_ms())));
+    }
+    let (cfg, k, m) = (db.proxy_config(), clock.clone(), metrics.clone());
+    reg.add(faults::PROXY, faults::PROXY, crate::galera::PROXY_ADDR.ip(), None, move |_| {
+        crate::galera::serve_proxy(cfg.clone(), k.clone(), m.clone())
     });
 }
 
@@ -166,15 +199,20 @@ pub fn run(opts: &RunOptions) -> Result<Report, String> {
                     let _ = broker::serve(BROKER, state, policy, clock, metrics).await;
                 }
             });
-            // The database's state outlives its node: a restart keeps what was synced.
-            let store = SimStore::new(monitor.clone(), Durability::SyncEachCommit);
-            let c = clock.clone();
-            reg.add(faults::DATABASE, faults::DATABASE, DATABASE.ip(), None, move |_| {
-                let (store, clock) = (store.clone(), c.clone());
-                async move {
-                    let _ = dbnode::serve(DATABASE, store, clock).await;
-                }
-            });
+            let db = &scenario.topology.db;
+            if db.clustered() {
+                add_galera(&mut reg, &scenario, &monitor, &clock, &metrics);
+            } else {
+                // The database's state outlives its node: a restart keeps what was synced.
+                let store = SimStore::new(monitor.clone(), Durability::SyncEachCommit);
+                let c = clock.clone();
+                reg.add(faults::DATABASE, faults::DATABASE, DATABASE.ip(), None, move |_| {
+                    let (store, clock) = (store.clone(), c.clone());
+                    async move {
+                        let _ = dbnode::serve(DATABASE, store, clock).await;
+                    }
+                });
+            }
             // Let the broker and database bind before anyone sends to them.
             tokio::time::sleep(Duration::from_millis(100)).await;
 

@@ -297,3 +297,31 @@ pub mod chromium {
     /// A page that does fetch: the control that shows the net log would see a request.
     pub const FETCHING: &str = "<html><body><img src=\"http://127.0.0.1:9/x.png\"></body></html>";
 }
+
+/// Whole simulated runs of shipped scenarios, as the tests of several files run them.
+#[cfg(madsim)]
+pub mod runs {
+    use std::sync::Arc;
+
+    use stackbed_core::scenario::Scenario;
+    use stackbed_services::report::{Report, RunOptions};
+
+    /// `scenarios/<name>` with `--set` overrides (`KEY=VALUE`) applied, as `cargo sim run
+    /// --set` does.
+    pub fn with_overrides<S: AsRef<str>>(name: &str, overrides: &[S]) -> Arc<Scenario> {
+        let overrides: Vec<_> = overrides.iter().map(|f| f.as_ref().parse().unwrap()).collect();
+        Arc::new(Scenario::load_with(&super::root().join("scenarios").join(name), &overrides).unwrap())
+    }
+
+    /// One seed of `s` in the simulator.
+    pub fn run(s: &Arc<Scenario>, seed: u64) -> Report {
+        let opts = RunOptions {
+            scenario: s.clone(),
+            scenario_file: s.scenario.name.clone(),
+            seed,
+            revision: "test".into(),
+            replay: format!("cargo sim run {} --seed {seed}", s.scenario.name),
+        };
+        stackbed_sim::run(&opts).unwrap()
+    }
+}

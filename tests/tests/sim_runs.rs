@@ -5,17 +5,12 @@
 use std::sync::Arc;
 
 use stackbed_core::scenario::Scenario;
-use stackbed_services::report::{Report, RunOptions};
+use stackbed_services::report::Report;
 use stackbed_tests::root;
+use stackbed_tests::runs::{run, with_overrides};
 
 fn scenario(name: &str) -> Arc<Scenario> {
     Arc::new(Scenario::load(&root().join("scenarios").join(name)).unwrap())
-}
-
-/// `name` with `--set` overrides (`KEY=VALUE`) applied, as `cargo sim run --set` does.
-fn with_overrides<S: AsRef<str>>(name: &str, overrides: &[S]) -> Arc<Scenario> {
-    let overrides: Vec<_> = overrides.iter().map(|f| f.as_ref().parse().unwrap()).collect();
-    Arc::new(Scenario::load_with(&root().join("scenarios").join(name), &overrides).unwrap())
 }
 
 /// `name` with its `# mitigation:` line's overrides applied, exactly as users run it.
@@ -23,17 +18,6 @@ fn mitigated(name: &str) -> Arc<Scenario> {
     let flags = stackbed_tests::mitigation(&root().join("scenarios").join(name));
     assert!(!flags.is_empty(), "{name} has no `# mitigation: --set ...` line");
     with_overrides(name, &flags)
-}
-
-fn run(s: &Arc<Scenario>, seed: u64) -> Report {
-    let opts = RunOptions {
-        scenario: s.clone(),
-        scenario_file: s.scenario.name.clone(),
-        seed,
-        revision: "test".into(),
-        replay: format!("cargo sim run {} --seed {seed}", s.scenario.name),
-    };
-    stackbed_sim::run(&opts).unwrap()
 }
 
 #[test]

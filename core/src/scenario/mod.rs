@@ -178,6 +178,125 @@ pub struct Topology {
     /// as processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<Controller>,
+    /// The database (`[topology.db]`): one embedded node (the default), or a Galera
+    /// cluster behind HAProxy.
+    #[serde(default, skip_serializing_if = "DbTopology::is_default")]
+    pub db: DbTopology,
+}
+
+/// `[topology.db]`. With `nodes = 1` (the default) the database is one node and nothing
+/// else here applies; with more, nodes `db-1`..`db-N` form a Galera cluster
+/// (`stackbed_core::galera`) that the services reach through one HAProxy node (`haproxy`,
+/// `stackbed_core::proxy`) set up as `proxy` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbTopology {
+    #[serde(default = "one_u32")]
+    pub nodes: u32,
+    /// `strict` (what Galera promises) or `faithful` (crashes lose what a lazy log had not
+    /// synced, as Jepsen observed).
+    #[serde(default)]
+    pub mode: GaleraMode,
+    /// `innodb_flush_log_at_trx_commit`: 1 (MariaDB's default) syncs at every commit; 0 and
+    /// 2 about once a second.
+    #[serde(default = "one_u32")]
+    pub flush_log_at_trx_commit: u32,
+    /// `wsrep_sync_wait` (0, Galera's default: a read may miss a commit made through
+    /// another node; bit 1 set: reads wait for every certified write-set).
+    #[serde(default)]
+    pub wsrep_sync_wait: u32,
+    /// How long after certification the other nodes apply a write-set.
+    #[serde(default = "default_replication")]
+    pub replication: Dur,
+    /// How many write-sets a donor keeps for IST (gcache); further behind, a node gets an SST.
+    #[serde(default = "default_gcache")]
+    pub gcache_writesets: u32,
+    /// HAProxy's set-up: `ha_guide` (default: one writer, the others `backup`, `inter 2000
+    /// rise 2 fall 5`), `kolla`, `openstack_ansible`, `tripleo`, or `roundrobin` (every
+    /// node a writer, HAProxy's default checks).
+    #[serde(default = "default_proxy")]
+    pub proxy: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GaleraMode {
+    #[default]
+    Strict,
+    Faithful,
+}
+
+/// The most Galera nodes a scenario may have.
+pub const MAX_DB_NODES: u32 = 9;
+
+/// The proxy set-ups `[topology.db] proxy` names.
+pub const DB_PROXIES: [&str; 5] = ["ha_guide", "kolla", "openstack_ansible", "tripleo", "roundrobin"];
+
+fn default_replication() -> Dur {
+    Dur(std::time::Duration::from_millis(1))
+}
+fn default_gcache() -> u32 {
+    100_000
+}
+fn default_proxy() -> String {
+    "ha_guide".into()
+}
+
+impl Default for DbTopology {
+    fn default() -> DbTopology {
+        DbTopology {
+            nodes: 1,
+            mode: GaleraMode::Strict,
+            flush_log_at_trx_commit: 1,
+            wsrep_sync_wait: 0,
+            replication: default_replication(),
+            gcache_writesets: default_gcache(),
+            proxy: default_proxy(),
+        }
+    }
+}
+
+impl DbTopology {
+    fn is_default(&self) -> bool {
+        *self == DbTopology::default()
+    }
+
+    /// Whether the database is a Galera cluster.
+    pub fn clustered(&self) -> bool {
+        self.nodes > 1
+    }
+
+    /// The cluster's options for `stackbed_core::galera`.
+    pub fn galera(&self) -> crate::galera::Options {
+        crate::galera::Options {
+            nodes: self.nodes as usize,
+            mode: match self.mode {
+                GaleraMode::Strict => crate::galera::Mode::Strict,
+                GaleraMode::Faithful => crate::galera::Mode::Faithful,
+            },
+            flush: if self.flush_log_at_trx_commit == 1 {
+                crate::galera::Flush::EachCommit
+            } else {
+                crate::galera::Flush::PerSecond
+            },
+            replication_ms: self.replication.ms(),
+            sync_wait: self.wsrep_sync_wait & 1 == 1,
+            gcache_writesets: self.gcache_writesets as usize,
+        }
+    }
+
+    /// HAProxy's configuration over the cluster's nodes (`db-1`..).
+    pub fn proxy_config(&self) -> crate::proxy::ProxyConfig {
+        let names: Vec<String> = (1..=self.nodes).map(|i| format!("db-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        match self.proxy.as_str() {
+            "kolla" => crate::proxy::ProxyConfig::kolla(&names),
+            "openstack_ansible" => crate::proxy::ProxyConfig::openstack_ansible(&names),
+            "tripleo" => crate::proxy::ProxyConfig::tripleo(&names),
+            "roundrobin" => crate::proxy::ProxyConfig::haproxy(&names),
+            _ => crate::proxy::ProxyConfig::ha_guide(&names),
+        }
+    }
 }
 
 /// `[topology.workers]` as written: how many processes of each control service run, each

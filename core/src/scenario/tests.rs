@@ -732,3 +732,41 @@ fn controller_cores_set_nova_s_worker_defaults() {
         assert!(e.line > 0, "{extra}: {e}");
     }
 }
+
+/// `[topology.db]`: one embedded node by default (the node named `db`), a Galera cluster of
+/// `db-1`..`db-N` behind `haproxy` above one; bad values named with their line.
+#[test]
+fn topology_db_names_the_cluster_s_nodes_and_refuses_bad_values() {
+    let with =
+        |extra: &str| Scenario::parse("t.toml", &GOOD.replace("[topology]\n", &format!("[topology]\n{extra}\n")));
+    let names = |s: &Scenario| -> Vec<String> {
+        crate::faults::nodes(s)
+            .into_iter()
+            .filter(|n| [crate::faults::DATABASE, crate::faults::PROXY].contains(&n.group.as_str()))
+            .map(|n| n.name)
+            .collect()
+    };
+    let one = with("").unwrap();
+    assert!(!one.topology.db.clustered());
+    assert_eq!(names(&one), ["db"]);
+    let three =
+        with("db = { nodes = 3, mode = \"faithful\", flush_log_at_trx_commit = 2, proxy = \"tripleo\" }").unwrap();
+    assert_eq!(names(&three), ["db-1", "db-2", "db-3", "haproxy"]);
+    let g = three.topology.db.galera();
+    assert_eq!((g.nodes, g.mode, g.flush), (3, crate::galera::Mode::Faithful, crate::galera::Flush::PerSecond));
+    assert!(three.topology.db.proxy_config().servers.iter().all(|s| s.backup), "TripleO: every server a backup");
+    for (extra, field, message) in [
+        ("db = { nodes = 0 }", "topology.db.nodes", "must be within 1..=9, got 0"),
+        ("db = { nodes = 10 }", "topology.db.nodes", "must be within 1..=9, got 10"),
+        ("db = { nodes = 3, flush_log_at_trx_commit = 3 }", "topology.db.flush_log_at_trx_commit", "0, 1 or 2"),
+        ("db = { nodes = 3, wsrep_sync_wait = 16 }", "topology.db.wsrep_sync_wait", "within 0..=15"),
+        ("db = { nodes = 3, gcache_writesets = 0 }", "topology.db.gcache_writesets", "must be above 0"),
+        ("db = { nodes = 3, proxy = \"f5\" }", "topology.db.proxy", "unknown proxy set-up `f5`"),
+        ("db = { nodes = 3, mode = \"loose\" }", "topology.db.mode", "unknown variant `loose`"),
+    ] {
+        let e = with(extra).unwrap_err();
+        assert_eq!(e.field, field, "{extra}: {e}");
+        assert!(e.message.contains(message), "{extra}: {e}");
+        assert!(e.line > 0, "{extra}: {e}");
+    }
+}

@@ -45,6 +45,31 @@ impl Scenario {
                 );
             }
         }
+        let db = &self.topology.db;
+        if !(1..=super::MAX_DB_NODES).contains(&db.nodes) {
+            return err("topology.db.nodes", format!("must be within 1..={}, got {}", super::MAX_DB_NODES, db.nodes));
+        }
+        if db.flush_log_at_trx_commit > 2 {
+            return err(
+                "topology.db.flush_log_at_trx_commit",
+                format!("innodb_flush_log_at_trx_commit is 0, 1 or 2, got {}", db.flush_log_at_trx_commit),
+            );
+        }
+        if db.wsrep_sync_wait > 15 {
+            return err(
+                "topology.db.wsrep_sync_wait",
+                format!("wsrep_sync_wait is a bitmask within 0..=15, got {}", db.wsrep_sync_wait),
+            );
+        }
+        if db.gcache_writesets == 0 {
+            return err("topology.db.gcache_writesets", "must be above 0".into());
+        }
+        if !super::DB_PROXIES.contains(&db.proxy.as_str()) {
+            return err(
+                "topology.db.proxy",
+                format!("unknown proxy set-up `{}`; known: {}", db.proxy, super::DB_PROXIES.join(", ")),
+            );
+        }
         let (declared, resolved) = (self.topology.workers, self.topology.workers());
         for (name, set, count) in [
             ("api", declared.api, resolved.api),
