@@ -8,8 +8,9 @@
 //!   (`bus.faults.dropped`);
 //! - `lost_commits`: commits the database acknowledged and then lost (`db.lost_commits`; the
 //!   single embedded store keeps every commit, so only a cluster model can count one);
-//! - `deadlocks`: deadlock errors (1213) nova's DB API calls got (`db.deadlocks`, counted by
-//!   the retry wrapper); `db_retries`: the wrapper's retries (`db.retry.*`);
+//! - `deadlocks`: transactions the database answered with deadlock 1213 (`db.deadlocks`: a
+//!   Galera cluster's certification failures; the single embedded node has none);
+//!   `db_retries`: oslo.db's retry wrapper's retries (`db.retry.*`);
 //! - `duplicate_deliveries`: deliveries of an RPC message that a consumer (of any process)
 //!   had been given before (`rpc.duplicate_deliveries`);
 //! - `failovers`: client connections that came back to another server than the last
@@ -100,14 +101,8 @@ impl Anomalies {
         }
         for f in &self.faults {
             out += &format!(
-                "  at {:.1}s {}: {} failed, downtime {:.1}s, MTTR {:.1}s, boots/s before {} after {}\n",
-                f.start_ms as f64 / 1000.0,
-                f.fault,
-                f.failed,
-                f.downtime_s,
-                f.mttr_s,
-                f.throughput_before,
-                f.throughput_after
+                "  {}: {} failed, downtime {:.1}s, MTTR {:.1}s, boots/s before {} after {}\n",
+                f.fault, f.failed, f.downtime_s, f.mttr_s, f.throughput_before, f.throughput_after
             );
         }
         out

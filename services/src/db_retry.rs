@@ -15,7 +15,6 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use stackbed_core::db_retry::{DbRetryPolicy, DbRetryState, RetryDecision};
 use stackbed_core::scenario::Scenario;
-use stackbed_core::store::DbError;
 
 use crate::clock::Clock;
 use crate::ctx::fnv1a;
@@ -68,9 +67,6 @@ impl DbRetry {
                 Err(ServiceError::Db(e)) => e,
                 other => return other,
             };
-            if matches!(e, DbError::Deadlock(_)) {
-                self.metrics.count("db.deadlocks", 1);
-            }
             match state.on_error(&self.policy, &e, || self.uniform()) {
                 RetryDecision::Sleep(d) => {
                     self.metrics.count(&format!("db.retry.{what}"), 1);

@@ -179,6 +179,8 @@ impl State {
         let before = self.published;
         for (name, a, b) in [
             ("db.certification_failures", now.certification_failures, before.certification_failures),
+            // What the database answered 1213 to: report.json's anomalies.deadlocks.
+            ("db.deadlocks", now.certification_failures, before.certification_failures),
             ("db.non_primary_refusals", now.non_primary_refusals, before.non_primary_refusals),
             ("db.ist", now.ist, before.ist),
             ("db.sst", now.sst, before.sst),

@@ -68,3 +68,26 @@ fn crashes_in_quick_succession_lose_commits_only_in_faithful_mode_with_a_lazy_lo
         assert_eq!(r.anomalies.lost_commits > 0, lost, "{mode} flush {flush}: {:?}", r.anomalies);
     }
 }
+
+/// `scenarios/ha/galera-crash.toml` and `galera-writers.toml` (F10, F7), as shipped and with
+/// their `# mitigation:` lines, on seeds 1 and 2: the effect is there, then it is gone, and
+/// every run passes its checks either way.
+#[test]
+fn shipped_galera_scenarios_show_their_effect_and_their_mitigation_removes_it() {
+    type Count = fn(&stackbed_services::report::Report) -> u64;
+    let cases: [(&str, Count); 2] =
+        [("ha/galera-crash.toml", |r| r.anomalies.lost_commits), ("ha/galera-writers.toml", |r| r.anomalies.deadlocks)];
+    for (file, count) in cases {
+        let flags = stackbed_tests::mitigation(&stackbed_tests::root().join("scenarios").join(file));
+        assert!(!flags.is_empty(), "{file} has no mitigation line");
+        let (shipped, mitigated) = (with_overrides::<&str>(file, &[]), with_overrides(file, &flags));
+        for seed in 1..=2 {
+            let r = run(&shipped, seed);
+            assert!(r.passed, "{file} seed {seed}: {}", r.failure_text().unwrap_or_default());
+            assert!(count(&r) > 0, "{file} seed {seed}: the effect is gone: {:?}", r.anomalies);
+            let m = run(&mitigated, seed);
+            assert!(m.passed, "{file} seed {seed} mitigated: {}", m.failure_text().unwrap_or_default());
+            assert_eq!(count(&m), 0, "{file} seed {seed} mitigated: {:?}", m.anomalies);
+        }
+    }
+}
