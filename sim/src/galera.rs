@@ -296,13 +296,8 @@ pub async fn serve_proxy(cfg: ProxyConfig, clock: Clock, metrics: Metrics) {
                 if let Some((btx, mut brx, _)) = backend {
                     loop {
                         tokio::select! {
-                            req = conn::recv::<Request>(&mut crx) => {
-                                let Some(req) = req else { break };
-                                guard(&proxy).activity(session, clock.now_ms());
-                                if conn::send(&btx, *req).await.is_err() {
-                                    break;
-                                }
-                            }
+                            biased;
+                            _ = &mut stop => break,
                             resp = conn::recv::<Response>(&mut brx) => {
                                 let Some(resp) = resp else { break };
                                 guard(&proxy).activity(session, clock.now_ms());
@@ -310,7 +305,13 @@ pub async fn serve_proxy(cfg: ProxyConfig, clock: Clock, metrics: Metrics) {
                                     break;
                                 }
                             }
-                            _ = &mut stop => break,
+                            req = conn::recv::<Request>(&mut crx) => {
+                                let Some(req) = req else { break };
+                                guard(&proxy).activity(session, clock.now_ms());
+                                if conn::send(&btx, *req).await.is_err() {
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
