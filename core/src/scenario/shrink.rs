@@ -8,14 +8,13 @@
 //! What it removes, in this order, each pass: `[[faults]]` entries (last first), the
 //! `[random_faults]` table; then it writes the events `[random_faults]` drew for the seed
 //! out as `[[faults]]` entries (so the next pass removes them one by one), sets each
-//! remaining rate to 0, removes host groups, and brings down the numbers
-//! that size the run, each brought down to its least value that still fails (its minimum
-//! first, then a bisection between the minimum and the value): requests (`times`,
-//! `concurrency`, `passes`, `servers_per_request`), hosts per group, workers per service,
-//! controllers and their cores. A pass that changed anything is followed by another, until
-//! one changes nothing or the run budget is spent. The search is greedy (a failure need not
-//! be monotone in any of these), so the result is the smallest found, not the smallest
-//! there is.
+//! remaining rate to 0, removes host groups, and brings down the numbers that size the run,
+//! each to its least value that still fails (its minimum first, then a bisection between
+//! the minimum and the value): requests (`times`, `concurrency`, `passes`,
+//! `servers_per_request`), hosts per group, workers per service, Galera nodes, controllers
+//! and their cores. A pass that changed anything is followed by another, until one changes
+//! nothing or the run budget is spent. The search is greedy (a failure need not be monotone
+//! in any of these), so the result is the smallest found, not the smallest there is.
 
 use toml_edit::{DocumentMut, Item};
 
@@ -231,6 +230,7 @@ fn reductions(text: &str, seed: u64) -> Vec<Reduction> {
     ] {
         number(format!("topology.workers.{name}"), n.into());
     }
+    number("topology.db.nodes".into(), s.topology.db.nodes.into());
     if let Some(c) = &s.topology.controller {
         number("topology.controller.count".into(), c.count.into());
         number("topology.controller.cores".into(), c.cores.into());
