@@ -179,16 +179,7 @@ mod tests {
 
     fn it(start_s: f64, end_s: f64, ok: bool) -> Iteration {
         let ms = |s: f64| (s * 1000.0) as u64;
-        Iteration {
-            index: 0,
-            pass: 0,
-            servers: Vec::new(),
-            ok,
-            error: None,
-            start_ms: ms(start_s),
-            end_ms: ms(end_s),
-            duration_ms: ms(end_s - start_s),
-        }
+        Iteration::sample(ms(start_s), ms(end_s), ok)
     }
 
     fn applied(events: &[(u64, &'static str, &str)]) -> FaultsReport {

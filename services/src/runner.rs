@@ -41,6 +41,23 @@ pub struct Iteration {
     pub duration_ms: u64,
 }
 
+#[cfg(test)]
+impl Iteration {
+    /// A test's iteration: from `start_ms` to `end_ms`, its duration the difference.
+    pub(crate) fn sample(start_ms: u64, end_ms: u64, ok: bool) -> Iteration {
+        Iteration {
+            index: 0,
+            pass: 0,
+            servers: Vec::new(),
+            ok,
+            error: None,
+            start_ms,
+            end_ms,
+            duration_ms: end_ms - start_ms,
+        }
+    }
+}
+
 struct Tenant {
     project: String,
     user: String,

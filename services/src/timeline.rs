@@ -188,16 +188,7 @@ mod tests {
     use super::*;
 
     fn it(start_ms: u64, end_ms: u64, ok: bool) -> Iteration {
-        Iteration {
-            index: 0,
-            pass: 0,
-            servers: Vec::new(),
-            ok,
-            error: None,
-            start_ms,
-            end_ms,
-            duration_ms: end_ms - start_ms,
-        }
+        Iteration::sample(start_ms, end_ms, ok)
     }
 
     #[test]

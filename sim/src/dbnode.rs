@@ -156,22 +156,19 @@ impl SimDb {
     }
 
     pub fn with_pool(server: SocketAddr, pool_size: usize, max_overflow: usize) -> Arc<SimDb> {
-        let slots = Semaphore::new((pool_size + max_overflow).max(1));
-        Arc::new(SimDb { server, greeting: false, pool_size, slots, idle: Mutex::new(Vec::new()) })
+        Arc::new(SimDb::pool(server, false, pool_size, max_overflow))
     }
 
     /// A pool for a server that greets each new connection first (HAProxy in front of a
     /// Galera cluster: a connection it cannot give a server is closed before the greeting,
     /// so nothing was sent on it).
     pub fn greeted(server: SocketAddr, control: &Control) -> Arc<SimDb> {
-        let slots = Semaphore::new((control.db_max_pool_size + control.db_max_overflow).max(1));
-        Arc::new(SimDb {
-            server,
-            greeting: true,
-            pool_size: control.db_max_pool_size,
-            slots,
-            idle: Mutex::new(Vec::new()),
-        })
+        Arc::new(SimDb::pool(server, true, control.db_max_pool_size, control.db_max_overflow))
+    }
+
+    fn pool(server: SocketAddr, greeting: bool, pool_size: usize, max_overflow: usize) -> SimDb {
+        let slots = Semaphore::new((pool_size + max_overflow).max(1));
+        SimDb { server, greeting, pool_size, slots, idle: Mutex::new(Vec::new()) }
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {

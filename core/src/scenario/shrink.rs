@@ -166,6 +166,8 @@ fn set(text: &str, key: &str, value: u64) -> Option<String> {
 /// Every reduction of `text`, in the order they are tried.
 fn reductions(text: &str, seed: u64) -> Vec<Reduction> {
     let Ok(doc) = text.parse::<DocumentMut>() else { return Vec::new() };
+    // The scenario as it resolves (None: it does not validate, so only edits are offered).
+    let parsed = Scenario::parse("shrink", text).ok();
     let mut out = Vec::new();
     let edit = |what: String, f: &dyn Fn(&mut DocumentMut) -> bool| {
         let mut d = doc.clone();
@@ -176,7 +178,7 @@ fn reductions(text: &str, seed: u64) -> Vec<Reduction> {
     }
     if let Some(Item::Table(random)) = doc.get("random_faults") {
         out.extend(edit("removed [random_faults]".into(), &|d| d.remove("random_faults").is_some()));
-        if let Some((n, text)) = materialised(&doc, seed) {
+        if let Some((n, text)) = parsed.as_ref().and_then(|s| materialised(&doc, s, seed)) {
             out.push(Reduction::Edit { what: format!("[random_faults] events as {n} [[faults]] entries"), text });
         }
         for (key, value) in random.iter() {
@@ -201,7 +203,7 @@ fn reductions(text: &str, seed: u64) -> Vec<Reduction> {
     }
     // The numbers, read from the scenario as it resolves them (a worker count the file
     // leaves to its default is set explicitly).
-    let Ok(s) = Scenario::parse("shrink", text) else { return out };
+    let Some(s) = parsed else { return out };
     let mut number = |key: String, value: u64| {
         if value > 1 {
             out.push(Reduction::Number { key, value, min: 1 });
@@ -243,8 +245,7 @@ fn reductions(text: &str, seed: u64) -> Vec<Reduction> {
 /// how many. Partitions stay drawn (their other side is every other target, which one entry
 /// cannot name), and so do the message rates. Each rate draws from a stream of its own, so
 /// the events are the ones the run had.
-fn materialised(doc: &DocumentMut, seed: u64) -> Option<(usize, String)> {
-    let s = Scenario::parse("shrink", &doc.to_string()).ok()?;
+fn materialised(doc: &DocumentMut, s: &Scenario, seed: u64) -> Option<(usize, String)> {
     let schedule = s.fault_schedule(seed).ok()?;
     let mut d = doc.clone();
     let mut zeroed = std::collections::BTreeSet::new();
