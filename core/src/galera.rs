@@ -38,7 +38,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::model::Table;
-use crate::store::{validate_ops, Commit, DbError, Expect, MemStore, Op, OpResult};
+use crate::store::{Commit, DbError, Expect, MemStore, Op, OpResult};
 
 /// How crashes are modelled (see the module's comment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -200,7 +200,6 @@ impl Cluster {
             self.stats.non_primary_refusals += 1;
             return Err(DbError::NonPrimary { node: name });
         }
-        validate_ops(&ops)?;
         self.catch_up(node, if self.opts.sync_wait { u64::MAX } else { now_ms });
         let writes: Vec<Op> = ops
             .iter()

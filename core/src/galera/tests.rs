@@ -167,7 +167,8 @@ fn one_node_is_the_reference_store() {
     let txs = vec![
         vec![put("a", 1, Expect::Absent)],
         vec![put("a", 2, Expect::Version(1)), put("b", 1, Expect::Any)],
-        vec![put("a", 3, Expect::Version(1))], // a conflict
+        vec![put("a", 3, Expect::Version(1))],                    // a conflict
+        vec![put("c", 1, Expect::Any), put("c", 2, Expect::Any)], // refused: two writes of one key
         vec![get("a"), Op::Delete { table: Table::ProjectUsages, key: "b".into(), expect: Expect::Any }],
         vec![Op::Scan { table: Table::ProjectUsages, prefix: String::new() }],
     ];
